@@ -1,0 +1,38 @@
+// Storage: one allocation shared by every tensor that views it. The version counter lives here
+// because all views of a buffer see the same in-place writes (autograd checks it on unpack).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "autograd/allocator.h"
+#include "autograd/device.h"
+
+namespace hd {
+
+class Storage {
+ public:
+  Storage(size_t nbytes, Device device)
+      : nbytes_(nbytes), device_(device), allocator_(&allocator_for(device)) {
+    data_ = allocator_->allocate(nbytes);
+  }
+  ~Storage() { allocator_->deallocate(data_, nbytes_); }
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+  uint64_t version() const { return version_; }
+  void bump_version() { ++version_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t nbytes_;
+  Device device_;
+  Allocator* allocator_;
+  uint64_t version_ = 0;
+};
+
+}  // namespace hd

@@ -1,0 +1,87 @@
+# Finds every dependency hdtrain uses. A missing one stops configure with the Debian package
+# that provides it, because "could not find X" alone leaves a new user guessing.
+
+macro(hd_require found what package)
+  if(NOT ${found})
+    message(FATAL_ERROR "hdtrain: ${what} not found. Install it with: apt-get install ${package}")
+  endif()
+endmacro()
+
+# --- MPI (OpenMPI): collectives on host tensors and the NCCL bootstrap ---------------------
+find_package(MPI COMPONENTS C CXX QUIET)
+hd_require(MPI_CXX_FOUND "MPI (OpenMPI)" "libopenmpi-dev openmpi-bin")
+
+# --- HDF5 (C API, serial): sharded checkpoints ---------------------------------------------
+find_package(HDF5 COMPONENTS C QUIET)
+hd_require(HDF5_FOUND "HDF5 (C API)" "libhdf5-dev")
+
+# --- protobuf: run config and checkpoint manifest (FindProtobuf module; Debian ships no
+#     protobuf-config.cmake, see build notes P7) --------------------------------------------
+find_package(Protobuf QUIET)
+hd_require(Protobuf_FOUND "protobuf" "libprotobuf-dev protobuf-compiler")
+if(NOT Protobuf_PROTOC_EXECUTABLE)
+  message(FATAL_ERROR "hdtrain: protoc not found. Install it with: apt-get install protobuf-compiler")
+endif()
+
+# --- Abseil (Debian 20220623: absl::string_view is not std::string_view, see P8) -----------
+find_package(absl CONFIG QUIET)
+hd_require(absl_FOUND "Abseil" "libabsl-dev")
+
+# --- prometheus-cpp: metrics (core only in the trainer; see P1 on civetweb + cuBLAS) --------
+find_package(prometheus-cpp CONFIG QUIET)
+hd_require(prometheus-cpp_FOUND "prometheus-cpp" "prometheus-cpp-dev")
+
+# --- OpenBLAS: CPU GEMM --------------------------------------------------------------------
+set(BLA_VENDOR OpenBLAS)
+find_package(BLAS QUIET)
+hd_require(BLAS_FOUND "OpenBLAS" "libopenblas-dev")
+find_path(HD_CBLAS_INCLUDE_DIR cblas.h PATHS /usr/include/x86_64-linux-gnu /usr/include/openblas
+          /usr/include/aarch64-linux-gnu)
+hd_require(HD_CBLAS_INCLUDE_DIR "cblas.h (OpenBLAS)" "libopenblas-dev")
+add_library(hd_openblas INTERFACE)
+target_link_libraries(hd_openblas INTERFACE ${BLAS_LIBRARIES})
+target_include_directories(hd_openblas INTERFACE ${HD_CBLAS_INCLUDE_DIR})
+
+# --- GoogleTest and Google Benchmark --------------------------------------------------------
+if(HD_BUILD_TESTS)
+  find_package(GTest CONFIG QUIET)
+  hd_require(GTest_FOUND "GoogleTest" "libgtest-dev libgmock-dev")
+endif()
+if(HD_BUILD_BENCH)
+  find_package(benchmark CONFIG QUIET)
+  hd_require(benchmark_FOUND "Google Benchmark" "libbenchmark-dev")
+endif()
+
+# --- CUDA toolkit (cudart, cuBLAS/cuBLASLt, cuDNN, NCCL) behind HD_CUDA ----------------------
+if(HD_CUDA)
+  # CMake 3.25 ignores CMAKE_CUDA_STANDARD 20 (P3); a static cudart next to the shared one
+  # gives two runtimes (P4).
+  set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
+  string(APPEND CMAKE_CUDA_FLAGS " -std=c++20")
+  enable_language(CUDA)
+  find_package(CUDAToolkit REQUIRED)
+  set(_hd_cuda_libdir ${CUDAToolkit_LIBRARY_DIR})
+  # No CMake package ships for cuDNN or NCCL in this toolkit layout (P5).
+  find_path(HD_CUDNN_INCLUDE_DIR cudnn.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+  find_library(HD_CUDNN_LIBRARY cudnn HINTS ${_hd_cuda_libdir})
+  find_path(HD_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+  find_library(HD_NCCL_LIBRARY nccl HINTS ${_hd_cuda_libdir})
+  if(NOT TARGET CUDA::cublas OR NOT TARGET CUDA::cublasLt)
+    message(FATAL_ERROR "hdtrain: cuBLAS/cuBLASLt not found in the CUDA toolkit at ${CUDAToolkit_LIBRARY_DIR}. "
+                        "Install the CUDA toolkit (nvidia-cuda-toolkit or NVIDIA's cuda-toolkit) or configure with -DHD_CUDA=OFF")
+  endif()
+  if(NOT HD_CUDNN_LIBRARY OR NOT HD_CUDNN_INCLUDE_DIR)
+    message(FATAL_ERROR "hdtrain: cuDNN not found next to the CUDA toolkit. Install nvidia-cudnn or configure with -DHD_CUDA=OFF")
+  endif()
+  if(NOT HD_NCCL_LIBRARY OR NOT HD_NCCL_INCLUDE_DIR)
+    message(FATAL_ERROR "hdtrain: NCCL not found next to the CUDA toolkit. Install libnccl-dev or configure with -DHD_CUDA=OFF")
+  endif()
+  add_library(hd_cudnn UNKNOWN IMPORTED)
+  set_target_properties(hd_cudnn PROPERTIES IMPORTED_LOCATION ${HD_CUDNN_LIBRARY}
+                                            INTERFACE_INCLUDE_DIRECTORIES ${HD_CUDNN_INCLUDE_DIR})
+  add_library(hd_nccl UNKNOWN IMPORTED)
+  set_target_properties(hd_nccl PROPERTIES IMPORTED_LOCATION ${HD_NCCL_LIBRARY}
+                                           INTERFACE_INCLUDE_DIRECTORIES ${HD_NCCL_INCLUDE_DIR})
+  message(STATUS "hdtrain: CUDA ${CUDAToolkit_VERSION}, arches ${CMAKE_CUDA_ARCHITECTURES}, "
+                 "cuDNN ${HD_CUDNN_LIBRARY}, NCCL ${HD_NCCL_LIBRARY}")
+endif()

@@ -1,0 +1,26 @@
+// GEMM on the CPU through OpenBLAS (single-threaded per call: see autograd/thread_pool.h).
+#pragma once
+
+#include <cstdint>
+
+#include "autograd/tensor.h"
+
+namespace hd::cpu {
+
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C, where op(A) is A[M,K] (lda = row stride)
+// or, with trans_a, A stored as [K,M]. Runs on the calling thread; kernels call it from pool
+// tasks.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+          int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
+          const double* A, int64_t lda, const double* B, int64_t ldb, double beta, double* C,
+          int64_t ldc);
+
+// out[b] = a[b] @ bm[b] for every batch index b (batch dims already broadcast to out's batch
+// shape via 0 strides). a: [..., M, K], bm: [..., K, N], out contiguous [..., M, N]; the last
+// two dims of a and bm must have a unit stride in one of them (the frontend copies otherwise).
+// If accumulate, out += a @ bm. Work is split over the thread pool by batch and by rows.
+void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate = false);
+
+}  // namespace hd::cpu

@@ -1,0 +1,64 @@
+// Scalar math written so GCC auto-vectorises it (no libm calls in hot loops).
+//
+// Why: softmax, GELU and sigmoid run over hundreds of millions of elements per training step;
+// libm's expf/erff are scalar calls that stop vectorisation and cost ~10x. These routines are
+// branch-free (selects only) and accurate to a few ulp in f32; the f64 overloads call libm,
+// because f64 is used for gradient checks where accuracy matters more than speed.
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+namespace hd::cpu {
+
+// exp(x), Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n from bits.
+inline float vexp(float x) {
+  float xc = x < -87.33654f ? -87.33654f : (x > 88.3762626f ? 88.3762626f : x);
+  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  float scale = std::bit_cast<float>(int32_t(int32_t(n) + 127) << 23);
+  float y = p * scale;
+  y = x < -87.33654f ? 0.0f : y;
+  y = x > 88.7228391f ? INFINITY : y;
+  return x != x ? x : y;
+}
+inline double vexp(double x) { return std::exp(x); }
+
+// erf(x): rational minimax approximation on [-4, 4] (outside, |erf| rounds to 1 in f32).
+inline float verf(float x) {
+  float xc = x < -4.0f ? -4.0f : (x > 4.0f ? 4.0f : x);
+  float x2 = xc * xc;
+  float p = -2.72614225801306e-10f;
+  p = p * x2 + 2.77068142495902e-08f;
+  p = p * x2 + -2.10102402082508e-06f;
+  p = p * x2 + -5.69250639462346e-05f;
+  p = p * x2 + -7.34990630326855e-04f;
+  p = p * x2 + -2.95459980854025e-03f;
+  p = p * x2 + -1.60960333262415e-02f;
+  p = p * xc;
+  float q = -1.45660718464996e-05f;
+  q = q * x2 + -2.13374055278905e-04f;
+  q = q * x2 + -1.68282697438203e-03f;
+  q = q * x2 + -7.37332916720468e-03f;
+  q = q * x2 + -1.42647390514189e-02f;
+  return x != x ? x : p / q;
+}
+inline double verf(double x) { return std::erf(x); }
+
+template <class T>
+inline T vsigmoid(T x) {
+  return T(1) / (T(1) + vexp(-x));
+}
+// tanh via exp: 1 - 2/(e^{2x}+1); absolute error ~1e-7 in f32 (used inside GELU-tanh).
+inline float vtanh(float x) { return 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f); }
+inline double vtanh(double x) { return std::tanh(x); }
+
+}  // namespace hd::cpu
