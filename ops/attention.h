@@ -23,3 +23,14 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                                     const AttentionOptions& options = {});
 
 }  // namespace hd
+
+namespace hd::detail {
+
+// scaled_dot_product_attention with explicit tile sizes and backward scheme (split: -1 auto,
+// 0 one task per (batch, head), 1 separate dK/dV and dQ passes). For tests: tiny tiles cover
+// partial tiles and tile boundaries at the prefix; both schemes must agree bit for bit.
+Tensor scaled_dot_product_attention_tiled(const Tensor& q, const Tensor& k, const Tensor& v,
+                                          const AttentionOptions& options, int64_t q_block,
+                                          int64_t k_block, int split = -1);
+
+}  // namespace hd::detail

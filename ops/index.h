@@ -25,4 +25,20 @@ Tensor embedding(const Tensor& weight, const Tensor& ids);
 // a gradient (scattered back).
 ValuesIndices topk(const Tensor& x, int64_t k);
 
+// Raw pieces (no autograd) shared by the indexing, top-k and resampling frontends so their
+// backward formulas reuse the same deterministic kernels. Indices passed to the *_raw / *_into
+// functions are i64 and already range-checked.
+namespace indexing {
+// `index` as i64 (i32 converted), detached; throws naming `op` for other dtypes.
+Tensor index_i64(const char* op, const Tensor& index);
+// Throws "<op>: index V is out of range for dim D of size S (tensor shape ...)".
+void check_index_range(const char* op, const Tensor& index, int64_t size, int64_t dim,
+                       const Shape& shape);
+Tensor index_select_raw(const Tensor& x, int64_t dim, const Tensor& index);
+Tensor gather_raw(const Tensor& x, int64_t dim, const Tensor& index);
+// `out` must be a tensor the caller owns (e.g. fresh zeros); these add into it in place.
+void index_add_into(Tensor& out, int64_t dim, const Tensor& index, const Tensor& src);
+void scatter_add_into(Tensor& out, int64_t dim, const Tensor& index, const Tensor& src);
+}  // namespace indexing
+
 }  // namespace hd

@@ -1,0 +1,87 @@
+// AdamW with parameter groups chosen by rule, a warmup + cosine schedule, and global-norm
+// gradient clipping.
+//
+// The optimizer works on whatever tensors it is given: full parameters here, and later the
+// local fp32 shards FSDP hands it (the shard is the master copy), so nothing here assumes a
+// parameter's gradient lives in a module.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "autograd/module.h"
+#include "autograd/tensor.h"
+
+namespace hd {
+
+struct ParamGroup {
+  std::string label;  // e.g. "decay", "no_decay"
+  std::vector<std::string> names;
+  std::vector<Tensor> params;
+  double weight_decay = 0.0;
+};
+
+// Decides which parameters get weight decay from name and shape. The default rule (OpenCLIP's,
+// used by PS3): no decay for tensors with fewer than 2 dims (biases, norm weights, layer
+// scales, learned scalars) and for names containing one of `no_decay_substrings`.
+struct DecayRule {
+  std::vector<std::string> no_decay_substrings = {"logit_scale", "logit_bias"};
+  bool decays(const std::string& name, const Tensor& t) const;
+};
+
+// Splits a module's parameters into a "decay" and a "no_decay" group by `rule`.
+std::vector<ParamGroup> param_groups(const Module& module, double weight_decay,
+                                     const DecayRule& rule = {});
+
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.999;
+  double eps = 1e-8;
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<ParamGroup> groups, AdamWOptions options);
+
+  // One update of every parameter that has a gradient (those without are skipped, as PyTorch
+  // does). The step counter is per optimizer (all parameters step together).
+  void step();
+  void zero_grad();
+  void set_lr(double lr) { options_.lr = lr; }
+  double lr() const { return options_.lr; }
+  int64_t step_count() const { return step_; }
+  void set_step_count(int64_t step) { step_ = step; }  // for resume
+  const std::vector<ParamGroup>& groups() const { return groups_; }
+  // Moment buffers, by group and index (for checkpoints); created on first step.
+  Tensor& exp_avg(size_t group, size_t index) { return exp_avg_.at(group).at(index); }
+  Tensor& exp_avg_sq(size_t group, size_t index) { return exp_avg_sq_.at(group).at(index); }
+
+ private:
+  std::vector<ParamGroup> groups_;
+  AdamWOptions options_;
+  int64_t step_ = 0;
+  std::vector<std::vector<Tensor>> exp_avg_, exp_avg_sq_;
+};
+
+// Linear warmup then cosine decay (OpenCLIP's cosine_lr): for step < warmup,
+// lr = peak (step + 1) / warmup; after, lr = min + (peak - min) (1 + cos(pi e / E)) / 2 with
+// e = step - warmup, E = total - warmup. The schedule is a pure function of the step, so
+// resuming only needs the step.
+struct WarmupCosine {
+  double peak_lr;
+  int64_t warmup_steps;
+  int64_t total_steps;
+  double min_lr = 0.0;
+  double at(int64_t step) const;
+};
+
+// Sum of squared gradient entries (f64) over `params`; the FSDP version all-reduces this.
+double grad_norm_squared(const std::vector<Tensor>& params);
+// Scales gradients by min(1, max_norm / (total_norm + 1e-6)) (PyTorch's rule) and returns
+// total_norm = sqrt(grad_norm_squared). Non-finite norms are returned without scaling so the
+// caller can skip the step.
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+void scale_grads(const std::vector<Tensor>& params, double factor);
+
+}  // namespace hd
