@@ -1,0 +1,98 @@
+// Google Benchmark for the ops on the ViT hot path. Counters: FLOP/s for GEMM and attention
+// (forward 4 N^2 Dh per head, backward 2.5x that when recomputing P), bytes/s otherwise.
+#include <benchmark/benchmark.h>
+
+#include "autograd/node.h"
+#include "ops/attention.h"
+#include "ops/elementwise.h"
+#include "ops/factory.h"
+#include "ops/linalg.h"
+#include "ops/norm.h"
+#include "ops/reduce.h"
+#include "ops/softmax.h"
+
+namespace hd {
+namespace {
+
+Tensor randn(const Shape& shape, uint64_t seed, bool grad = false) {
+  Generator g(seed, "bench");
+  Tensor t = normal(shape, 0, 1, g);
+  if (grad) t.requires_grad_(true);
+  return t;
+}
+
+void BM_Matmul(benchmark::State& state) {
+  int64_t n = state.range(0);
+  Tensor a = randn({n, n}, 1), b = randn({n, n}, 2);
+  for (auto _ : state) benchmark::DoNotOptimize(matmul(a, b));
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Matmul)->Arg(512)->Arg(1024)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ViT linear: [B*N, C] x [C, 3C] (qkv) as in the benchmark model.
+void BM_LinearQKV(benchmark::State& state) {
+  Tensor x = randn({8 * 729, 192}, 3), w = randn({576, 192}, 4);
+  for (auto _ : state) benchmark::DoNotOptimize(linear(x, w));
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * 8 * 729 * 192 * 576, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_LinearQKV)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_AttentionForward(benchmark::State& state) {
+  Tensor q = randn({8, 3, 729, 64}, 5), k = randn({8, 3, 729, 64}, 6), v = randn({8, 3, 729, 64}, 7);
+  NoGradGuard no_grad;
+  for (auto _ : state) benchmark::DoNotOptimize(scaled_dot_product_attention(q, k, v));
+  state.counters["FLOP/s"] = benchmark::Counter(4.0 * 24 * 729 * 729 * 64, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_AttentionForward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_AttentionForwardBackward(benchmark::State& state) {
+  Tensor q = randn({8, 3, 729, 64}, 5, true), k = randn({8, 3, 729, 64}, 6, true),
+         v = randn({8, 3, 729, 64}, 7, true);
+  Tensor g = randn({8, 3, 729, 64}, 8);
+  for (auto _ : state) {
+    scaled_dot_product_attention(q, k, v).backward(g);
+    q.zero_grad();
+    k.zero_grad();
+    v.zero_grad();
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(3.5 * 4.0 * 24 * 729 * 729 * 64, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_AttentionForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_LayerNormForwardBackward(benchmark::State& state) {
+  Tensor x = randn({8 * 729, 192}, 9, true), w = randn({192}, 10, true), b = randn({192}, 11, true);
+  Tensor g = randn({8 * 729, 192}, 12);
+  for (auto _ : state) {
+    layer_norm(x, w, b, 1e-6).backward(g);
+    x.zero_grad();
+    w.zero_grad();
+    b.zero_grad();
+  }
+  state.counters["bytes/s"] = benchmark::Counter(5.0 * 4 * 8 * 729 * 192, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_LayerNormForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_SoftmaxForwardBackward(benchmark::State& state) {
+  Tensor x = randn({24, 729, 729}, 13, true), g = randn({24, 729, 729}, 14);
+  for (auto _ : state) {
+    softmax(x, -1).backward(g);
+    x.zero_grad();
+  }
+  state.counters["bytes/s"] = benchmark::Counter(5.0 * 4 * 24 * 729 * 729, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_SoftmaxForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_GeluForwardBackward(benchmark::State& state) {
+  Tensor x = randn({8 * 729, 768}, 15, true), g = randn({8 * 729, 768}, 16);
+  for (auto _ : state) {
+    gelu(x).backward(g);
+    x.zero_grad();
+  }
+  state.counters["bytes/s"] = benchmark::Counter(4.0 * 4 * 8 * 729 * 768, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_GeluForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+}  // namespace hd
+
+BENCHMARK_MAIN();

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Side-by-side ViT training step: PyTorch (Debian's python3-torch) vs hdtrain, alternated.
+
+The model is the one in shared/reference/build-and-baseline-notes.md §4(d): width 192, depth 6,
+3 heads, patch 14, 729 tokens (378x378), batch 8, fp32, AdamW, cross-entropy over 1000 classes.
+Each round runs the PyTorch step in a child process, then hdtrain's (bench/vit_step.cpp), so both
+see the same machine conditions; the script prints both medians and the ratio.
+
+Usage: /usr/bin/python3 bench/vit_step_compare.py --hd build/bench/hd_bench_vit_step [--rounds 5]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+TORCH_CHILD = r'''
+import sys, time, torch
+threads = int(sys.argv[1]); steps = int(sys.argv[2]); warmup = int(sys.argv[3])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+D, depth, H, P, S, B, C = 192, 6, 3, 14, 378, 8, 1000
+N = (S // P) ** 2
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm1 = torch.nn.LayerNorm(D, eps=1e-6)
+        self.qkv = torch.nn.Linear(D, 3 * D)
+        self.proj = torch.nn.Linear(D, D)
+        self.norm2 = torch.nn.LayerNorm(D, eps=1e-6)
+        self.fc1 = torch.nn.Linear(D, 4 * D)
+        self.fc2 = torch.nn.Linear(4 * D, D)
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, H, D // H).permute(2, 0, 3, 1, 4)
+        a = ((q @ k.transpose(-2, -1)) * (D // H) ** -0.5).softmax(-1) @ v
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, D))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+class ViT(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, D, P, P)
+        self.pos = torch.nn.Parameter(torch.randn(1, N, D) * 0.02)
+        self.blocks = torch.nn.ModuleList([Block() for _ in range(depth)])
+        self.norm = torch.nn.LayerNorm(D, eps=1e-6)
+        self.head = torch.nn.Linear(D, C)
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x).mean(1))
+
+model = ViT()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+x = torch.randn(B, 3, S, S)
+y = torch.arange(B) * 37 % C
+for s in range(warmup + steps):
+    t0 = time.perf_counter()
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    t = (time.perf_counter() - t0) * 1e3
+    if s >= warmup:
+        print(f"step_ms={t:.1f}", flush=True)
+'''
+
+
+def parse_steps(text):
+    return [float(line.split()[0].split("=")[1]) for line in text.splitlines() if line.startswith("step_ms=")]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hd", required=True, help="path to hd_bench_vit_step")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per round and side")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if not os.access(args.hd, os.X_OK):
+        sys.exit(f"vit_step_compare: {args.hd} is not an executable (build with cmake first)")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
+               MKL_NUM_THREADS=str(args.threads), HD_NUM_THREADS=str(args.threads))
+    torch_ms, hd_ms = [], []
+    for r in range(args.rounds):
+        t = subprocess.run(["/usr/bin/python3", "-c", TORCH_CHILD, str(args.threads), str(args.steps),
+                            str(args.warmup)], env=env, capture_output=True, text=True)
+        if t.returncode != 0:
+            sys.exit(f"vit_step_compare: PyTorch child failed:\n{t.stderr}")
+        h = subprocess.run([args.hd, f"--steps={args.steps}", f"--warmup={args.warmup}"], env=env,
+                           capture_output=True, text=True)
+        if h.returncode != 0:
+            sys.exit(f"vit_step_compare: hdtrain child failed:\n{h.stderr}")
+        torch_ms += parse_steps(t.stdout)
+        hd_ms += parse_steps(h.stdout)
+        print(f"round {r + 1}/{args.rounds}: torch {statistics.median(parse_steps(t.stdout)):.0f} ms, "
+              f"hdtrain {statistics.median(parse_steps(h.stdout)):.0f} ms", flush=True)
+    mt, mh = statistics.median(torch_ms), statistics.median(hd_ms)
+    print(f"PyTorch median step: {mt:.0f} ms ({len(torch_ms)} steps)")
+    print(f"hdtrain median step: {mh:.0f} ms ({len(hd_ms)} steps)")
+    print(f"ratio hdtrain/PyTorch: {mh / mt:.2f} (target <= 0.80)")
+
+
+if __name__ == "__main__":
+    main()
