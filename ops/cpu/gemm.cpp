@@ -23,6 +23,8 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const
 
 namespace {
 
+constexpr int64_t kRowBlock = 128;
+
 struct Layout {
   bool trans;
   int64_t ld;
@@ -80,29 +82,21 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
       if (!accumulate) std::fill(pc, pc + batches * M * N, T(0));
       return;
     }
-    const int threads = cpu_thread_pool().num_threads();
-    if (batches >= threads) {
-      parallel_for(0, batches, 1, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          int64_t oa, ob;
-          offsets(b, oa, ob);
-          gemm(la.trans, lb.trans, M, N, K, T(1), pa + oa, la.ld, pb + ob, lb.ld, beta,
-               pc + b * M * N, N);
-        }
-      });
-      return;
-    }
-    // Few batches: split rows of C (each thread one block of A's rows) so all cores work.
-    const int64_t row_grain = std::max<int64_t>(16, (M + threads - 1) / threads);
-    for (int64_t b = 0; b < batches; ++b) {
-      int64_t oa, ob;
-      offsets(b, oa, ob);
-      const int64_t a_row_step = la.trans ? 1 : la.ld;
-      parallel_for(0, M, row_grain, [&](int64_t m0, int64_t m1) {
-        gemm(la.trans, lb.trans, m1 - m0, N, K, T(1), pa + oa + m0 * a_row_step, la.ld, pb + ob,
+    // Fixed 128-row blocks, one sgemm call each, parallel over (batch, block). The blocks do
+    // not depend on the thread count, so neither does any output bit (OpenBLAS may pick other
+    // kernels for other block sizes, e.g. gemv for one row).
+    const int64_t blocks_per_batch = (M + kRowBlock - 1) / kRowBlock;
+    const int64_t a_row_step = la.trans ? 1 : la.ld;
+    parallel_for(0, batches * blocks_per_batch, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        int64_t b = t / blocks_per_batch, m0 = (t % blocks_per_batch) * kRowBlock;
+        int64_t rows = std::min(kRowBlock, M - m0);
+        int64_t oa, ob;
+        offsets(b, oa, ob);
+        gemm(la.trans, lb.trans, rows, N, K, T(1), pa + oa + m0 * a_row_step, la.ld, pb + ob,
              lb.ld, beta, pc + b * M * N + m0 * N, N);
-      });
-    }
+      }
+    });
   });
 }
 

@@ -1,0 +1,79 @@
+#include "ops/linalg.h"
+
+#include <gtest/gtest.h>
+
+#include "ops/elementwise.h"
+#include "ops/factory.h"
+#include "ops/shape.h"
+#include "tests/testing/gradcheck.h"
+
+namespace hd {
+namespace {
+
+using testing::check_gradients;
+using testing::max_abs_diff;
+using testing::random_leaf;
+using Inputs = std::vector<Tensor>;
+
+// Reference product with plain loops (the readable CPU reference next to the BLAS path).
+Tensor naive_matmul(const Tensor& a, const Tensor& b) {
+  int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  std::vector<double> va = a.to_vector<double>(), vb = b.to_vector<double>(), out(size_t(M * N));
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t k = 0; k < K; ++k) out[size_t(i * N + j)] += va[size_t(i * K + k)] * vb[size_t(k * N + j)];
+  return from_vector(out, {M, N}, DType::f64);
+}
+
+TEST(Matmul, MatchesNaiveLoopsForAllLayouts) {
+  Tensor a = random_leaf({37, 19}, 1), b = random_leaf({19, 23}, 2);
+  Tensor ref = naive_matmul(a, b);
+  EXPECT_LT(max_abs_diff(matmul(a, b), ref), 1e-12);
+  EXPECT_LT(max_abs_diff(matmul(contiguous(transpose(transpose(a, 0, 1), 0, 1)), b), ref), 1e-12);
+  Tensor at = contiguous(transpose(a, 0, 1)), bt = contiguous(transpose(b, 0, 1));
+  EXPECT_LT(max_abs_diff(matmul(transpose(at, 0, 1), transpose(bt, 0, 1)), ref), 1e-12);
+  // f32 with a sliced (strided rows) operand
+  Tensor big = to(random_leaf({37, 40}, 3), DType::f32);
+  Tensor sliced = narrow(big, 1, 3, 19);
+  Tensor ref32 = naive_matmul(to(contiguous(sliced), DType::f64), b);
+  EXPECT_LT(max_abs_diff(matmul(sliced, to(b, DType::f32)), ref32), 1e-4);
+}
+
+TEST(Matmul, RowBlocksDoNotDependOnTheSplit) {
+  // Products are computed in fixed 128-row blocks, whatever the thread count: rows of a large
+  // product equal the same block computed alone, bit for bit.
+  Tensor a = to(random_leaf({600, 64}, 4), DType::f32), b = to(random_leaf({64, 50}, 5), DType::f32);
+  Tensor full = matmul(a, b);
+  EXPECT_EQ(narrow(full, 0, 256, 128).to_vector<float>(), matmul(narrow(a, 0, 256, 128), b).to_vector<float>());
+  EXPECT_EQ(narrow(full, 0, 512, 88).to_vector<float>(), matmul(narrow(a, 0, 512, 88), b).to_vector<float>());
+}
+
+TEST(Matmul, BatchedBroadcastAndVectors) {
+  Tensor a = random_leaf({2, 1, 3, 4}, 6), b = random_leaf({5, 4, 2}, 7);
+  Tensor c = matmul(a, b);
+  EXPECT_EQ(c.shape(), (Shape{2, 5, 3, 2}));
+  Tensor ref = naive_matmul(reshape(select(a, 0, 1), {3, 4}), select(b, 0, 3));
+  EXPECT_LT(max_abs_diff(select(select(c, 0, 1), 0, 3), ref), 1e-12);
+  EXPECT_EQ(matmul(random_leaf({4}, 8), random_leaf({4, 3}, 9)).shape(), (Shape{3}));
+  EXPECT_EQ(matmul(random_leaf({2, 4}, 8), random_leaf({4}, 9)).shape(), (Shape{2}));
+  EXPECT_THROW(matmul(zeros({2, 3}), zeros({4, 2})), Error);
+}
+
+TEST(MatmulGrad, BatchedBroadcastAndTransposed) {
+  Tensor a = random_leaf({2, 3, 4}, 10), b = random_leaf({4, 5}, 11);
+  EXPECT_TRUE(check_gradients([](const Inputs& in) { return matmul(in[0], in[1]); }, {a, b}));
+  Tensor c = random_leaf({4, 3}, 12);
+  EXPECT_TRUE(check_gradients([](const Inputs& in) { return matmul(transpose(in[0], 0, 1), in[1]); }, {c, b}));
+  Tensor v = random_leaf({4}, 13);
+  EXPECT_TRUE(check_gradients([](const Inputs& in) { return matmul(in[0], in[1]); }, {a, v}));
+}
+
+TEST(LinearGrad, WithAndWithoutBias) {
+  Tensor x = random_leaf({2, 3, 4}, 14), w = random_leaf({5, 4}, 15), b = random_leaf({5}, 16);
+  EXPECT_TRUE(check_gradients([](const Inputs& in) { return linear(in[0], in[1], in[2]); }, {x, w, b}));
+  EXPECT_TRUE(check_gradients([](const Inputs& in) { return linear(permute(in[0], {1, 0, 2}), in[1]); }, {x, w}));
+  EXPECT_THROW(linear(zeros({2, 3}), zeros({5, 4})), Error);
+}
+
+}  // namespace
+}  // namespace hd
