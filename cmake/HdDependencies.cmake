@@ -54,11 +54,12 @@ endif()
 
 # --- CUDA toolkit (cudart, cuBLAS/cuBLASLt, cuDNN, NCCL) behind HD_CUDA ----------------------
 if(HD_CUDA)
-  # CMake 3.25 ignores CMAKE_CUDA_STANDARD 20 (P3); a static cudart next to the shared one
-  # gives two runtimes (P4).
+  # A static cudart next to the shared one gives two runtimes (P4). CMake 3.25 cannot express
+  # C++20 for nvcc (P3), and a -std=c++20 in CMAKE_CUDA_FLAGS at detection time makes it add
+  # -std=c++17 to every CUDA compile; so the flag is added after detection, per language.
   set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
-  string(APPEND CMAKE_CUDA_FLAGS " -std=c++20")
   enable_language(CUDA)
+  add_compile_options($<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
   find_package(CUDAToolkit REQUIRED)
   set(_hd_cuda_libdir ${CUDAToolkit_LIBRARY_DIR})
   # No CMake package ships for cuDNN or NCCL in this toolkit layout (P5).
