@@ -105,3 +105,29 @@ TEST(Tensor, AllocatorIsAlignedAndCountsBytes) {
 
 }  // namespace
 }  // namespace hd
+
+namespace hd {
+namespace {
+
+TEST(Allocator, LargeBlocksAreCachedAndReused) {
+  CpuAllocator alloc;
+  EXPECT_EQ(CpuAllocator::size_class(100), 128u);
+  EXPECT_EQ(CpuAllocator::size_class(1 << 20), size_t(1) << 20);
+  EXPECT_EQ(CpuAllocator::size_class((1 << 20) + 1), (size_t(1) << 20) + (size_t(1) << 17));
+  void* a = alloc.allocate(3'000'000);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a) % 64, 0u);
+  EXPECT_EQ(alloc.stats().current_bytes, 3'000'000);
+  alloc.deallocate(a, 3'000'000);
+  EXPECT_EQ(alloc.stats().current_bytes, 0);
+  EXPECT_GT(alloc.stats().cached_bytes, 0);
+  void* b = alloc.allocate(2'900'000);  // same size class: the cached block comes back
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(alloc.stats().cached_bytes, 0);
+  EXPECT_EQ(alloc.stats().peak_bytes, 3'000'000);
+  alloc.deallocate(b, 2'900'000);
+  alloc.empty_cache();
+  EXPECT_EQ(alloc.stats().cached_bytes, 0);
+}
+
+}  // namespace
+}  // namespace hd

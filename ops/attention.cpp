@@ -1,0 +1,159 @@
+#include "ops/attention.h"
+
+#include <cmath>
+
+#include "autograd/node.h"
+#include "ops/cpu/attention.h"
+#include "ops/dispatch.h"
+#include "ops/shape.h"
+
+namespace hd {
+namespace {
+
+constexpr const char* kOp = "scaled_dot_product_attention";
+
+// The kernel needs a unit stride in the last dim and rows at least a row apart (BLAS). Permuted
+// views of a [B, N, 3, H, Dh] qkv projection qualify, so the ViT's q/k/v pass without a copy.
+Tensor kernel_ready(const Tensor& t) {
+  if (!t.defined()) return t;
+  const int64_t rows = t.size(2), cols = t.size(3);
+  const bool ok = (t.stride(3) == 1 || cols == 1) && (rows <= 1 || t.stride(2) >= cols);
+  return ok ? t : contiguous(t);
+}
+
+void check_4d(const Tensor& t, const char* what, const char* layout) {
+  HD_CHECK(t.dim() == 4, kOp, ": ", what, " must be ", layout, ", got ", t.str());
+}
+
+void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
+  HD_CHECK(q.defined() && k.defined() && v.defined(), kOp, ": q, k and v must be defined");
+  check_4d(q, "q", "[B, H, Nq, Dh]");
+  check_4d(k, "k", "[B, H, Nk, Dh]");
+  check_4d(v, "v", "[B, H, Nk, Dv]");
+  check_same_device(kOp, {&q, &k, &v, &o.prefix_k, &o.prefix_v, &o.key_mask});
+  check_same_dtype(kOp, q, k);
+  check_same_dtype(kOp, q, v);
+  HD_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64, kOp,
+           ": expected f32 or f64 tensors, got ", q.str());
+  const int64_t B = q.size(0), H = q.size(1), Dh = q.size(3), Nk = k.size(2), Dv = v.size(3);
+  HD_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == Dh, kOp, ": q ", q.shape(), " and k ",
+           k.shape(), " must agree in batch, heads and head dim");
+  HD_CHECK(v.size(0) == B && v.size(1) == H && v.size(2) == Nk, kOp, ": k ", k.shape(), " and v ",
+           v.shape(), " must agree in batch, heads and key count");
+  HD_CHECK(Dh > 0 && Dv > 0, kOp, ": head dims must be positive, got q ", q.shape(), " v ",
+           v.shape());
+  HD_CHECK(o.prefix_k.defined() == o.prefix_v.defined(), kOp,
+           ": prefix_k and prefix_v must be given together");
+  int64_t Np = 0;
+  if (o.prefix_k.defined()) {
+    check_4d(o.prefix_k, "prefix_k", "[B, H, Np, Dh]");
+    check_4d(o.prefix_v, "prefix_v", "[B, H, Np, Dv]");
+    check_same_dtype(kOp, q, o.prefix_k);
+    check_same_dtype(kOp, q, o.prefix_v);
+    Np = o.prefix_k.size(2);
+    HD_CHECK(o.prefix_k.shape() == (Shape{B, H, Np, Dh}), kOp, ": prefix_k ", o.prefix_k.shape(),
+             " does not match q ", q.shape(), " (expected [", B, ", ", H, ", Np, ", Dh, "])");
+    HD_CHECK(o.prefix_v.shape() == (Shape{B, H, Np, Dv}), kOp, ": prefix_v ", o.prefix_v.shape(),
+             " does not match prefix_k ", o.prefix_k.shape(), " and v ", v.shape(), " (expected [",
+             B, ", ", H, ", ", Np, ", ", Dv, "])");
+  }
+  if (o.key_mask.defined()) {
+    HD_CHECK(o.key_mask.dtype() == DType::boolean, kOp, ": key_mask must be bool, got ",
+             o.key_mask.str());
+    HD_CHECK(o.key_mask.shape() == (Shape{B, Np + Nk}), kOp, ": key_mask ", o.key_mask.shape(),
+             " must be [B, Np + Nk] = [", B, ", ", Np + Nk, "] (prefix keys first)");
+  }
+}
+
+struct AttentionBackward final : Node {
+  SavedTensor q, k, v, prefix_k, prefix_v, key_mask, out, lse;
+  double scale = 1;
+  bool causal = false;
+  cpu::AttentionBlocks blocks;
+  std::string name() const override { return "ScaledDotProductAttentionBackward"; }
+  void release_saved() override {
+    for (SavedTensor* s : {&q, &k, &v, &prefix_k, &prefix_v, &key_mask, &out, &lse}) s->reset();
+  }
+  std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
+    cpu::AttentionArgs a{q.unpack(*this),
+                         k.unpack(*this),
+                         v.unpack(*this),
+                         prefix_k.unpack(*this),
+                         prefix_v.unpack(*this),
+                         key_mask.unpack(*this),
+                         scale,
+                         causal,
+                         blocks};
+    Tensor o = out.unpack(*this), l = lse.unpack(*this);
+    check_same_dtype(kOp, o, grads[0]);
+    Tensor g = kernel_ready(grads[0]);
+    Tensor dq = Tensor::empty(a.q.shape(), a.q.dtype(), a.q.device());
+    Tensor dk = Tensor::empty(a.k.shape(), a.q.dtype(), a.q.device());
+    Tensor dv = Tensor::empty(a.v.shape(), a.q.dtype(), a.q.device());
+    Tensor dpk, dpv;
+    if (a.prefix_k.defined()) {
+      dpk = Tensor::empty(a.prefix_k.shape(), a.q.dtype(), a.q.device());
+      dpv = Tensor::empty(a.prefix_v.shape(), a.q.dtype(), a.q.device());
+    }
+    dispatch(g, kOp, [&] { cpu::attention_backward(a, o, l, g, dq, dk, dv, dpk, dpv); });
+    return {needs_input_grad(0) ? dq : Tensor(), needs_input_grad(1) ? dk : Tensor(),
+            needs_input_grad(2) ? dv : Tensor(), needs_input_grad(3) ? dpk : Tensor(),
+            needs_input_grad(4) ? dpv : Tensor()};
+  }
+};
+
+Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o,
+                      const cpu::AttentionBlocks& blocks) {
+  check_inputs(q, k, v, o);
+  cpu::AttentionArgs a;
+  a.q = kernel_ready(q.detach());
+  a.k = kernel_ready(k.detach());
+  a.v = kernel_ready(v.detach());
+  if (o.prefix_k.defined()) {
+    a.prefix_k = kernel_ready(o.prefix_k.detach());
+    a.prefix_v = kernel_ready(o.prefix_v.detach());
+  }
+  if (o.key_mask.defined()) a.key_mask = contiguous(o.key_mask.detach());
+  a.scale = o.scale != 0 ? o.scale : 1.0 / std::sqrt(double(q.size(3)));
+  a.causal = o.causal;
+  a.blocks = blocks;
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2);
+  Tensor out = Tensor::empty({B, H, Nq, v.size(3)}, q.dtype(), q.device());
+  Tensor lse = Tensor::empty({B, H, Nq}, q.dtype(), q.device());
+  dispatch(q, kOp, [&] { cpu::attention_forward(a, out, lse); });
+  if (auto node = make_grad_node<AttentionBackward>({&q, &k, &v, &o.prefix_k, &o.prefix_v})) {
+    node->q = SavedTensor(a.q);
+    node->k = SavedTensor(a.k);
+    node->v = SavedTensor(a.v);
+    node->prefix_k = SavedTensor(a.prefix_k);
+    node->prefix_v = SavedTensor(a.prefix_v);
+    node->key_mask = SavedTensor(a.key_mask);
+    node->out = SavedTensor(out.detach());
+    node->lse = SavedTensor(lse);
+    node->scale = a.scale;
+    node->causal = a.causal;
+    node->blocks = blocks;
+    set_history(out, node);
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const AttentionOptions& options) {
+  return attention_impl(q, k, v, options, cpu::AttentionBlocks{});
+}
+
+namespace detail {
+
+Tensor scaled_dot_product_attention_tiled(const Tensor& q, const Tensor& k, const Tensor& v,
+                                          const AttentionOptions& options, int64_t q_block,
+                                          int64_t k_block, int split) {
+  HD_CHECK(q_block > 0 && k_block > 0, kOp, ": tile sizes must be positive, got ", q_block, " x ",
+           k_block);
+  return attention_impl(q, k, v, options, cpu::AttentionBlocks{q_block, k_block, split});
+}
+
+}  // namespace detail
+}  // namespace hd

@@ -1,0 +1,388 @@
+#include "ops/cpu/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "autograd/thread_pool.h"
+#include "ops/cpu/gemm.h"
+#include "ops/cpu/vec_math.h"
+
+namespace hd::cpu {
+namespace {
+
+// A [B, H, N, D] operand with a unit last stride: matrix (b, h) starts at base + b*sb + h*sh
+// and its rows are ld apart, so permuted views (q/k/v sliced out of one qkv projection) feed
+// BLAS directly instead of being copied.
+template <class T>
+struct Operand {
+  const T* base = nullptr;
+  int64_t sb = 0, sh = 0, ld = 1;
+  Operand() = default;
+  explicit Operand(const Tensor& t) : base(t.data<T>()), sb(t.stride(0)), sh(t.stride(1)) {
+    ld = t.size(2) > 1 ? t.stride(2) : std::max<int64_t>(t.size(3), 1);
+  }
+  const T* at(int64_t b, int64_t h) const { return base + b * sb + h * sh; }
+};
+
+// One run of keys: the prefix (always visible) or the own keys (causal if asked). Key tiles
+// never straddle the two, so the prefix needs no concatenation.
+template <class T>
+struct Segment {
+  Operand<T> k, v;
+  T* dk = nullptr;  // contiguous [B, H, n, Dh] / [B, H, n, Dv] gradients (backward only)
+  T* dv = nullptr;
+  int64_t n = 0, mask_offset = 0;
+  bool causal = false;
+};
+
+template <class T>
+struct Problem {
+  Operand<T> q;
+  Segment<T> seg[2];
+  int nseg = 0;
+  const bool* mask = nullptr;  // [B, mask_ld] or null
+  int64_t mask_ld = 0;
+  int64_t B = 0, H = 0, Nq = 0, Dh = 0, Dv = 0, bq = 64, bk = 256;
+  T scale = 1;
+
+  Problem(const AttentionArgs& a, Tensor* dk, Tensor* dv, Tensor* dpk, Tensor* dpv)
+      : q(a.q),
+        B(a.q.size(0)),
+        H(a.q.size(1)),
+        Nq(a.q.size(2)),
+        Dh(a.q.size(3)),
+        Dv(a.v.size(3)),
+        bq(std::max<int64_t>(a.blocks.q, 1)),
+        bk(std::max<int64_t>(a.blocks.k, 1)),
+        scale(T(a.scale)) {
+    int64_t np = a.prefix_k.defined() ? a.prefix_k.size(2) : 0;
+    if (np > 0) {
+      seg[nseg++] = {Operand<T>(a.prefix_k),
+                     Operand<T>(a.prefix_v),
+                     dpk ? dpk->data<T>() : nullptr,
+                     dpv ? dpv->data<T>() : nullptr,
+                     np,
+                     0,
+                     false};
+    }
+    seg[nseg++] = {Operand<T>(a.k),
+                   Operand<T>(a.v),
+                   dk ? dk->data<T>() : nullptr,
+                   dv ? dv->data<T>() : nullptr,
+                   a.k.size(2),
+                   np,
+                   a.causal};
+    if (a.key_mask.defined()) {
+      mask = a.key_mask.data<bool>();
+      mask_ld = a.key_mask.size(1);
+    }
+  }
+  // A causal own-key tile [j0, j0 + nk) is invisible to every query in [i0, i0 + nq).
+  static bool skipped(const Segment<T>& s, int64_t i0, int64_t nq, int64_t j0) {
+    return s.causal && j0 > i0 + nq - 1;
+  }
+};
+
+constexpr int kLanes = 16;  // independent accumulators so GCC vectorises max/sum reductions
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+template <class T>
+T row_max(const T* x, int64_t n) {
+  T acc[kLanes];
+  std::fill(acc, acc + kLanes, T(-kInf));
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] = x[c + l] > acc[l] ? x[c + l] : acc[l];
+  }
+  T m = T(-kInf);
+  for (int l = 0; l < kLanes; ++l) m = acc[l] > m ? acc[l] : m;
+  for (; c < n; ++c) m = x[c] > m ? x[c] : m;
+  return m;
+}
+
+// x <- exp(x - shift); returns the sum, always in the same order (deterministic).
+template <class T>
+T exp_shift_sum(T* x, int64_t n, T shift) {
+  for (int64_t c = 0; c < n; ++c) x[c] = vexp(x[c] - shift);
+  T acc[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += x[c + l];
+  }
+  T s = 0;
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  for (; c < n; ++c) s += x[c];
+  return s;
+}
+
+// Sets masked scores of an [nq, nk] tile to -inf: keys whose mask entry is false (keymask
+// points at the tile's first key, or is null) and, for causal tiles, own keys after the query.
+template <class T>
+void mask_tile(T* S, int64_t nq, int64_t nk, const bool* keymask, bool causal, int64_t i0,
+               int64_t j0) {
+  const T ninf = T(-kInf);
+  if (keymask && !std::all_of(keymask, keymask + nk, [](bool b) { return b; })) {
+    for (int64_t r = 0; r < nq; ++r) {
+      T* row = S + r * nk;
+      for (int64_t c = 0; c < nk; ++c) row[c] = keymask[c] ? row[c] : ninf;
+    }
+  }
+  if (causal) {
+    for (int64_t r = 0; r < nq; ++r) {
+      int64_t first = std::max<int64_t>(i0 + r - j0 + 1, 0);  // first hidden column
+      if (first < nk) std::fill(S + r * nk + first, S + (r + 1) * nk, ninf);
+    }
+  }
+}
+
+// Rows [i0, i0 + nq) of matrix bh: one pass over all key tiles with an online softmax.
+template <class T>
+void forward_rows(const Problem<T>& p, int64_t bh, int64_t i0, int64_t nq, T* S, T* m, T* l, T* out,
+                  T* lse) {
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const T* Q = p.q.at(b, h) + i0 * p.q.ld;
+  T* O = out + (bh * p.Nq + i0) * p.Dv;
+  std::fill(m, m + nq, T(-kInf));
+  std::fill(l, l + nq, T(0));
+  std::fill(O, O + nq * p.Dv, T(0));
+  for (int s = 0; s < p.nseg; ++s) {
+    const Segment<T>& sg = p.seg[s];
+    const T* K = sg.k.at(b, h);
+    const T* V = sg.v.at(b, h);
+    for (int64_t j0 = 0; j0 < sg.n && !Problem<T>::skipped(sg, i0, nq, j0); j0 += p.bk) {
+      const int64_t nk = std::min(p.bk, sg.n - j0);
+      gemm(false, true, nq, nk, p.Dh, p.scale, Q, p.q.ld, K + j0 * sg.k.ld, sg.k.ld, T(0), S, nk);
+      mask_tile(S, nq, nk, p.mask ? p.mask + b * p.mask_ld + sg.mask_offset + j0 : nullptr,
+                sg.causal, i0, j0);
+      for (int64_t r = 0; r < nq; ++r) {
+        T* row = S + r * nk;
+        const T mnew = std::max(m[r], row_max(row, nk));
+        if (mnew == T(-kInf)) {  // nothing visible to this row yet: contributes nothing
+          std::fill(row, row + nk, T(0));
+          continue;
+        }
+        const T alpha = vexp(m[r] - mnew);  // 0 on the first visible tile (m = -inf)
+        l[r] = l[r] * alpha + exp_shift_sum(row, nk, mnew);
+        m[r] = mnew;
+        if (alpha != T(1)) {
+          T* o = O + r * p.Dv;
+          for (int64_t c = 0; c < p.Dv; ++c) o[c] *= alpha;
+        }
+      }
+      gemm(false, false, nq, p.Dv, nk, T(1), S, nk, V + j0 * sg.v.ld, sg.v.ld, T(1), O, p.Dv);
+    }
+  }
+  T* L = lse + bh * p.Nq + i0;
+  for (int64_t r = 0; r < nq; ++r) {
+    T* o = O + r * p.Dv;
+    if (l[r] == T(0)) {
+      // No visible key: zeros, and L = +inf so backward recomputes P = exp(S - L) = 0.
+      std::fill(o, o + p.Dv, T(0));
+      L[r] = T(kInf);
+      continue;
+    }
+    const T inv = T(1) / l[r];
+    for (int64_t c = 0; c < p.Dv; ++c) o[c] *= inv;
+    L[r] = m[r] + std::log(l[r]);
+  }
+}
+
+// Scratch from the tensor allocator (so memory stats see it), one per pool chunk.
+template <class T>
+Tensor scratch(int64_t n) {
+  return Tensor::empty({std::max<int64_t>(n, 1)}, dtype_of<T>());
+}
+
+}  // namespace
+
+void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse) {
+  visit_float(args.q.dtype(), "scaled_dot_product_attention", [&]<class T>() {
+    const Problem<T> p(args, nullptr, nullptr, nullptr, nullptr);
+    const int64_t qblocks = (p.Nq + p.bq - 1) / p.bq;
+    T* po = out.data<T>();
+    T* pl = lse.data<T>();
+    // Tasks are (batch*head, query tile): each output row is produced by exactly one task.
+    parallel_for(0, p.B * p.H * qblocks, 1, [&](int64_t lo, int64_t hi) {
+      Tensor ws = scratch<T>(p.bq * p.bk + 2 * p.bq);
+      T* S = ws.data<T>();
+      T* m = S + p.bq * p.bk;
+      T* l = m + p.bq;
+      for (int64_t t = lo; t < hi; ++t) {
+        const int64_t bh = t / qblocks, i0 = (t % qblocks) * p.bq;
+        forward_rows(p, bh, i0, std::min(p.bq, p.Nq - i0), S, m, l, po, pl);
+      }
+    });
+  });
+}
+
+namespace {
+
+template <class T>
+struct Grads {
+  Operand<T> dout;
+  const T* lse = nullptr;
+  const T* delta = nullptr;  // D = rowsum(dO * O), [B*H, Nq]
+  T* dq = nullptr;
+};
+
+// One (key tile, query tile) pair of FlashAttention-2's backward. P is recomputed from the saved
+// logsumexp; dS = P * (dP - D) * scale. do_dq / do_dkv select which gradients this pass
+// accumulates (the split scheme runs them in separate passes, in the same order).
+template <class T>
+void backward_tile(const Problem<T>& p, const Grads<T>& g, int64_t bh, const Segment<T>& sg,
+                   int64_t j0, int64_t nk, int64_t i0, int64_t nq, T* S, T* dP, bool do_dq,
+                   bool do_dkv) {
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const T* Q = p.q.at(b, h) + i0 * p.q.ld;
+  const T* K = sg.k.at(b, h) + j0 * sg.k.ld;
+  const T* V = sg.v.at(b, h) + j0 * sg.v.ld;
+  const T* dO = g.dout.at(b, h) + i0 * g.dout.ld;
+  const T* L = g.lse + bh * p.Nq + i0;
+  const T* D = g.delta + bh * p.Nq + i0;
+  gemm(false, true, nq, nk, p.Dh, p.scale, Q, p.q.ld, K, sg.k.ld, T(0), S, nk);
+  mask_tile(S, nq, nk, p.mask ? p.mask + b * p.mask_ld + sg.mask_offset + j0 : nullptr, sg.causal,
+            i0, j0);
+  for (int64_t r = 0; r < nq; ++r) {
+    T* row = S + r * nk;
+    const T lr = L[r];
+    for (int64_t c = 0; c < nk; ++c) row[c] = vexp(row[c] - lr);  // masked / empty rows -> 0
+  }
+  if (do_dkv) {
+    gemm(true, false, nk, p.Dv, nq, T(1), S, nk, dO, g.dout.ld, T(1),
+         sg.dv + (bh * sg.n + j0) * p.Dv, p.Dv);
+  }
+  gemm(false, true, nq, nk, p.Dv, T(1), dO, g.dout.ld, V, sg.v.ld, T(0), dP, nk);
+  for (int64_t r = 0; r < nq; ++r) {
+    const T* pr = S + r * nk;
+    T* row = dP + r * nk;
+    const T dr = D[r];
+    for (int64_t c = 0; c < nk; ++c) row[c] = pr[c] * (row[c] - dr) * p.scale;
+  }
+  if (do_dq) {
+    gemm(false, false, nq, p.Dh, nk, T(1), dP, nk, K, sg.k.ld, T(1), g.dq + (bh * p.Nq + i0) * p.Dh,
+         p.Dh);
+  }
+  if (do_dkv) {
+    gemm(true, false, nk, p.Dh, nq, T(1), dP, nk, Q, p.q.ld, T(1), sg.dk + (bh * sg.n + j0) * p.Dh,
+         p.Dh);
+  }
+}
+
+template <class T>
+void zero_key_grads(const Problem<T>& p, const Segment<T>& sg, int64_t bh, int64_t j0, int64_t nk) {
+  std::fill_n(sg.dk + (bh * sg.n + j0) * p.Dh, nk * p.Dh, T(0));
+  std::fill_n(sg.dv + (bh * sg.n + j0) * p.Dv, nk * p.Dv, T(0));
+}
+
+}  // namespace
+
+void attention_backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,
+                        const Tensor& grad_out, Tensor& dq, Tensor& dk, Tensor& dv,
+                        Tensor& dprefix_k, Tensor& dprefix_v) {
+  visit_float(args.q.dtype(), "scaled_dot_product_attention backward", [&]<class T>() {
+    const bool has_prefix = args.prefix_k.defined();
+    const Problem<T> p(args, &dk, &dv, has_prefix ? &dprefix_k : nullptr,
+                       has_prefix ? &dprefix_v : nullptr);
+    const int64_t BH = p.B * p.H, qblocks = (p.Nq + p.bq - 1) / p.bq;
+    Grads<T> g;
+    g.dout = Operand<T>(grad_out);
+    g.lse = lse.data<T>();
+    g.dq = dq.data<T>();
+
+    // D = rowsum(dO * O) per query row (FlashAttention-2's trick to avoid storing P).
+    Tensor delta = Tensor::empty({BH, p.Nq}, dtype_of<T>());
+    T* pd = delta.data<T>();
+    const T* po = out.data<T>();
+    parallel_for(0, BH, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t bh = lo; bh < hi; ++bh) {
+        const T* dO = g.dout.at(bh / p.H, bh % p.H);
+        for (int64_t i = 0; i < p.Nq; ++i) {
+          const T* o = po + (bh * p.Nq + i) * p.Dv;
+          const T* d = dO + i * g.dout.ld;
+          T s = 0;
+          for (int64_t c = 0; c < p.Dv; ++c) s += o[c] * d[c];
+          pd[bh * p.Nq + i] = s;
+        }
+      }
+    });
+    g.delta = pd;
+
+    // Key tiles of one matrix, in the fixed (segment, tile) order every scheme uses.
+    std::vector<std::pair<int, int64_t>> ktiles;
+    for (int s = 0; s < p.nseg; ++s) {
+      for (int64_t j0 = 0; j0 < p.seg[s].n; j0 += p.bk) ktiles.emplace_back(s, j0);
+    }
+    const int64_t nkt = int64_t(ktiles.size());
+    auto key_tile = [&](int64_t kt, const Segment<T>*& sg, int64_t& j0, int64_t& nk) {
+      sg = &p.seg[ktiles[size_t(kt)].first];
+      j0 = ktiles[size_t(kt)].second;
+      nk = std::min(p.bk, sg->n - j0);
+    };
+    const size_t tile_elems = size_t(p.bq * p.bk);
+
+    // Fused scheme: one task per matrix does dQ, dK and dV (5 GEMMs per tile pair). When there
+    // are fewer matrices than threads, the split scheme runs dK/dV tasks per key tile and dQ
+    // tasks per query tile (7 GEMMs per pair, but all threads busy). Both accumulate every
+    // gradient in the same order, so they give bit-identical results.
+    int split = args.blocks.split;
+    if (split < 0) split = BH < cpu_thread_pool().num_threads() ? 1 : 0;
+    if (!split) {
+      parallel_for(0, BH, 1, [&](int64_t lo, int64_t hi) {
+        Tensor ws = scratch<T>(int64_t(2 * tile_elems));
+        T* S = ws.data<T>();
+        for (int64_t bh = lo; bh < hi; ++bh) {
+          std::fill_n(g.dq + bh * p.Nq * p.Dh, p.Nq * p.Dh, T(0));
+          for (int64_t kt = 0; kt < nkt; ++kt) {
+            const Segment<T>* sg;
+            int64_t j0, nk;
+            key_tile(kt, sg, j0, nk);
+            zero_key_grads(p, *sg, bh, j0, nk);
+            for (int64_t i0 = 0; i0 < p.Nq; i0 += p.bq) {
+              const int64_t nq = std::min(p.bq, p.Nq - i0);
+              if (Problem<T>::skipped(*sg, i0, nq, j0)) continue;
+              backward_tile(p, g, bh, *sg, j0, nk, i0, nq, S, S + tile_elems, true, true);
+            }
+          }
+        }
+      });
+      return;
+    }
+    parallel_for(0, BH * nkt, 1, [&](int64_t lo, int64_t hi) {
+      Tensor ws = scratch<T>(int64_t(2 * tile_elems));
+      T* S = ws.data<T>();
+      for (int64_t t = lo; t < hi; ++t) {
+        const int64_t bh = t / nkt;
+        const Segment<T>* sg;
+        int64_t j0, nk;
+        key_tile(t % nkt, sg, j0, nk);
+        zero_key_grads(p, *sg, bh, j0, nk);
+        for (int64_t i0 = 0; i0 < p.Nq; i0 += p.bq) {
+          const int64_t nq = std::min(p.bq, p.Nq - i0);
+          if (Problem<T>::skipped(*sg, i0, nq, j0)) continue;
+          backward_tile(p, g, bh, *sg, j0, nk, i0, nq, S, S + tile_elems, false, true);
+        }
+      }
+    });
+    parallel_for(0, BH * qblocks, 1, [&](int64_t lo, int64_t hi) {
+      Tensor ws = scratch<T>(int64_t(2 * tile_elems));
+      T* S = ws.data<T>();
+      for (int64_t t = lo; t < hi; ++t) {
+        const int64_t bh = t / qblocks, i0 = (t % qblocks) * p.bq;
+        const int64_t nq = std::min(p.bq, p.Nq - i0);
+        std::fill_n(g.dq + (bh * p.Nq + i0) * p.Dh, nq * p.Dh, T(0));
+        for (int64_t kt = 0; kt < nkt; ++kt) {
+          const Segment<T>* sg;
+          int64_t j0, nk;
+          key_tile(kt, sg, j0, nk);
+          if (Problem<T>::skipped(*sg, i0, nq, j0)) continue;
+          backward_tile(p, g, bh, *sg, j0, nk, i0, nq, S, S + tile_elems, true, false);
+        }
+      }
+    });
+  });
+}
+
+}  // namespace hd::cpu

@@ -1,0 +1,45 @@
+// Flash-attention kernels on the CPU (forward and FlashAttention-2 backward), f32 and f64.
+//
+// Memory: each task holds one [q_block, k_block] tile of scores (plus one of dP in backward);
+// the full [Nq, Nk] matrix never exists. Block products go through single-threaded cpu::gemm
+// inside pool tasks. Every output element is accumulated by one task in a fixed order, so
+// results are bit-identical for any thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "autograd/tensor.h"
+
+namespace hd::cpu {
+
+struct AttentionBlocks {
+  // 64 x 256 f32 scores = 64 KiB: the tile and its dP twin stay in L2 with the K/V blocks.
+  int64_t q = 64;
+  int64_t k = 256;
+  // Backward scheme: -1 picks by thread count, 0 one task per (batch, head), 1 separate dK/dV
+  // and dQ passes. Forced only by tests, to check the two agree bit for bit.
+  int split = -1;
+};
+
+// Operands as prepared by the frontend: q [B, H, Nq, Dh], k [B, H, Nk, Dh], v [B, H, Nk, Dv],
+// prefix_k/prefix_v [B, H, Np, D*] or undefined, all with a unit stride in the last dim (any
+// other strides, so permuted views need no copy); key_mask contiguous bool [B, Np + Nk] or
+// undefined. scale is the final (non-zero) scale.
+struct AttentionArgs {
+  Tensor q, k, v, prefix_k, prefix_v, key_mask;
+  double scale = 1.0;
+  bool causal = false;
+  AttentionBlocks blocks;
+};
+
+// out: contiguous [B, H, Nq, Dv]; lse: contiguous [B, H, Nq], the per-row logsumexp of the
+// scaled, masked scores (+inf for a row with no visible key, whose output is zero).
+void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse);
+
+// grad_out [B, H, Nq, Dv] with a unit last stride. Writes contiguous dq, dk, dv and, when the
+// args have a prefix, dprefix_k and dprefix_v (all allocated by the caller, overwritten).
+void attention_backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,
+                        const Tensor& grad_out, Tensor& dq, Tensor& dk, Tensor& dv,
+                        Tensor& dprefix_k, Tensor& dprefix_v);
+
+}  // namespace hd::cpu
