@@ -14,8 +14,7 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_
     T* m = exp_avg.data<T>();
     T* v = exp_avg_sq.data<T>();
     const T decay = T(1.0 - s.lr * s.weight_decay);
-    const T b2 = T(s.beta2), one_minus_b1 = T(1.0 - s.beta1),
-            one_minus_b2 = T(1.0 - s.beta2);
+    const T b2 = T(s.beta2), one_minus_b1 = T(1.0 - s.beta1), one_minus_b2 = T(1.0 - s.beta2);
     const T step_size = T(s.lr / (1.0 - std::pow(s.beta1, double(s.step))));
     const T bc2_sqrt = T(std::sqrt(1.0 - std::pow(s.beta2, double(s.step))));
     const T eps = T(s.eps);

@@ -84,52 +84,81 @@ template <class T>
 void unary_typed(UnaryOp op, const Tensor& x, Tensor& out, UnaryParams p) {
   using Tr = ElementTraits<T>;
   using C = typename Tr::compute;
-  auto apply = [&](auto f) {
-    map1<T, T>(x, out, [f](T v) { return Tr::store(f(Tr::load(v))); });
-  };
+  auto apply = [&](auto f) { map1<T, T>(x, out, [f](T v) { return Tr::store(f(Tr::load(v))); }); };
   auto compare = [&](auto f) { map1<bool, T>(x, out, [f](T v) { return f(Tr::load(v)); }); };
   const C a = C(p.a), b = C(p.b);
   switch (op) {
-    case UnaryOp::neg: return apply([](C v) { return C(-v); });
-    case UnaryOp::abs: return apply([](C v) { return v < C(0) ? C(-v) : v; });
-    case UnaryOp::sign: return apply([](C v) { return C((v > C(0)) - (v < C(0))); });
-    case UnaryOp::square: return apply([](C v) { return C(v * v); });
-    case UnaryOp::add_scalar: return apply([a](C v) { return C(v + a); });
-    case UnaryOp::mul_scalar: return apply([a](C v) { return C(v * a); });
-    case UnaryOp::rsub_scalar: return apply([a](C v) { return C(a - v); });
-    case UnaryOp::clamp: return apply([a, b](C v) { return v < a ? a : (v > b ? b : v); });
-    case UnaryOp::eq_scalar: return compare([a](C v) { return v == a; });
-    case UnaryOp::ne_scalar: return compare([a](C v) { return v != a; });
-    case UnaryOp::lt_scalar: return compare([a](C v) { return v < a; });
-    case UnaryOp::le_scalar: return compare([a](C v) { return v <= a; });
-    case UnaryOp::gt_scalar: return compare([a](C v) { return v > a; });
-    case UnaryOp::ge_scalar: return compare([a](C v) { return v >= a; });
-    case UnaryOp::logical_not: return compare([](C v) { return v == C(0); });
-    default: break;
+    case UnaryOp::neg:
+      return apply([](C v) { return C(-v); });
+    case UnaryOp::abs:
+      return apply([](C v) { return v < C(0) ? C(-v) : v; });
+    case UnaryOp::sign:
+      return apply([](C v) { return C((v > C(0)) - (v < C(0))); });
+    case UnaryOp::square:
+      return apply([](C v) { return C(v * v); });
+    case UnaryOp::add_scalar:
+      return apply([a](C v) { return C(v + a); });
+    case UnaryOp::mul_scalar:
+      return apply([a](C v) { return C(v * a); });
+    case UnaryOp::rsub_scalar:
+      return apply([a](C v) { return C(a - v); });
+    case UnaryOp::clamp:
+      return apply([a, b](C v) { return v < a ? a : (v > b ? b : v); });
+    case UnaryOp::eq_scalar:
+      return compare([a](C v) { return v == a; });
+    case UnaryOp::ne_scalar:
+      return compare([a](C v) { return v != a; });
+    case UnaryOp::lt_scalar:
+      return compare([a](C v) { return v < a; });
+    case UnaryOp::le_scalar:
+      return compare([a](C v) { return v <= a; });
+    case UnaryOp::gt_scalar:
+      return compare([a](C v) { return v > a; });
+    case UnaryOp::ge_scalar:
+      return compare([a](C v) { return v >= a; });
+    case UnaryOp::logical_not:
+      return compare([](C v) { return v == C(0); });
+    default:
+      break;
   }
   if constexpr (std::is_floating_point_v<C>) {
     switch (op) {
-      case UnaryOp::exp: return apply([](C v) { return vexp(v); });
-      case UnaryOp::log: return apply([](C v) { return std::log(v); });
-      case UnaryOp::sqrt: return apply([](C v) { return std::sqrt(v); });
-      case UnaryOp::rsqrt: return apply([](C v) { return C(1) / std::sqrt(v); });
-      case UnaryOp::tanh: return apply([](C v) { return std::tanh(v); });
-      case UnaryOp::sigmoid: return apply([](C v) { return vsigmoid(v); });
-      case UnaryOp::relu: return apply([](C v) { return v > C(0) ? v : C(0); });
-      case UnaryOp::gelu_erf: return apply([](C v) { return gelu_erf(v); });
-      case UnaryOp::gelu_tanh: return apply([](C v) { return gelu_tanh(v); });
-      case UnaryOp::silu: return apply([](C v) { return v * vsigmoid(v); });
+      case UnaryOp::exp:
+        return apply([](C v) { return vexp(v); });
+      case UnaryOp::log:
+        return apply([](C v) { return std::log(v); });
+      case UnaryOp::sqrt:
+        return apply([](C v) { return std::sqrt(v); });
+      case UnaryOp::rsqrt:
+        return apply([](C v) { return C(1) / std::sqrt(v); });
+      case UnaryOp::tanh:
+        return apply([](C v) { return std::tanh(v); });
+      case UnaryOp::sigmoid:
+        return apply([](C v) { return vsigmoid(v); });
+      case UnaryOp::relu:
+        return apply([](C v) { return v > C(0) ? v : C(0); });
+      case UnaryOp::gelu_erf:
+        return apply([](C v) { return gelu_erf(v); });
+      case UnaryOp::gelu_tanh:
+        return apply([](C v) { return gelu_tanh(v); });
+      case UnaryOp::silu:
+        return apply([](C v) { return v * vsigmoid(v); });
       case UnaryOp::softplus:  // log(1 + e^x), stable for large |x|
         return apply([](C v) { return (v > C(0) ? v : C(0)) + std::log1p(vexp(-std::abs(v))); });
-      case UnaryOp::log1p: return apply([](C v) { return std::log1p(v); });
-      case UnaryOp::reciprocal: return apply([](C v) { return C(1) / v; });
-      case UnaryOp::sin: return apply([](C v) { return std::sin(v); });
-      case UnaryOp::cos: return apply([](C v) { return std::cos(v); });
+      case UnaryOp::log1p:
+        return apply([](C v) { return std::log1p(v); });
+      case UnaryOp::reciprocal:
+        return apply([](C v) { return C(1) / v; });
+      case UnaryOp::sin:
+        return apply([](C v) { return std::sin(v); });
+      case UnaryOp::cos:
+        return apply([](C v) { return std::cos(v); });
       case UnaryOp::pow_scalar:
         if (a == C(2)) return apply([](C v) { return v * v; });
         if (a == C(0.5)) return apply([](C v) { return std::sqrt(v); });
         return apply([a](C v) { return std::pow(v, a); });
-      default: break;
+      default:
+        break;
     }
   }
   throw Error(detail::concat("unary op ", int(op), ": not supported for dtype ",
@@ -147,26 +176,43 @@ void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
     map2<bool, T, T>(a, b, out, [f](T x, T y) { return f(Tr::load(x), Tr::load(y)); });
   };
   switch (op) {
-    case BinaryOp::add: return apply([](C x, C y) { return C(x + y); });
-    case BinaryOp::sub: return apply([](C x, C y) { return C(x - y); });
-    case BinaryOp::mul: return apply([](C x, C y) { return C(x * y); });
-    case BinaryOp::div: return apply([](C x, C y) { return C(x / y); });
-    case BinaryOp::maximum: return apply([](C x, C y) { return x != x ? x : (x > y ? x : y); });
-    case BinaryOp::minimum: return apply([](C x, C y) { return x != x ? x : (x < y ? x : y); });
-    case BinaryOp::eq: return compare([](C x, C y) { return x == y; });
-    case BinaryOp::ne: return compare([](C x, C y) { return x != y; });
-    case BinaryOp::lt: return compare([](C x, C y) { return x < y; });
-    case BinaryOp::le: return compare([](C x, C y) { return x <= y; });
-    case BinaryOp::gt: return compare([](C x, C y) { return x > y; });
-    case BinaryOp::ge: return compare([](C x, C y) { return x >= y; });
-    case BinaryOp::logical_and: return compare([](C x, C y) { return x != C(0) && y != C(0); });
-    case BinaryOp::logical_or: return compare([](C x, C y) { return x != C(0) || y != C(0); });
-    default: break;
+    case BinaryOp::add:
+      return apply([](C x, C y) { return C(x + y); });
+    case BinaryOp::sub:
+      return apply([](C x, C y) { return C(x - y); });
+    case BinaryOp::mul:
+      return apply([](C x, C y) { return C(x * y); });
+    case BinaryOp::div:
+      return apply([](C x, C y) { return C(x / y); });
+    case BinaryOp::maximum:
+      return apply([](C x, C y) { return x != x ? x : (x > y ? x : y); });
+    case BinaryOp::minimum:
+      return apply([](C x, C y) { return x != x ? x : (x < y ? x : y); });
+    case BinaryOp::eq:
+      return compare([](C x, C y) { return x == y; });
+    case BinaryOp::ne:
+      return compare([](C x, C y) { return x != y; });
+    case BinaryOp::lt:
+      return compare([](C x, C y) { return x < y; });
+    case BinaryOp::le:
+      return compare([](C x, C y) { return x <= y; });
+    case BinaryOp::gt:
+      return compare([](C x, C y) { return x > y; });
+    case BinaryOp::ge:
+      return compare([](C x, C y) { return x >= y; });
+    case BinaryOp::logical_and:
+      return compare([](C x, C y) { return x != C(0) && y != C(0); });
+    case BinaryOp::logical_or:
+      return compare([](C x, C y) { return x != C(0) || y != C(0); });
+    default:
+      break;
   }
   if constexpr (std::is_floating_point_v<C>) {
     switch (op) {
-      case BinaryOp::pow: return apply([](C x, C y) { return std::pow(x, y); });
-      case BinaryOp::relu_backward: return apply([](C g, C x) { return x > C(0) ? g : C(0); });
+      case BinaryOp::pow:
+        return apply([](C x, C y) { return std::pow(x, y); });
+      case BinaryOp::relu_backward:
+        return apply([](C g, C x) { return x > C(0) ? g : C(0); });
       case BinaryOp::gelu_erf_backward:
         return apply([](C g, C x) {
           C cdf = C(0.5) * (C(1) + verf(x * C(kInvSqrt2)));
@@ -185,10 +231,14 @@ void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
           C s = vsigmoid(x);
           return g * s * (C(1) + x * (C(1) - s));
         });
-      case BinaryOp::sigmoid_backward: return apply([](C g, C y) { return g * y * (C(1) - y); });
-      case BinaryOp::tanh_backward: return apply([](C g, C y) { return g * (C(1) - y * y); });
-      case BinaryOp::softplus_backward: return apply([](C g, C x) { return g * vsigmoid(x); });
-      default: break;
+      case BinaryOp::sigmoid_backward:
+        return apply([](C g, C y) { return g * y * (C(1) - y); });
+      case BinaryOp::tanh_backward:
+        return apply([](C g, C y) { return g * (C(1) - y * y); });
+      case BinaryOp::softplus_backward:
+        return apply([](C g, C x) { return g * vsigmoid(x); });
+      default:
+        break;
     }
   }
   throw Error(detail::concat("binary op ", int(op), ": not supported for dtype ",
@@ -212,11 +262,16 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
   visit_dtype(a.dtype(), "binary", [&]<class T>() {
     if constexpr (std::is_same_v<T, bool>) {
       switch (op) {
-        case BinaryOp::logical_and: return map2<bool, bool, bool>(a, b, out, std::logical_and<>());
-        case BinaryOp::logical_or: return map2<bool, bool, bool>(a, b, out, std::logical_or<>());
-        case BinaryOp::eq: return map2<bool, bool, bool>(a, b, out, std::equal_to<>());
-        case BinaryOp::ne: return map2<bool, bool, bool>(a, b, out, std::not_equal_to<>());
-        default: throw Error(detail::concat("binary op ", int(op), ": not supported for bool"));
+        case BinaryOp::logical_and:
+          return map2<bool, bool, bool>(a, b, out, std::logical_and<>());
+        case BinaryOp::logical_or:
+          return map2<bool, bool, bool>(a, b, out, std::logical_or<>());
+        case BinaryOp::eq:
+          return map2<bool, bool, bool>(a, b, out, std::equal_to<>());
+        case BinaryOp::ne:
+          return map2<bool, bool, bool>(a, b, out, std::not_equal_to<>());
+        default:
+          throw Error(detail::concat("binary op ", int(op), ": not supported for bool"));
       }
     } else {
       binary_typed<T>(op, a, b, out);
@@ -264,8 +319,8 @@ void where(const Tensor& cond, const Tensor& a, const Tensor& b, Tensor& out) {
                      broadcast_strides(b, shape)},
                     [&](std::array<int64_t, 4> off, int64_t n, std::array<int64_t, 4> s) {
                       for (int64_t i = 0; i < n; ++i)
-                        po[off[0] + i * s[0]] = pc[off[1] + i * s[1]] ? pa[off[2] + i * s[2]]
-                                                                      : pb[off[3] + i * s[3]];
+                        po[off[0] + i * s[0]] =
+                            pc[off[1] + i * s[1]] ? pa[off[2] + i * s[2]] : pb[off[3] + i * s[3]];
                     });
   });
 }

@@ -11,14 +11,14 @@ namespace hd::cpu {
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-              int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M),
+              int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
 }
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
           int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-              int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M),
+              int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
 }
 
 namespace {
@@ -33,10 +33,12 @@ struct Layout {
 // BLAS layout of a [rows, cols] matrix with strides (sr, sc); size-1 dims may have any stride.
 Layout layout_of(int64_t rows, int64_t cols, int64_t sr, int64_t sc, const char* which) {
   if (cols == 1 || sc == 1) {
-    if (rows == 1 || sr >= std::max<int64_t>(cols, 1)) return {false, rows == 1 ? std::max<int64_t>(cols, 1) : sr};
+    if (rows == 1 || sr >= std::max<int64_t>(cols, 1))
+      return {false, rows == 1 ? std::max<int64_t>(cols, 1) : sr};
   }
   if (rows == 1 || sr == 1) {
-    if (cols == 1 || sc >= std::max<int64_t>(rows, 1)) return {true, cols == 1 ? std::max<int64_t>(rows, 1) : sc};
+    if (cols == 1 || sc >= std::max<int64_t>(rows, 1))
+      return {true, cols == 1 ? std::max<int64_t>(rows, 1) : sc};
   }
   throw Error(detail::concat("matmul: operand ", which, " has no BLAS layout (strides ", sr, ", ",
                              sc, " for a ", rows, "x", cols, " matrix); make it contiguous"));
@@ -93,8 +95,8 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
         int64_t rows = std::min(kRowBlock, M - m0);
         int64_t oa, ob;
         offsets(b, oa, ob);
-        gemm(la.trans, lb.trans, rows, N, K, T(1), pa + oa + m0 * a_row_step, la.ld, pb + ob,
-             lb.ld, beta, pc + b * M * N + m0 * N, N);
+        gemm(la.trans, lb.trans, rows, N, K, T(1), pa + oa + m0 * a_row_step, la.ld, pb + ob, lb.ld,
+             beta, pc + b * M * N + m0 * N, N);
       }
     });
   });

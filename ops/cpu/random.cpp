@@ -62,8 +62,9 @@ void fill_uniform(Tensor& t, double lo, double hi, const Generator& gen, uint64_
 }
 
 void fill_normal(Tensor& t, double mean, double stddev, const Generator& gen, uint64_t first) {
-  fill_with(t, "normal",
-            [&]<class C>(int64_t i) { return C(mean + stddev * double(normal_at<C>(gen, first, i))); });
+  fill_with(t, "normal", [&]<class C>(int64_t i) {
+    return C(mean + stddev * double(normal_at<C>(gen, first, i)));
+  });
 }
 
 }  // namespace hd::cpu

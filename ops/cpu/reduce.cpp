@@ -22,7 +22,8 @@ void sum_kernel(const T* x, O* out, int64_t outer, int64_t n, int64_t inner) {
     parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         A acc = A(0);
-        for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) acc += A(Tr::load(x[i]));
+        for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i)
+          acc += A(Tr::load(x[i]));
         partial[size_t(b)] = acc;
       }
     });
@@ -32,14 +33,16 @@ void sum_kernel(const T* x, O* out, int64_t outer, int64_t n, int64_t inner) {
     return;
   }
   if (inner == 1) {
-    parallel_for(0, outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)), [&](int64_t o0, int64_t o1) {
-      for (int64_t o = o0; o < o1; ++o) {
-        const T* row = x + o * n;
-        A acc = A(0);
-        for (int64_t i = 0; i < n; ++i) acc += A(Tr::load(row[i]));
-        out[o] = ElementTraits<O>::store(static_cast<typename ElementTraits<O>::compute>(acc));
-      }
-    });
+    parallel_for(
+        0, outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)),
+        [&](int64_t o0, int64_t o1) {
+          for (int64_t o = o0; o < o1; ++o) {
+            const T* row = x + o * n;
+            A acc = A(0);
+            for (int64_t i = 0; i < n; ++i) acc += A(Tr::load(row[i]));
+            out[o] = ElementTraits<O>::store(static_cast<typename ElementTraits<O>::compute>(acc));
+          }
+        });
     return;
   }
   // Split over (outer, column block) so a single outer still uses every thread.
@@ -58,7 +61,8 @@ void sum_kernel(const T* x, O* out, int64_t outer, int64_t n, int64_t inner) {
       }
       O* dst = out + o * inner + c0;
       for (int64_t j = 0; j < w; ++j)
-        dst[j] = ElementTraits<O>::store(static_cast<typename ElementTraits<O>::compute>(acc[size_t(j)]));
+        dst[j] = ElementTraits<O>::store(
+            static_cast<typename ElementTraits<O>::compute>(acc[size_t(j)]));
     }
   });
 }

@@ -67,7 +67,8 @@ TEST(CoreParity, Reductions) {
 
 TEST(CoreParity, ThreeAdamWStepsMatchPyTorch) {
   const Fixture& f = core();
-  Tensor p = clone(f.get("adamw.p0")).requires_grad_(), b = clone(f.get("adamw.b0")).requires_grad_();
+  Tensor p = clone(f.get("adamw.p0")).requires_grad_(),
+         b = clone(f.get("adamw.b0")).requires_grad_();
   AdamW opt({{"decay", {"p"}, {p}, 0.1}, {"no_decay", {"b"}, {b}, 0.0}}, {1e-2, 0.9, 0.95, 1e-8});
   const double lrs[] = {1e-2, 5e-3, 2e-2};
   for (int step = 0; step < 3; ++step) {

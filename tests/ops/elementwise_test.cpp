@@ -31,7 +31,8 @@ TEST(Elementwise, BroadcastMismatchNamesShapes) {
     add(a, b);
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("add: shapes [2, 3] and [4]"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("add: shapes [2, 3] and [4]"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -70,26 +71,40 @@ struct UnaryCase {
   double lo, hi;
 };
 
-Tensor gelu_erf_fn(const Tensor& x) { return gelu(x); }
-Tensor gelu_tanh_fn(const Tensor& x) { return gelu(x, GeluApprox::tanh); }
-Tensor pow3_fn(const Tensor& x) { return pow(x, 3.0); }
-Tensor clamp_fn(const Tensor& x) { return clamp(x, -0.5, 0.4); }
-Tensor scalar_mix_fn(const Tensor& x) { return rsub(div(add(mul(x, 3.0), 1.0), 2.0), 0.25); }
+Tensor gelu_erf_fn(const Tensor& x) {
+  return gelu(x);
+}
+Tensor gelu_tanh_fn(const Tensor& x) {
+  return gelu(x, GeluApprox::tanh);
+}
+Tensor pow3_fn(const Tensor& x) {
+  return pow(x, 3.0);
+}
+Tensor clamp_fn(const Tensor& x) {
+  return clamp(x, -0.5, 0.4);
+}
+Tensor scalar_mix_fn(const Tensor& x) {
+  return rsub(div(add(mul(x, 3.0), 1.0), 2.0), 0.25);
+}
 
-void PrintTo(const UnaryCase& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const UnaryCase& c, std::ostream* os) {
+  *os << c.name;
+}
 
 class UnaryGrad : public ::testing::TestWithParam<UnaryCase> {};
 
 TEST_P(UnaryGrad, MatchesFiniteDifferencesOnPermutedInput) {
   const UnaryCase& c = GetParam();
   Tensor x = random_leaf({3, 4}, 7, c.lo, c.hi);
-  EXPECT_TRUE(check_gradients([&](const std::vector<Tensor>& in) { return c.fn(transpose(in[0], 0, 1)); }, {x}));
+  EXPECT_TRUE(check_gradients(
+      [&](const std::vector<Tensor>& in) { return c.fn(transpose(in[0], 0, 1)); }, {x}));
 }
 
 TEST_P(UnaryGrad, MatchesFiniteDifferencesOnStridedSlice) {
   const UnaryCase& c = GetParam();
   Tensor x = random_leaf({4, 6}, 9, c.lo, c.hi);
-  EXPECT_TRUE(check_gradients([&](const std::vector<Tensor>& in) { return c.fn(slice(in[0], 1, 1, 6, 2)); }, {x}));
+  EXPECT_TRUE(check_gradients(
+      [&](const std::vector<Tensor>& in) { return c.fn(slice(in[0], 1, 1, 6, 2)); }, {x}));
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -98,13 +113,15 @@ INSTANTIATE_TEST_SUITE_P(
                       UnaryCase{"log", log, 0.5, 2}, UnaryCase{"sqrt", sqrt, 0.5, 2},
                       UnaryCase{"rsqrt", rsqrt, 0.5, 2}, UnaryCase{"tanh", tanh, -2, 2},
                       UnaryCase{"sigmoid", sigmoid, -3, 3}, UnaryCase{"relu", relu, -1, 1},
-                      UnaryCase{"gelu", gelu_erf_fn, -3, 3}, UnaryCase{"gelu_tanh", gelu_tanh_fn, -3, 3},
-                      UnaryCase{"silu", silu, -3, 3}, UnaryCase{"abs", abs, -1, 1},
-                      UnaryCase{"softplus", softplus, -3, 3}, UnaryCase{"log_sigmoid", log_sigmoid, -3, 3},
+                      UnaryCase{"gelu", gelu_erf_fn, -3, 3},
+                      UnaryCase{"gelu_tanh", gelu_tanh_fn, -3, 3}, UnaryCase{"silu", silu, -3, 3},
+                      UnaryCase{"abs", abs, -1, 1}, UnaryCase{"softplus", softplus, -3, 3},
+                      UnaryCase{"log_sigmoid", log_sigmoid, -3, 3},
                       UnaryCase{"log1p", log1p, -0.5, 2}, UnaryCase{"square", square, -1, 1},
                       UnaryCase{"reciprocal", reciprocal, 0.5, 2}, UnaryCase{"sin", sin, -3, 3},
                       UnaryCase{"cos", cos, -3, 3}, UnaryCase{"pow3", pow3_fn, -1, 1},
-                      UnaryCase{"clamp", clamp_fn, -1, 1}, UnaryCase{"scalar_mix", scalar_mix_fn, -1, 1}),
+                      UnaryCase{"clamp", clamp_fn, -1, 1},
+                      UnaryCase{"scalar_mix", scalar_mix_fn, -1, 1}),
     [](const ::testing::TestParamInfo<UnaryCase>& info) { return std::string(info.param.name); });
 
 struct BinaryCase {
@@ -112,8 +129,12 @@ struct BinaryCase {
   Tensor (*fn)(const Tensor&, const Tensor&);
   double lo, hi;
 };
-void PrintTo(const BinaryCase& c, std::ostream* os) { *os << c.name; }
-Tensor pow_tt(const Tensor& a, const Tensor& b) { return pow(a, b); }
+void PrintTo(const BinaryCase& c, std::ostream* os) {
+  *os << c.name;
+}
+Tensor pow_tt(const Tensor& a, const Tensor& b) {
+  return pow(a, b);
+}
 
 class BinaryGrad : public ::testing::TestWithParam<BinaryCase> {};
 
@@ -121,7 +142,8 @@ TEST_P(BinaryGrad, MatchesFiniteDifferencesWithBroadcast) {
   const BinaryCase& c = GetParam();
   Tensor a = random_leaf({2, 3, 4}, 11, c.lo, c.hi);
   Tensor b = random_leaf({3, 1}, 12, c.lo, c.hi);
-  EXPECT_TRUE(check_gradients([&](const std::vector<Tensor>& in) { return c.fn(in[0], in[1]); }, {a, b}));
+  EXPECT_TRUE(
+      check_gradients([&](const std::vector<Tensor>& in) { return c.fn(in[0], in[1]); }, {a, b}));
 }
 
 TEST_P(BinaryGrad, MatchesFiniteDifferencesWithPermutedOperands) {
@@ -143,7 +165,8 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(Elementwise, WhereGradientRoutesByCondition) {
   Tensor a = random_leaf({3, 4}, 21), b = random_leaf({4}, 22);
   Tensor cond = gt(random_leaf({3, 4}, 23), 0.0);
-  EXPECT_TRUE(check_gradients([&](const std::vector<Tensor>& in) { return where(cond, in[0], in[1]); }, {a, b}));
+  EXPECT_TRUE(check_gradients(
+      [&](const std::vector<Tensor>& in) { return where(cond, in[0], in[1]); }, {a, b}));
 }
 
 TEST(Elementwise, InPlaceOnRequiresGradIsRefused) {

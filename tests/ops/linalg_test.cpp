@@ -21,7 +21,8 @@ Tensor naive_matmul(const Tensor& a, const Tensor& b) {
   std::vector<double> va = a.to_vector<double>(), vb = b.to_vector<double>(), out(size_t(M * N));
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j)
-      for (int64_t k = 0; k < K; ++k) out[size_t(i * N + j)] += va[size_t(i * K + k)] * vb[size_t(k * N + j)];
+      for (int64_t k = 0; k < K; ++k)
+        out[size_t(i * N + j)] += va[size_t(i * K + k)] * vb[size_t(k * N + j)];
   return from_vector(out, {M, N}, DType::f64);
 }
 
@@ -42,10 +43,13 @@ TEST(Matmul, MatchesNaiveLoopsForAllLayouts) {
 TEST(Matmul, RowBlocksDoNotDependOnTheSplit) {
   // Products are computed in fixed 128-row blocks, whatever the thread count: rows of a large
   // product equal the same block computed alone, bit for bit.
-  Tensor a = to(random_leaf({600, 64}, 4), DType::f32), b = to(random_leaf({64, 50}, 5), DType::f32);
+  Tensor a = to(random_leaf({600, 64}, 4), DType::f32),
+         b = to(random_leaf({64, 50}, 5), DType::f32);
   Tensor full = matmul(a, b);
-  EXPECT_EQ(narrow(full, 0, 256, 128).to_vector<float>(), matmul(narrow(a, 0, 256, 128), b).to_vector<float>());
-  EXPECT_EQ(narrow(full, 0, 512, 88).to_vector<float>(), matmul(narrow(a, 0, 512, 88), b).to_vector<float>());
+  EXPECT_EQ(narrow(full, 0, 256, 128).to_vector<float>(),
+            matmul(narrow(a, 0, 256, 128), b).to_vector<float>());
+  EXPECT_EQ(narrow(full, 0, 512, 88).to_vector<float>(),
+            matmul(narrow(a, 0, 512, 88), b).to_vector<float>());
 }
 
 TEST(Matmul, BatchedBroadcastAndVectors) {
@@ -63,15 +67,21 @@ TEST(MatmulGrad, BatchedBroadcastAndTransposed) {
   Tensor a = random_leaf({2, 3, 4}, 10), b = random_leaf({4, 5}, 11);
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return matmul(in[0], in[1]); }, {a, b}));
   Tensor c = random_leaf({4, 3}, 12);
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return matmul(transpose(in[0], 0, 1), in[1]); }, {c, b}));
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) { return matmul(transpose(in[0], 0, 1), in[1]); }, {c, b}));
   Tensor v = random_leaf({4}, 13);
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return matmul(in[0], in[1]); }, {a, v}));
 }
 
 TEST(LinearGrad, WithAndWithoutBias) {
   Tensor x = random_leaf({2, 3, 4}, 14), w = random_leaf({5, 4}, 15), b = random_leaf({5}, 16);
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return linear(in[0], in[1], in[2]); }, {x, w, b}));
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return linear(permute(in[0], {1, 0, 2}), in[1]); }, {x, w}));
+  EXPECT_TRUE(
+      check_gradients([](const Inputs& in) { return linear(in[0], in[1], in[2]); }, {x, w, b}));
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) {
+        return linear(permute(in[0], {1, 0, 2}), in[1]);
+      },
+      {x, w}));
   EXPECT_THROW(linear(zeros({2, 3}), zeros({5, 4})), Error);
 }
 

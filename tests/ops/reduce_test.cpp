@@ -27,7 +27,8 @@ TEST(Reduce, Values) {
   EXPECT_EQ(min(x, 0).indices.to_vector<int64_t>(), (std::vector<int64_t>{0, 1, 0}));
   EXPECT_EQ(argmax(x, 0).to_vector<int64_t>(), (std::vector<int64_t>{1, 0, 1}));
   EXPECT_EQ(amax(x).item<float>(), 6.f);
-  EXPECT_NEAR(logsumexp(x, 1).to_vector<float>()[0], std::log(std::exp(1.f) + std::exp(5.f) + std::exp(3.f)), 1e-5);
+  EXPECT_NEAR(logsumexp(x, 1).to_vector<float>()[0],
+              std::log(std::exp(1.f) + std::exp(5.f) + std::exp(3.f)), 1e-5);
   EXPECT_EQ(sum(gt(x, 2.5)).item<int64_t>(), 4);  // bool sums to i64
 }
 
@@ -49,14 +50,19 @@ TEST(ReduceGrad, SumMeanOverDims) {
   Tensor x = random_leaf({2, 3, 4}, 1);
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return sum(in[0], {0, 2}); }, {x}));
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return mean(in[0], {1}, true); }, {x}));
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return sum(permute(in[0], {2, 0, 1}), {-1}); }, {x}));
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) {
+        return sum(permute(in[0], {2, 0, 1}), {-1});
+      },
+      {x}));
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return reshape(mean(in[0]), {1}); }, {x}));
 }
 
 TEST(ReduceGrad, MaxMinLogSumExp) {
   Tensor x = random_leaf({3, 5}, 2);
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return max(in[0], 1).values; }, {x}));
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return min(transpose(in[0], 0, 1), 1, true).values; }, {x}));
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) { return min(transpose(in[0], 0, 1), 1, true).values; }, {x}));
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return logsumexp(in[0], 0); }, {x}));
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return reshape(amax(in[0]), {1}); }, {x}));
 }

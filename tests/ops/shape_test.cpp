@@ -23,17 +23,27 @@ Tensor sum_to_first(const Tensor& x) {
 
 TEST(ShapeGrad, ReshapeViewFlatten) {
   Tensor x = random_leaf({2, 3, 4}, 1);
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return mul(reshape(in[0], {4, -1}), 2.0); }, {x}));
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) {
+        return mul(reshape(in[0], {4, -1}), 2.0);
+      },
+      {x}));
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return flatten(in[0], 1); }, {x}));
   // reshape of a non-contiguous view (copies, still differentiable)
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return reshape(transpose(in[0], 0, 2), {-1}); }, {x}));
+  EXPECT_TRUE(
+      check_gradients([](const Inputs& in) { return reshape(transpose(in[0], 0, 2), {-1}); }, {x}));
 }
 
 TEST(ShapeGrad, PermuteTransposeSelectSqueeze) {
   Tensor x = random_leaf({2, 3, 4}, 2);
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return exp(permute(in[0], {2, 0, 1})); }, {x}));
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) {
+        return exp(permute(in[0], {2, 0, 1}));
+      },
+      {x}));
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return select(in[0], 1, -1); }, {x}));
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return squeeze(unsqueeze(in[0], 1), 1); }, {x}));
+  EXPECT_TRUE(
+      check_gradients([](const Inputs& in) { return squeeze(unsqueeze(in[0], 1), 1); }, {x}));
 }
 
 TEST(ShapeGrad, NarrowSliceWithStep) {
@@ -47,20 +57,33 @@ TEST(ShapeGrad, NarrowSliceWithStep) {
 
 TEST(ShapeGrad, ExpandSumsBack) {
   Tensor x = random_leaf({3, 1}, 4);
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return square(expand(in[0], {2, 3, 4})); }, {x}));
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) {
+        return square(expand(in[0], {2, 3, 4}));
+      },
+      {x}));
 }
 
 TEST(ShapeGrad, CatStackSplitChunkPad) {
   Tensor a = random_leaf({2, 3}, 5), b = random_leaf({2, 2}, 6);
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return cat({in[0], in[1], in[0]}, 1); }, {a, b}));
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return stack({in[0], mul(in[0], in[0])}, 2); }, {a}));
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) {
+        return cat({in[0], in[1], in[0]}, 1);
+      },
+      {a, b}));
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) {
+        return stack({in[0], mul(in[0], in[0])}, 2);
+      },
+      {a}));
   EXPECT_TRUE(check_gradients(
       [](const Inputs& in) {
         std::vector<Tensor> parts = split(in[0], {1, 2}, 1);
         return mul(parts[0], sum_to_first(parts[1]));
       },
       {a}));
-  EXPECT_TRUE(check_gradients([](const Inputs& in) { return chunk(transpose(in[0], 0, 1), 2, 0)[0]; }, {a}));
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) { return chunk(transpose(in[0], 0, 1), 2, 0)[0]; }, {a}));
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return pad(in[0], {1, 2, 0, 1}, 0.5); }, {a}));
 }
 
