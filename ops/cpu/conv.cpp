@@ -1,0 +1,235 @@
+#include "ops/cpu/conv.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "autograd/thread_pool.h"
+
+namespace hd::cpu {
+namespace {
+
+// Output columns ox whose input column ox * stride - pad + kx lies inside [0, w): [lo, hi).
+// Computing the range once per (kx) keeps the inner loops free of bounds tests (and for
+// stride 1 they become contiguous axpys the compiler vectorises).
+struct Span {
+  int64_t lo, hi;
+};
+Span valid_span(int64_t k, int64_t stride, int64_t pad, int64_t in, int64_t out) {
+  int64_t first = pad - k;  // need ox * stride >= first
+  int64_t lo = first <= 0 ? 0 : (first + stride - 1) / stride;
+  int64_t last = in - 1 + pad - k;  // need ox * stride <= last
+  int64_t hi = last < 0 ? 0 : last / stride + 1;
+  return {std::min(lo, out), std::max(std::min(hi, out), std::min(lo, out))};
+}
+
+// y[0:n] += a * x[0:n]; the buffers never overlap (distinct tensors), and saying so lets the
+// compiler vectorise.
+template <class T>
+inline void axpy(int64_t n, T a, const T* __restrict x, T* __restrict y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// z[0:n] += x[0:n] * y[0:n] elementwise.
+template <class T>
+inline void fma_lanes(int64_t n, const T* __restrict x, const T* __restrict y, T* __restrict z) {
+  for (int64_t i = 0; i < n; ++i) z[i] += x[i] * y[i];
+}
+
+int64_t plane_grain(const Conv2dGeometry& g) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(g.oh * g.ow * g.kh * g.kw, 1));
+}
+
+template <class T>
+void im2col_t(const Tensor& x, const Conv2dGeometry& g, Tensor& cols) {
+  const T* xp = x.data<T>();
+  T* cp = cols.data<T>();
+  int64_t npix = g.oh * g.ow;
+  parallel_for(0, g.batch * g.channels, plane_grain(g), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const T* plane = xp + p * g.h * g.w;
+      // Rows (c, ky, kx) of batch b are contiguous in cols: plane p = b * C + c owns kh * kw.
+      T* rows = cp + p * g.kh * g.kw * npix;
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          T* row = rows + (ky * g.kw + kx) * npix;
+          Span sx = valid_span(kx, g.stride, g.pad, g.w, g.ow);
+          for (int64_t oy = 0; oy < g.oh; ++oy) {
+            T* dst = row + oy * g.ow;
+            int64_t iy = oy * g.stride - g.pad + ky;
+            if (iy < 0 || iy >= g.h) {
+              std::fill(dst, dst + g.ow, T(0));
+              continue;
+            }
+            const T* src = plane + iy * g.w - g.pad + kx;
+            std::fill(dst, dst + sx.lo, T(0));
+            for (int64_t ox = sx.lo; ox < sx.hi; ++ox) dst[ox] = src[ox * g.stride];
+            std::fill(dst + sx.hi, dst + g.ow, T(0));
+          }
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void col2im_t(const Tensor& cols, const Conv2dGeometry& g, Tensor& out) {
+  const T* cp = cols.data<T>();
+  T* op = out.data<T>();
+  int64_t npix = g.oh * g.ow;
+  parallel_for(0, g.batch * g.channels, plane_grain(g), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      T* plane = op + p * g.h * g.w;
+      std::fill(plane, plane + g.h * g.w, T(0));
+      const T* rows = cp + p * g.kh * g.kw * npix;
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const T* row = rows + (ky * g.kw + kx) * npix;
+          Span sx = valid_span(kx, g.stride, g.pad, g.w, g.ow);
+          for (int64_t oy = 0; oy < g.oh; ++oy) {
+            int64_t iy = oy * g.stride - g.pad + ky;
+            if (iy < 0 || iy >= g.h) continue;
+            T* dst = plane + iy * g.w - g.pad + kx;
+            const T* src = row + oy * g.ow;
+            for (int64_t ox = sx.lo; ox < sx.hi; ++ox) dst[ox * g.stride] += src[ox];
+          }
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void dw_forward_t(const Tensor& x, const Tensor& weight, const Conv2dGeometry& g, Tensor& out) {
+  const T* xp = x.data<T>();
+  const T* wp = weight.data<T>();
+  T* op = out.data<T>();
+  parallel_for(0, g.batch * g.channels, plane_grain(g), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const T* plane = xp + p * g.h * g.w;
+      const T* wk = wp + (p % g.channels) * g.kh * g.kw;
+      T* dst_plane = op + p * g.oh * g.ow;
+      std::fill(dst_plane, dst_plane + g.oh * g.ow, T(0));
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        T* dst = dst_plane + oy * g.ow;
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          int64_t iy = oy * g.stride - g.pad + ky;
+          if (iy < 0 || iy >= g.h) continue;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            Span sx = valid_span(kx, g.stride, g.pad, g.w, g.ow);
+            T wv = wk[ky * g.kw + kx];
+            const T* src = plane + iy * g.w - g.pad + kx;
+            if (g.stride == 1) {
+              axpy(sx.hi - sx.lo, wv, src + sx.lo, dst + sx.lo);
+            } else {
+              for (int64_t ox = sx.lo; ox < sx.hi; ++ox) dst[ox] += wv * src[ox * g.stride];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void dw_backward_input_t(const Tensor& grad_out, const Tensor& weight, const Conv2dGeometry& g,
+                         Tensor& grad_x) {
+  const T* gp = grad_out.data<T>();
+  const T* wp = weight.data<T>();
+  T* xp = grad_x.data<T>();
+  parallel_for(0, g.batch * g.channels, plane_grain(g), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      T* plane = xp + p * g.h * g.w;
+      std::fill(plane, plane + g.h * g.w, T(0));
+      const T* wk = wp + (p % g.channels) * g.kh * g.kw;
+      const T* gplane = gp + p * g.oh * g.ow;
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        const T* src = gplane + oy * g.ow;
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          int64_t iy = oy * g.stride - g.pad + ky;
+          if (iy < 0 || iy >= g.h) continue;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            Span sx = valid_span(kx, g.stride, g.pad, g.w, g.ow);
+            T wv = wk[ky * g.kw + kx];
+            T* dst = plane + iy * g.w - g.pad + kx;
+            if (g.stride == 1) {
+              axpy(sx.hi - sx.lo, wv, src + sx.lo, dst + sx.lo);
+            } else {
+              for (int64_t ox = sx.lo; ox < sx.hi; ++ox) dst[ox * g.stride] += wv * src[ox];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void dw_backward_weight_t(const Tensor& grad_out, const Tensor& x, const Conv2dGeometry& g,
+                          Tensor& grad_weight) {
+  const T* gp = grad_out.data<T>();
+  const T* xp = x.data<T>();
+  T* wp = grad_weight.data<T>();
+  int64_t taps = g.kh * g.kw;
+  // One task per channel: it sums over batches and pixels in a fixed order, so the result is
+  // the same for every thread count. Products are accumulated per output column ("lanes", a
+  // vectorisable multiply-add) over rows and batches, then each tap's lanes are summed in
+  // double.
+  int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(g.batch * g.oh * g.ow * taps, 1));
+  parallel_for(0, g.channels, grain, [&](int64_t c0, int64_t c1) {
+    std::vector<T> lanes(static_cast<size_t>(taps * g.ow));
+    for (int64_t c = c0; c < c1; ++c) {
+      std::fill(lanes.begin(), lanes.end(), T(0));
+      for (int64_t b = 0; b < g.batch; ++b) {
+        const T* plane = xp + (b * g.channels + c) * g.h * g.w;
+        const T* gplane = gp + (b * g.channels + c) * g.oh * g.ow;
+        for (int64_t oy = 0; oy < g.oh; ++oy) {
+          const T* gr = gplane + oy * g.ow;
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            int64_t iy = oy * g.stride - g.pad + ky;
+            if (iy < 0 || iy >= g.h) continue;
+            for (int64_t kx = 0; kx < g.kw; ++kx) {
+              Span sx = valid_span(kx, g.stride, g.pad, g.w, g.ow);
+              const T* src = plane + iy * g.w - g.pad + kx;
+              T* lane = lanes.data() + (ky * g.kw + kx) * g.ow;
+              if (g.stride == 1) {
+                fma_lanes(sx.hi - sx.lo, gr + sx.lo, src + sx.lo, lane + sx.lo);
+              } else {
+                for (int64_t ox = sx.lo; ox < sx.hi; ++ox) lane[ox] += gr[ox] * src[ox * g.stride];
+              }
+            }
+          }
+        }
+      }
+      for (int64_t t = 0; t < taps; ++t) {
+        double acc = 0;
+        for (int64_t ox = 0; ox < g.ow; ++ox) acc += double(lanes[size_t(t * g.ow + ox)]);
+        wp[c * taps + t] = T(acc);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void im2col(const Tensor& x, const Conv2dGeometry& g, Tensor& cols) {
+  visit_float(x.dtype(), "conv2d", [&]<class T>() { im2col_t<T>(x, g, cols); });
+}
+void col2im(const Tensor& cols, const Conv2dGeometry& g, Tensor& out) {
+  visit_float(cols.dtype(), "conv2d", [&]<class T>() { col2im_t<T>(cols, g, out); });
+}
+void depthwise_forward(const Tensor& x, const Tensor& weight, const Conv2dGeometry& g,
+                       Tensor& out) {
+  visit_float(x.dtype(), "conv2d", [&]<class T>() { dw_forward_t<T>(x, weight, g, out); });
+}
+void depthwise_backward_input(const Tensor& grad_out, const Tensor& weight, const Conv2dGeometry& g,
+                              Tensor& grad_x) {
+  visit_float(grad_out.dtype(), "conv2d",
+              [&]<class T>() { dw_backward_input_t<T>(grad_out, weight, g, grad_x); });
+}
+void depthwise_backward_weight(const Tensor& grad_out, const Tensor& x, const Conv2dGeometry& g,
+                               Tensor& grad_weight) {
+  visit_float(grad_out.dtype(), "conv2d",
+              [&]<class T>() { dw_backward_weight_t<T>(grad_out, x, g, grad_weight); });
+}
+
+}  // namespace hd::cpu

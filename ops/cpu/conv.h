@@ -1,0 +1,35 @@
+// CPU kernels for conv2d (NCHW): im2col/col2im for the general path and direct depthwise
+// kernels. All tensors contiguous; f32/f64. No autograd (ops/conv.cpp builds the graph).
+//
+// Every kernel writes each output element from one task in a fixed order, so results do not
+// depend on the thread count: forward/backward-input split over (batch, channel) planes,
+// backward-weight over channels (each summing its batches in order).
+#pragma once
+
+#include <cstdint>
+
+#include "autograd/tensor.h"
+
+namespace hd::cpu {
+
+struct Conv2dGeometry {
+  int64_t batch = 0, channels = 0, h = 0, w = 0;  // input (channels = input channels)
+  int64_t kh = 0, kw = 0, stride = 1, pad = 0;
+  int64_t oh = 0, ow = 0;  // output spatial size
+};
+
+// x [B, C, H, W] -> cols [B, C * kh * kw, oh * ow] (row (c, ky, kx), zero where padded).
+void im2col(const Tensor& x, const Conv2dGeometry& g, Tensor& cols);
+// The adjoint: cols [B, C * kh * kw, oh * ow] summed back into out [B, C, H, W] (overwritten).
+void col2im(const Tensor& cols, const Conv2dGeometry& g, Tensor& out);
+
+// Depthwise (one filter per channel): weight [C, 1, kh, kw].
+void depthwise_forward(const Tensor& x, const Tensor& weight, const Conv2dGeometry& g, Tensor& out);
+// grad_out [B, C, oh, ow] -> grad_x [B, C, H, W] (overwritten).
+void depthwise_backward_input(const Tensor& grad_out, const Tensor& weight, const Conv2dGeometry& g,
+                              Tensor& grad_x);
+// grad_out [B, C, oh, ow], x -> grad_weight [C, 1, kh, kw] (overwritten).
+void depthwise_backward_weight(const Tensor& grad_out, const Tensor& x, const Conv2dGeometry& g,
+                               Tensor& grad_weight);
+
+}  // namespace hd::cpu
