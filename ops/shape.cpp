@@ -369,6 +369,30 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   return out;
 }
 
+namespace {
+struct UnbindBackward final : Node {
+  int64_t dim;
+  std::string name() const override { return "UnbindBackward"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override { return {stack(g, dim)}; }
+};
+}  // namespace
+
+std::vector<Tensor> unbind(const Tensor& x, int64_t dim) {
+  int64_t d = normalize_dim("unbind", dim, x.dim());
+  Shape shape = x.shape(), strides = x.strides();
+  int64_t n = shape[size_t(d)], step = strides[size_t(d)];
+  shape.erase(shape.begin() + d);
+  strides.erase(strides.begin() + d);
+  std::shared_ptr<UnbindBackward> node = make_grad_node<UnbindBackward>({&x});
+  if (node) node->dim = d;
+  std::vector<Tensor> out;
+  for (int64_t i = 0; i < n; ++i) {
+    out.push_back(make_view(x, shape, strides, x.offset() + i * step));
+    if (node) set_history(out.back(), node, uint32_t(i));
+  }
+  return out;
+}
+
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim) {
   int64_t d = normalize_dim("chunk", dim, x.dim());
   int64_t size = x.shape()[size_t(d)];

@@ -31,6 +31,9 @@ Tensor to(const Tensor& x, DType dtype);
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
+// Views x.select(dim, i) for every i, recorded as one node: the gradient is one stack of the
+// incoming gradients instead of one zero-filled tensor per slice (qkv -> q, k, v).
+std::vector<Tensor> unbind(const Tensor& x, int64_t dim);
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim);
 // Pads the last dims: pads = {last_lo, last_hi, second_last_lo, second_last_hi, ...} (PyTorch
 // F.pad order), constant value.

@@ -23,12 +23,16 @@ Shape broadcast_strides(const Tensor& t, const Shape& shape) {
 
 namespace {
 
+// Inline everything the row body calls (the op's lambda, vexp, verf): GCC otherwise keeps large
+// lambdas such as the GELU gradient out of line, and a call per element stops vectorisation.
+#define HD_FLATTEN __attribute__((flatten))
+
 template <class O, class I, class F>
 void map1(const Tensor& x, Tensor& out, F f) {
   O* po = static_cast<O*>(out.raw_data());
   const I* px = static_cast<const I*>(x.raw_data());
   for_each_row<2>(out.shape(), {out.strides(), broadcast_strides(x, out.shape())},
-                  [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> s) {
+                  [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> s) HD_FLATTEN {
                     O* o = po + off[0];
                     const I* a = px + off[1];
                     if (s[0] == 1 && s[1] == 1) {
@@ -47,7 +51,7 @@ void map2(const Tensor& a, const Tensor& b, Tensor& out, F f) {
   for_each_row<3>(
       out.shape(),
       {out.strides(), broadcast_strides(a, out.shape()), broadcast_strides(b, out.shape())},
-      [&](std::array<int64_t, 3> off, int64_t n, std::array<int64_t, 3> s) {
+      [&](std::array<int64_t, 3> off, int64_t n, std::array<int64_t, 3> s) HD_FLATTEN {
         O* o = po + off[0];
         const A* x = pa + off[1];
         const B* y = pb + off[2];

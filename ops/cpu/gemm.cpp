@@ -23,7 +23,22 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const
 
 namespace {
 
-constexpr int64_t kRowBlock = 128;
+// K slices for split-K, a function of the shape only: used when K dwarfs the output (weight
+// gradients, K = tokens), where cutting rows would repack the whole K x N operand per block.
+int64_t split_k_blocks(int64_t M, int64_t N, int64_t K) {
+  if (K < 4 * std::max(M, N) || K < 1024) return 1;
+  return std::clamp<int64_t>(K / 512, 2, 8);
+}
+
+// Rows per block: the product is cut into at most 8 row blocks (at least 32 rows each, a
+// multiple of 8), a function of M only. Few blocks keep OpenBLAS's packing of B (repeated per
+// call) cheap; 8 keeps 2, 4 or 8 threads busy; and since the cut never depends on the thread
+// count, neither does any output bit.
+int64_t rows_per_block(int64_t M) {
+  int64_t blocks = std::clamp<int64_t>((M + 31) / 32, 1, 8);
+  int64_t rows = (M + blocks - 1) / blocks;
+  return (rows + 7) / 8 * 8;
+}
 
 struct Layout {
   bool trans;
@@ -84,19 +99,43 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
       if (!accumulate) std::fill(pc, pc + batches * M * N, T(0));
       return;
     }
-    // Fixed 128-row blocks, one sgemm call each, parallel over (batch, block). The blocks do
-    // not depend on the thread count, so neither does any output bit (OpenBLAS may pick other
-    // kernels for other block sizes, e.g. gemv for one row).
-    const int64_t blocks_per_batch = (M + kRowBlock - 1) / kRowBlock;
     const int64_t a_row_step = la.trans ? 1 : la.ld;
+    const int64_t a_k_step = la.trans ? la.ld : 1;
+    const int64_t b_k_step = lb.trans ? 1 : lb.ld;
+    const int64_t kblocks = split_k_blocks(M, N, K);
+    if (batches == 1 && kblocks > 1) {
+      // Split-K for tall products such as weight gradients (K = tokens): each fixed K slice is
+      // one call that packs only its own slices, and the partials are summed in slice order.
+      const int64_t kb = (K + kblocks - 1) / kblocks;
+      Tensor partial = Tensor::empty({kblocks, M, N}, dtype_of<T>());
+      T* pp = partial.data<T>();
+      parallel_for(0, kblocks, 1, [&](int64_t s0, int64_t s1) {
+        for (int64_t s = s0; s < s1; ++s) {
+          int64_t k0 = s * kb, kl = std::min(kb, K - k0);
+          gemm(la.trans, lb.trans, M, N, kl, T(1), pa + k0 * a_k_step, la.ld, pb + k0 * b_k_step,
+               lb.ld, T(0), pp + s * M * N, N);
+        }
+      });
+      parallel_for(0, M * N, 16384, [&](int64_t e0, int64_t e1) {
+        for (int64_t e = e0; e < e1; ++e) {
+          T acc = accumulate ? pc[e] : T(0);
+          for (int64_t s = 0; s < kblocks; ++s) acc += pp[s * M * N + e];
+          pc[e] = acc;
+        }
+      });
+      return;
+    }
+    // Row blocks (see rows_per_block), one sgemm call each, parallel over (batch, block).
+    const int64_t row_block = rows_per_block(M);
+    const int64_t blocks_per_batch = (M + row_block - 1) / row_block;
     parallel_for(0, batches * blocks_per_batch, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        int64_t b = t / blocks_per_batch, m0 = (t % blocks_per_batch) * kRowBlock;
-        int64_t rows = std::min(kRowBlock, M - m0);
+        int64_t b = t / blocks_per_batch, m0 = (t % blocks_per_batch) * row_block;
+        int64_t rows = std::min(row_block, M - m0);
         int64_t oa, ob;
         offsets(b, oa, ob);
-        gemm(la.trans, lb.trans, rows, N, K, T(1), pa + oa + m0 * a_row_step, la.ld, pb + ob, lb.ld,
-             beta, pc + b * M * N + m0 * N, N);
+        gemm(la.trans, lb.trans, rows, N, K, T(1), pa + oa + m0 * a_row_step, la.ld, pb + ob,
+             lb.ld, beta, pc + b * M * N + m0 * N, N);
       }
     });
   });

@@ -20,8 +20,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double al
 // out[b] = a[b] @ bm[b] for every batch index b (batch dims already broadcast to out's batch
 // shape via 0 strides). a: [..., M, K], bm: [..., K, N], out contiguous [..., M, N]; the last
 // two dims of a and bm must have a unit stride in one of them (the frontend copies otherwise).
-// If accumulate, out += a @ bm. Work is split over the thread pool into fixed 128-row blocks
-// per batch, so results are bit-identical for any thread count.
+// If accumulate, out += a @ bm. Work is split over the thread pool into at most 8 row blocks
+// per batch whose size depends only on M, so results are bit-identical for any thread count.
 void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate = false);
 
 }  // namespace hd::cpu

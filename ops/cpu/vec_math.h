@@ -12,8 +12,12 @@
 
 namespace hd::cpu {
 
+// Always inlined: a call in a loop body stops vectorisation (GCC declined to inline these into
+// large templated kernels on its own).
+#define HD_VEC_INLINE inline __attribute__((always_inline))
+
 // exp(x), Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n from bits.
-inline float vexp(float x) {
+HD_VEC_INLINE float vexp(float x) {
   float xc = x < -87.33654f ? -87.33654f : (x > 88.3762626f ? 88.3762626f : x);
   float n = std::floor(xc * 1.44269504088896341f + 0.5f);
   float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
@@ -30,10 +34,10 @@ inline float vexp(float x) {
   y = x > 88.7228391f ? INFINITY : y;
   return x != x ? x : y;
 }
-inline double vexp(double x) { return std::exp(x); }
+HD_VEC_INLINE double vexp(double x) { return std::exp(x); }
 
 // erf(x): rational minimax approximation on [-4, 4] (outside, |erf| rounds to 1 in f32).
-inline float verf(float x) {
+HD_VEC_INLINE float verf(float x) {
   float xc = x < -4.0f ? -4.0f : (x > 4.0f ? 4.0f : x);
   float x2 = xc * xc;
   float p = -2.72614225801306e-10f;
@@ -51,14 +55,14 @@ inline float verf(float x) {
   q = q * x2 + -1.42647390514189e-02f;
   return x != x ? x : p / q;
 }
-inline double verf(double x) { return std::erf(x); }
+HD_VEC_INLINE double verf(double x) { return std::erf(x); }
 
 template <class T>
-inline T vsigmoid(T x) {
+HD_VEC_INLINE T vsigmoid(T x) {
   return T(1) / (T(1) + vexp(-x));
 }
 // tanh via exp: 1 - 2/(e^{2x}+1); absolute error ~1e-7 in f32 (used inside GELU-tanh).
-inline float vtanh(float x) { return 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f); }
-inline double vtanh(double x) { return std::tanh(x); }
+HD_VEC_INLINE float vtanh(float x) { return 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f); }
+HD_VEC_INLINE double vtanh(double x) { return std::tanh(x); }
 
 }  // namespace hd::cpu

@@ -52,7 +52,10 @@ Tensor SelfAttention::forward(const Tensor& x, const AttentionOptions& options, 
   int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   // [B, N, 3C] -> [B, N, 3, H, Dh] -> [3, B, H, N, Dh]: q, k, v are strided views, no copies.
   Tensor qkv_heads = permute(reshape(qkv->forward(x), {B, N, 3, heads, head_dim}), {2, 0, 3, 1, 4});
-  Tensor q = select(qkv_heads, 0, 0), k = select(qkv_heads, 0, 1), v = select(qkv_heads, 0, 2);
+  std::vector<Tensor> qkv_views = unbind(qkv_heads, 0);
+  const Tensor& q = qkv_views[0];
+  const Tensor& k = qkv_views[1];
+  const Tensor& v = qkv_views[2];
   if (kv_out) *kv_out = {k, v};
   Tensor out = scaled_dot_product_attention(q, k, v, options);  // [B, H, N, Dh]
   return proj->forward(reshape(transpose(out, 1, 2), {B, N, C}));

@@ -87,6 +87,22 @@ TEST(ShapeGrad, CatStackSplitChunkPad) {
   EXPECT_TRUE(check_gradients([](const Inputs& in) { return pad(in[0], {1, 2, 0, 1}, 0.5); }, {a}));
 }
 
+TEST(ShapeGrad, UnbindIsOneNodeAndPartialGradientsWork) {
+  Tensor x = random_leaf({3, 2, 4}, 8);
+  EXPECT_TRUE(check_gradients(
+      [](const Inputs& in) {
+        std::vector<Tensor> p = unbind(permute(in[0], {1, 0, 2}), 1);
+        return add(mul(p[0], p[2]), p[1]);
+      },
+      {x}));
+  // Only one slice used: the others get zero gradient.
+  EXPECT_TRUE(check_gradients([](const Inputs& in) { return exp(unbind(in[0], 0)[1]); }, {x}));
+  std::vector<Tensor> parts = unbind(x, 2);
+  ASSERT_EQ(parts.size(), 4u);
+  EXPECT_EQ(parts[3].storage(), x.storage());
+  EXPECT_EQ(parts[0].grad_fn(), parts[3].grad_fn());
+}
+
 TEST(ShapeGrad, DTypeConversionRoundTrip) {
   Tensor x = random_leaf({3}, 7);
   Tensor y = to(to(x, DType::f32), DType::f64);
