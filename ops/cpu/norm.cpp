@@ -1,5 +1,7 @@
 #include "ops/cpu/norm.h"
 
+#include "ops/cpu/vec_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -14,18 +16,6 @@ namespace {
 constexpr int64_t kLanes = 8;
 // Rows per block of the weight/bias gradient partials (fixed, so the sum order is fixed).
 constexpr int64_t kBlockRows = 64;
-
-template <class T>
-T lane_sum(const T* x, int64_t n) {
-  T acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += x[i + k];
-  T r = T(0);
-  for (int64_t k = 0; k < kLanes; ++k) r += acc[k];
-  for (; i < n; ++i) r += x[i];
-  return r;
-}
 
 // sum((x - c)^2)
 template <class T>

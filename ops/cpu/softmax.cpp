@@ -33,18 +33,6 @@ T row_max(const T* x, int64_t n) {
 }
 
 template <class T>
-T row_sum(const T* x, int64_t n) {
-  T acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += x[i + k];
-  T r = T(0);
-  for (int64_t k = 0; k < kLanes; ++k) r += acc[k];
-  for (; i < n; ++i) r += x[i];
-  return r;
-}
-
-template <class T>
 T row_dot(const T* a, const T* b, int64_t n) {
   T acc[kLanes] = {};
   int64_t i = 0;
@@ -69,7 +57,7 @@ void forward_last(const T* x, T* y, int64_t rows, int64_t n, bool log) {
       T* yr = y + r * n;
       const T m = row_max(xr, n);
       for (int64_t i = 0; i < n; ++i) yr[i] = vexp(xr[i] - m);
-      const T s = row_sum(yr, n);
+      const T s = lane_sum(yr, n);
       if (log) {
         // (x - max) - log(sum), not x - (max + log(sum)): the latter rounds log(sum) to the
         // ulp of max, which is coarse for large logits.
@@ -91,7 +79,7 @@ void backward_last(const T* y, const T* gy, T* gx, int64_t rows, int64_t n, bool
       const T* gr = gy + r * n;
       T* out = gx + r * n;
       if (log) {
-        const T s = row_sum(gr, n);
+        const T s = lane_sum(gr, n);
         for (int64_t i = 0; i < n; ++i) out[i] = gr[i] - vexp(yr[i]) * s;
       } else {
         const T d = row_dot(gr, yr, n);

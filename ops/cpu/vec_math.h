@@ -65,4 +65,20 @@ HD_VEC_INLINE T vsigmoid(T x) {
 HD_VEC_INLINE float vtanh(float x) { return 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f); }
 HD_VEC_INLINE double vtanh(double x) { return std::tanh(x); }
 
+// Sum of x[0..n) with eight independent accumulators (one AVX2 register of f32): without
+// -ffast-math GCC may not reorder a single-accumulator float reduction, so the reordering is
+// spelled out. The order is fixed, so results do not depend on the thread count.
+constexpr int64_t kSumLanes = 8;
+template <class T>
+HD_VEC_INLINE T lane_sum(const T* x, int64_t n) {
+  T acc[kSumLanes] = {};
+  int64_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes)
+    for (int64_t k = 0; k < kSumLanes; ++k) acc[k] += x[i + k];
+  T r = T(0);
+  for (int64_t k = 0; k < kSumLanes; ++k) r += acc[k];
+  for (; i < n; ++i) r += x[i];
+  return r;
+}
+
 }  // namespace hd::cpu

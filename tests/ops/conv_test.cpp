@@ -9,6 +9,7 @@
 #include "ops/factory.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "tests/testing/errors.h"
 #include "tests/testing/gradcheck.h"
 
 namespace hd {
@@ -150,14 +151,7 @@ TEST(Conv, KnownValues) {
   EXPECT_EQ(conv2d(x, w, b, 1, 1, 1).to_vector<float>()[4], 9.5f);
 }
 
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error containing '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST(Conv, ErrorsNameOpAndShapes) {
   Tensor x = zeros({1, 4, 8, 8});

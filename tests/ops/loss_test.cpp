@@ -9,6 +9,7 @@
 #include "ops/factory.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "tests/testing/errors.h"
 #include "tests/testing/gradcheck.h"
 
 namespace hd {
@@ -18,14 +19,7 @@ using testing::check_gradients;
 using testing::max_abs_diff;
 using testing::random_leaf;
 
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error containing '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 // ---------------------------------------------------------------- cross-entropy
 

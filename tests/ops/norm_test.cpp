@@ -9,6 +9,7 @@
 #include "ops/factory.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "tests/testing/errors.h"
 #include "tests/testing/gradcheck.h"
 
 namespace hd {
@@ -137,14 +138,7 @@ TEST(LayerNorm, F32BackwardOpMatchesF64) {
   EXPECT_FALSE(no_params.gb.defined());
 }
 
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error containing '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST(LayerNorm, Errors) {
   expect_error(

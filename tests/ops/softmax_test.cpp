@@ -9,6 +9,7 @@
 #include "ops/factory.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "tests/testing/errors.h"
 #include "tests/testing/gradcheck.h"
 
 namespace hd {
@@ -152,14 +153,7 @@ TEST(Softmax, GradientThroughComposite) {
       {x}));
 }
 
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error containing '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST(Softmax, ErrorsNameTheOp) {
   expect_error([] { softmax(zeros({2, 3}), 2); }, "softmax: dim 2 out of range");
