@@ -9,6 +9,7 @@
 #include "ops/linalg.h"
 #include "ops/norm.h"
 #include "ops/reduce.h"
+#include "ops/shape.h"
 #include "ops/softmax.h"
 
 namespace hd {
@@ -58,6 +59,23 @@ void BM_AttentionForwardBackward(benchmark::State& state) {
   state.counters["FLOP/s"] = benchmark::Counter(3.5 * 4.0 * 24 * 729 * 729 * 64, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_AttentionForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The same attention as a composite of ops (matmul -> softmax -> matmul), materialising the
+// [N, N] scores: what the flash kernel is measured against.
+void BM_AttentionCompositeForwardBackward(benchmark::State& state) {
+  Tensor q = randn({8, 3, 729, 64}, 5, true), k = randn({8, 3, 729, 64}, 6, true),
+         v = randn({8, 3, 729, 64}, 7, true);
+  Tensor g = randn({8, 3, 729, 64}, 8);
+  for (auto _ : state) {
+    Tensor s = mul(matmul(q, transpose(k, -1, -2)), 0.125);
+    matmul(softmax(s, -1), v).backward(g);
+    q.zero_grad();
+    k.zero_grad();
+    v.zero_grad();
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(3.0 * 4.0 * 24 * 729 * 729 * 64, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_AttentionCompositeForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_LayerNormForwardBackward(benchmark::State& state) {
   Tensor x = randn({8 * 729, 192}, 9, true), w = randn({192}, 10, true), b = randn({192}, 11, true);

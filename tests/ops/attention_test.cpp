@@ -384,46 +384,5 @@ TEST(Attention, Ps3ScaleMemoryStaysFlat) {
   EXPECT_GT(max_abs_diff(o.prefix_v.grad(), zeros_like(o.prefix_v)), 0.0);
 }
 
-// Not a check: timings of the flash kernel vs the composite matmul -> softmax -> matmul at the
-// ViT benchmark shape (B=8, H=3, N=729, Dh=64, f32, q/k/v permuted views of one qkv tensor).
-// Run with --gtest_also_run_disabled_tests --gtest_filter=*Benchmark*.
-TEST(Attention, DISABLED_BenchmarkVsComposite) {
-  const int64_t B = 8, H = 3, N = 729, Dh = 64;
-  Generator gen(5, "attn-bench");
-  Tensor qkv = uniform({B, N, 3, H, Dh}, -1, 1, gen).requires_grad_(true);
-  Tensor w = uniform({B, H, N, Dh}, -1, 1, gen);
-  auto part = [&](int64_t i) { return permute(select(qkv, 2, i), {0, 2, 1, 3}); };
-  auto flash = [&] { return scaled_dot_product_attention(part(0), part(1), part(2)); };
-  auto composite = [&] {
-    Tensor s = mul(matmul(part(0), transpose(part(1), -1, -2)), 1.0 / std::sqrt(double(Dh)));
-    Tensor e = exp(sub(s, max(s, -1, true).values.detach()));
-    return matmul(div(e, sum(e, {-1}, true)), part(2));
-  };
-  auto median_ms = [&](auto&& fn, bool backward) {
-    std::vector<double> ms;
-    for (int rep = 0; rep < 7; ++rep) {
-      qkv.zero_grad();
-      auto t0 = std::chrono::steady_clock::now();
-      if (backward) {
-        sum(mul(fn(), w)).backward();
-      } else {
-        NoGradGuard no_grad;
-        fn();
-      }
-      ms.push_back(
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
-  };
-  std::printf("B=%lld H=%lld N=%lld Dh=%lld f32, median of 7 (ms):\n", (long long)B, (long long)H,
-              (long long)N, (long long)Dh);
-  std::printf("  flash     fwd %8.2f   fwd+bwd %8.2f\n", median_ms(flash, false),
-              median_ms(flash, true));
-  std::printf("  composite fwd %8.2f   fwd+bwd %8.2f\n", median_ms(composite, false),
-              median_ms(composite, true));
-  EXPECT_LT(max_abs_diff(flash(), composite()), 1e-5);
-}
-
 }  // namespace
 }  // namespace hd
