@@ -24,6 +24,17 @@ class Storage {
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
+  // Frees or re-creates the bytes while keeping this Storage object, so every view and saved
+  // tensor that shares it stays valid (FSDP2's resize-to-0: an unsharded parameter exists only
+  // between its all-gather and its reshard). Contents after growing are uninitialised.
+  void resize(size_t nbytes) {
+    if (nbytes == nbytes_) return;
+    allocator_->deallocate(data_, nbytes_);
+    data_ = nullptr;
+    nbytes_ = 0;
+    data_ = allocator_->allocate(nbytes);
+    nbytes_ = nbytes;
+  }
   uint64_t version() const { return version_; }
   void bump_version() { ++version_; }
 

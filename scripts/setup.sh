@@ -9,7 +9,7 @@ PACKAGES=(
   libhdf5-dev hdf5-tools
   libprotobuf-dev protobuf-compiler
   libabsl-dev
-  prometheus-cpp-dev
+  prometheus-cpp-dev prometheus
   libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy

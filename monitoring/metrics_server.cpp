@@ -1,0 +1,199 @@
+// Why our own HTTP server, not prometheus-cpp's Exposer (build notes §1.4, P1):
+// The Exposer runs on civetweb, and Debian's civetweb starts its threads with a fixed 100 KiB
+// stack. glibc carves the static TLS of every loaded library out of each thread's stack, and
+// libcublasLt alone has 92 KiB of it, so in any process that links cuBLAS pthread_create fails
+// with EINVAL and the Exposer constructor throws "null context when constructing CivetServer".
+// The trainer links cuBLAS, so the Exposer cannot be used. Loading cuBLAS lazily with dlopen also
+// works but would force every CUDA call site through dlsym; a separate exporter process would need
+// IPC. Instead we keep prometheus-cpp for the metric types and the text format (core only) and
+// serve the text ourselves: std::thread uses the default 8 MiB stack, so TLS fits, and the server
+// is small enough to reason about (tests/monitoring/metrics_server_test.cpp,
+// cublas_exporter_test.cpp).
+//
+// Design: one accept thread (poll with a timeout so stop() is prompt) hands sockets to a few
+// workers through a bounded queue; a worker reads the request line, calls the source (which
+// serializes the registry: that is the only place metrics are read), and writes the response with
+// MSG_NOSIGNAL, so a scraper that disconnects mid-response gives EPIPE, not SIGPIPE. Every socket
+// has read/write timeouts, so a stuck client ties up one worker for at most io_timeout_seconds.
+// The training step never touches any of this: it only updates atomics in the registry.
+#include "monitoring/metrics_server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "autograd/error.h"
+
+namespace hd::monitoring {
+
+namespace {
+
+void set_timeouts(int fd, double seconds) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(seconds);
+  tv.tv_usec = static_cast<suseconds_t>((seconds - double(tv.tv_sec)) * 1e6);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+// Writes all of `data`; false when the peer went away or timed out.
+bool send_all(int fd, const std::string& data) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    off += size_t(n);
+  }
+  return true;
+}
+
+std::string response(int code, const char* reason, const char* type, const std::string& body) {
+  std::string head =
+      "HTTP/1.1 " + std::to_string(code) + " " + reason + "\r\nContent-Type: " + type +
+      "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+  return head + body;
+}
+
+}  // namespace
+
+MetricsServer::MetricsServer(MetricsServerConfig config, Source source)
+    : config_(std::move(config)), source_(std::move(source)) {
+  HD_CHECK(source_, "MetricsServer: no metrics source");
+  HD_CHECK(config_.workers >= 1 && config_.max_pending >= 1, "MetricsServer: workers ",
+           config_.workers, " and max_pending ", config_.max_pending, " must be >= 1");
+  in_addr addr{};
+  HD_CHECK(inet_pton(AF_INET, config_.bind_address.c_str(), &addr) == 1,
+           "MetricsServer: bind_address '", config_.bind_address, "' is not an IPv4 address");
+  const bool loopback = (ntohl(addr.s_addr) >> 24) == 127;
+  HD_CHECK(loopback || config_.allow_non_loopback, "MetricsServer: refusing to bind ",
+           config_.bind_address, " (not loopback) without allow_non_loopback");
+  const int port = config_.port_base == 0 ? 0 : config_.port_base + config_.local_rank;
+  HD_CHECK(port >= 0 && port <= 65535, "MetricsServer: port ", port, " out of range (port_base ",
+           config_.port_base, " + local_rank ", config_.local_rank, ")");
+
+  listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  HD_CHECK(listen_fd_ >= 0, "MetricsServer: socket(): ", std::strerror(errno));
+  int one = 1;
+  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr = addr;
+  sa.sin_port = htons(uint16_t(port));
+  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 ||
+      ::listen(listen_fd_, 128) != 0) {
+    int err = errno;
+    ::close(listen_fd_);
+    throw Error(detail::concat("MetricsServer: cannot listen on ", config_.bind_address, ":", port,
+                               " (port_base ", config_.port_base, " + local_rank ",
+                               config_.local_rank, "): ", std::strerror(err)));
+  }
+  socklen_t len = sizeof(sa);
+  getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&sa), &len);
+  port_ = ntohs(sa.sin_port);
+
+  for (int i = 0; i < config_.workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  acceptor_ = std::thread([this] { accept_loop(); });
+}
+
+MetricsServer::~MetricsServer() {
+  stop_.store(true);
+  ready_.notify_all();
+  if (acceptor_.joinable()) acceptor_.join();
+  for (auto& w : workers_) w.join();
+  for (int fd : pending_) ::close(fd);
+  ::close(listen_fd_);
+}
+
+void MetricsServer::accept_loop() {
+  while (!stop_.load()) {
+    pollfd p{listen_fd_, POLLIN, 0};
+    int r = ::poll(&p, 1, 100);  // 100 ms: the bound on how long the destructor waits
+    if (r <= 0) continue;
+    int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;  // e.g. ECONNABORTED: the client gave up before we accepted
+    set_timeouts(fd, config_.io_timeout_seconds);
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (int(pending_.size()) >= config_.max_pending) {
+      lock.unlock();
+      // Overloaded: answer at once rather than let the queue (and memory) grow without bound.
+      send_all(fd, response(503, "Service Unavailable", "text/plain", "busy\n"));
+      ::close(fd);
+      failed_.fetch_add(1);
+      continue;
+    }
+    pending_.push_back(fd);
+    lock.unlock();
+    ready_.notify_one();
+  }
+}
+
+void MetricsServer::worker_loop() {
+  while (true) {
+    int fd;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      ready_.wait(lock, [&] { return stop_.load() || !pending_.empty(); });
+      if (stop_.load()) return;
+      fd = pending_.front();
+      pending_.pop_front();
+    }
+    handle(fd);
+    ::close(fd);
+  }
+}
+
+void MetricsServer::handle(int fd) {
+  // Read until the end of the headers (or 8 KiB: scrapers send a few hundred bytes).
+  std::string request;
+  char buf[2048];
+  while (request.find("\r\n\r\n") == std::string::npos && request.size() < 8192) {
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    request.append(buf, size_t(n));
+  }
+  const size_t line_end = request.find("\r\n");
+  if (line_end == std::string::npos) {
+    failed_.fetch_add(1);  // closed or timed out before sending a request line
+    return;
+  }
+  const std::string line = request.substr(0, line_end);
+  const size_t sp1 = line.find(' '), sp2 = line.find(' ', sp1 + 1);
+  const std::string method = line.substr(0, sp1);
+  std::string path = sp1 == std::string::npos ? "" : line.substr(sp1 + 1, sp2 - sp1 - 1);
+  path = path.substr(0, path.find('?'));
+
+  std::string reply;
+  if (method != "GET" && method != "HEAD") {
+    reply = response(405, "Method Not Allowed", "text/plain", "GET only\n");
+  } else if (path == "/metrics") {
+    std::string body;
+    try {
+      body = source_();
+    } catch (const std::exception& e) {
+      reply = response(500, "Internal Server Error", "text/plain", std::string(e.what()) + "\n");
+    }
+    if (reply.empty()) {
+      reply = response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", body);
+      if (method == "HEAD") reply.resize(reply.find("\r\n\r\n") + 4);
+    }
+  } else if (path == "/" || path == "/healthz") {
+    reply = response(200, "OK", "text/plain", "hdtrain metrics: see /metrics\n");
+  } else {
+    reply = response(404, "Not Found", "text/plain", "not found\n");
+  }
+  if (send_all(fd, reply)) {
+    served_.fetch_add(1);
+  } else {
+    failed_.fetch_add(1);
+  }
+}
+
+}  // namespace hd::monitoring

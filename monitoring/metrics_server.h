@@ -1,0 +1,65 @@
+// A minimal HTTP/1.1 server for `GET /metrics`, one per rank. See metrics_server.cpp for why this
+// is not prometheus-cpp's Exposer.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace hd::monitoring {
+
+struct MetricsServerConfig {
+  // Loopback by default: metrics reveal the run's configuration and there is no authentication.
+  // Any other address must be asked for explicitly with allow_non_loopback.
+  std::string bind_address = "127.0.0.1";
+  bool allow_non_loopback = false;
+  // Rank r listens on port_base + local_rank. 0 as port_base picks a free port (tests).
+  static constexpr int kDefaultPortBase = 9470;
+  int port_base = kDefaultPortBase;
+  int local_rank = 0;
+  int workers = 4;                  // concurrent scrapes served at once
+  int max_pending = 64;             // accepted connections waiting for a worker; more get 503
+  double io_timeout_seconds = 5.0;  // per read/write on a client socket
+};
+
+class MetricsServer {
+ public:
+  // Produces the body of /metrics; called on a server thread for every scrape.
+  using Source = std::function<std::string()>;
+
+  // Binds and listens (throws hd::Error with the address on failure), then starts the threads.
+  MetricsServer(MetricsServerConfig config, Source source);
+  ~MetricsServer();
+  MetricsServer(const MetricsServer&) = delete;
+  MetricsServer& operator=(const MetricsServer&) = delete;
+
+  int port() const { return port_; }
+  const std::string& address() const { return config_.bind_address; }
+  int64_t requests_served() const { return served_.load(); }
+  int64_t requests_failed() const { return failed_.load(); }
+
+ private:
+  void accept_loop();
+  void worker_loop();
+  void handle(int fd);
+
+  MetricsServerConfig config_;
+  Source source_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> served_{0}, failed_{0};
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<int> pending_;
+  std::thread acceptor_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace hd::monitoring

@@ -1,0 +1,55 @@
+#include "parallel/shard.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "autograd/error.h"
+
+namespace hd::parallel {
+
+int64_t ShardInfo::valid_rows(int r) const {
+  const int64_t d0 = global_shape.empty() ? 1 : global_shape[0];
+  return std::clamp<int64_t>(d0 - int64_t(r) * rows_per_rank, 0, rows_per_rank);
+}
+
+Shape ShardInfo::shard_shape() const {
+  Shape s = global_shape.empty() ? Shape{1} : global_shape;
+  s[0] = rows_per_rank;
+  return s;
+}
+
+ShardInfo make_shard_info(const std::string& name, const Shape& global_shape, int rank,
+                          int world_size) {
+  HD_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "shard: rank ", rank,
+           " outside world size ", world_size);
+  ShardInfo s;
+  s.name = name;
+  s.global_shape = global_shape;
+  s.rank = rank;
+  s.world_size = world_size;
+  const int64_t d0 = global_shape.empty() ? 1 : global_shape[0];
+  HD_CHECK(d0 > 0, "shard: parameter '", name, "' has an empty dim 0 ", global_shape);
+  s.row_numel = global_shape.empty() ? 1 : shape_numel(global_shape) / d0;
+  s.rows_per_rank = (d0 + world_size - 1) / world_size;
+  s.padded_length = s.rows_per_rank * s.row_numel;
+  s.offset = std::min<int64_t>(int64_t(rank) * s.rows_per_rank, d0) * s.row_numel;
+  s.length = s.valid_rows(rank) * s.row_numel;
+  return s;
+}
+
+void copy_rows_out(const ShardInfo& info, int r, const float* full, float* dst) {
+  const int64_t valid = info.valid_rows(r) * info.row_numel;
+  const int64_t start =
+      std::min<int64_t>(int64_t(r) * info.rows_per_rank * info.row_numel, info.global_numel());
+  if (valid > 0) std::memcpy(dst, full + start, size_t(valid) * sizeof(float));
+  std::fill(dst + valid, dst + info.padded_length, 0.0f);
+}
+
+void copy_rows_in(const ShardInfo& info, int r, const float* src, float* full) {
+  const int64_t valid = info.valid_rows(r) * info.row_numel;
+  if (valid == 0) return;
+  std::memcpy(full + int64_t(r) * info.rows_per_rank * info.row_numel, src,
+              size_t(valid) * sizeof(float));
+}
+
+}  // namespace hd::parallel

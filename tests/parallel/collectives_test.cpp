@@ -1,0 +1,147 @@
+// Closed-form collective results: rank r contributes values built from r+1, so every expected
+// value is a formula in the world size N. Run at 1, 2, 3 and 4 ranks (tests/parallel/
+// CMakeLists.txt); sizes are uneven on purpose (1, 7, 1001 elements).
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "parallel/process_group.h"
+#include "tests/parallel/mpi_main.h"
+
+namespace hd::parallel {
+namespace {
+
+using testing::world;
+
+const std::vector<int64_t> kSizes = {1, 7, 1001};
+
+template <class T>
+class CollectivesTest : public ::testing::Test {};
+using Types = ::testing::Types<float, double, int64_t>;
+TYPED_TEST_SUITE(CollectivesTest, Types);
+
+template <class T>
+Tensor make(int64_t n) {
+  return Tensor::empty({n}, dtype_of<T>());
+}
+
+TYPED_TEST(CollectivesTest, AllReduceSumAvgMax) {
+  using T = TypeParam;
+  const int64_t r = world().rank(), N = world().world_size();
+  for (int64_t n : kSizes) {
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max}) {
+      Tensor t = make<T>(n);
+      for (int64_t i = 0; i < n; ++i) t.data<T>()[i] = T((r + 1) * (i % 7 + 1));
+      world().all_reduce(t, op).wait();
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = i % 7 + 1;
+        T sum = T(N * (N + 1) / 2 * k);
+        T expected = op == ReduceOp::sum ? sum : op == ReduceOp::avg ? T(sum / T(N)) : T(N * k);
+        ASSERT_EQ(t.data<T>()[i], expected)
+            << reduce_op_name(op) << " n=" << n << " i=" << i << " N=" << N;
+      }
+    }
+  }
+}
+
+TYPED_TEST(CollectivesTest, AllGatherIntoFlatBuffer) {
+  using T = TypeParam;
+  const int64_t r = world().rank(), N = world().world_size();
+  for (int64_t n : kSizes) {
+    Tensor in = make<T>(n), out = make<T>(n * N);
+    for (int64_t i = 0; i < n; ++i) in.data<T>()[i] = T((r + 1) * 1000 + i);
+    world().all_gather(in, out).wait();
+    for (int64_t q = 0; q < N; ++q) {
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(out.data<T>()[q * n + i], T((q + 1) * 1000 + i)) << "n=" << n << " q=" << q;
+      }
+    }
+  }
+}
+
+TYPED_TEST(CollectivesTest, ReduceScatter) {
+  using T = TypeParam;
+  const int64_t r = world().rank(), N = world().world_size();
+  for (int64_t n : kSizes) {
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max}) {
+      Tensor in = make<T>(n * N), out = make<T>(n);
+      for (int64_t j = 0; j < n * N; ++j) in.data<T>()[j] = T((r + 1) * (j % 11 + 1));
+      world().reduce_scatter(in, out, op).wait();
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = (r * n + i) % 11 + 1;
+        T sum = T(N * (N + 1) / 2 * k);
+        T expected = op == ReduceOp::sum ? sum : op == ReduceOp::avg ? T(sum / T(N)) : T(N * k);
+        ASSERT_EQ(out.data<T>()[i], expected) << reduce_op_name(op) << " n=" << n << " i=" << i;
+      }
+    }
+  }
+}
+
+TYPED_TEST(CollectivesTest, BroadcastFromLastRank) {
+  using T = TypeParam;
+  const int64_t r = world().rank(), N = world().world_size();
+  for (int64_t n : kSizes) {
+    Tensor t = make<T>(n);
+    for (int64_t i = 0; i < n; ++i) t.data<T>()[i] = T(r * 10 + i);
+    world().broadcast(t, int(N - 1)).wait();
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(t.data<T>()[i], T((N - 1) * 10 + i));
+  }
+}
+
+TEST(Collectives, AsyncHandlesCompleteInIssueOrder) {
+  const int64_t r = world().rank(), N = world().world_size();
+  std::vector<Tensor> ts;
+  std::vector<Work> works;
+  for (int k = 0; k < 8; ++k) {
+    Tensor t = Tensor::empty({64 + k});
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = float((r + 1) * (k + 1));
+    works.push_back(world().all_reduce(t, ReduceOp::sum));
+    ts.push_back(t);
+  }
+  works.push_back(world().barrier());
+  for (int k = 7; k >= 0; --k) {  // waiting out of order is fine
+    works[size_t(k)].wait();
+    EXPECT_TRUE(works[size_t(k)].done());
+    EXPECT_EQ(ts[size_t(k)].data<float>()[0], float(N * (N + 1) / 2 * (k + 1)));
+  }
+  works.back().wait();
+}
+
+TEST(Collectives, StatsCountBytesAndBusBytes) {
+  const int N = world().world_size();
+  world().barrier().wait();
+  world().reset_stats();
+  Tensor a = Tensor::empty({1000});
+  for (int64_t i = 0; i < 1000; ++i) a.data<float>()[i] = 1;
+  world().all_reduce(a, ReduceOp::sum).wait();
+  Tensor out = Tensor::empty({1000 * N});
+  world().all_gather(a, out).wait();
+  Tensor rs = Tensor::empty({1000});
+  world().reduce_scatter(out, rs, ReduceOp::sum).wait();
+  CollectiveStats s = world().stats();
+  EXPECT_EQ(s[Collective::all_reduce].calls, 1);
+  EXPECT_EQ(s[Collective::all_reduce].bytes, 4000);
+  EXPECT_DOUBLE_EQ(s[Collective::all_reduce].bus_bytes, 4000.0 * 2 * (N - 1) / N);
+  EXPECT_EQ(s[Collective::all_gather].bytes, 4000 * N);
+  EXPECT_DOUBLE_EQ(s[Collective::all_gather].bus_bytes, 4000.0 * (N - 1));
+  EXPECT_EQ(s[Collective::reduce_scatter].bytes, 4000 * N);
+  EXPECT_GE(s[Collective::all_reduce].seconds, 0.0);
+}
+
+TEST(Collectives, ShapeMismatchIsAnErrorNotAHang) {
+  Tensor in = Tensor::empty({3}), out = Tensor::empty({3 * world().world_size() + 1});
+  EXPECT_THROW(world().all_gather(in, out), Error);
+  Tensor b = Tensor::empty({2}, DType::bf16);
+  EXPECT_THROW(world().all_reduce(b, ReduceOp::sum).wait(), Error);
+}
+
+TEST(Collectives, LaunchInfoFromOpenMpiEnvironment) {
+  LaunchInfo info = launch_info_from_env();
+  EXPECT_EQ(info.rank, world().rank());
+  EXPECT_EQ(info.world_size, world().world_size());
+  EXPECT_GE(world().local_rank(), 0);
+  EXPECT_LT(world().local_rank(), world().world_size());
+}
+
+}  // namespace
+}  // namespace hd::parallel

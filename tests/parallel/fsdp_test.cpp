@@ -1,0 +1,240 @@
+// FSDP and DDP parity with single-process training, memory per rank and bytes per step.
+//
+// Every rank also trains the unsharded reference on the whole global batch in-process, so the
+// comparison needs no second run: 10 steps of AdamW with global-norm clipping, loss and every
+// parameter within 1e-5 per step. Run at 1, 2, 3 and 4 ranks.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+
+#include "autograd/allocator.h"
+#include "autograd/optimizer.h"
+#include "ops/shape.h"
+#include "parallel/ddp.h"
+#include "parallel/fsdp.h"
+#include "tests/parallel/mpi_main.h"
+#include "tests/parallel/tiny_model.h"
+
+namespace hd::parallel {
+namespace {
+
+using testing::mse;
+using testing::tiny_forward;
+using testing::TinyTransformer;
+using testing::world;
+
+constexpr int64_t kBatch = 24, kTokens = 4;
+// eps 1e-6: the key bias of attention has an analytically zero gradient (softmax ignores a
+// per-query constant), so its float gradient is rounding noise that AdamW with eps 1e-8 would
+// blow up to +-lr per step, differently for every summation order.
+constexpr double kLr = 1e-3, kDecay = 0.1, kClip = 0.5, kEps = 1e-6;
+
+// Global batch for a step: inputs and targets of [kBatch, kTokens, 3].
+std::pair<Tensor, Tensor> global_batch(int step) {
+  Tensor x = Tensor::empty({kBatch, kTokens, 3}), y = Tensor::empty({kBatch, kTokens, 3});
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    x.data<float>()[i] = float(std::sin(0.37 * double(i) + 1.3 * step));
+    y.data<float>()[i] = float(std::cos(0.11 * double(i) - 0.7 * step));
+  }
+  return {x, y};
+}
+
+// Rows [begin, begin + n) of a batch, as a contiguous tensor.
+Tensor rows(const Tensor& t, int64_t begin, int64_t n) {
+  return contiguous(narrow(t, 0, begin, n));
+}
+
+struct Reference {
+  TinyTransformer model;
+  AdamW opt{param_groups(model, kDecay), AdamWOptions{kLr, 0.9, 0.999, kEps}};
+  Reference() { model.initialize(7); }
+  double step(int s) {
+    auto [x, y] = global_batch(s);
+    Tensor loss =
+        mse(tiny_forward(model, x,
+                         [&](size_t i, const Tensor& h) { return (*model.blocks)[i].forward(h); }),
+            y);
+    loss.backward();
+    clip_grad_norm(model.parameters(), kClip);
+    opt.step();
+    opt.zero_grad();
+    return loss.item<float>();
+  }
+};
+
+struct Sharded {
+  TinyTransformer model;
+  FSDP fsdp;
+  std::vector<FSDPUnit*> blocks;
+  FSDPUnit* root;
+  std::unique_ptr<AdamW> opt;
+  Sharded(bool reshard, bool reshard_root)
+      : fsdp((model.initialize(7), model), testing::world_ptr()) {
+    for (size_t i = 0; i < model.blocks->size(); ++i) {
+      blocks.push_back(&fsdp.fully_shard((*model.blocks)[i], FSDPOptions{reshard, {}}));
+    }
+    root = &fsdp.fully_shard(model, FSDPOptions{reshard_root, {}});
+    opt = std::make_unique<AdamW>(fsdp.param_groups(kDecay), AdamWOptions{kLr, 0.9, 0.999, kEps});
+  }
+  Tensor forward(const Tensor& x) {
+    return root->forward(x, [&](const Tensor& in) {
+      return tiny_forward(model, in, [&](size_t i, const Tensor& h) {
+        return blocks[i]->forward(
+            h, [&, i](const Tensor& hh) { return (*model.blocks)[i].forward(hh); });
+      });
+    });
+  }
+  // One optimizer step over `micro` micro-batches of this rank's slice; returns the global loss.
+  double step(int s, int micro, const std::function<void()>& before_zero_grad = {}) {
+    auto [x, y] = global_batch(s);
+    const int64_t n = kBatch / world().world_size(), begin = world().rank() * n, m = n / micro;
+    double local = 0;
+    for (int k = 0; k < micro; ++k) {
+      fsdp.set_requires_gradient_sync(k == micro - 1);
+      Tensor loss =
+          div(mse(forward(rows(x, begin + k * m, m)), rows(y, begin + k * m, m)), double(micro));
+      loss.backward();
+      local += loss.item<float>();
+    }
+    fsdp.finish_backward();
+    fsdp.clip_grad_norm(kClip);
+    opt->step();
+    if (before_zero_grad) before_zero_grad();
+    opt->zero_grad();
+    Tensor l = Tensor::empty({1}, DType::f64);
+    l.data<double>()[0] = local;
+    world().all_reduce(l, ReduceOp::avg).wait();
+    return l.data<double>()[0];
+  }
+};
+
+void expect_params_match(const std::map<std::string, Tensor>& got, const Module& ref, int step) {
+  for (auto& [name, t] : ref.named_parameters()) {
+    const Tensor& g = got.at(name);
+    ASSERT_EQ(g.shape(), t.shape()) << name;
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      ASSERT_NEAR(g.data<float>()[i], t.data<float>()[i], 1e-5)
+          << name << "[" << i << "] step " << step;
+    }
+  }
+}
+
+struct ParityCase {
+  bool reshard;
+  int micro;
+};
+class FSDPParity : public ::testing::TestWithParam<ParityCase> {};
+
+TEST_P(FSDPParity, TenStepsMatchSingleProcess) {
+  Reference ref;
+  Sharded fs(GetParam().reshard, GetParam().reshard);
+  for (int s = 0; s < 10; ++s) {
+    double expected = ref.step(s);
+    double got = fs.step(s, GetParam().micro);
+    ASSERT_NEAR(got, expected, 1e-5) << "loss at step " << s;
+    expect_params_match(fs.fsdp.full_parameters(), ref.model, s);
+  }
+  EXPECT_LE(fs.fsdp.max_unsharded_units(), 3);  // root + current + one prefetched
+}
+
+INSTANTIATE_TEST_SUITE_P(Schedules, FSDPParity,
+                         ::testing::Values(ParityCase{true, 1}, ParityCase{false, 1},
+                                           ParityCase{true, 2}, ParityCase{false, 2}),
+                         [](const auto& info) {
+                           return std::string(info.param.reshard ? "Reshard" : "Keep") + "Micro" +
+                                  std::to_string(info.param.micro);
+                         });
+
+TEST(DDPParity, TenStepsMatchSingleProcessWithSmallBuckets) {
+  Reference ref;
+  TinyTransformer model;
+  model.initialize(7);
+  DDP ddp(model, testing::world_ptr(), DDPOptions{2048, true});
+  EXPECT_GT(ddp.num_buckets(), 2u);
+  AdamW opt(param_groups(model, kDecay), AdamWOptions{kLr, 0.9, 0.999, kEps});
+  const int64_t n = kBatch / world().world_size(), begin = world().rank() * n;
+  for (int s = 0; s < 10; ++s) {
+    double expected = ref.step(s);
+    auto [x, y] = global_batch(s);
+    Tensor loss =
+        mse(tiny_forward(model, rows(x, begin, n),
+                         [&](size_t i, const Tensor& h) { return (*model.blocks)[i].forward(h); }),
+            rows(y, begin, n));
+    loss.backward();
+    ddp.finish_backward();
+    clip_grad_norm(model.parameters(), kClip);
+    opt.step();
+    opt.zero_grad();
+    Tensor l = Tensor::empty({1}, DType::f64);
+    l.data<double>()[0] = loss.item<float>();
+    world().all_reduce(l, ReduceOp::avg).wait();
+    ASSERT_NEAR(l.data<double>()[0], expected, 1e-5) << "step " << s;
+    std::map<std::string, Tensor> mine;
+    for (auto& [name, t] : model.named_parameters()) mine[name] = t;
+    expect_params_match(mine, ref.model, s);
+  }
+}
+
+int64_t padded_numel(const FSDP& f) {
+  int64_t total = 0;
+  for (const ShardInfo& s : f.shard_infos()) total += s.padded_length;
+  return total;
+}
+
+TEST(FSDPMemory, PersistentBytesAreSixteenPsiOverN) {
+  Allocator& alloc = allocator_for(Device::cpu());
+  const int64_t before = alloc.stats().current_bytes;
+  {
+    Sharded fs(true, true);
+    int64_t persistent = 0;
+    // step() still holds the global batch (inputs and targets) when the callback runs.
+    const int64_t batch_bytes = 2 * kBatch * kTokens * 3 * int64_t(sizeof(float));
+    fs.step(0, 1, [&] { persistent = alloc.stats().current_bytes - before - batch_bytes; });
+    const int64_t after_zero_grad = alloc.stats().current_bytes - before;
+    const int64_t psi = fs.model.num_parameters(), shard = padded_numel(fs.fsdp);
+    const int N = world().world_size();
+    // After the step: shard + sharded grad + m + v, fp32 = 16 bytes per padded shard element;
+    // no full parameter, full gradient or communication buffer is left.
+    EXPECT_EQ(persistent, 16 * shard) << "psi=" << psi << " N=" << N;
+    EXPECT_EQ(after_zero_grad, 12 * shard);
+    EXPECT_LE(shard, (psi + N - 1) / N + 64 * 15) << "padding is at most one row per parameter";
+    EXPECT_GE(shard * N, psi);
+  }
+}
+
+TEST(FSDPCommunication, BytesPerStepFollowZeroThree) {
+  for (bool reshard : {true, false}) {
+    Sharded fs(reshard, reshard);
+    fs.step(0, 1);  // warm: records the forward order
+    world().barrier().wait();
+    world().reset_stats();
+    fs.step(1, 1);
+    CollectiveStats s = world().stats();
+    const int N = world().world_size();
+    const double psi_padded = double(padded_numel(fs.fsdp)) * N;
+    const double expected = (reshard ? 3.0 : 2.0) * psi_padded * 4.0 * (N - 1) / N;
+    EXPECT_DOUBLE_EQ(s[Collective::all_gather].bus_bytes + s[Collective::reduce_scatter].bus_bytes,
+                     expected)
+        << (reshard ? "reshard" : "keep");
+    EXPECT_EQ(s[Collective::reduce_scatter].calls, int64_t(fs.fsdp.units().size()));
+  }
+}
+
+TEST(FSDPShards, MetadataCoversEveryRowOnce) {
+  for (int N : {1, 2, 3, 4, 5}) {
+    for (Shape shape : {Shape{7, 15}, Shape{15, 3}, Shape{3}, Shape{}, Shape{1, 4}}) {
+      int64_t covered = 0;
+      for (int r = 0; r < N; ++r) {
+        ShardInfo s = make_shard_info("p", shape, r, N);
+        EXPECT_EQ(s.offset, std::min(covered, s.global_numel())) << shape_str(shape) << " N=" << N;
+        covered += s.length;
+        EXPECT_EQ(s.padding() + s.length, s.padded_length);
+      }
+      EXPECT_EQ(covered, shape_numel(shape)) << shape_str(shape) << " N=" << N;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hd::parallel
