@@ -1,0 +1,100 @@
+// hdtrain data synth | tokenizer | check
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "autograd/error.h"
+#include "launcher/command.h"
+#include "ps3/data/records.h"
+#include "ps3/data/synth.h"
+#include "ps3/data/text.h"
+
+namespace hd::launcher {
+namespace {
+
+constexpr const char* kUsage =
+    "usage:\n"
+    "  hdtrain data synth --out DIR [--images N] [--eval-images M] [--resolution R] [--seed S]\n"
+    "                     [--threads T] [--tar] [--shard-size K] [--png]\n"
+    "  hdtrain data tokenizer --data DIR [--out PREFIX] [--vocab V]\n"
+    "  hdtrain data check --data DIR [--strict]\n";
+
+int synth(const std::vector<std::string>& argv) {
+  Args a(argv, {"out", "images", "eval-images", "resolution", "seed", "threads", "shard-size"},
+         {"tar", "png"});
+  data::SynthOptions o;
+  o.out = a.require("out");
+  o.images = a.get_int("images", o.images);
+  o.eval_images = a.get_int("eval-images", o.eval_images);
+  o.resolution = a.get_int("resolution", o.resolution);
+  o.seed = uint64_t(a.get_int("seed", 0));
+  o.threads = int(a.get_int("threads", o.threads));
+  o.shard_size = a.get_int("shard-size", o.shard_size);
+  o.tar = a.flag("tar");
+  o.png = a.flag("png");
+  auto t0 = std::chrono::steady_clock::now();
+  data::synth_dataset(o);
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("hdtrain data synth: %lld images at %lld^2 in %s (%.1f s)\n",
+              static_cast<long long>(o.images), static_cast<long long>(o.resolution), o.out.c_str(),
+              s);
+  return 0;
+}
+
+// Trains on every caption of the training split plus the SFT and evaluation questions/answers.
+int tokenizer(const std::vector<std::string>& argv) {
+  Args a(argv, {"data", "out", "vocab"}, {});
+  namespace fs = std::filesystem;
+  fs::path dir = a.require("data");
+  std::string prefix = a.get("out", (dir / "tokenizer").string());
+  data::BadInputLog log;
+  std::vector<std::string> texts;
+  fs::path train = fs::is_directory(dir / "train") ? dir / "train" : dir;
+  for (const auto& r : data::open_dataset(train.string(), log).records) {
+    for (const auto& t : r.texts) texts.push_back(t);
+    if (!r.global_text.empty()) texts.push_back(r.global_text);
+  }
+  if (fs::exists(dir / "sft.jsonl"))
+    for (const auto& r : data::read_sft((dir / "sft.jsonl").string(), log))
+      for (const auto& [from, value] : r.conversations) texts.push_back(value);
+  if (fs::exists(dir / "eval_mc.jsonl"))
+    for (const auto& r : data::read_mc((dir / "eval_mc.jsonl").string(), log)) {
+      texts.push_back(r.question);
+      for (const auto& o : r.options) texts.push_back(o);
+    }
+  data::train_tokenizer(texts, prefix, a.get_int("vocab", 1000));
+  data::Tokenizer tok(prefix + ".model");
+  std::printf("hdtrain data tokenizer: %zu texts -> %s.model (%lld pieces)\n", texts.size(),
+              prefix.c_str(), static_cast<long long>(tok.vocab_size()));
+  return 0;
+}
+
+int check(const std::vector<std::string>& argv) {
+  Args a(argv, {"data"}, {"strict"});
+  data::BadInputLog log(a.flag("strict"));
+  auto ds = data::open_dataset(a.require("data"), log);
+  size_t boxes = 0;
+  for (const auto& r : ds.records) boxes += r.boxes.size();
+  std::printf("hdtrain data check: %zu images, %zu boxes, %lld bad inputs skipped\n",
+              ds.records.size(), boxes, static_cast<long long>(log.count()));
+  return 0;
+}
+
+int run(const std::vector<std::string>& args) {
+  if (args.empty()) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (args[0] == "synth") return synth(rest);
+  if (args[0] == "tokenizer") return tokenizer(rest);
+  if (args[0] == "check") return check(rest);
+  std::fputs(kUsage, stderr);
+  return 2;
+}
+
+}  // namespace
+
+HD_REGISTER_COMMAND(data, "datasets: synth (generate the 4K synthetic set), tokenizer, check", run);
+
+}  // namespace hd::launcher

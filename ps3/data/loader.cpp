@@ -1,0 +1,227 @@
+#include "ps3/data/loader.h"
+
+#include <cstring>
+
+#include "autograd/error.h"
+
+namespace hd::data {
+
+Tensor Batch::gt_map(int64_t out) const {
+  Tensor t = Tensor::empty({batch_size(), out, out});
+  for (int64_t b = 0; b < batch_size(); ++b)
+    data::gt_map(boxes[size_t(b)], size, out, t.data<float>() + b * out * out);
+  return t;
+}
+
+Tensor Batch::patches(int64_t b, int64_t scale, const std::vector<int64_t>& indices) const {
+  HD_CHECK(b >= 0 && b < batch_size(), "Batch::patches: sample ", b, " of ", batch_size());
+  Tensor t = Tensor::empty({int64_t(indices.size()), 3, kPatch, kPatch});
+  extract_patches(*images[size_t(b)], scale, indices, norm, t.data<float>());
+  return t;
+}
+
+struct Loader::Pending {
+  std::vector<SampleSpec> specs;
+  Batch batch;
+  std::vector<char> ok;
+  int64_t remaining = 0;
+  std::exception_ptr error;
+};
+
+Loader::Loader(const Dataset& dataset, const Sampler& sampler, const Tokenizer* tokenizer,
+               LoaderOptions opt, BadInputLog& log)
+    : ds_(dataset), sampler_(sampler), tok_(tokenizer), opt_(opt), log_(log) {
+  HD_CHECK(opt.threads >= 1 && opt.prefetch_batches >= 1, "Loader: threads (", opt.threads,
+           ") and prefetch_batches (", opt.prefetch_batches, ") must be >= 1");
+  HD_CHECK(opt.image_size % kPatch == 0, "Loader: image size ", opt.image_size,
+           " is not a multiple of ", kPatch);
+  producer_ = std::thread([this] { produce(); });
+  for (int i = 0; i < opt.threads; ++i) workers_.emplace_back([this] { work(); });
+}
+
+Loader::~Loader() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  producer_.join();
+  for (auto& w : workers_) w.join();
+}
+
+void Loader::produce() {
+  try {
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || int(pending_.size()) < opt_.prefetch_batches; });
+        if (stop_) return;
+      }
+      // Only this thread touches the sampler after construction.
+      auto p = std::make_shared<Pending>();
+      p->specs = sampler_.next(opt_.rank, opt_.world);
+      int64_t n = int64_t(p->specs.size());
+      Batch& b = p->batch;
+      b.size = opt_.image_size;
+      b.state_after = sampler_.state();
+      b.norm = opt_.norm;
+      b.image_ids.resize(size_t(n));
+      b.is_global.resize(size_t(n));
+      b.boxes.resize(size_t(n));
+      b.texts.resize(size_t(n));
+      b.images.resize(size_t(n));
+      b.low_res = Tensor::empty({n, 3, opt_.low_res, opt_.low_res});
+      if (opt_.selection_res > 0)
+        b.selection = Tensor::empty({n, 3, opt_.selection_res, opt_.selection_res});
+      if (tok_) b.tokens = Tensor::empty({n, tok_->context_length()}, DType::i32);
+      p->ok.assign(size_t(n), 0);
+      p->remaining = n;
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_.push_back(p);
+      for (int64_t i = 0; i < n; ++i) jobs_.emplace_back(p, i);
+      cv_.notify_all();
+    }
+  } catch (...) {
+    // A sampler error (e.g. a bad resume state) surfaces from next() rather than std::terminate.
+    auto p = std::make_shared<Pending>();
+    p->error = std::current_exception();
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.push_back(p);
+    producer_done_ = true;
+    cv_.notify_all();
+  }
+}
+
+void Loader::work() {
+  while (true) {
+    std::pair<std::shared_ptr<Pending>, int64_t> job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      if (stop_) return;
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    load_sample(*job.first, job.second);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--job.first->remaining == 0) cv_.notify_all();
+  }
+}
+
+void Loader::load_sample(Pending& p, int64_t i) {
+  const SampleSpec& spec = p.specs[size_t(i)];
+  // A sampler built for another dataset is a programming error: always fatal, never skipped.
+  if (spec.image >= int64_t(ds_.records.size()) ||
+      (!spec.is_global && spec.box >= int64_t(ds_.records[size_t(spec.image)].texts.size()))) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!p.error)
+      p.error = std::make_exception_ptr(
+          Error(detail::concat("Loader: sampler image ", spec.image, " box ", spec.box,
+                               " does not match the dataset (", ds_.records.size(), " images)")));
+    return;
+  }
+  const ImageRecord& rec = ds_.records[size_t(spec.image)];
+  Batch& b = p.batch;
+  const int64_t S = opt_.image_size;
+  std::string where = rec.source.describe();
+  try {
+    Image img = decode_image(read_image_bytes(rec.source), where);
+    Crop crop{0, 0, img.height, img.width};
+    if (opt_.random_resized_crop) crop = random_resized_crop(img.height, img.width, spec.key);
+    // Squash resize to S x S with Pillow's antialiased bicubic, kept uint8 (§1.3 step 1).
+    bool identity = crop.h == S && crop.w == S && img.height == S && img.width == S;
+    auto s_img = std::make_shared<Image>(
+        identity ? std::move(img) : resize_aa_bicubic(img, crop.y0, crop.x0, crop.h, crop.w, S, S));
+    if (spec.is_global) {
+      b.boxes[size_t(i)] = {Box{0, 0, float(S), float(S)}};
+    } else {
+      std::string why;
+      auto box = transform_box(rec.boxes[size_t(spec.box)], crop, S, why);
+      if (!box) {
+        where = rec.json_where + " box " + std::to_string(spec.box);
+        throw Error(why);
+      }
+      b.boxes[size_t(i)] = {*box};
+    }
+    const std::string& caption = spec.is_global ? rec.global_text : rec.texts[size_t(spec.box)];
+    b.texts[size_t(i)] = process_caption(caption, opt_.sentence_masking, spec.key);
+    if (tok_) {
+      auto ids = tok_->encode(b.texts[size_t(i)]);
+      std::memcpy(b.tokens.data<int32_t>() + i * tok_->context_length(), ids.data(),
+                  ids.size() * sizeof(int32_t));
+    }
+    // The low-res and selection views: non-AA bicubic from the S x S image (§1.3 step 2).
+    int64_t L = opt_.low_res;
+    resample_region(*s_img, L, L, 0, L, 0, L, opt_.norm, b.low_res.data<float>() + i * 3 * L * L);
+    if (opt_.selection_res > 0) {
+      int64_t R = opt_.selection_res;
+      resample_region(*s_img, R, R, 0, R, 0, R, opt_.norm,
+                      b.selection.data<float>() + i * 3 * R * R);
+    }
+    b.image_ids[size_t(i)] = spec.image;
+    b.is_global[size_t(i)] = spec.is_global;
+    b.images[size_t(i)] = std::move(s_img);
+    p.ok[size_t(i)] = 1;
+  } catch (const std::exception& e) {
+    try {
+      log_.report(where, e.what());
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!p.error) p.error = std::current_exception();
+    }
+  }
+}
+
+namespace {
+// Copies rows `keep` of a [N, ...] tensor into a new [keep.size(), ...] tensor.
+Tensor keep_rows(const Tensor& t, const std::vector<int64_t>& keep) {
+  if (!t.defined()) return t;
+  Shape s = t.shape();
+  int64_t row = t.numel() / s[0] * int64_t(dtype_size(t.dtype()));
+  s[0] = int64_t(keep.size());
+  Tensor out = Tensor::empty(s, t.dtype());
+  for (size_t k = 0; k < keep.size(); ++k)
+    std::memcpy(static_cast<char*>(out.raw_data()) + int64_t(k) * row,
+                static_cast<const char*>(t.raw_data()) + keep[k] * row, size_t(row));
+  return out;
+}
+template <class V>
+void keep_items(V& v, const std::vector<int64_t>& keep) {
+  V out;
+  for (int64_t k : keep) out.push_back(v[size_t(k)]);
+  v = std::move(out);
+}
+}  // namespace
+
+Batch Loader::next() {
+  std::shared_ptr<Pending> p;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] {
+      return (!pending_.empty() && pending_.front()->remaining == 0) ||
+             (pending_.empty() && producer_done_);
+    });
+    // After a producer error was delivered, later calls fail instead of waiting forever.
+    HD_CHECK(!pending_.empty(), "Loader: stopped after an earlier sampler error");
+    p = pending_.front();
+    pending_.pop_front();
+  }
+  cv_.notify_all();  // the producer may refill
+  if (p->error) std::rethrow_exception(p->error);
+  Batch b = std::move(p->batch);
+  std::vector<int64_t> keep;
+  for (size_t i = 0; i < p->ok.size(); ++i)
+    if (p->ok[i]) keep.push_back(int64_t(i));
+  if (keep.size() == p->ok.size()) return b;
+  b.low_res = keep_rows(b.low_res, keep);
+  b.selection = keep_rows(b.selection, keep);
+  b.tokens = keep_rows(b.tokens, keep);
+  keep_items(b.image_ids, keep);
+  keep_items(b.is_global, keep);
+  keep_items(b.boxes, keep);
+  keep_items(b.texts, keep);
+  keep_items(b.images, keep);
+  return b;
+}
+
+}  // namespace hd::data

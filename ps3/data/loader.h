@@ -1,0 +1,94 @@
+// The loader: sampler -> worker threads (read, decode, squash resize, views, text) -> a bounded
+// queue of ready batches, delivered in sampler order.
+//
+// Cost per image is bounded independently of how many patches a model will ask for: the S x S
+// image stays uint8 (43 MB at 3780) and the only float images are the 378^2 low-res and the
+// 1512^2 selection inputs. High-res patches are computed on demand from the uint8 image
+// (Batch::patches), the ground-truth map on demand at any size (Batch::gt_map).
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "autograd/tensor.h"
+#include "ps3/data/bad_input.h"
+#include "ps3/data/geometry.h"
+#include "ps3/data/records.h"
+#include "ps3/data/sampler.h"
+#include "ps3/data/text.h"
+
+namespace hd::data {
+
+struct LoaderOptions {
+  int64_t image_size = 3780;  // S: the largest scale
+  int64_t low_res = 378;
+  int64_t selection_res = 1512;  // input of the light selection encoder; 0 = not produced
+  int threads = 2;
+  int prefetch_batches = 2;  // batches decoded ahead of the consumer
+  int rank = 0, world = 1;
+  bool sentence_masking = true;
+  bool random_resized_crop = false;  // §2.1 training augmentation (scale 0.9-1)
+  Normalize norm;
+};
+
+struct Batch {
+  int64_t size = 0;  // S
+  std::vector<int64_t> image_ids;
+  std::vector<bool> is_global;
+  std::vector<std::vector<Box>> boxes;  // in S x S pixels
+  std::vector<std::string> texts;       // processed captions
+  Tensor low_res;                       // [B, 3, low, low] f32
+  Tensor selection;                     // [B, 3, sel, sel] f32 (undefined when sel = 0)
+  Tensor tokens;                        // [B, ctx] i32 (undefined without a tokenizer)
+  std::vector<std::shared_ptr<const Image>> images;  // uint8 S x S, for patches
+  SamplerState state_after;                          // resume here to continue after this batch
+  Normalize norm;                                    // applied to patches()
+
+  int64_t batch_size() const { return int64_t(image_ids.size()); }
+  // [B, out, out] f32 in {0, 1}: [area-resample(GT, out) > 0].
+  Tensor gt_map(int64_t out) const;
+  // [n, 3, 14, 14] f32 patches of sample b at `scale` (flat grid indices).
+  Tensor patches(int64_t b, int64_t scale, const std::vector<int64_t>& indices) const;
+};
+
+class Loader {
+ public:
+  // `dataset`, `tokenizer` (may be null) and `log` must outlive the loader. The sampler is
+  // copied; its state is where loading starts.
+  Loader(const Dataset& dataset, const Sampler& sampler, const Tokenizer* tokenizer,
+         LoaderOptions opt, BadInputLog& log);
+  ~Loader();
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+  // The next batch of this rank. Samples whose input is bad are dropped (so a batch can be
+  // smaller) unless the log is strict, in which case the error is rethrown here.
+  Batch next();
+
+ private:
+  struct Pending;
+  void produce();
+  void work();
+  void load_sample(Pending& p, int64_t slot);
+
+  const Dataset& ds_;
+  Sampler sampler_;
+  const Tokenizer* tok_;
+  LoaderOptions opt_;
+  BadInputLog& log_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Pending>> pending_;  // in delivery order
+  std::deque<std::pair<std::shared_ptr<Pending>, int64_t>> jobs_;
+  bool stop_ = false;
+  bool producer_done_ = false;  // the producer hit an error and stopped
+  std::thread producer_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace hd::data

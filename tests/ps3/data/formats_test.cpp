@@ -1,0 +1,179 @@
+// Codecs, the PS3 folder and tar layouts, SFT / multiple-choice files, and the generator.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "autograd/error.h"
+#include "ps3/data/image.h"
+#include "ps3/data/records.h"
+#include "ps3/data/synth.h"
+#include "ps3/data/tar.h"
+#include "tests/ps3/data/test_util.h"
+
+namespace hd::data {
+namespace {
+namespace fs = std::filesystem;
+using testing::temp_dir;
+
+Image pattern(int64_t h, int64_t w) {
+  Image img(h, w);
+  for (size_t i = 0; i < img.pixels.size(); ++i) img.pixels[i] = uint8_t((i * 7 + i / 1000) & 255);
+  return img;
+}
+
+TEST(Codec, PngRoundTripIsExact) {
+  Image img = pattern(37, 53);
+  Image back = decode_image(encode_png(img, 1), "mem");
+  EXPECT_EQ(back.height, 37);
+  EXPECT_EQ(back.width, 53);
+  EXPECT_EQ(back.pixels, img.pixels);
+}
+
+TEST(Codec, JpegRoundTripIsClose) {
+  Image img(64, 80);
+  for (int64_t y = 0; y < 64; ++y)
+    for (int64_t x = 0; x < 80; ++x)
+      img.row(y)[x * 3] = uint8_t(x * 3), img.row(y)[x * 3 + 1] = uint8_t(y * 3),
+                     img.row(y)[x * 3 + 2] = 128;
+  Image back = decode_image(encode_jpeg(img, 95), "mem");
+  ASSERT_EQ(back.pixels.size(), img.pixels.size());
+  double err = 0;
+  for (size_t i = 0; i < img.pixels.size(); ++i)
+    err += std::abs(int(back.pixels[i]) - int(img.pixels[i]));
+  EXPECT_LT(err / double(img.pixels.size()), 2.0);
+}
+
+TEST(Codec, TruncatedFilesAreErrors) {
+  Image img = synth_image(0, 140, 1).image;
+  auto jpg = encode_jpeg(img, 90), png = encode_png(img, 1);
+  for (double keep : {0.1, 0.5, 0.9, 0.99}) {
+    auto j = jpg, p = png;
+    j.resize(size_t(double(j.size()) * keep));
+    p.resize(size_t(double(p.size()) * keep));
+    EXPECT_THROW(decode_image(j, "cut.jpg"), Error) << keep;
+    EXPECT_THROW(decode_image(p, "cut.png"), Error) << keep;
+  }
+}
+
+TEST(Codec, Decodes4096Square) {
+  Image img(4096, 4096);
+  for (int64_t y = 0; y < 4096; ++y) img.row(y)[y * 3] = 255;  // a diagonal
+  auto bytes = encode_jpeg(img, 90);
+  EXPECT_EQ(image_size(bytes, "mem"), std::make_pair(int64_t(4096), int64_t(4096)));
+  Image back = decode_image(bytes, "mem");
+  EXPECT_EQ(back.height, 4096);
+  EXPECT_GT(back.row(4000)[4000 * 3], 128);
+  Image png = decode_image(encode_png(img, 1), "mem");
+  EXPECT_EQ(png.pixels, img.pixels);
+}
+
+TEST(Synth, DeterministicBySeedAndIndex) {
+  SynthImage a = synth_image(3, 256, 7), b = synth_image(3, 256, 7), c = synth_image(3, 256, 8);
+  EXPECT_EQ(a.image.pixels, b.image.pixels);
+  EXPECT_EQ(a.global_caption, b.global_caption);
+  ASSERT_EQ(a.regions.size(), b.regions.size());
+  for (size_t i = 0; i < a.regions.size(); ++i)
+    EXPECT_EQ(a.regions[i].caption, b.regions[i].caption);
+  EXPECT_NE(a.image.pixels, c.image.pixels);
+  EXPECT_GE(a.regions.size(), 1u);
+  for (const auto& r : a.regions) {
+    EXPECT_LT(r.box.x1, r.box.x2);
+    EXPECT_LE(r.box.x2, 256.0f);
+    EXPECT_EQ(r.options[size_t(r.answer)], r.detail);
+    EXPECT_NE(r.caption.find(r.detail), std::string::npos);
+  }
+}
+
+TEST(Synth, DatasetIsIndependentOfThreadCount) {
+  SynthOptions o;
+  o.images = 6, o.eval_images = 2, o.resolution = 256, o.seed = 3;
+  o.out = temp_dir("t1").string(), o.threads = 1;
+  synth_dataset(o);
+  SynthOptions o2 = o;
+  o2.out = temp_dir("t3").string(), o2.threads = 3;
+  synth_dataset(o2);
+  for (const char* f : {"train/00000004.jpg", "train/00000004.json", "eval/00000007.jpg",
+                        "sft.jsonl", "eval_mc.jsonl"})
+    EXPECT_EQ(read_file(o.out + "/" + f), read_file(o2.out + "/" + f)) << f;
+}
+
+// Folder and tar layouts of the same synthetic data read back to the same records and pixels.
+TEST(Layouts, FolderAndTarRoundTrip) {
+  SynthOptions o;
+  o.images = 7, o.eval_images = 1, o.resolution = 192, o.seed = 11;
+  o.out = temp_dir("folder").string();
+  synth_dataset(o);
+  SynthOptions ot = o;
+  ot.out = temp_dir("tar").string(), ot.tar = true, ot.shard_size = 3;
+  synth_dataset(ot);
+  EXPECT_TRUE(fs::exists(ot.out + "/train/images_00002.tar"));
+  EXPECT_TRUE(fs::exists(ot.out + "/train/text_box_00002.tar"));
+  BadInputLog log(true);
+  Dataset folder = open_dataset(o.out + "/train", log);
+  Dataset shards = open_dataset(ot.out + "/train", log);
+  ASSERT_EQ(folder.records.size(), 7u);
+  ASSERT_EQ(shards.records.size(), 7u);
+  for (size_t i = 0; i < 7; ++i) {
+    SynthImage s = synth_image(int64_t(i), 192, 11);
+    for (const Dataset* d : {&folder, &shards}) {
+      const ImageRecord& r = d->records[i];
+      EXPECT_EQ(r.global_text, s.global_caption);
+      ASSERT_EQ(r.texts.size(), s.regions.size());
+      for (size_t k = 0; k < r.texts.size(); ++k) {
+        EXPECT_EQ(r.texts[k], s.regions[k].caption);
+        EXPECT_EQ(r.boxes[k], s.regions[k].box);
+      }
+    }
+    EXPECT_EQ(read_image_bytes(folder.records[i].source),
+              read_image_bytes(shards.records[i].source));
+    Image img = decode_image(read_image_bytes(shards.records[i].source), "x");
+    EXPECT_EQ(img.height, 192);
+  }
+  auto sft = read_sft(o.out + "/sft.jsonl", log);
+  size_t regions = 0;
+  for (const auto& r : folder.records) regions += r.texts.size();
+  EXPECT_EQ(sft.size(), regions);
+  EXPECT_EQ(sft[0].conversations[0].first, "human");
+  EXPECT_EQ(sft[0].conversations[0].second.rfind("<image>\n", 0), 0u);
+  auto mc = read_mc(o.out + "/eval_mc.jsonl", log);
+  ASSERT_FALSE(mc.empty());
+  EXPECT_TRUE(fs::exists(o.out + "/" + mc[0].image));
+  EXPECT_TRUE(mc[0].box.has_value());
+}
+
+TEST(Layouts, SftJsonArrayAndLinesAgree) {
+  auto dir = temp_dir("sft");
+  SftRecord r{"a.jpg", Box{1, 2, 30, 40}, {{"human", "<image>\nQ?"}, {"gpt", "A"}}};
+  std::ofstream(dir / "x.jsonl") << sft_to_json(r) << "\n" << sft_to_json(r) << "\n";
+  std::ofstream(dir / "x.json") << "[" << sft_to_json(r) << ",\n" << sft_to_json(r) << "]";
+  BadInputLog log(true);
+  auto a = read_sft((dir / "x.jsonl").string(), log), b = read_sft((dir / "x.json").string(), log);
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  EXPECT_EQ(a[1].box, r.box);
+  EXPECT_EQ(b[1].conversations, r.conversations);
+}
+
+TEST(Layouts, TarMemberRandomAccess) {
+  auto dir = temp_dir("tar");
+  std::string path = (dir / "s.tar").string();
+  {
+    TarWriter w(path);
+    for (int i = 0; i < 5; ++i)
+      w.add("member_with_a_rather_long_name_to_force_pax_headers_if_needed_" +
+                std::string(60, 'x') + std::to_string(i),
+            std::vector<uint8_t>(size_t(1000 + i * 777), uint8_t(i)));
+  }
+  std::string err;
+  auto members = list_tar(path, err);
+  EXPECT_TRUE(err.empty()) << err;
+  ASSERT_EQ(members.size(), 5u);
+  for (int i = 4; i >= 0; --i) {
+    auto bytes = read_tar_member(path, members[size_t(i)]);
+    EXPECT_EQ(bytes, std::vector<uint8_t>(size_t(1000 + i * 777), uint8_t(i)));
+  }
+}
+
+}  // namespace
+}  // namespace hd::data

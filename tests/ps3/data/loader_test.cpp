@@ -1,0 +1,290 @@
+// Resampling views, patches, GT maps, text processing, the tokenizer, and the loader end to end.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <set>
+
+#include <unistd.h>
+
+#include "autograd/error.h"
+#include "ops/factory.h"
+#include "ops/resample.h"
+#include "ps3/data/geometry.h"
+#include "ps3/data/loader.h"
+#include "ps3/data/synth.h"
+#include "tests/ps3/data/test_util.h"
+
+namespace hd::data {
+namespace {
+using testing::temp_dir;
+
+// The S x S uint8 image as a normalised [3, S, S] float tensor: the reference the loader avoids.
+Tensor to_tensor(const Image& img, Normalize n) {
+  std::vector<float> v(size_t(3 * img.height * img.width));
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t y = 0; y < img.height; ++y)
+      for (int64_t x = 0; x < img.width; ++x)
+        v[size_t((c * img.height + y) * img.width + x)] = img.row(y)[x * 3 + c] * n.scale + n.bias;
+  return from_vector(v, {1, 3, img.height, img.width});
+}
+
+TEST(Geometry, PatchesEqualCropOfFullyResizedImage) {
+  Image img = synth_image(1, 140, 2).image;  // S = 140: scales 28, 56, 140 (grids 2, 4, 10)
+  for (int64_t scale : {28, 56, 70, 140}) {
+    Tensor full = interpolate(to_tensor(img, {}), scale, scale, ResampleMode::bicubic, false);
+    const float* f = full.data<float>();
+    int64_t grid = scale / kPatch;
+    std::vector<int64_t> idx;
+    for (int64_t p = 0; p < grid * grid; p += 3) idx.push_back(p);
+    std::vector<float> got(idx.size() * 3 * kPatch * kPatch);
+    extract_patches(img, scale, idx, {}, got.data());
+    for (size_t i = 0; i < idx.size(); ++i)
+      for (int64_t c = 0; c < 3; ++c)
+        for (int64_t y = 0; y < kPatch; ++y)
+          for (int64_t x = 0; x < kPatch; ++x) {
+            int64_t gy = (idx[i] / grid) * kPatch + y, gx = (idx[i] % grid) * kPatch + x;
+            ASSERT_NEAR(got[((i * 3 + size_t(c)) * kPatch + size_t(y)) * kPatch + size_t(x)],
+                        f[(c * scale + gy) * scale + gx], 2e-5)
+                << "scale " << scale << " patch " << idx[i];
+          }
+  }
+}
+
+TEST(Geometry, LowResEqualsInterpolate) {
+  Image img = synth_image(4, 200, 2).image;
+  Tensor ref = interpolate(to_tensor(img, {}), 60, 60, ResampleMode::bicubic, false);
+  std::vector<float> got(3 * 60 * 60);
+  resample_region(img, 60, 60, 0, 60, 0, 60, {}, got.data());
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], ref.data<float>()[i], 2e-5) << i;
+}
+
+TEST(Geometry, AntialiasedResizeMatchesFloatReference) {
+  Image img = synth_image(5, 160, 2).image;
+  Image small = resize_aa_bicubic(img, 10, 20, 130, 120, 48, 64);
+  // Float reference: crop, then the exact PyTorch AA bicubic weights one axis at a time, rounded
+  // and clamped to uint8 between the passes as Pillow (and the uint8 path) does.
+  Image crop(130, 120);
+  for (int64_t y = 0; y < 130; ++y) std::copy_n(img.row(10 + y) + 60, 360, crop.row(y));
+  Tensor mid = interpolate(to_tensor(crop, {1.0f, 0.0f}), 130, 64, ResampleMode::bicubic, true);
+  std::vector<float> mid_u8(size_t(mid.numel()));
+  for (size_t i = 0; i < mid_u8.size(); ++i)
+    mid_u8[i] = std::clamp(std::round(mid.data<float>()[i]), 0.0f, 255.0f);
+  Tensor ref =
+      interpolate(from_vector(mid_u8, {1, 3, 130, 64}), 48, 64, ResampleMode::bicubic, true);
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t y = 0; y < 48; ++y)
+      for (int64_t x = 0; x < 64; ++x)
+        ASSERT_NEAR(float(small.row(y)[x * 3 + c]),
+                    std::clamp(std::round(ref.data<float>()[(c * 48 + y) * 64 + x]), 0.0f, 255.0f),
+                    1.01f);
+}
+
+TEST(Geometry, GtMapEqualsAreaResampleOfFullMap) {
+  const int64_t S = 98;
+  std::vector<Box> boxes = {{10.3f, 20.7f, 30.2f, 25.0f}, {90.5f, 0.0f, 98.0f, 3.2f}};
+  std::vector<float> full(S * S);
+  gt_map(boxes, S, S, full.data());
+  // The §2.1 rule directly: rows floor(y1)..ceil(y2), cols floor(x1)..ceil(x2), inclusive.
+  EXPECT_EQ(full[20 * S + 10], 1.0f);
+  EXPECT_EQ(full[25 * S + 31], 1.0f);
+  EXPECT_EQ(full[26 * S + 20], 0.0f);
+  EXPECT_EQ(full[19 * S + 20], 0.0f);
+  for (int64_t out : {7, 14, 20, 33}) {
+    Tensor ref = interpolate(from_vector(full, {1, 1, S, S}), out, out, ResampleMode::area, false);
+    std::vector<float> got(size_t(out * out));
+    gt_map(boxes, S, out, got.data());
+    for (int64_t i = 0; i < out * out; ++i)
+      ASSERT_EQ(got[size_t(i)], ref.data<float>()[i] > 0 ? 1.0f : 0.0f)
+          << "out " << out << " cell " << i;
+  }
+}
+
+TEST(Geometry, BoxTransformClipsAndRejects) {
+  Crop c{0, 0, 200, 400};  // 400 wide, 200 high, squashed to 100
+  std::string why;
+  auto b = transform_box({40, 20, 80, 60}, c, 100, why);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(*b, (Box{10, 10, 20, 30}));
+  auto clipped = transform_box({-40, 150, 80, 260}, c, 100, why);
+  ASSERT_TRUE(clipped);
+  EXPECT_EQ(*clipped, (Box{0, 75, 20, 100}));
+  EXPECT_FALSE(transform_box({500, 10, 600, 20}, c, 100, why));
+  EXPECT_NE(why.find("outside"), std::string::npos);
+  EXPECT_FALSE(transform_box({50, 10, 40, 20}, c, 100, why));
+  EXPECT_NE(why.find("inverted"), std::string::npos);
+  EXPECT_FALSE(transform_box({50, 10, 50, 20}, c, 100, why));
+  EXPECT_NE(why.find("empty"), std::string::npos);
+  Crop rc = random_resized_crop(300, 400, 77);
+  EXPECT_GE(double(rc.h * rc.w), 0.89 * 300 * 400);
+  EXPECT_LE(rc.y0 + rc.h, 300);
+  EXPECT_LE(rc.x0 + rc.w, 400);
+}
+
+TEST(Text, ProcessingFollowsReference) {
+  auto s = caption_sentences(
+      "The image is a close-up of a red sign. It reads 47! Is it big? There is no visible text.");
+  ASSERT_EQ(s.size(), 3u);
+  EXPECT_EQ(s[0], "a red sign.");
+  EXPECT_EQ(s[2], "Is it big?");
+  EXPECT_EQ(process_caption("One. Two. Three.", false, 1), "One. Two. Three.");
+  std::set<std::string> seen;
+  for (uint64_t k = 0; k < 200; ++k)
+    seen.insert(process_caption("One. Two. Three. Four.", true, k));
+  EXPECT_GT(seen.size(), 3u);
+  EXPECT_FALSE(seen.count(""));
+  EXPECT_EQ(process_caption("a red sign reading 47", true, 9), "a red sign reading 47");
+}
+
+// One small synthetic dataset + tokenizer shared by the loader tests.
+struct LoaderFixture : ::testing::Test {
+  static inline std::string dir;
+  static void TearDownTestSuite() { std::filesystem::remove_all(dir); }
+  static void SetUpTestSuite() {
+    // Per process: ctest -j runs each test case as its own process, concurrently.
+    dir = (std::filesystem::temp_directory_path() /
+           ("hd_data_loader_fixture_" + std::to_string(::getpid())))
+              .string();
+    std::filesystem::remove_all(dir);
+    SynthOptions o;
+    o.out = dir, o.images = 12, o.eval_images = 1, o.resolution = 280, o.seed = 4;
+    synth_dataset(o);
+    BadInputLog log;
+    std::vector<std::string> texts;
+    for (const auto& r : open_dataset(dir + "/train", log).records) {
+      texts.insert(texts.end(), r.texts.begin(), r.texts.end());
+      texts.push_back(r.global_text);
+    }
+    train_tokenizer(texts, dir + "/tok", 120);
+  }
+  LoaderOptions small() {
+    LoaderOptions o;
+    o.image_size = 280, o.low_res = 28, o.selection_res = 112, o.threads = 2;
+    return o;
+  }
+};
+
+TEST_F(LoaderFixture, TokenizerRoundTrip) {
+  Tokenizer tok(dir + "/tok.model", 16);
+  auto ids = tok.encode("a red sign reading 47");
+  ASSERT_EQ(ids.size(), 16u);
+  EXPECT_EQ(tok.decode(ids), "a red sign reading 47");
+  auto longer = tok.encode(std::string(300, 'a'));
+  EXPECT_EQ(longer.size(), 16u);
+  EXPECT_EQ(longer.back(), 3);  // EOS kept at the end when truncated
+  EXPECT_THROW(Tokenizer("/nonexistent.model"), std::exception);
+}
+
+TEST_F(LoaderFixture, BatchesMatchSamplerAndReference) {
+  BadInputLog log(true);
+  Dataset ds = open_dataset(dir + "/train", log);
+  std::vector<int64_t> nb;
+  std::vector<bool> ng;
+  for (const auto& r : ds.records) nb.push_back(int64_t(r.texts.size())), ng.push_back(true);
+  Sampler sampler(nb, ng, 4, 21);
+  Tokenizer tok(dir + "/tok.model", 64);
+  Loader loader(ds, sampler, &tok, small(), log);
+  Sampler check = sampler;
+  int globals = 0;
+  for (int step = 0; step < 7; ++step) {  // crosses an epoch (3 batches per epoch)
+    Batch b = loader.next();
+    auto specs = check.next(0, 1);
+    ASSERT_EQ(b.batch_size(), 4);
+    EXPECT_EQ(b.state_after, check.state());
+    EXPECT_EQ(b.low_res.shape(), (Shape{4, 3, 28, 28}));
+    EXPECT_EQ(b.selection.shape(), (Shape{4, 3, 112, 112}));
+    EXPECT_EQ(b.tokens.shape(), (Shape{4, 64}));
+    for (int64_t i = 0; i < 4; ++i) {
+      const SampleSpec& s = specs[size_t(i)];
+      EXPECT_EQ(b.image_ids[size_t(i)], s.image);
+      EXPECT_EQ(b.is_global[size_t(i)], s.is_global);
+      globals += s.is_global;
+      const ImageRecord& r = ds.records[size_t(s.image)];
+      if (!s.is_global) {
+        EXPECT_EQ(b.boxes[size_t(i)][0], r.boxes[size_t(s.box)]);  // S = original size
+        EXPECT_EQ(b.texts[size_t(i)], r.texts[size_t(s.box)]);
+      }
+      // Decoding gives the text back, or its prefix when 64 tokens truncate it.
+      std::string decoded = tok.decode(std::vector<int32_t>(
+          b.tokens.data<int32_t>() + i * 64, b.tokens.data<int32_t>() + (i + 1) * 64));
+      EXPECT_FALSE(decoded.empty());
+      EXPECT_EQ(b.texts[size_t(i)].rfind(decoded, 0), 0u) << decoded;
+    }
+    // The low-res view equals interpolating the decoded image.
+    Image img = decode_image(read_image_bytes(ds.records[size_t(specs[0].image)].source), "x");
+    Tensor ref = interpolate(to_tensor(img, {}), 28, 28, ResampleMode::bicubic, false);
+    for (int64_t k = 0; k < 3 * 28 * 28; ++k)
+      ASSERT_NEAR(b.low_res.data<float>()[k], ref.data<float>()[k], 2e-5);
+    Tensor p = b.patches(1, 140, {0, 99});
+    EXPECT_EQ(p.shape(), (Shape{2, 3, 14, 14}));
+    Tensor g = b.gt_map(20);
+    EXPECT_EQ(g.shape(), (Shape{4, 20, 20}));
+  }
+  EXPECT_GT(globals, 0);
+  EXPECT_EQ(log.count(), 0);
+}
+
+TEST_F(LoaderFixture, ResizesNonSquareSourcesAndCrops) {
+  BadInputLog log(true);
+  Dataset ds = open_dataset(dir + "/train", log);
+  std::vector<int64_t> nb(ds.records.size(), 1);
+  Sampler sampler(nb, std::vector<bool>(nb.size(), true), 6, 3);
+  LoaderOptions o = small();
+  o.image_size = 140, o.selection_res = 0, o.random_resized_crop = true, o.prefetch_batches = 1;
+  o.threads = 3;
+  Loader loader(ds, sampler, nullptr, o, log);
+  for (int step = 0; step < 3; ++step) {
+    Batch b = loader.next();
+    EXPECT_EQ(b.images[0]->height, 140);
+    EXPECT_FALSE(b.selection.defined());
+    for (const auto& boxes : b.boxes)
+      for (const Box& x : boxes) EXPECT_TRUE(x.x1 >= 0 && x.x2 <= 140 && x.x1 < x.x2);
+  }
+}
+
+TEST_F(LoaderFixture, ResumeFromBatchStateContinuesTheSameOrder) {
+  BadInputLog log(true);
+  Dataset ds = open_dataset(dir + "/train", log);
+  std::vector<int64_t> nb;
+  for (const auto& r : ds.records) nb.push_back(int64_t(r.texts.size()));
+  Sampler sampler(nb, std::vector<bool>(nb.size(), true), 4, 8);
+  LoaderOptions o = small();
+  o.selection_res = 0;
+  std::vector<std::vector<int64_t>> ids;
+  SamplerState after2;
+  {
+    Loader loader(ds, sampler, nullptr, o, log);
+    for (int i = 0; i < 5; ++i) {
+      Batch b = loader.next();
+      ids.push_back(b.image_ids);
+      if (i == 1) after2 = b.state_after;
+    }
+  }
+  Sampler resumed = sampler;
+  resumed.load_state(after2);
+  Loader loader(ds, resumed, nullptr, o, log);
+  for (int i = 2; i < 5; ++i) EXPECT_EQ(loader.next().image_ids, ids[size_t(i)]) << i;
+}
+
+TEST_F(LoaderFixture, MismatchedSamplerIsAnErrorNotAHang) {
+  BadInputLog log;
+  log.set_quiet(true);
+  Dataset ds = open_dataset(dir + "/train", log);
+  Sampler wrong(std::vector<int64_t>(40, 1), std::vector<bool>(40, true), 40, 1);
+  Loader loader(ds, wrong, nullptr, small(), log);
+  EXPECT_THROW(loader.next(), Error);
+}
+
+TEST_F(LoaderFixture, DestroyWhileBusyDoesNotHang) {
+  BadInputLog log;
+  Dataset ds = open_dataset(dir + "/train", log);
+  std::vector<int64_t> nb(ds.records.size(), 1);
+  Sampler sampler(nb, std::vector<bool>(nb.size(), true), 4, 3);
+  for (int i = 0; i < 5; ++i) {
+    Loader loader(ds, sampler, nullptr, small(), log);
+    if (i % 2) loader.next();
+  }
+}
+
+}  // namespace
+}  // namespace hd::data
