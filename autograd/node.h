@@ -42,10 +42,14 @@ struct TensorMeta {
 
 // A tensor saved for backward, with the storage version it had when saved. unpack() throws if
 // the tensor was modified in place since, because the gradient would silently be wrong.
+// It keeps a detached handle: backward runs without grad, and a node saving its own output
+// with history would own itself (node -> output -> grad_fn -> node) and leak. The version
+// counter lives on the shared storage, so in-place writes are still seen.
 class SavedTensor {
  public:
   SavedTensor() = default;
-  explicit SavedTensor(const Tensor& t) : tensor_(t), version_(t.defined() ? t.version() : 0) {}
+  explicit SavedTensor(const Tensor& t)
+      : tensor_(t.defined() ? t.detach() : t), version_(t.defined() ? t.version() : 0) {}
   Tensor unpack(const Node& owner) const;
   bool defined() const { return tensor_.defined(); }
   void reset() { tensor_ = Tensor(); }
