@@ -1,0 +1,86 @@
+// Sharded checkpoints (issue 5, first slice): one serial HDF5 file per rank plus a protobuf
+// manifest written last, loadable on any world size.
+//
+// [Note: layout] DIR/step_NNNNNNNN/ holds rank_XXXXX.h5 (one per saving rank) and manifest.pb.
+// In each HDF5 file a parameter "blocks.0.attn.weight" is the dataset /blocks/0/attn/weight
+// holding this rank's valid dim-0 rows (no padding; empty shards are not written), with
+// attributes global_shape and offset (first row), so `h5dump -H` reads like the model.
+// One file per rank with serial HDF5 avoids the MPI-IO locking and collective hangs of a shared
+// parallel file (anchors E.7).
+//
+// [Note: commit] Ranks write into step_NNNNNNNN.tmp/, flush, close and fsync their files; one
+// all-gather carries every rank's success flag and checksums to rank 0, which writes the manifest,
+// fsyncs it and renames the folder. A crash at any point leaves either no step folder or a .tmp
+// folder; latest_complete() only returns folders with a readable manifest (anchors E.2).
+//
+// [Note: resharding] Saved chunks are rows [row_offset, row_offset + rows) of the global tensor.
+// A loading rank intersects its own rows (from its ShardInfo, any world size) with every chunk
+// and reads just those hyperslabs, widened to the checksum blocks they touch so that every byte
+// read is verified (anchors C.5, E.1). No communication is needed to load.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "autograd/tensor.h"
+#include "parallel/process_group.h"
+#include "parallel/shard.h"
+
+namespace hd::parallel::ckpt {
+
+// Format of what save_checkpoint writes; load_checkpoint rejects any other.
+inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr const char* kManifestName = "manifest.pb";
+
+// One tensor's local shard: `info` describes this rank's rows in the current layout, `shard` is
+// a contiguous f32 tensor of at least info.padded_length elements (FSDP's shard layout).
+// Optimizer state is saved as further entries with their own names (e.g. "optim.exp_avg.<p>").
+struct ShardRef {
+  ShardInfo info;
+  Tensor shard;
+};
+
+struct SaveOptions {
+  std::string config_text;
+  // Rows per CRC32C block; 0 picks about 1 MiB worth of rows per block.
+  int64_t checksum_block_rows = 0;
+};
+
+struct LoadOptions {
+  // Entries absent from the checkpoint are left as they are (new modules initialised fresh)
+  // instead of failing; they are reported in LoadResult::missing.
+  bool allow_missing = false;
+  // Checkpoint tensors nobody asked for are ignored instead of failing.
+  bool allow_unexpected = false;
+};
+
+struct LoadResult {
+  int64_t step = 0;
+  int saved_world_size = 0;
+  std::string config_text;
+  std::vector<std::string> missing;     // requested but not in the checkpoint (allow_missing)
+  std::vector<std::string> unexpected;  // in the checkpoint but not requested (allow_unexpected)
+};
+
+// "DIR/step_00000042".
+std::filesystem::path step_dir(const std::filesystem::path& dir, int64_t step);
+
+// Collective over `pg`: every rank passes its shards (same names, same order on every rank).
+// Returns the committed step folder. Throws hd::Error on every rank if any rank failed to write,
+// and then no manifest is written.
+std::filesystem::path save_checkpoint(const std::filesystem::path& dir, int64_t step,
+                                      const std::vector<ShardRef>& shards, ProcessGroup& pg,
+                                      const SaveOptions& options = {});
+
+// Not collective: fills each entry's valid rows from the checkpoint at `step_path` (a
+// step_NNNNNNNN folder) and zeroes its padding. Works for any saving and loading world size.
+LoadResult load_checkpoint(const std::filesystem::path& step_path,
+                           const std::vector<ShardRef>& shards, const LoadOptions& options = {});
+
+// The newest step folder under `dir` with a readable manifest of this format; folders without
+// one (crashed saves, .tmp folders) are skipped with a warning on stderr. nullopt if none.
+std::optional<std::filesystem::path> latest_complete(const std::filesystem::path& dir);
+
+}  // namespace hd::parallel::ckpt

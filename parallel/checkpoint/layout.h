@@ -1,0 +1,27 @@
+// Naming and blocking rules shared by the checkpoint writer and reader (private).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "parallel/shard.h"
+
+namespace hd::parallel::ckpt::internal {
+
+// "blocks.0.attn.weight" -> "/blocks/0/attn/weight": a group per module path.
+std::string dataset_path(const std::string& name);
+// Parent groups of a dataset path, outermost first: "/blocks", "/blocks/0", "/blocks/0/attn".
+std::vector<std::string> parent_groups(const std::string& path);
+// "rank_00003.h5".
+std::string rank_file(int rank);
+// Rows per checksum block for a tensor (about 1 MiB per block unless `requested` > 0).
+int64_t block_rows(const ShardInfo& info, int64_t requested);
+inline int64_t num_blocks(int64_t rows, int64_t block) {
+  return (rows + block - 1) / block;
+}
+// Rows held by `rank` of `info.world_size` (its valid rows) and the first of them.
+inline int64_t first_row(const ShardInfo& info, int rank) {
+  return int64_t(rank) * info.rows_per_rank;
+}
+
+}  // namespace hd::parallel::ckpt::internal

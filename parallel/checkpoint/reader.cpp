@@ -1,0 +1,227 @@
+// load_checkpoint and latest_complete: resharding reads (see [Note: resharding]).
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <regex>
+#include <set>
+
+#include "autograd/error.h"
+#include "parallel/checkpoint/checkpoint.h"
+#include "parallel/checkpoint/crc32c.h"
+#include "parallel/checkpoint/h5_util.h"
+#include "parallel/checkpoint/layout.h"
+#include "proto/checkpoint.pb.h"
+
+namespace hd::parallel::ckpt {
+namespace fs = std::filesystem;
+using ::hd::detail::concat;
+
+namespace {
+
+std::string hex(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+
+// Reads and checks the manifest; `why` receives the reason when it returns false.
+bool read_manifest(const fs::path& step_path, proto::Manifest& man, std::string& why) {
+  const fs::path p = step_path / kManifestName;
+  std::ifstream in(p, std::ios::binary);
+  if (!in) {
+    why = concat("missing ", kManifestName, " (not a complete checkpoint)");
+    return false;
+  }
+  if (!man.ParseFromIstream(&in)) {
+    why = concat("corrupt ", kManifestName);
+    return false;
+  }
+  if (man.format_version() != kFormatVersion) {
+    why = concat("incompatible format version ", man.format_version(), " (this build reads ",
+                 kFormatVersion, ", written by hdtrain ", man.library_version(), ")");
+    return false;
+  }
+  return true;
+}
+
+// Open HDF5 files of one load, by name: each file is opened once however many tensors it holds.
+class FileCache {
+ public:
+  explicit FileCache(fs::path dir) : dir_(std::move(dir)) {}
+  hid_t get(const std::string& name, const std::string& tensor) {
+    auto it = files_.find(name);
+    if (it != files_.end()) return it->second;
+    const fs::path p = dir_ / name;
+    HD_CHECK(fs::exists(p), "checkpoint ", dir_.string(), ": missing file ", name, " (needed for '",
+             tensor, "')");
+    h5::Handle f(H5Fopen(p.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+    HD_CHECK(f.get() >= 0, "checkpoint ", dir_.string(), ": cannot open ", name,
+             " as HDF5 (truncated or corrupt file; needed for '", tensor, "')");
+    return files_.emplace(name, std::move(f)).first->second;
+  }
+
+ private:
+  fs::path dir_;
+  std::map<std::string, h5::Handle> files_;
+};
+
+Shape dataset_dims(hid_t ds) {
+  h5::Handle space(H5Dget_space(ds), H5Sclose);
+  const int nd = H5Sget_simple_extent_ndims(space);
+  std::vector<hsize_t> dims(std::max(nd, 0));
+  if (nd > 0) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  return Shape(dims.begin(), dims.end());
+}
+
+// Copies the rows of `chunk` that overlap [lo, hi) (global rows) into `dst` (the shard's first
+// valid element is global row lo). Reads whole checksum blocks and verifies each one.
+int64_t read_overlap(FileCache& files, const fs::path& dir, const proto::TensorEntry& t,
+                     const proto::Chunk& c, const ShardInfo& info, int64_t lo, int64_t hi,
+                     float* dst) {
+  const int64_t a = std::max(lo, c.row_offset()) - c.row_offset();
+  const int64_t b = std::min(hi, c.row_offset() + c.rows()) - c.row_offset();
+  if (a >= b) return 0;
+  const std::string where = concat(dir.string(), "/", c.file(), ":", c.dataset());
+  const int64_t block = c.checksum_block_rows();
+  HD_CHECK(block > 0 && c.crc32c_size() == internal::num_blocks(c.rows(), block),
+           "checkpoint: manifest has no valid checksums for ", where);
+  hid_t f = files.get(c.file(), t.name());
+  HD_CHECK(H5Lexists(f, c.dataset().c_str(), H5P_DEFAULT) > 0, "checkpoint: dataset ", where,
+           " not found (needed for '", t.name(), "')");
+  h5::Handle ds(H5Dopen2(f, c.dataset().c_str(), H5P_DEFAULT), H5Dclose);
+  h5::check(ds.get(), "cannot open dataset ", where);
+  h5::Handle type(H5Dget_type(ds), H5Tclose);
+  HD_CHECK(H5Tequal(type, H5T_IEEE_F32LE) > 0, "checkpoint: dtype mismatch for '", t.name(),
+           "' in ", where, ": expected f32 (IEEE little-endian), found another HDF5 type");
+  Shape expect{c.rows()};
+  for (int d = 1; d < t.global_shape_size(); ++d) expect.push_back(t.global_shape(d));
+  const Shape found = dataset_dims(ds);
+  HD_CHECK(found == expect, "checkpoint: shape mismatch for '", t.name(), "' in ", where,
+           ": expected ", expect, ", found ", found);
+
+  // Widen [a, b) to whole checksum blocks so every byte we use is verified.
+  const int64_t ba = a / block * block;
+  const int64_t bb = std::min(c.rows(), (b + block - 1) / block * block);
+  const int64_t rn = info.row_numel;
+  std::vector<float> buf(size_t((bb - ba) * rn));
+  std::vector<hsize_t> start(found.size(), 0), count(found.begin(), found.end());
+  start[0] = hsize_t(ba);
+  count[0] = hsize_t(bb - ba);
+  h5::Handle fspace(H5Dget_space(ds), H5Sclose);
+  h5::check(
+      H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr),
+      "hyperslab of ", where);
+  h5::Handle mspace(H5Screate_simple(int(count.size()), count.data(), nullptr), H5Sclose);
+  h5::check(H5Dread(ds, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, buf.data()), "read of ",
+            where, " rows [", ba, ", ", bb, ") failed (truncated or corrupt file?)");
+  for (int64_t r = ba; r < bb; r += block) {
+    const int64_t n = std::min(block, c.rows() - r);
+    const uint32_t got = crc32c(buf.data() + (r - ba) * rn, size_t(n * rn) * sizeof(float));
+    const uint32_t want = c.crc32c(int(r / block));
+    HD_CHECK(got == want, "checkpoint: checksum mismatch in dataset ", where, " rows [", r, ", ",
+             r + n, ") of '", t.name(), "': expected crc32c ", hex(want), ", computed ", hex(got));
+  }
+  std::copy(buf.begin() + (a - ba) * rn, buf.begin() + (b - ba) * rn,
+            dst + (c.row_offset() + a - lo) * rn);
+  return b - a;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+}  // namespace
+
+LoadResult load_checkpoint(const fs::path& step_path, const std::vector<ShardRef>& shards,
+                           const LoadOptions& options) {
+  h5::silence_errors();
+  proto::Manifest man;
+  std::string why;
+  HD_CHECK(read_manifest(step_path, man, why), "checkpoint ", step_path.string(), ": ", why);
+  LoadResult result;
+  result.step = man.step();
+  result.saved_world_size = man.world_size();
+  result.config_text = man.config_text();
+
+  std::map<std::string, const proto::TensorEntry*> saved;
+  for (const auto& t : man.tensors()) saved[t.name()] = &t;
+  std::set<std::string> requested;
+  for (const ShardRef& s : shards) {
+    requested.insert(s.info.name);
+    if (!saved.count(s.info.name)) result.missing.push_back(s.info.name);
+  }
+  for (const auto& [name, t] : saved)
+    if (!requested.count(name)) result.unexpected.push_back(name);
+  HD_CHECK(result.missing.empty() || options.allow_missing, "checkpoint ", step_path.string(),
+           ": missing parameters (not in the checkpoint; allow_missing to initialise them "
+           "fresh): ",
+           join(result.missing));
+  HD_CHECK(
+      result.unexpected.empty() || options.allow_unexpected, "checkpoint ", step_path.string(),
+      ": unexpected parameters (in the checkpoint, not in the model): ", join(result.unexpected));
+
+  FileCache files(step_path);
+  for (const ShardRef& s : shards) {
+    auto it = saved.find(s.info.name);
+    if (it == saved.end()) continue;  // allow_missing: keep the caller's initial values
+    const proto::TensorEntry& t = *it->second;
+    const ShardInfo& info = s.info;
+    HD_CHECK(t.dtype() == dtype_name(DType::f32), "checkpoint: dtype mismatch for '", info.name,
+             "': expected f32, found ", t.dtype());
+    const Shape found(t.global_shape().begin(), t.global_shape().end());
+    HD_CHECK(found == info.global_shape, "checkpoint: shape mismatch for '", info.name,
+             "': expected ", info.global_shape, ", found ", found, " in ", step_path.string());
+    HD_CHECK(s.shard.dtype() == DType::f32 && s.shard.is_contiguous() &&
+                 s.shard.numel() >= info.padded_length,
+             "checkpoint load: '", info.name, "' needs a contiguous f32 shard of ",
+             info.padded_length, " elements");
+    float* dst = s.shard.data<float>();
+    std::fill(dst, dst + info.padded_length, 0.0f);  // padding rows stay zero, as FSDP expects
+    const int64_t lo = internal::first_row(info, info.rank);
+    const int64_t rows = info.valid_rows(info.rank);
+    int64_t covered = 0;
+    for (const proto::Chunk& c : t.chunks())
+      covered += read_overlap(files, step_path, t, c, info, lo, lo + rows, dst);
+    HD_CHECK(covered == rows, "checkpoint: '", info.name, "': saved chunks cover ", covered,
+             " of the ", rows, " rows [", lo, ", ", lo + rows, ") this rank owns");
+  }
+  return result;
+}
+
+std::optional<fs::path> latest_complete(const fs::path& dir) {
+  struct Candidate {
+    int64_t step;
+    fs::path path;
+    bool tmp;
+  };
+  std::vector<Candidate> found;
+  const std::regex pattern(R"(step_(\d{8})(\.tmp)?)");
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::smatch m;
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && std::regex_match(name, m, pattern))
+      found.push_back({std::stoll(m[1].str()), e.path(), m[2].matched});
+  }
+  // Newest first; at equal steps the final folder before its leftover .tmp.
+  std::sort(found.begin(), found.end(), [](const Candidate& x, const Candidate& y) {
+    return x.step != y.step ? x.step > y.step : x.tmp < y.tmp;
+  });
+  for (const Candidate& c : found) {
+    proto::Manifest man;
+    std::string why;
+    if (c.tmp)
+      why = "save did not finish";
+    else if (read_manifest(c.path, man, why))
+      return c.path;
+    std::cerr << "hdtrain: warning: checkpoint: ignoring " << c.path.string() << ": " << why
+              << "\n";
+  }
+  return std::nullopt;
+}
+
+}  // namespace hd::parallel::ckpt
