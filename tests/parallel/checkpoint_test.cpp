@@ -108,9 +108,12 @@ TEST(Crc32c, KnownValue) {
   EXPECT_EQ(crc32c("", 0), 0u);
 }
 
-TEST(Reshard, Save) {
+// The Reshard cases are the two halves of a save-on-N / load-on-M run in separate mpirun jobs;
+// they are disabled here and run only by their CTest entries (tests/parallel/CMakeLists.txt),
+// which set the variables below.
+TEST(Reshard, DISABLED_Save) {
   const char* dir = std::getenv("HD_CKPT_DIR");
-  if (!dir) GTEST_SKIP() << "driven by CTest (HD_CKPT_DIR)";
+  ASSERT_NE(dir, nullptr) << "HD_CKPT_DIR must be set (run through CTest)";
   if (world().rank() == 0) fs::remove_all(dir), fs::create_directories(dir);
   world().barrier().wait();
   const fs::path p = save(dir, 7);
@@ -119,10 +122,10 @@ TEST(Reshard, Save) {
   EXPECT_TRUE(fs::exists(p / ("rank_0000" + std::to_string(world().world_size() - 1) + ".h5")));
 }
 
-TEST(Reshard, Load) {
+TEST(Reshard, DISABLED_Load) {
   const char* dir = std::getenv("HD_CKPT_DIR");
   const char* saved_np = std::getenv("HD_CKPT_SAVED_NP");
-  if (!dir || !saved_np) GTEST_SKIP() << "driven by CTest (HD_CKPT_DIR, HD_CKPT_SAVED_NP)";
+  ASSERT_TRUE(dir && saved_np) << "HD_CKPT_DIR and HD_CKPT_SAVED_NP must be set (run through CTest)";
   const auto latest = latest_complete(dir);
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(*latest, step_dir(dir, 7));
