@@ -1,0 +1,71 @@
+// The PS3 CLIP-style model (vision + text towers + logit scale/bias) and one pre-training
+// forward: stage 1-3 on a batch, mixed global/local sigmoid contrast with every rank's texts as
+// negatives, and the bottom-up / top-down selection BCE (ps3-reference-implementation.md §2.2,
+// §2.3). The launcher's trainer owns the loop, FSDP, optimizer, checkpoints and metrics.
+#pragma once
+
+#include <memory>
+
+#include "autograd/module.h"
+#include "ops/nn/unit_runner.h"
+#include "ps3/config.h"
+#include "ps3/vision_model.h"
+
+namespace hd::data {
+struct Batch;
+}
+namespace hd::parallel {
+class ProcessGroup;
+}
+
+namespace hd::ps3 {
+
+class TextTower;  // ps3/text_tower.h
+
+// Names as the HF checkpoint: vision_model.*, text_model.* (incl. text_model.prompt_proj.*),
+// logit_scale, logit_bias.
+class PS3CLIP : public Module {
+ public:
+  explicit PS3CLIP(const PS3Config& config);
+  const PS3Config& config() const { return config_; }
+  PS3VisionModel& vision() const { return *vision_; }
+  TextTower& text() const { return *text_; }
+  // Installs the runner on both towers.
+  void set_unit_runner(const nn::UnitRunner& runner);
+  // Every FSDP unit below the root (vision blocks, text blocks), in forward order.
+  std::vector<const Module*> sharding_units() const;
+  // After each optimizer step: logit_scale <- clamp(logit_scale, 0, ln 100) (§2.3). Works on
+  // whatever tensor holds the value (the full parameter or an FSDP shard): pass it in.
+  static void clamp_logit_scale(Tensor& logit_scale_storage);
+
+  Tensor logit_scale, logit_bias;  // scalars
+
+ private:
+  PS3Config config_;
+  std::shared_ptr<PS3VisionModel> vision_;
+  std::shared_ptr<TextTower> text_;
+};
+
+struct PretrainOptions {
+  int64_t look_close_steps = 1;
+  bool gt_forcing = true;    // --select_w_gt
+  bool pool_gt_only = true;  // --pool_gt_token_only
+  double prior_weight = 1.0, posterior_weight = 1.0;
+};
+
+struct PretrainResult {
+  Tensor loss;  // scalar, differentiable: contrastive + weighted BCEs
+  double contrastive = 0, bce_prior = 0, bce_posterior = 0;
+  int64_t local_rows = 0, global_rows = 0;
+  int64_t selected_patches = 0;  // high-res tokens this step (all rows)
+  // Share of selected patches inside the GT boxes over local rows (forced ones included).
+  double gt_patch_share = 0;
+};
+
+// One forward on this rank's batch. `pg` (may be null for one process) provides the text
+// exchange: every rank's text embeddings join the contrast as negatives, with gradients flowing
+// back to their owners. Collective when pg is given: every rank must call it every step.
+PretrainResult pretrain_forward(const PS3CLIP& model, const data::Batch& batch,
+                                const PretrainOptions& options, parallel::ProcessGroup* pg);
+
+}  // namespace hd::ps3

@@ -1,0 +1,77 @@
+// The PS3 vision model: stage 1 (low-res pass with per-layer K/V cache), stage 2 (bottom-up and
+// top-down selection probabilities), stage 3 (per-scale top-k, selected-patch embedding,
+// high-res blocks attending to [low-res cache ; own tokens]) and the MAP pooling head.
+// Shapes, formulas and order rules: ps3-reference-implementation.md §1.0-§1.10.
+//
+// Parameter names follow the HF checkpoints (§4.4, without the "vision_model." prefix):
+// trunk.patch_embed.proj.weight, trunk.pos_embed, trunk.blocks.N.*, trunk.norm.*,
+// trunk.attn_pool.*, selection_feature_proj.*, prior_prompt, pos_emb_residual.N,
+// highres_selection_feature_module.*, prompt_proj_for_highres.*, so released weights load by
+// name.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "autograd/module.h"
+#include "ops/nn/unit_runner.h"
+#include "ps3/config.h"
+
+namespace hd::ps3 {
+
+// Produces the [n, C, p, p] f32 patches (normalised like the low-res input) of sample b at
+// `scale` pixels for flat row-major grid indices (data::Batch::patches has this signature).
+using PatchSource =
+    std::function<Tensor(int64_t b, int64_t scale, const std::vector<int64_t>& indices)>;
+
+struct VisionInputs {
+  Tensor low_res;       // [B, C, low_res, low_res] f32
+  Tensor selection;     // [B, C, selection_res, selection_res] f32
+  PatchSource patches;  // high-res patches on demand (never a full high-res image)
+  Tensor prompt;        // [B, width] top-down prompt; undefined: bottom-up (prior) only
+  // Per high-res scale s: [B, grid(s), grid(s)] f32 in {0,1} = [area(GT, grid(s)) > 0]
+  // (data::Batch::gt_map). Empty when there are no boxes.
+  std::vector<Tensor> gt_maps;
+  bool gt_forcing = false;    // §1.5.9: GT patches get probability 1 before top-k
+  bool pool_gt_only = false;  // §1.8: MAP pooling over in-box high-res tokens only
+  int64_t look_close_steps = 1;
+};
+
+struct VisionOutputs {
+  Tensor low_res_tokens;   // [B, 729, W] last block output (pre-final-norm)
+  Tensor low_res_pooled;   // [B, W] MAP(LN(low-res tokens)): the global embedding
+  Tensor high_res_tokens;  // [B, M, W] all steps, sorted by position (pre-final-norm)
+  // [B, M] i64: position of each high-res token in the concatenation of the flattened scale
+  // grids (scale 0 row-major, then scale 1, ...), ascending per row.
+  Tensor high_res_positions;
+  Tensor high_res_pooled;  // [B, W] MAP(LN(high-res tokens)), in-box keys only if pool_gt_only
+  // Per high-res scale, [B, grid(s), grid(s)]:
+  std::vector<Tensor> prior_probs;      // bottom-up probabilities (differentiable)
+  std::vector<Tensor> posterior_probs;  // top-down (empty without a prompt)
+  std::vector<Tensor> selection_maps;   // f32 0/1, union over steps
+};
+
+class PS3VisionModel : public Module {
+ public:
+  explicit PS3VisionModel(const VisionConfig& config);
+  VisionOutputs forward(const VisionInputs& inputs) const;
+  // Every transformer block call goes through this (FSDP installs one); see unit_runner.h.
+  void set_unit_runner(nn::UnitRunner runner) { runner_ = std::move(runner); }
+  // Modules that are their own FSDP units (the transformer blocks), in forward order.
+  std::vector<const Module*> sharding_units() const;
+  const VisionConfig& config() const { return config_; }
+
+ private:
+  VisionConfig config_;
+  nn::UnitRunner runner_;
+  // The implementation owns its submodules (trunk, selection, ...); see vision_model.cpp.
+  struct Parts;
+  std::shared_ptr<Parts> parts_;
+};
+
+// Budget of one look-close step split across scales in proportion to pixel count (floored,
+// remainder to the last scale): {756, 1512, 3780} with 2560 -> {85, 341, 2134}.
+std::vector<int64_t> split_budget(const std::vector<int64_t>& scales, int64_t total);
+
+}  // namespace hd::ps3
