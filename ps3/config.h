@@ -17,11 +17,11 @@ struct VisionConfig {
   int64_t mlp_hidden = 4304;
   int64_t patch = 14;
   int64_t channels = 3;
-  int64_t low_res = 378;                            // stage 1 input side (27 x 27 tokens)
-  std::vector<int64_t> scales = {756, 1512, 3780};  // high-res scales, ascending
+  int64_t low_res = 378;                                // stage 1 input side (27 x 27 tokens)
+  std::vector<int64_t> scales = {756, 1512, 3780};      // high-res scales, ascending
   std::vector<int64_t> select_layers = {0, 9, 18, 26};  // block outputs feeding selection
-  int64_t max_select = 2560;                        // patches per look-close step
-  int64_t selection_res = 1512;                     // input side of the light ConvNeXt
+  int64_t max_select = 2560;                            // patches per look-close step
+  int64_t selection_res = 1512;                         // input side of the light ConvNeXt
   int64_t convnext_hidden = 512;
   int64_t convnext_out = 512;
   int64_t convnext_depth = 3;
@@ -31,6 +31,9 @@ struct VisionConfig {
   int64_t low_grid() const { return low_res / patch; }
   int64_t grid(size_t scale_index) const { return scales.at(scale_index) / patch; }
   int64_t image_size() const { return scales.empty() ? low_res : scales.back(); }
+  // Throws hd::Error naming the first inconsistent field ("vision.<field>: ..."); the vision
+  // model checks its config with this, PS3Config::validate adds the text tower and the link.
+  void validate() const;
 };
 
 struct TextConfig {

@@ -30,8 +30,11 @@ class PS3CLIP : public Module {
   const PS3Config& config() const { return config_; }
   PS3VisionModel& vision() const { return *vision_; }
   TextTower& text() const { return *text_; }
-  // Installs the runner on both towers.
+  // Installs the runner on both towers, and for the model itself: pretrain_forward runs its
+  // whole body as run_unit(runner, *this, ...), so with shard_ps3's runner the root FSDP unit
+  // wraps every step without the trainer having to know about it.
   void set_unit_runner(const nn::UnitRunner& runner);
+  const nn::UnitRunner& unit_runner() const { return runner_; }
   // Every FSDP unit below the root (vision blocks, text blocks), in forward order.
   std::vector<const Module*> sharding_units() const;
   // After each optimizer step: logit_scale <- clamp(logit_scale, 0, ln 100) (§2.3). Works on
@@ -42,6 +45,7 @@ class PS3CLIP : public Module {
 
  private:
   PS3Config config_;
+  nn::UnitRunner runner_;
   std::shared_ptr<PS3VisionModel> vision_;
   std::shared_ptr<TextTower> text_;
 };
@@ -53,11 +57,14 @@ struct PretrainOptions {
   double prior_weight = 1.0, posterior_weight = 1.0;
 };
 
+// Loss terms are this rank's share: their mean over ranks is the value one process holding the
+// whole global batch would compute (global normalisers; contrastive_loss.h, selection_loss.h).
+// On one process they are the plain values.
 struct PretrainResult {
   Tensor loss;  // scalar, differentiable: contrastive + weighted BCEs
   double contrastive = 0, bce_prior = 0, bce_posterior = 0;
   int64_t local_rows = 0, global_rows = 0;
-  int64_t selected_patches = 0;  // high-res tokens this step (all rows)
+  int64_t selected_patches = 0;  // high-res tokens this step (all rows of this rank)
   // Share of selected patches inside the GT boxes over local rows (forced ones included).
   double gt_patch_share = 0;
 };
@@ -65,6 +72,8 @@ struct PretrainResult {
 // One forward on this rank's batch. `pg` (may be null for one process) provides the text
 // exchange: every rank's text embeddings join the contrast as negatives, with gradients flowing
 // back to their owners. Collective when pg is given: every rank must call it every step.
+// The batch needs tokens, low_res, selection, images and boxes (data::Loader with a tokenizer
+// and selection_res = vision.selection_res), at least one image per rank.
 PretrainResult pretrain_forward(const PS3CLIP& model, const data::Batch& batch,
                                 const PretrainOptions& options, parallel::ProcessGroup* pg);
 
