@@ -28,9 +28,14 @@
 #include "parallel/process_group.h"
 #include "parallel/shard.h"
 
+namespace hd::proto {
+class Manifest;
+}
+
 namespace hd::parallel::ckpt {
 
-// Format of what save_checkpoint writes; load_checkpoint rejects any other.
+// Format of what save_checkpoint writes; load_checkpoint rejects any other. The optional
+// TrainerState of the manifest was added compatibly (see proto/checkpoint.proto), so it is still 1.
 inline constexpr uint32_t kFormatVersion = 1;
 inline constexpr const char* kManifestName = "manifest.pb";
 
@@ -70,6 +75,8 @@ std::filesystem::path step_dir(const std::filesystem::path& dir, int64_t step);
 // Collective over `pg`: every rank passes its shards (same names, same order on every rank).
 // Returns the committed step folder. Throws hd::Error on every rank if any rank failed to write,
 // and then no manifest is written.
+// Test hook: HD_CKPT_TEST_FAULT=fail:R makes rank R's file write throw; kill:R makes rank R
+// SIGKILL itself after writing about half of its datasets (crash-safety tests).
 std::filesystem::path save_checkpoint(const std::filesystem::path& dir, int64_t step,
                                       const std::vector<ShardRef>& shards, ProcessGroup& pg,
                                       const SaveOptions& options = {});
@@ -78,6 +85,10 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& dir, int64_t 
 // step_NNNNNNNN folder) and zeroes its padding. Works for any saving and loading world size.
 LoadResult load_checkpoint(const std::filesystem::path& step_path,
                            const std::vector<ShardRef>& shards, const LoadOptions& options = {});
+
+// Reads and checks `step_path`/manifest.pb (include "proto/checkpoint.pb.h" to use it); throws
+// naming the folder when it is missing, corrupt or of another format version.
+proto::Manifest read_manifest(const std::filesystem::path& step_path);
 
 // The newest step folder under `dir` with a readable manifest of this format; folders without
 // one (crashed saves, .tmp folders) are skipped with a warning on stderr. nullopt if none.

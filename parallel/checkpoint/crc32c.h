@@ -1,6 +1,7 @@
 // CRC32C (Castagnoli, reflected polynomial 0x82F63B78): the checksum the checkpoint manifest
-// records per dataset block. A plain table-driven byte loop: checkpoint I/O is disk-bound, so a
-// hardware (SSE4.2) path is not worth the portability cost yet.
+// records per dataset block. SSE4.2's crc32 instruction when the build targets it (x86-64-v3
+// does), else a table-driven byte loop: the table runs at ~0.5 GB/s, below the disk, and every
+// byte written and read is checksummed.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -1,9 +1,12 @@
 // Naming and blocking rules shared by the checkpoint writer and reader (private).
 #pragma once
 #include <cstdint>
+#include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "parallel/checkpoint/checkpoint.h"
 #include "parallel/shard.h"
 
 namespace hd::parallel::ckpt::internal {
@@ -19,6 +22,13 @@ int64_t block_rows(const ShardInfo& info, int64_t requested);
 inline int64_t num_blocks(int64_t rows, int64_t block) {
   return (rows + block - 1) / block;
 }
+// save_checkpoint with a last word on the manifest before rank 0 writes it (training
+// checkpoints add their TrainerState this way); `extend` runs on rank 0 only.
+std::filesystem::path save_checkpoint_with(const std::filesystem::path& dir, int64_t step,
+                                           const std::vector<ShardRef>& shards, ProcessGroup& pg,
+                                           const SaveOptions& options,
+                                           const std::function<void(proto::Manifest&)>& extend);
+
 // Rows held by `rank` of `info.world_size` (its valid rows) and the first of them.
 inline int64_t first_row(const ShardInfo& info, int rank) {
   return int64_t(rank) * info.rows_per_rank;

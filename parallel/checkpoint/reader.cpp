@@ -27,7 +27,7 @@ std::string hex(uint32_t v) {
 }
 
 // Reads and checks the manifest; `why` receives the reason when it returns false.
-bool read_manifest(const fs::path& step_path, proto::Manifest& man, std::string& why) {
+bool try_read_manifest(const fs::path& step_path, proto::Manifest& man, std::string& why) {
   const fs::path p = step_path / kManifestName;
   std::ifstream in(p, std::ios::binary);
   if (!in) {
@@ -67,6 +67,19 @@ class FileCache {
   std::map<std::string, h5::Handle> files_;
 };
 
+// "a 64-bit float"-style description of an HDF5 type for error messages.
+std::string describe_type(hid_t type) {
+  const size_t size = H5Tget_size(type);
+  switch (H5Tget_class(type)) {
+    case H5T_FLOAT:
+      return concat("a ", size * 8, "-bit float");
+    case H5T_INTEGER:
+      return concat("a ", size * 8, "-bit integer");
+    default:
+      return concat("a non-numeric HDF5 type of ", size, " bytes");
+  }
+}
+
 Shape dataset_dims(hid_t ds) {
   h5::Handle space(H5Dget_space(ds), H5Sclose);
   const int nd = H5Sget_simple_extent_ndims(space);
@@ -94,7 +107,8 @@ int64_t read_overlap(FileCache& files, const fs::path& dir, const proto::TensorE
   h5::check(ds.get(), "cannot open dataset ", where);
   h5::Handle type(H5Dget_type(ds), H5Tclose);
   HD_CHECK(H5Tequal(type, H5T_IEEE_F32LE) > 0, "checkpoint: dtype mismatch for '", t.name(),
-           "' in ", where, ": expected f32 (IEEE little-endian), found another HDF5 type");
+           "' in ", where, ": the manifest says f32 (a 32-bit float), the dataset holds ",
+           describe_type(type));
   Shape expect{c.rows()};
   for (int d = 1; d < t.global_shape_size(); ++d) expect.push_back(t.global_shape(d));
   const Shape found = dataset_dims(ds);
@@ -136,12 +150,17 @@ std::string join(const std::vector<std::string>& v) {
 
 }  // namespace
 
+proto::Manifest read_manifest(const fs::path& step_path) {
+  proto::Manifest man;
+  std::string why;
+  HD_CHECK(try_read_manifest(step_path, man, why), "checkpoint ", step_path.string(), ": ", why);
+  return man;
+}
+
 LoadResult load_checkpoint(const fs::path& step_path, const std::vector<ShardRef>& shards,
                            const LoadOptions& options) {
   h5::silence_errors();
-  proto::Manifest man;
-  std::string why;
-  HD_CHECK(read_manifest(step_path, man, why), "checkpoint ", step_path.string(), ": ", why);
+  const proto::Manifest man = read_manifest(step_path);
   LoadResult result;
   result.step = man.step();
   result.saved_world_size = man.world_size();
@@ -171,14 +190,16 @@ LoadResult load_checkpoint(const fs::path& step_path, const std::vector<ShardRef
     const proto::TensorEntry& t = *it->second;
     const ShardInfo& info = s.info;
     HD_CHECK(t.dtype() == dtype_name(DType::f32), "checkpoint: dtype mismatch for '", info.name,
-             "': expected f32, found ", t.dtype());
+             "': expected f32, found ", t.dtype(), " in ", step_path.string());
     const Shape found(t.global_shape().begin(), t.global_shape().end());
     HD_CHECK(found == info.global_shape, "checkpoint: shape mismatch for '", info.name,
              "': expected ", info.global_shape, ", found ", found, " in ", step_path.string());
-    HD_CHECK(s.shard.dtype() == DType::f32 && s.shard.is_contiguous() &&
-                 s.shard.numel() >= info.padded_length,
-             "checkpoint load: '", info.name, "' needs a contiguous f32 shard of ",
-             info.padded_length, " elements");
+    HD_CHECK(s.shard.dtype() == DType::f32, "checkpoint: dtype mismatch for '", info.name,
+             "': the checkpoint holds f32, the destination shard is ", dtype_name(s.shard.dtype()),
+             " (load into f32 and convert)");
+    HD_CHECK(s.shard.is_contiguous() && s.shard.numel() >= info.padded_length, "checkpoint load: '",
+             info.name, "' needs a contiguous f32 shard of ", info.padded_length, " elements, got ",
+             s.shard.shape());
     float* dst = s.shard.data<float>();
     std::fill(dst, dst + info.padded_length, 0.0f);  // padding rows stay zero, as FSDP expects
     const int64_t lo = internal::first_row(info, info.rank);
@@ -216,7 +237,7 @@ std::optional<fs::path> latest_complete(const fs::path& dir) {
     std::string why;
     if (c.tmp)
       why = "save did not finish";
-    else if (read_manifest(c.path, man, why))
+    else if (try_read_manifest(c.path, man, why))
       return c.path;
     std::cerr << "hdtrain: warning: checkpoint: ignoring " << c.path.string() << ": " << why
               << "\n";

@@ -5,10 +5,24 @@
 // The trainer state travels in the manifest (proto TrainerState), so a reader gets it without
 // opening any HDF5 file; the moments are ordinary checkpoint entries named
 // "optim.exp_avg.<param>" / "optim.exp_avg_sq.<param>", so they reshard N -> M like parameters.
+//
+// [Note: resume] Bit-exact resume needs every input of the next step restored: parameters and
+// moments (the checkpoint entries), AdamW's step counter (optimizer_step: the caller calls
+// opt.set_step_count), the LR (WarmupCosine is a pure function of `step`, so nothing to save),
+// the data position (sampler_*) and the trainer's Philox stream (rng_*). The sampler and RNG are
+// world-size independent here (the global batch is a function of the position; each rank takes
+// its slice), so resuming on another world size continues the same sample stream.
+//
+// [Note: async memory] AsyncCheckpointer keeps one host copy of every shard it saves (params +
+// both moments: 12 bytes per parameter / N on top of training's 16), reused from save to save,
+// so a save allocates nothing after the first and the caller is blocked only for a memcpy.
+// Its process group's watchdog must allow for the slowest rank's write (the commit all-gather
+// waits for it): create io_pg with a timeout_s well above the expected write time.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -21,13 +35,13 @@
 namespace hd::parallel::ckpt {
 
 struct TrainerState {
-  int64_t step = 0;             // optimizer steps completed
-  int64_t optimizer_step = 0;   // AdamW's bias-correction counter
-  std::string stage;            // pipeline stage, e.g. "ps3_pretrain"
-  uint64_t sampler_seed = 0;    // data::SamplerState, by value (parallel/ cannot see ps3/)
+  int64_t step = 0;            // optimizer steps completed
+  int64_t optimizer_step = 0;  // AdamW's bias-correction counter
+  std::string stage;           // pipeline stage, e.g. "ps3_pretrain"
+  uint64_t sampler_seed = 0;   // data::SamplerState, by value (parallel/ cannot see ps3/)
   int64_t sampler_epoch = 0;
   int64_t sampler_batch = 0;
-  uint64_t rng_seed = 0;        // Philox key and offset of the trainer's own stream
+  uint64_t rng_seed = 0;  // Philox key and offset of the trainer's own stream
   uint64_t rng_offset = 0;
   int64_t micro_batches_per_step = 1;
   int64_t nonfinite_skipped_total = 0;
@@ -43,11 +57,14 @@ std::vector<ShardRef> training_shards(const FSDP& fsdp, AdamW& optimizer);
 
 // Keep the newest `keep_last` complete checkpoints plus every step that is a multiple of
 // `keep_every` (0: none); older complete ones are deleted, and so are stale .tmp folders.
+// Folders that are neither (a step folder whose manifest is unreadable) are left for a person
+// to look at, with a warning.
 struct RetentionPolicy {
   int keep_last = 3;
   int64_t keep_every = 0;
 };
-// Rank 0 only (not collective). Returns the folders it removed.
+// Rank 0 only (not collective), and never while a save into `dir` is in flight (its .tmp
+// folder would look stale). Returns the folders it removed, oldest first.
 std::vector<std::filesystem::path> apply_retention(const std::filesystem::path& dir,
                                                    const RetentionPolicy& policy);
 
@@ -66,6 +83,9 @@ class AsyncCheckpointer {
   void wait();  // blocks until the write in flight is committed (rethrows its error)
   bool busy() const;
   double last_blocked_seconds() const;  // time save() kept the caller (snapshot + previous)
+  // Runs on the writer thread after the snapshot, before any file is written (tests use it to
+  // hold a write in flight while training continues).
+  void set_before_write_hook(std::function<void()> hook);
 
  private:
   struct Impl;
@@ -82,6 +102,8 @@ struct TrainingLoadResult {
   LoadResult load;
   TrainerState state;
 };
+// Throws if the manifest has no TrainerState (a plain save_checkpoint or an import: load
+// those with load_checkpoint).
 TrainingLoadResult load_training_checkpoint(const std::filesystem::path& step_path,
                                             const std::vector<ShardRef>& shards,
                                             const LoadOptions& options = {});

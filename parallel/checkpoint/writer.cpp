@@ -1,10 +1,13 @@
 // save_checkpoint: per-rank HDF5 files, then the manifest last (see [Note: commit]).
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <string_view>
 #include <system_error>
 
 #include "autograd/error.h"
@@ -45,11 +48,27 @@ void write_attr_i64(hid_t obj, const char* name, const std::vector<int64_t>& val
   if (!values.empty()) h5::check(H5Awrite(attr, H5T_NATIVE_INT64, values.data()), "write ", name);
 }
 
+// HD_CKPT_TEST_FAULT=fail:R / kill:R (see checkpoint.h): the fault this rank must inject, if any.
+// Read on every save (not cached) so a test can set it between two saves of one process.
+std::string injected_fault(int rank) {
+  const char* v = std::getenv("HD_CKPT_TEST_FAULT");
+  if (!v) return "";
+  const std::string_view s(v);
+  const size_t colon = s.find(':');
+  if (colon == std::string_view::npos || std::string(s.substr(colon + 1)) != std::to_string(rank))
+    return "";
+  return std::string(s.substr(0, colon));
+}
+
 // Writes this rank's valid rows of every shard; returns the CRC32C blocks per shard, in order.
 std::vector<std::vector<uint32_t>> write_rank_file(const fs::path& file,
                                                    const std::vector<ShardRef>& shards,
-                                                   int64_t requested_block_rows) {
+                                                   int64_t requested_block_rows, int rank) {
   h5::silence_errors();
+  const std::string fault = injected_fault(rank);
+  if (fault == "fail")
+    throw Error(concat("cannot write ", file.string(), ": injected failure (HD_CKPT_TEST_FAULT)"));
+  size_t written = 0;
   h5::Handle f(H5Fcreate(file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
   h5::check(f.get(), "cannot create ", file.string());
   std::vector<std::vector<uint32_t>> crcs(shards.size());
@@ -82,6 +101,14 @@ std::vector<std::vector<uint32_t>> write_rank_file(const fs::path& file,
     for (int64_t r = 0; r < rows; r += block) {
       const int64_t n = std::min(block, rows - r) * info.row_numel;
       crcs[i].push_back(crc32c(data + r * info.row_numel, size_t(n) * sizeof(float)));
+    }
+    if (fault == "kill" && ++written >= (shards.size() + 1) / 2) {
+      // A crash mid-write: part of the file is on disk, the rest never will be.
+      H5Fflush(f, H5F_SCOPE_GLOBAL);
+      std::fprintf(stderr, "HD_CKPT_TEST_FAULT: rank %d SIGKILLs itself after %zu of %zu tensors\n",
+                   rank, written, shards.size());
+      std::fflush(stderr);
+      raise(SIGKILL);
     }
   }
   h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush of ", file.string());
@@ -122,6 +149,13 @@ fs::path step_dir(const fs::path& dir, int64_t step) {
 
 fs::path save_checkpoint(const fs::path& dir, int64_t step, const std::vector<ShardRef>& shards,
                          ProcessGroup& pg, const SaveOptions& options) {
+  return internal::save_checkpoint_with(dir, step, shards, pg, options, {});
+}
+
+fs::path internal::save_checkpoint_with(const fs::path& dir, int64_t step,
+                                        const std::vector<ShardRef>& shards, ProcessGroup& pg,
+                                        const SaveOptions& options,
+                                        const std::function<void(proto::Manifest&)>& extend) {
   validate(shards, pg);
   const fs::path final_dir = step_dir(dir, step);
   const fs::path tmp_dir = final_dir.string() + ".tmp";
@@ -150,8 +184,8 @@ fs::path save_checkpoint(const fs::path& dir, int64_t step, const std::vector<Sh
   std::vector<std::vector<uint32_t>> crcs;
   std::string local_error;
   try {
-    crcs =
-        write_rank_file(tmp_dir / internal::rank_file(rank), shards, options.checksum_block_rows);
+    crcs = write_rank_file(tmp_dir / internal::rank_file(rank), shards, options.checksum_block_rows,
+                           rank);
   } catch (const std::exception& e) {
     local_error = e.what();
   }
@@ -179,7 +213,8 @@ fs::path save_checkpoint(const fs::path& dir, int64_t step, const std::vector<Sh
   for (int r = 0; r < world; ++r) {
     if (a[r * slot] == 1) continue;
     if (!local_error.empty())
-      throw Error(concat("checkpoint save (rank ", rank, "): ", local_error));
+      throw Error(concat("checkpoint save of step ", step, " failed on rank ", rank, ": ",
+                         local_error, "; no manifest was written"));
     throw Error(concat("checkpoint save: rank ", r,
                        " failed to write its file; no manifest was "
                        "written for step ",
@@ -217,6 +252,7 @@ fs::path save_checkpoint(const fs::path& dir, int64_t step, const std::vector<Sh
             c->add_crc32c(uint32_t(a[r * slot + cursor[r]++]));
         }
       }
+      if (extend) extend(man);
       const fs::path man_path = tmp_dir / kManifestName;
       {
         std::ofstream out(man_path, std::ios::binary | std::ios::trunc);

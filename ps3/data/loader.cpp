@@ -20,6 +20,12 @@ Tensor Batch::patches(int64_t b, int64_t scale, const std::vector<int64_t>& indi
   return t;
 }
 
+struct Loader::Cached {
+  std::shared_ptr<const Image> image;           // S x S uint8
+  int64_t source_height = 0, source_width = 0;  // before the squash resize (boxes map from it)
+  std::vector<float> low_res, selection;
+};
+
 struct Loader::Pending {
   std::vector<SampleSpec> specs;
   Batch batch;
@@ -123,15 +129,55 @@ void Loader::load_sample(Pending& p, int64_t i) {
   const ImageRecord& rec = ds_.records[size_t(spec.image)];
   Batch& b = p.batch;
   const int64_t S = opt_.image_size;
+  const int64_t L = opt_.low_res, R = opt_.selection_res;
+  float* low_dst = b.low_res.data<float>() + i * 3 * L * L;
+  float* sel_dst = R > 0 ? b.selection.data<float>() + i * 3 * R * R : nullptr;
   std::string where = rec.source.describe();
+  const bool use_cache = opt_.cache_bytes > 0 && !opt_.random_resized_crop;
   try {
-    Image img = decode_image(read_image_bytes(rec.source), where);
-    Crop crop{0, 0, img.height, img.width};
-    if (opt_.random_resized_crop) crop = random_resized_crop(img.height, img.width, spec.key);
-    // Squash resize to S x S with Pillow's antialiased bicubic, kept uint8 (§1.3 step 1).
-    bool identity = crop.h == S && crop.w == S && img.height == S && img.width == S;
-    auto s_img = std::make_shared<Image>(
-        identity ? std::move(img) : resize_aa_bicubic(img, crop.y0, crop.x0, crop.h, crop.w, S, S));
+    std::shared_ptr<const Cached> hit;
+    if (use_cache) {
+      std::lock_guard<std::mutex> lock(cache_mu_);
+      auto it = cache_.find(spec.image);
+      if (it != cache_.end()) hit = it->second;
+    }
+    std::shared_ptr<const Image> s_img;
+    Crop crop;
+    if (hit) {
+      s_img = hit->image;
+      crop = Crop{0, 0, hit->source_height, hit->source_width};
+      std::memcpy(low_dst, hit->low_res.data(), hit->low_res.size() * sizeof(float));
+      if (sel_dst)
+        std::memcpy(sel_dst, hit->selection.data(), hit->selection.size() * sizeof(float));
+    } else {
+      Image img = decode_image(read_image_bytes(rec.source), where);
+      crop = Crop{0, 0, img.height, img.width};
+      if (opt_.random_resized_crop) crop = random_resized_crop(img.height, img.width, spec.key);
+      const int64_t src_h = img.height, src_w = img.width;
+      // Squash resize to S x S with Pillow's antialiased bicubic, kept uint8 (§1.3 step 1).
+      bool identity = crop.h == S && crop.w == S && img.height == S && img.width == S;
+      auto resized = std::make_shared<const Image>(
+          identity ? std::move(img)
+                   : resize_aa_bicubic(img, crop.y0, crop.x0, crop.h, crop.w, S, S));
+      s_img = resized;
+      // The low-res and selection views: non-AA bicubic from the S x S image (§1.3 step 2).
+      resample_region(*s_img, L, L, 0, L, 0, L, opt_.norm, low_dst);
+      if (sel_dst) resample_region(*s_img, R, R, 0, R, 0, R, opt_.norm, sel_dst);
+      if (use_cache) {
+        int64_t bytes = S * S * 3 + (3 * L * L + (R > 0 ? 3 * R * R : 0)) * int64_t(sizeof(float));
+        std::lock_guard<std::mutex> lock(cache_mu_);
+        if (!cache_.count(spec.image) && cache_used_ + bytes <= opt_.cache_bytes) {
+          auto c = std::make_shared<Cached>();
+          c->image = resized;
+          c->source_height = src_h;
+          c->source_width = src_w;
+          c->low_res.assign(low_dst, low_dst + 3 * L * L);
+          if (sel_dst) c->selection.assign(sel_dst, sel_dst + 3 * R * R);
+          cache_[spec.image] = std::move(c);
+          cache_used_ += bytes;
+        }
+      }
+    }
     if (spec.is_global) {
       b.boxes[size_t(i)] = {Box{0, 0, float(S), float(S)}};
     } else {
@@ -149,14 +195,6 @@ void Loader::load_sample(Pending& p, int64_t i) {
       auto ids = tok_->encode(b.texts[size_t(i)]);
       std::memcpy(b.tokens.data<int32_t>() + i * tok_->context_length(), ids.data(),
                   ids.size() * sizeof(int32_t));
-    }
-    // The low-res and selection views: non-AA bicubic from the S x S image (§1.3 step 2).
-    int64_t L = opt_.low_res;
-    resample_region(*s_img, L, L, 0, L, 0, L, opt_.norm, b.low_res.data<float>() + i * 3 * L * L);
-    if (opt_.selection_res > 0) {
-      int64_t R = opt_.selection_res;
-      resample_region(*s_img, R, R, 0, R, 0, R, opt_.norm,
-                      b.selection.data<float>() + i * 3 * R * R);
     }
     b.image_ids[size_t(i)] = spec.image;
     b.is_global[size_t(i)] = spec.is_global;

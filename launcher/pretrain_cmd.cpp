@@ -1,0 +1,106 @@
+// hdtrain pretrain: PS3 pre-training under mpirun (launcher/trainer.h has the loop).
+//
+// Exit codes, the same on every rank so mpirun's status is meaningful: 0 finished or stopped by
+// SIGTERM/SIGUSR1 after a checkpoint (the job can be resumed by running it again), 1 a training
+// error every rank agreed on (e.g. too many non-finite losses), 2 a bad command line or config
+// (nothing is written: the config is checked before MPI starts or any file is touched). Any
+// other failure of one rank ends the whole job through run_or_abort, naming the rank.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "autograd/error.h"
+#include "launcher/command.h"
+#include "launcher/config.h"
+#include "launcher/run_setup.h"
+#include "launcher/signals.h"
+#include "launcher/trainer.h"
+#include "parallel/process_group.h"
+
+namespace hd::launcher {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: mpirun -np N hdtrain pretrain --config FILE.textproto [--set FIELD=VALUE ...]\n"
+    "  --config FILE   run configuration, protobuf text (configs/demo.textproto,\n"
+    "                  configs/ps3-1.5k.textproto, configs/ps3-4k.textproto; schema in\n"
+    "                  proto/run_config.proto)\n"
+    "  --set F=V       override one field by its dotted path, repeatable, e.g.\n"
+    "                  --set train.steps=20 --set model.vision.scales=756,1512\n"
+    "  --print-config  print the resolved config and exit\n"
+    "Resumes from the newest complete checkpoint in run_dir/checkpoints. SIGTERM or SIGUSR1 on\n"
+    "any rank: checkpoint at the next step boundary, then exit 0 on every rank.\n";
+
+int run(const std::vector<std::string>& args) {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  bool print_only = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (a == "--print-config") {
+      print_only = true;
+      continue;
+    }
+    if ((a == "--config" || a == "--set") && i + 1 < args.size()) {
+      (a == "--config" ? config_path : overrides.emplace_back()) = args[++i];
+      continue;
+    }
+    std::fprintf(stderr, "hdtrain pretrain: error: %s\n%s",
+                 (a == "--config" || a == "--set") ? ("option " + a + " needs a value").c_str()
+                                                   : ("unexpected argument '" + a + "'").c_str(),
+                 kUsage);
+    return 2;
+  }
+  if (config_path.empty()) {
+    std::fprintf(stderr, "hdtrain pretrain: error: missing required option --config\n%s", kUsage);
+    return 2;
+  }
+
+  // The config is checked on every rank before MPI starts: the same file gives the same answer
+  // everywhere, so every rank exits 2 without any collective, and rank 0 says why.
+  const parallel::LaunchInfo li = parallel::launch_info_from_env();
+  proto::RunConfig config;
+  try {
+    config = load_run_config(config_path, overrides, li.world_size);
+  } catch (const Error& e) {
+    if (li.rank == 0) std::fprintf(stderr, "hdtrain pretrain: error: %s\n", e.what());
+    return 2;
+  }
+  const std::string text = to_text(config);
+  if (print_only) {
+    if (li.rank == 0) std::fputs(text.c_str(), stdout);
+    return 0;
+  }
+
+  install_stop_signal_handlers();
+  std::shared_ptr<parallel::ProcessGroup> pg = parallel::make_mpi_group();
+  return parallel::run_or_abort(*pg, [&]() -> int {
+    if (pg->rank() == 0)
+      std::printf("hdtrain pretrain: run '%s', %d rank(s), config %s -> %s\n",
+                  config.name().c_str(), pg->world_size(), config_path.c_str(),
+                  config.run_dir().c_str());
+    prepare_run(config, text, *pg);
+    try {
+      TrainOutcome out = run_pretrain(config, text, pg);
+      if (pg->rank() == 0)
+        std::printf("hdtrain pretrain: %s at step %lld of %lld\n",
+                    out.stop_signal ? "stopped" : "done", static_cast<long long>(out.steps_done),
+                    static_cast<long long>(config.train().steps()));
+      std::fflush(stdout);
+      return 0;
+    } catch (const AgreedError& e) {
+      if (pg->rank() == 0) std::fprintf(stderr, "hdtrain pretrain: error: %s\n", e.what());
+      return 1;
+    }
+  });
+}
+
+}  // namespace
+
+HD_REGISTER_COMMAND(pretrain, "PS3 pre-training under mpirun (--config FILE [--set F=V ...])", run);
+
+}  // namespace hd::launcher

@@ -1,0 +1,340 @@
+// The pre-training loop (see trainer.h for why decisions are all-reduced and why it is
+// deterministic). Order of one step, every rank:
+//   lr <- schedule(step); for each micro-batch: next batch, forward, backward (gradient sync only
+//   on the last one); finish_backward; all-reduce [non-finite, stop signal, loss terms];
+//   non-finite anywhere -> zero gradients, count, maybe stop with an error; else clip, AdamW
+//   step, clamp logit_scale; report; checkpoint when due; stop when a signal was seen.
+#include "launcher/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+
+#include "autograd/error.h"
+#include "autograd/optimizer.h"
+#include "launcher/eval_report.h"
+#include "launcher/model_config.h"
+#include "launcher/signals.h"
+#include "monitoring/monitor.h"
+#include "ops/elementwise.h"
+#include "ops/factory.h"
+#include "parallel/checkpoint/train_state.h"
+#include "ps3/data/loader.h"
+#include "ps3/data/records.h"
+#include "ps3/data/sampler.h"
+#include "ps3/data/text.h"
+#include "ps3/parallelize.h"
+#include "ps3/pretrain.h"
+
+namespace hd::launcher {
+namespace {
+
+namespace fs = std::filesystem;
+using parallel::ckpt::ShardRef;
+using parallel::ckpt::TrainerState;
+using parallel::ckpt::training_shards;
+
+// "{rank}" in a path -> the rank number.
+std::string with_rank(std::string path, int rank) {
+  for (size_t at; (at = path.find("{rank}")) != std::string::npos;)
+    path.replace(at, 6, std::to_string(rank));
+  return path;
+}
+
+// The parameter shards alone (init_from: weights, no optimizer state).
+std::vector<ShardRef> parameter_shards(const parallel::FSDP& fsdp) {
+  std::vector<ShardRef> out;
+  for (const auto& unit : fsdp.units())
+    for (const auto& p : unit->params()) out.push_back({p.info, p.shard});
+  return out;
+}
+
+// The shard that holds logit_scale's one value on this rank (undefined on the others).
+Tensor logit_scale_shard(const parallel::FSDP& fsdp) {
+  for (const auto& unit : fsdp.units())
+    for (const auto& p : unit->params())
+      if (p.info.name == "logit_scale" && p.info.length > 0) return p.shard;
+  return Tensor();
+}
+
+// Per-step values all-reduced (sum) across ranks; flags are 0/1 per rank, so "> 0" is "any".
+enum Slot { kNonFinite, kStop, kLoss, kContrastive, kBcePrior, kBcePosterior, kGtShare, kSlots };
+
+}  // namespace
+
+TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_text,
+                          const std::shared_ptr<parallel::ProcessGroup>& pg) {
+  const int rank = pg->rank(), world = pg->world_size();
+  const auto& tc = c.train();
+  const fs::path ckpt_dir = fs::path(c.run_dir()) / "checkpoints";
+
+  // ---- data -------------------------------------------------------------------------------
+  data::BadInputLog bad_log(c.data().strict());
+  data::Dataset train_set = data::open_dataset(c.data().train_dir(), bad_log);
+  HD_CHECK(!train_set.records.empty(), "data.train_dir '", c.data().train_dir(),
+           "' holds no usable image/caption pairs");
+  const int64_t micro = tc.micro_batches();
+  const int64_t micro_global = tc.global_batch() / micro;  // one sampler batch = one micro-batch
+  std::vector<int64_t> boxes;
+  std::vector<bool> has_global;
+  for (const auto& r : train_set.records) {
+    boxes.push_back(int64_t(r.boxes.size()));
+    has_global.push_back(!r.global_text.empty());
+  }
+  data::Sampler sampler(boxes, has_global, micro_global, c.seed(), c.data().global_caption_prob());
+  HD_CHECK(sampler.batches_per_epoch() >= 1,
+           "train.global_batch / train.micro_batches = ", micro_global,
+           " is larger than the training set (", train_set.records.size(), " images in ",
+           c.data().train_dir(), "): a batch never repeats an image");
+
+  // ---- model, FSDP, optimizer --------------------------------------------------------------
+  data::Tokenizer probe_tok(c.data().tokenizer());
+  ps3::PS3Config mcfg = to_ps3_config(c.model(), probe_tok.vocab_size());
+  data::Tokenizer tokenizer(c.data().tokenizer(), mcfg.text.context);
+  ps3::PS3CLIP model(mcfg);
+  model.initialize(c.seed());  // identical on every rank (parameter streams keyed by name)
+  std::unique_ptr<parallel::FSDP> fsdp = ps3::shard_ps3(model, pg, parallel::FSDPOptions{});
+  AdamW opt(fsdp->param_groups(tc.weight_decay(), DecayRule{}),
+            {.lr = tc.lr(), .beta1 = tc.beta1(), .beta2 = tc.beta2(), .eps = tc.eps()});
+  WarmupCosine schedule{tc.lr(), tc.warmup_steps(), tc.steps(), tc.min_lr()};
+  Tensor logit_scale = logit_scale_shard(*fsdp);
+
+  // ---- resume / init_from ------------------------------------------------------------------
+  TrainerState state;
+  state.stage = "ps3_pretrain";
+  state.sampler_seed = c.seed();
+  state.rng_seed = c.seed();
+  state.micro_batches_per_step = micro;
+  if (auto latest = parallel::ckpt::latest_complete(ckpt_dir)) {
+    auto loaded = parallel::ckpt::load_training_checkpoint(*latest, training_shards(*fsdp, opt));
+    state = loaded.state;
+    HD_CHECK(state.micro_batches_per_step == micro, "checkpoint ", latest->string(),
+             " was written with train.micro_batches = ", state.micro_batches_per_step,
+             " but the config now says ", micro, ": the data position would not match");
+    opt.set_step_count(state.optimizer_step);
+    if (rank == 0)
+      std::printf("[resume] from %s: step %lld (saved on %d ranks)\n", latest->string().c_str(),
+                  static_cast<long long>(state.step), loaded.load.saved_world_size);
+  } else if (!c.checkpoint().init_from().empty()) {
+    fs::path from = c.checkpoint().init_from();
+    HD_CHECK(fs::exists(from / parallel::ckpt::kManifestName), "checkpoint.init_from '",
+             from.string(), "' is not a checkpoint step folder (no ", parallel::ckpt::kManifestName,
+             "; import HF weights with `hdtrain ckpt import`)");
+    auto r = parallel::ckpt::load_checkpoint(from, parameter_shards(*fsdp),
+                                             {.allow_missing = true, .allow_unexpected = true});
+    if (rank == 0)
+      std::printf("[init] parameters from %s (%zu missing, kept initialised; %zu unused)\n",
+                  from.string().c_str(), r.missing.size(), r.unexpected.size());
+  }
+  sampler.load_state({state.sampler_seed, state.sampler_epoch, state.sampler_batch});
+  const int64_t start_step = state.step;
+  HD_CHECK(start_step <= tc.steps(), "run_dir '", c.run_dir(), "' holds a checkpoint at step ",
+           start_step, " beyond train.steps = ", tc.steps());
+
+  data::LoaderOptions lo;
+  lo.image_size = mcfg.vision.image_size();
+  lo.low_res = mcfg.vision.low_res;
+  lo.selection_res = mcfg.vision.selection_res;
+  lo.threads = c.data().loader_threads();
+  lo.prefetch_batches = c.data().prefetch_batches();
+  lo.rank = rank;
+  lo.world = world;
+  lo.random_resized_crop = c.data().random_resized_crop();
+  lo.cache_bytes = c.data().cache_mb() << 20;
+
+  // ---- monitoring --------------------------------------------------------------------------
+  monitoring::MonitorConfig mc;
+  mc.labels = {.run = c.name(), .rank = rank, .stage = "pretrain"};
+  mc.info.world_size = world;
+  mc.info.local_rank = pg->local_rank();
+  mc.info.total_steps = tc.steps();
+  mc.info.loss_terms = {"total", "contrastive", "selection_bce_prior", "selection_bce_posterior"};
+  mc.serve = c.monitoring().serve();
+  mc.server.port_base = c.monitoring().port_base();
+  mc.jsonl_path = with_rank(c.monitoring().jsonl(), rank);
+  mc.progress = c.monitoring().progress();
+  monitoring::Monitor monitor(mc);
+
+  // ---- checkpoints -------------------------------------------------------------------------
+  parallel::ckpt::RetentionPolicy retention{c.checkpoint().keep_last(),
+                                            c.checkpoint().keep_every()};
+  std::unique_ptr<parallel::ckpt::AsyncCheckpointer> async_ckpt;
+  if (c.checkpoint().async())
+    async_ckpt = std::make_unique<parallel::ckpt::AsyncCheckpointer>(
+        parallel::make_mpi_group({.timeout_s = 3600}), retention);
+  auto save = [&](const TrainerState& st) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto shards = training_shards(*fsdp, opt);
+    int64_t bytes = 0;
+    for (const auto& s : shards) bytes += s.info.length * int64_t(sizeof(float));
+    if (async_ckpt) {
+      async_ckpt->save(ckpt_dir, st.step, shards, st, {.config_text = config_text});
+    } else {
+      parallel::ckpt::save_training_checkpoint(ckpt_dir, st.step, shards, st, *pg,
+                                               {.config_text = config_text});
+      if (rank == 0) parallel::ckpt::apply_retention(ckpt_dir, retention);
+    }
+    double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    monitor.metrics().on_checkpoint(bytes, sec, true);
+  };
+
+  // ---- the loop ----------------------------------------------------------------------------
+  ps3::PretrainOptions po;
+  po.look_close_steps = tc.look_close_steps();
+  po.gt_forcing = tc.gt_forcing();
+  po.pool_gt_only = tc.pool_gt_only();
+  po.prior_weight = tc.prior_weight();
+  po.posterior_weight = tc.posterior_weight();
+  std::vector<int64_t> poison(tc.debug_nonfinite_steps().begin(), tc.debug_nonfinite_steps().end());
+
+  TrainOutcome out;
+  out.steps_done = start_step;
+  {
+    data::Loader loader(train_set, sampler, &tokenizer, lo, bad_log);
+    for (int64_t step = start_step; step < tc.steps(); ++step) {
+      monitoring::StepTimer timer;
+      double lr = schedule.at(step);
+      opt.set_lr(lr);
+      double local[kSlots] = {};
+      int64_t samples = 0, tokens = 0, patches = 0;
+      data::SamplerState position;
+      for (int64_t m = 0; m < micro; ++m) {
+        fsdp->set_requires_gradient_sync(m == micro - 1);
+        data::Batch batch;
+        {
+          auto p = timer.phase(monitoring::Phase::data_wait);
+          batch = loader.next();
+        }
+        position = batch.state_after;
+        ps3::PretrainResult res;
+        Tensor loss;
+        {
+          auto p = timer.phase(monitoring::Phase::forward);
+          res = ps3::pretrain_forward(model, batch, po, pg.get());
+          loss = micro > 1 ? res.loss * (1.0 / double(micro)) : res.loss;
+          if (rank == 0 && std::find(poison.begin(), poison.end(), step) != poison.end())
+            loss = loss * std::numeric_limits<double>::quiet_NaN();
+        }
+        double lv = loss.item<float>();
+        if (!std::isfinite(lv)) local[kNonFinite] = 1;
+        local[kLoss] += lv;
+        local[kContrastive] += res.contrastive / double(micro);
+        local[kBcePrior] += res.bce_prior / double(micro);
+        local[kBcePosterior] += res.bce_posterior / double(micro);
+        local[kGtShare] += res.gt_patch_share / double(micro);
+        {
+          // Always run backward, even for a non-finite loss: FSDP's reduce-scatters inside it
+          // are collectives the other ranks are already waiting in.
+          auto p = timer.phase(monitoring::Phase::backward);
+          loss.backward();
+        }
+        samples += batch.batch_size();
+        patches += res.selected_patches +
+                   batch.batch_size() * mcfg.vision.low_grid() * mcfg.vision.low_grid();
+        if (batch.tokens.defined()) {
+          auto ids = batch.tokens.to_vector<int32_t>();
+          for (int32_t id : ids) tokens += id != tokenizer.pad_id();
+        }
+      }
+      double grad_norm = std::numeric_limits<double>::quiet_NaN();
+      bool skipped = false;
+      {
+        auto p = timer.phase(monitoring::Phase::communication);
+        fsdp->finish_backward();
+        local[kStop] = stop_signal_received() != 0 ? 1 : 0;
+        Tensor agreed = from_vector(std::vector<double>(local, local + kSlots), {kSlots});
+        pg->all_reduce(agreed, parallel::ReduceOp::sum).wait();
+        auto v = agreed.to_vector<double>();
+        std::copy(v.begin(), v.end(), local);
+      }
+      bool stop_requested = local[kStop] > 0;
+      {
+        auto p = timer.phase(monitoring::Phase::optimizer);
+        skipped = local[kNonFinite] > 0;
+        if (!skipped) {
+          grad_norm = fsdp->clip_grad_norm(
+              tc.grad_clip() > 0 ? tc.grad_clip() : std::numeric_limits<double>::infinity());
+          skipped = !std::isfinite(grad_norm);  // same on every rank (all-reduced norm)
+        }
+        if (!skipped) {
+          opt.step();
+          if (logit_scale.defined()) ps3::PS3CLIP::clamp_logit_scale(logit_scale);
+        }
+        opt.zero_grad();
+      }
+      if (skipped) {
+        ++state.nonfinite_skipped_total;
+        ++state.nonfinite_in_a_row;
+      } else {
+        state.nonfinite_in_a_row = 0;
+      }
+      state.step = step + 1;
+      state.optimizer_step = opt.step_count();
+      state.sampler_seed = position.seed;
+      state.sampler_epoch = position.epoch;
+      state.sampler_batch = position.batch;
+      state.rng_offset = uint64_t(state.step);
+      state.counters["samples_total"] += double(samples);
+
+      auto mean = [&](Slot s) { return local[s] / double(world); };
+      monitoring::StepReport report;
+      report.step = step;
+      report.samples = samples;
+      report.tokens = tokens;
+      report.patches = patches;
+      double total = skipped ? std::numeric_limits<double>::quiet_NaN() : mean(kLoss);
+      report.losses = {{"total", total},
+                       {"contrastive", mean(kContrastive)},
+                       {"selection_bce_prior", mean(kBcePrior)},
+                       {"selection_bce_posterior", mean(kBcePosterior)}};
+      report.learning_rate = lr;
+      report.grad_norm = grad_norm;
+      report.timing = timer.finish();
+      monitor.on_step(report);
+      out.steps_done = state.step;
+      out.nonfinite_skipped = state.nonfinite_skipped_total;
+
+      if (skipped && state.nonfinite_in_a_row >= tc.max_nonfinite_in_a_row()) {
+        if (async_ckpt) async_ckpt->wait();
+        throw AgreedError("non-finite loss in " + std::to_string(state.nonfinite_in_a_row) +
+                          " steps in a row (train.max_nonfinite_in_a_row = " +
+                          std::to_string(tc.max_nonfinite_in_a_row()) + "), last at step " +
+                          std::to_string(step) + "; the last good checkpoint is in " +
+                          ckpt_dir.string());
+      }
+      bool stop_here = stop_requested || (tc.stop_at_step() > 0 && state.step == tc.stop_at_step());
+      int64_t every = c.checkpoint().every_steps();
+      if ((every > 0 && state.step % every == 0) || state.step == tc.steps() || stop_here)
+        save(state);
+      if (stop_here) {
+        out.stop_signal = stop_requested ? std::max(stop_signal_received(), 1) : 0;
+        if (rank == 0) {
+          if (stop_requested)
+            std::printf(
+                "\n[stop] a stop signal reached a rank: checkpoint at step %lld in %s; "
+                "exiting (run again to resume)\n",
+                static_cast<long long>(state.step), ckpt_dir.string().c_str());
+          else
+            std::printf("\n[stop] train.stop_at_step = %lld reached: checkpoint written\n",
+                        static_cast<long long>(tc.stop_at_step()));
+        }
+        break;
+      }
+    }
+  }
+  if (async_ckpt) async_ckpt->wait();
+  monitor.finish();
+  if (rank == 0 && state.nonfinite_skipped_total > 0)
+    std::printf("[train] %lld step(s) skipped for a non-finite loss\n",
+                static_cast<long long>(state.nonfinite_skipped_total));
+
+  bool finished = out.steps_done == tc.steps() && out.stop_signal == 0;
+  if (finished && c.eval().at_end() && !c.data().eval_dir().empty())
+    evaluate_and_report(c, mcfg, *fsdp, tokenizer, *pg);
+  pg->barrier().wait();
+  return out;
+}
+
+}  // namespace hd::launcher

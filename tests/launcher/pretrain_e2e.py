@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""End-to-end tests of `mpirun -np 2 hdtrain pretrain` (run by CTest, one case per test).
+
+Everything is real: mpirun ranks, the synthetic dataset on disk, HDF5 checkpoints read back with
+h5dump, the JSON-lines metrics files and the /metrics endpoint. Cases:
+
+  data          synthesize the shared micro dataset + tokenizer (the fixture the others need)
+  determinism   two runs, same seed: identical per-step losses and identical final checkpoints
+  resume        stop at step 3 (train.stop_at_step), run again: the resumed run's losses and
+                final checkpoint equal the uninterrupted run's
+  signal        SIGTERM to rank 0 alone mid-run: every rank stops at the same step, a
+                checkpoint is written, mpirun exits 0, /metrics answered while it ran, and a
+                restart resumes from that checkpoint
+  nonfinite     a poisoned loss at step 2: skipped (null in the log), counted, training goes on
+  nonfinite_limit  poisoned steps 1 and 2 with max_nonfinite_in_a_row 2: a clear error, exit != 0
+  bad_config    typo in a --set, typo in a file (file:line:col), wrong world size, missing
+                dataset: exit code, message naming the thing, nothing written
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MICRO = os.path.join(HERE, "micro.textproto")
+
+
+def fail(msg):
+    print("FAIL: " + msg)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+    print("ok: " + msg)
+
+
+class Env:
+    def __init__(self, a):
+        self.hdtrain = a.hdtrain
+        self.mpirun = a.mpirun.split()
+        self.work = a.work
+        self.data = os.path.join(a.work, "data")
+
+    def cmd(self, run_dir, sets=(), np=2, config=MICRO):
+        c = self.mpirun + ["-np", str(np), self.hdtrain, "pretrain", "--config", config,
+                           "--set", "run_dir=" + run_dir, "--set", "data.dir=" + self.data]
+        for s in sets:
+            c += ["--set", s]
+        return c
+
+    def run(self, run_dir, sets=(), np=2, config=MICRO, expect_rc=0):
+        c = self.cmd(run_dir, sets, np, config)
+        print("$ " + " ".join(c), flush=True)
+        p = subprocess.run(c, capture_output=True, text=True, timeout=240)
+        sys.stdout.write(p.stdout[-3000:])
+        sys.stdout.write(p.stderr[-3000:])
+        if expect_rc is not None:
+            ok = p.returncode == 0 if expect_rc == 0 else p.returncode != 0
+            if not ok:
+                fail("exit code %d (expected %s) for %s" % (p.returncode, expect_rc, " ".join(c)))
+        return p
+
+
+def losses(run_dir, rank=0):
+    """step -> total loss (None for a skipped step) from the rank's JSON-lines file."""
+    out = {}
+    with open(os.path.join(run_dir, "metrics_rank%d.jsonl" % rank)) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "step" in rec and "loss" in rec:
+                out[rec["step"]] = rec["loss"]["total"]
+    return out
+
+
+def checkpoint_dump(step_dir):
+    """Every tensor of every rank's HDF5 file, printed with 9 significant digits (exact f32)."""
+    files = sorted(f for f in os.listdir(step_dir) if f.endswith(".h5"))
+    if not files:
+        fail("no rank files in " + step_dir)
+    text = ""
+    for f in files:
+        p = subprocess.run(["h5dump", "-m", "%.9g", os.path.join(step_dir, f)],
+                           capture_output=True, text=True, check=True)
+        text += p.stdout.split("\n", 1)[1]  # drop the HDF5 "file name" line
+    return text
+
+
+def step_dirs(run_dir):
+    d = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(d):
+        return []
+    return sorted(x for x in os.listdir(d)
+                  if x.startswith("step_") and os.path.exists(os.path.join(d, x, "manifest.pb")))
+
+
+def fresh(env, name):
+    d = os.path.join(env.work, name)
+    shutil.rmtree(d, ignore_errors=True)
+    return d
+
+
+def case_data(env):
+    shutil.rmtree(env.data, ignore_errors=True)
+    subprocess.run([env.hdtrain, "data", "synth", "--out", env.data, "--images", "16",
+                    "--eval-images", "4", "--resolution", "448", "--seed", "5"], check=True)
+    subprocess.run([env.hdtrain, "data", "tokenizer", "--data", env.data, "--vocab", "200"],
+                   check=True)
+    check(os.path.exists(os.path.join(env.data, "tokenizer.model")), "dataset and tokenizer ready")
+
+
+def case_determinism(env):
+    a, b = fresh(env, "det_a"), fresh(env, "det_b")
+    pa = env.run(a)
+    env.run(b)
+    la, lb = losses(a), losses(b)
+    check(sorted(la) == list(range(6)), "run A logged steps 0..5: %s" % la)
+    check(all(v is not None and v == v for v in la.values()), "every loss is finite")
+    check(la == lb, "same seed -> identical losses %s" % la)
+    check(losses(a, 1) == la, "rank 1 reports the same (cross-rank mean) losses")
+    check(step_dirs(a) == ["step_00000002", "step_00000004", "step_00000006"],
+          "checkpoints every 2 steps and at the end: %s" % step_dirs(a))
+    da = checkpoint_dump(os.path.join(a, "checkpoints", "step_00000006"))
+    db = checkpoint_dump(os.path.join(b, "checkpoints", "step_00000006"))
+    check(da == db and "GROUP \"exp_avg_sq\"" in da, "identical final checkpoints (params + moments)")
+    check("retrieval" in pa.stdout and "GT-box share" in pa.stdout,
+          "the held-out evaluation is printed at the end")
+    c = fresh(env, "det_c")
+    env.run(c, ["seed=4"])
+    check(losses(c) != la, "another seed gives other losses")
+
+
+def case_resume(env):
+    full, part = fresh(env, "res_full"), fresh(env, "res_part")
+    env.run(full)
+    p1 = env.run(part, ["train.stop_at_step=3"])
+    check("stop_at_step = 3 reached" in p1.stdout, "first run stops at step 3")
+    check(step_dirs(part)[-1] == "step_00000003", "checkpoint at step 3: %s" % step_dirs(part))
+    check(sorted(losses(part)) == [0, 1, 2], "first run logged steps 0..2")
+    p2 = env.run(part)
+    check("[resume] from" in p2.stdout and "step 3" in p2.stdout, "second run resumes at step 3")
+    lf, lp = losses(full), losses(part)
+    check(sorted(lp) == list(range(6)), "together the runs logged steps 0..5")
+    check(lf == lp, "resumed losses == uninterrupted losses: %s vs %s" % (lp, lf))
+    check(checkpoint_dump(os.path.join(full, "checkpoints", "step_00000006")) ==
+          checkpoint_dump(os.path.join(part, "checkpoints", "step_00000006")),
+          "resumed final checkpoint == uninterrupted final checkpoint")
+
+
+def free_port_base():
+    for base in range(19470, 29470, 10):
+        ok = True
+        for p in (base, base + 1):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+        if ok:
+            return base
+    fail("no free port pair")
+
+
+def rank_pids(mpirun_pid):
+    """{rank: pid} of mpirun's hdtrain children, from their environment."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != mpirun_pid:
+                continue
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            if b"OMPI_COMM_WORLD_RANK" in env:
+                out[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(pid)
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def case_signal(env):
+    d = fresh(env, "sig")
+    port = free_port_base()
+    c = env.cmd(d, ["train.steps=400", "checkpoint.every_steps=0", "monitoring.serve=true",
+                    "monitoring.port_base=%d" % port])
+    print("$ " + " ".join(c), flush=True)
+    p = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = os.path.join(d, "metrics_rank0.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if os.path.exists(log) and len(open(log).read().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    check(p.poll() is None, "run is training (2 steps logged)")
+    # Prometheus text from both ranks while the run trains.
+    for r in (0, 1):
+        body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (port + r), timeout=10).read()
+        check(b"hdtrain_steps_total" in body and (b'rank="%d"' % r) in body,
+              "rank %d serves /metrics with hdtrain_steps_total" % r)
+    pids = rank_pids(p.pid)
+    check(sorted(pids) == [0, 1], "found both rank processes: %s" % pids)
+    os.kill(pids[0], signal.SIGTERM)  # one rank only: the all-reduce makes both stop
+    out, _ = p.communicate(timeout=120)
+    sys.stdout.write(out[-3000:])
+    check(p.returncode == 0, "mpirun exits 0 after SIGTERM (rc %d)" % p.returncode)
+    dirs = step_dirs(d)
+    check(len(dirs) == 1, "exactly one checkpoint (the signal's): %s" % dirs)
+    step = int(dirs[0][5:])
+    check(0 < step < 400, "stopped early, at step %d" % step)
+    check("[stop] a stop signal" in out, "rank 0 reports the stop")
+    check(max(losses(d, 0)) == max(losses(d, 1)) == step - 1, "both ranks stopped after the same step")
+    p2 = env.run(d, ["train.steps=%d" % (step + 2), "eval.at_end=false"])
+    check("[resume] from" in p2.stdout and ("step %d" % step) in p2.stdout,
+          "a restart resumes from the signal's checkpoint")
+    check(max(losses(d)) == step + 1, "and trains steps %d..%d" % (step, step + 1))
+
+
+def case_nonfinite(env):
+    d = fresh(env, "nf")
+    p = env.run(d, ["train.debug_nonfinite_steps=2", "eval.at_end=false"])
+    l0 = losses(d)
+    check(sorted(l0) == list(range(6)), "all 6 steps ran")
+    check(l0[2] is None, "step 2 (poisoned) logged as non-finite (null)")
+    check(all(l0[s] is not None for s in (0, 1, 3, 4, 5)), "the other steps are finite")
+    check(losses(d, 1)[2] is None, "rank 1 (not poisoned) skipped step 2 too")
+    check("1 step(s) skipped for a non-finite loss" in p.stdout, "the skip is counted")
+    check(step_dirs(d)[-1] == "step_00000006", "training finished with its final checkpoint")
+
+
+def case_nonfinite_limit(env):
+    d = fresh(env, "nfl")
+    p = env.run(d, ["train.debug_nonfinite_steps=[1,2]", "train.max_nonfinite_in_a_row=2"],
+                expect_rc=1)
+    check("non-finite loss in 2 steps in a row (train.max_nonfinite_in_a_row = 2), last at step 2"
+          in p.stderr, "clear error after 2 non-finite steps in a row")
+    check(sorted(losses(d)) == [0, 1, 2], "stopped after step 2")
+
+
+def case_bad_config(env):
+    d = fresh(env, "bad")
+    p = env.run(d, ["train.stpes=3"], expect_rc=2)
+    check("--set train.stpes=3: unknown field 'stpes' in train (did you mean 'steps'?)" in p.stderr,
+          "override typo named")
+    check(not os.path.exists(d), "nothing written for a bad config")
+    bad = os.path.join(env.work, "bad.textproto")
+    with open(MICRO) as f:
+        text = f.read().replace("  lr: 1e-3\n", "  lr: 1e-3\n  stpes: 20\n")
+    with open(bad, "w") as f:
+        f.write(text)
+    line = text.splitlines().index("  stpes: 20") + 1
+    p = env.run(d, [], config=bad, expect_rc=2)
+    check("%s:%d:3: unknown field 'stpes' in train" % (bad, line) in p.stderr,
+          "file typo named with file:line:col")
+    p = env.run(d, ["train.global_batch=3"], expect_rc=2)
+    check("train.global_batch = 3 is not divisible by world size 2" in p.stderr,
+          "wrong world size named")
+    p = env.run(d, ["data.dir=" + os.path.join(env.work, "no_such_data")], expect_rc=1)
+    check("data.train_dir '%s/no_such_data/train' does not exist" % env.work in p.stdout + p.stderr,
+          "missing dataset named")
+    p = env.run(d, ["checkpoint.init_from=" + os.path.join(env.work, "nowhere")], expect_rc=1)
+    check("checkpoint.init_from" in p.stdout + p.stderr, "missing init_from named")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("case")
+    ap.add_argument("--hdtrain", required=True)
+    ap.add_argument("--mpirun", required=True)
+    ap.add_argument("--work", required=True)
+    a = ap.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    env = Env(a)
+    globals()["case_" + a.case](env)
+    print("PASS " + a.case)
+
+
+if __name__ == "__main__":
+    main()
