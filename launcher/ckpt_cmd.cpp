@@ -37,8 +37,12 @@ std::pair<std::string, std::vector<std::string>> split(const std::vector<std::st
 fs::path resolve_step(const fs::path& dir) {
   if (fs::exists(dir / ckpt::kManifestName) || dir.filename().string().rfind("step_", 0) == 0)
     return dir;
-  const auto latest = ckpt::latest_complete(dir);
-  HD_CHECK(latest.has_value(), "ckpt: no complete checkpoint in ", dir.string());
+  // A run folder (the trainer writes RUN/checkpoints/step_*) or a checkpoints folder.
+  auto latest = ckpt::latest_complete(dir);
+  if (!latest && fs::is_directory(dir / "checkpoints"))
+    latest = ckpt::latest_complete(dir / "checkpoints");
+  HD_CHECK(latest.has_value(), "ckpt: no complete checkpoint in ", dir.string(), " or ",
+           (dir / "checkpoints").string());
   return *latest;
 }
 

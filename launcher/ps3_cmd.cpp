@@ -1,0 +1,348 @@
+// hdtrain ps3 encode: one image through a trained PS3 vision model (and, with --prompt, the text
+// tower's top-down prompt), written to HDF5 for inspection and for comparison with other
+// implementations (e.g. the reference PyTorch code on released weights).
+//
+// Why the image goes through the same ps3/data calls as the loader (decode_image, the squash
+// resize with Pillow's antialiased bicubic to the largest scale, the non-antialiased views,
+// Batch::patches with the loader's default normalisation): a feature file is only comparable
+// with what training saw if the pixels are identical, so nothing here re-implements them.
+//
+// Why weights are loaded strictly: every parameter of the model built from the config must be in
+// the checkpoint with the same shape (a tensor the model does not use is ignored, e.g. AdamW
+// moments or extra HF entries), so a config that does not match the checkpoint fails naming the
+// tensor instead of encoding with half-initialised weights.
+//
+// Why object time tracking is off in the HDF5 file: HDF5 stamps object headers with the creation
+// time by default, which would make two encodings of the same input differ in bytes; without it
+// the output is a pure function of (config, weights, image, prompt) and byte-comparable.
+#include <hdf5.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "autograd/error.h"
+#include "autograd/node.h"
+#include "launcher/command.h"
+#include "launcher/config.h"
+#include "launcher/model_config.h"
+#include "ops/factory.h"
+#include "ops/shape.h"
+#include "parallel/checkpoint/checkpoint.h"
+#include "parallel/checkpoint/safetensors.h"
+#include "ps3/data/image.h"
+#include "ps3/data/loader.h"
+#include "ps3/data/resize.h"
+#include "ps3/data/text.h"
+#include "ps3/pretrain.h"
+#include "ps3/text_tower.h"
+
+namespace hd::launcher {
+namespace {
+
+namespace fs = std::filesystem;
+namespace ckpt = hd::parallel::ckpt;
+
+constexpr const char* kUsage =
+    "usage: hdtrain ps3 encode --config FILE.textproto [--set FIELD=VALUE ...]\n"
+    "                          --checkpoint PATH --image FILE [--prompt TEXT]\n"
+    "                          [--look-close N] --out FILE.h5\n"
+    "  Runs one image through the PS3 model of the config (one process, no mpirun) and writes\n"
+    "  its features to HDF5:\n"
+    "    /low_res_tokens [T, W]   /low_res_pooled [W]   (T = (low_res / 14)^2, 729 at 378)\n"
+    "    /high_res_tokens [M, W]  /high_res_positions [M] (int64, ascending; index into the\n"
+    "        flattened scale grids, scale 0 row-major first)   /high_res_pooled [W]\n"
+    "    /prior_probs/scale_<s> [g, g]  /posterior_probs/scale_<s> (with --prompt)\n"
+    "    /selection_maps/scale_<s> [g, g] (0/1, sums to M over the scales)\n"
+    "    attributes: config, checkpoint, image, prompt, scales, grids, look_close_steps, ...\n"
+    "  --config, --set  the run configuration (model shape, data.tokenizer), as for pretrain\n"
+    "  --checkpoint     a checkpoint step folder, a run folder (its newest complete\n"
+    "                   checkpoint) or a .safetensors file (e.g. an HF PS3 model.safetensors)\n"
+    "  --image          a JPEG or PNG; squash-resized to the largest scale like training does\n"
+    "  --prompt         caption for top-down selection (text tower + prompt head); without\n"
+    "                   it selection is bottom-up only\n"
+    "  --look-close N   look-close steps (default: the config's eval.look_close_steps)\n";
+
+// Owns one HDF5 id and closes it.
+struct H5 {
+  hid_t id;
+  herr_t (*close)(hid_t);
+  H5(hid_t i, herr_t (*c)(hid_t), const std::string& what) : id(i), close(c) {
+    HD_CHECK(id >= 0, "ps3 encode: HDF5 could not ", what);
+  }
+  ~H5() { close(id); }
+  H5(const H5&) = delete;
+  H5& operator=(const H5&) = delete;
+  operator hid_t() const { return id; }
+};
+
+// --checkpoint PATH -> what to load and its kind.
+struct WeightsSource {
+  fs::path path;
+  bool safetensors = false;
+};
+
+WeightsSource resolve_checkpoint(const fs::path& p) {
+  HD_CHECK(fs::exists(p), "--checkpoint '", p.string(), "' does not exist");
+  if (fs::is_regular_file(p)) {
+    HD_CHECK(p.extension() == ".safetensors", "--checkpoint '", p.string(),
+             "' is a file but not a .safetensors file (or pass a checkpoint step/run folder)");
+    return {p, true};
+  }
+  if (fs::exists(p / ckpt::kManifestName)) return {p, false};
+  for (const fs::path& dir : {p / "checkpoints", p})
+    if (fs::is_directory(dir))
+      if (auto latest = ckpt::latest_complete(dir)) return {*latest, false};
+  throw Error("--checkpoint '" + p.string() + "' holds no complete checkpoint (no " +
+              ckpt::kManifestName + " in it, in its step_* folders or in checkpoints/step_*)");
+}
+
+// Every parameter of `model` from the source, by name; throws naming the tensor at fault.
+void load_weights(ps3::PS3CLIP& model, const WeightsSource& src) {
+  auto params = model.named_parameters();
+  if (!src.safetensors) {
+    std::vector<ckpt::ShardRef> refs;
+    for (auto& [name, p] : params)
+      refs.push_back({parallel::make_shard_info(name, p.shape(), 0, 1), p});
+    ckpt::load_checkpoint(src.path, refs, {.allow_missing = false, .allow_unexpected = true});
+    return;
+  }
+  ckpt::safetensors::Reader reader(src.path);
+  std::set<std::string> names;
+  for (const auto& e : reader.entries()) names.insert(e.name);
+  std::vector<std::string> missing;
+  for (auto& [name, p] : params)
+    if (!names.count(name)) missing.push_back(name);
+  if (!missing.empty()) {
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 8; ++i) list += (i ? ", " : "") + missing[i];
+    throw Error(detail::concat("--checkpoint ", src.path.string(), ": ", missing.size(),
+                               " parameter(s) of the model are not in the file: ", list,
+                               missing.size() > 8 ? ", ..." : ""));
+  }
+  for (auto& [name, p] : params) {
+    const auto& e = reader.entry(name);
+    HD_CHECK(e.shape == p.shape(), "--checkpoint ", src.path.string(), ": tensor '", name,
+             "' has shape ", shape_str(e.shape), " but the model of the config expects ",
+             shape_str(p.shape()));
+    Tensor t = reader.read_f32(name);
+    std::memcpy(p.data<float>(), t.data<float>(), size_t(p.numel()) * sizeof(float));
+  }
+}
+
+// HDF5 writer of the output file (the datasets of kUsage).
+class Out {
+ public:
+  explicit Out(const fs::path& path)
+      : path_(path),
+        file_(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose,
+              "create " + path.string()),
+        dcpl_(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, "make a property list"),
+        gcpl_(H5Pcreate(H5P_GROUP_CREATE), H5Pclose, "make a property list") {
+    H5Pset_obj_track_times(dcpl_, false);  // byte-identical output (see the note at the top)
+    H5Pset_obj_track_times(gcpl_, false);
+  }
+  void group(const std::string& name) {
+    H5 g(H5Gcreate2(file_, name.c_str(), H5P_DEFAULT, gcpl_, H5P_DEFAULT), H5Gclose,
+         "create group " + name + " in " + path_.string());
+  }
+  // `t` is written in logical order with its own shape (f32 or i64).
+  void dataset(const std::string& name, const Tensor& t) {
+    std::vector<hsize_t> dims(t.shape().begin(), t.shape().end());
+    H5 space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose,
+             "make a dataspace for " + name);
+    const bool i64 = t.dtype() == DType::i64;
+    H5 ds(H5Dcreate2(file_, name.c_str(), i64 ? H5T_STD_I64LE : H5T_IEEE_F32LE, space, H5P_DEFAULT,
+                     dcpl_, H5P_DEFAULT),
+          H5Dclose, "create dataset " + name + " in " + path_.string());
+    herr_t rc = i64 ? H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                               t.to_vector<int64_t>().data())
+                    : H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                               t.to_vector<float>().data());
+    HD_CHECK(rc >= 0, "ps3 encode: HDF5 could not write ", name, " to ", path_.string());
+  }
+  void attr(const std::string& name, const std::string& value) {
+    H5 type(H5Tcopy(H5T_C_S1), H5Tclose, "make a string type");
+    H5Tset_size(type, value.size() + 1);  // NUL-terminated
+    H5 space(H5Screate(H5S_SCALAR), H5Sclose, "make a dataspace");
+    H5 a(H5Acreate2(file_, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+         "create attribute " + name);
+    HD_CHECK(H5Awrite(a, type, value.c_str()) >= 0, "ps3 encode: HDF5 could not write attribute ",
+             name);
+  }
+  void attr(const std::string& name, const std::vector<int64_t>& values) {
+    hsize_t n = values.size();
+    H5 space(H5Screate_simple(1, &n, nullptr), H5Sclose, "make a dataspace");
+    H5 a(H5Acreate2(file_, name.c_str(), H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+         "create attribute " + name);
+    HD_CHECK(H5Awrite(a, H5T_NATIVE_INT64, values.data()) >= 0,
+             "ps3 encode: HDF5 could not write attribute ", name);
+  }
+  void finish() {
+    HD_CHECK(H5Fflush(file_, H5F_SCOPE_GLOBAL) >= 0, "ps3 encode: could not flush ",
+             path_.string());
+  }
+
+ private:
+  fs::path path_;
+  H5 file_, dcpl_, gcpl_;
+};
+
+int encode(const std::vector<std::string>& args) {
+  std::string config_path;
+  std::vector<std::string> overrides, rest;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--help" || args[i] == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if ((args[i] == "--set" || args[i] == "--config") && i + 1 < args.size()) {
+      (args[i] == "--config" ? config_path : overrides.emplace_back()) = args[i + 1];
+      ++i;
+    } else {
+      rest.push_back(args[i]);
+    }
+  }
+  Args a(rest, {"checkpoint", "image", "prompt", "look-close", "out"}, {});
+  HD_CHECK(!config_path.empty(),
+           "missing required option --config (see hdtrain ps3 encode --help)");
+  const fs::path out_path = a.require("out"), image_path = a.require("image");
+  const std::string prompt = a.get("prompt", "");
+  const bool has_prompt = !prompt.empty();
+
+  proto::RunConfig config;
+  try {
+    config = load_run_config(config_path, overrides, 0);  // no world size: one process
+  } catch (const Error& e) {
+    std::fprintf(stderr, "hdtrain ps3 encode: error: %s\n", e.what());
+    return 2;
+  }
+  const int64_t look_close = a.get_int("look-close", config.eval().look_close_steps());
+  HD_CHECK(look_close >= 1, "--look-close ", look_close, " must be >= 1");
+
+  // Model shape from the config; the demo preset sizes its vocabulary from the tokenizer.
+  const std::string tok_path = config.data().tokenizer();
+  const bool need_tok =
+      has_prompt || (config.model().preset() == "demo" && !config.model().text().has_vocab());
+  std::unique_ptr<data::Tokenizer> tok;
+  if (need_tok || fs::exists(tok_path)) {
+    HD_CHECK(fs::exists(tok_path), "data.tokenizer '", tok_path, "' does not exist (needed ",
+             has_prompt ? "to tokenize --prompt" : "for the demo preset's vocabulary size",
+             "; set data.dir or data.tokenizer to the run's)");
+    tok = std::make_unique<data::Tokenizer>(tok_path);
+  }
+  ps3::PS3Config mcfg = to_ps3_config(config.model(), tok ? tok->vocab_size() : 0);
+  const auto& vc = mcfg.vision;
+
+  const WeightsSource src = resolve_checkpoint(a.require("checkpoint"));
+  ps3::PS3CLIP model(mcfg);
+  load_weights(model, src);
+  NoGradGuard no_grad;
+
+  // The image, prepared as data::Loader prepares a training sample (no crop, no boxes).
+  HD_CHECK(fs::is_regular_file(image_path), "--image '", image_path.string(), "' does not exist");
+  data::Image img = data::decode_image(data::read_file(image_path), image_path.string());
+  const std::vector<int64_t> source_hw = {img.height, img.width};
+  const int64_t S = vc.image_size(), L = vc.low_res, R = vc.selection_res;
+  data::Batch b;
+  b.size = S;
+  b.norm = data::LoaderOptions{}.norm;
+  b.images.push_back(std::make_shared<const data::Image>(
+      img.height == S && img.width == S
+          ? std::move(img)
+          : data::resize_aa_bicubic(img, 0, 0, img.height, img.width, S, S)));
+  b.image_ids = {0};
+  b.is_global = {true};
+  b.boxes = {{}};
+  b.low_res = Tensor::empty({1, 3, L, L});
+  data::resample_region(*b.images[0], L, L, 0, L, 0, L, b.norm, b.low_res.data<float>());
+  if (R > 0) {
+    b.selection = Tensor::empty({1, 3, R, R});
+    data::resample_region(*b.images[0], R, R, 0, R, 0, R, b.norm, b.selection.data<float>());
+  }
+
+  ps3::VisionInputs in;
+  in.low_res = b.low_res;
+  in.selection = b.selection;
+  in.patches = [&b](int64_t row, int64_t scale, const std::vector<int64_t>& idx) {
+    return b.patches(row, scale, idx);
+  };
+  in.look_close_steps = look_close;
+  std::string processed_prompt;
+  if (has_prompt) {
+    data::Tokenizer t(tok_path, mcfg.text.context);
+    processed_prompt = data::process_caption(prompt, false, 0);  // as the evaluation does
+    Tensor tokens = from_vector<int32_t>(t.encode(processed_prompt), {1, mcfg.text.context});
+    in.prompt = model.text().forward(tokens).prompt;
+  }
+  ps3::VisionOutputs v = model.vision().forward(in);
+
+  // Write under a temporary name: a failed encode never leaves a file that looks complete.
+  if (out_path.has_parent_path()) fs::create_directories(out_path.parent_path());
+  const fs::path tmp = out_path.string() + ".partial";
+  {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // our messages instead of HDF5's stack
+    Out o(tmp);
+    o.dataset("/low_res_tokens", select(v.low_res_tokens, 0, 0));
+    o.dataset("/low_res_pooled", select(v.low_res_pooled, 0, 0));
+    o.dataset("/high_res_tokens", select(v.high_res_tokens, 0, 0));
+    o.dataset("/high_res_positions", select(v.high_res_positions, 0, 0));
+    o.dataset("/high_res_pooled", select(v.high_res_pooled, 0, 0));
+    std::vector<int64_t> grids;
+    for (const char* g : {"/prior_probs", "/posterior_probs", "/selection_maps"})
+      if (std::string(g) != "/posterior_probs" || !v.posterior_probs.empty()) o.group(g);
+    for (size_t s = 0; s < vc.scales.size(); ++s) {
+      const std::string name = "/scale_" + std::to_string(vc.scales[s]);
+      grids.push_back(vc.grid(s));
+      o.dataset("/prior_probs" + name, select(v.prior_probs[s], 0, 0));
+      if (!v.posterior_probs.empty())
+        o.dataset("/posterior_probs" + name, select(v.posterior_probs[s], 0, 0));
+      o.dataset("/selection_maps" + name, select(v.selection_maps[s], 0, 0));
+    }
+    o.attr("config", config.name());
+    o.attr("config_file", config_path);
+    o.attr("checkpoint", fs::absolute(src.path).lexically_normal().string());
+    o.attr("checkpoint_format", src.safetensors ? "safetensors" : "hdtrain");
+    o.attr("image", image_path.string());
+    o.attr("image_source_hw", source_hw);
+    o.attr("image_size", std::vector<int64_t>{S});
+    o.attr("low_res", std::vector<int64_t>{L});
+    o.attr("prompt", processed_prompt);
+    o.attr("scales", vc.scales);
+    o.attr("grids", grids);
+    o.attr("look_close_steps", std::vector<int64_t>{look_close});
+    o.attr("max_select", std::vector<int64_t>{vc.max_select});
+    o.attr("hdtrain_version", HD_VERSION);
+    o.finish();
+  }
+  fs::rename(tmp, out_path);
+  const int64_t m = v.high_res_positions.size(1);
+  std::printf("hdtrain ps3 encode: %s -> %s (%lld low-res tokens, %lld high-res tokens over scales",
+              image_path.c_str(), out_path.c_str(),
+              static_cast<long long>(v.low_res_tokens.size(1)), static_cast<long long>(m));
+  for (int64_t s : vc.scales) std::printf(" %lld", static_cast<long long>(s));
+  std::printf("%s; weights %s)\n", has_prompt ? ", top-down prompt" : ", bottom-up",
+              src.path.c_str());
+  return 0;
+}
+
+int run(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+    std::fputs(kUsage, stdout);
+    return args.empty() ? 2 : 0;
+  }
+  if (args[0] == "encode") return encode({args.begin() + 1, args.end()});
+  std::fprintf(stderr, "hdtrain ps3: unknown subcommand '%s'\n%s", args[0].c_str(), kUsage);
+  return 2;
+}
+
+}  // namespace
+
+HD_REGISTER_COMMAND(ps3, "encode: one image through a PS3 checkpoint -> features in HDF5", run);
+
+}  // namespace hd::launcher
