@@ -5,6 +5,9 @@
 #include <string>
 
 #include "autograd/error.h"
+#ifdef HD_HAVE_CUDA
+#include "ops/cuda/runtime.h"
+#endif
 
 namespace hd {
 
@@ -91,9 +94,14 @@ void CpuAllocator::empty_cache() {
 
 Allocator& allocator_for(Device device) {
   static CpuAllocator cpu;
-  HD_CHECK(device.is_cpu(), "allocator_for: no allocator registered for device ", device.str(),
-           " (this build has no CUDA backend, or it is not initialised)");
-  return cpu;
+  if (device.is_cpu()) return cpu;
+#ifdef HD_HAVE_CUDA
+  // Throws "no CUDA device for cuda:N (<probe reason>)" on a machine without a GPU.
+  return cuda::device_allocator(device.index);
+#else
+  throw Error(detail::concat("allocator_for: no allocator for ", device.str(),
+                             " (this build has no CUDA backend: configured with HD_CUDA=OFF)"));
+#endif
 }
 
 }  // namespace hd

@@ -5,6 +5,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/adamw.h"
+#include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
@@ -71,7 +72,8 @@ void AdamW::step() {
       cpu::AdamWStep s{options_.lr, options_.beta1, options_.beta2, options_.eps,
                        g.weight_decay, step_};
       dispatch(p, "adamw_step",
-               [&] { cpu::adamw_step(p, grad, exp_avg_[gi][i], exp_avg_sq_[gi][i], s); });
+               [&] { cpu::adamw_step(p, grad, exp_avg_[gi][i], exp_avg_sq_[gi][i], s); },
+           HD_CUDA_KERNEL(cuda::adamw_step(p, grad, exp_avg_[gi][i], exp_avg_sq_[gi][i], s)));
       p.bump_version();
     }
   }

@@ -4,6 +4,9 @@
 
 #include "autograd/engine.h"
 #include "autograd/node.h"
+#ifdef HD_HAVE_CUDA
+#include "ops/cuda/runtime.h"
+#endif
 
 namespace hd {
 
@@ -66,8 +69,22 @@ std::string Tensor::str() const {
 
 template <class T>
 std::vector<T> Tensor::to_vector() const {
-  HD_CHECK(device().is_cpu(), "Tensor::to_vector: tensor is on ", device().str(),
-           "; copy it to the CPU first");
+  if (!device().is_cpu()) {
+#ifdef HD_HAVE_CUDA
+    // Copy the whole storage to the host (synchronizing) and read it through the same view.
+    auto host = std::make_shared<Storage>(storage()->nbytes(), Device::cpu());
+    cuda::copy_device_to_host(host->data(), storage()->data(), storage()->nbytes(), device().index);
+    auto impl = std::make_shared<TensorImpl>();
+    impl->storage = host;
+    impl->shape = shape();
+    impl->strides = strides();
+    impl->offset = offset();
+    impl->dtype = dtype();
+    return Tensor(impl).to_vector<T>();
+#else
+    throw Error(detail::concat("Tensor::to_vector: tensor is on ", device().str()));
+#endif
+  }
   std::vector<T> out;
   out.reserve(size_t(numel()));
   visit_dtype(dtype(), "to_vector", [&]<class S>() {

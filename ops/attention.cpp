@@ -5,7 +5,12 @@
 #include "autograd/node.h"
 #include "ops/cpu/attention.h"
 #include "ops/dispatch.h"
+#include "ops/elementwise.h"
+#include "ops/factory.h"
+#include "ops/linalg.h"
+#include "ops/reduce.h"
 #include "ops/shape.h"
+#include "ops/softmax.h"
 
 namespace hd {
 namespace {
@@ -33,7 +38,9 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Atten
   check_same_device(kOp, {&q, &k, &v, &o.prefix_k, &o.prefix_v, &o.key_mask});
   check_same_dtype(kOp, q, k);
   check_same_dtype(kOp, q, v);
-  HD_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64, kOp,
+  // bf16/f16 only on CUDA (the composed path below computes them in cuBLAS/f32 kernels).
+  const bool half = q.dtype() == DType::bf16 || q.dtype() == DType::f16;
+  HD_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64 || (half && !q.device().is_cpu()), kOp,
            ": expected f32 or f64 tensors, got ", q.str());
   const int64_t B = q.size(0), H = q.size(1), Dh = q.size(3), Nk = k.size(2), Dv = v.size(3);
   HD_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == Dh, kOp, ": q ", q.shape(), " and k ",
@@ -102,9 +109,45 @@ struct AttentionBackward final : Node {
   }
 };
 
+// CUDA tensors: attention composed from differentiable ops (cuBLAS matmuls, the softmax
+// kernel, where). Same semantics as the CPU kernel (prefix always visible, causal on own keys
+// j <= i, masked keys ignored, a query with no visible key gets zeros and zero gradients), but
+// it materialises the [B, H, Nq, Np + Nk] scores: the fused flash kernel for CUDA is still to do
+// (docs/cuda.md). Masked scores are set to a large finite negative value rather than -inf, so a
+// fully masked row is a finite uniform softmax that the row mask then zeroes (no NaN anywhere,
+// also not in the backward).
+}  // namespace
+
+namespace detail {
+Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
+  const int64_t Nq = q.size(2), Nk = k.size(2);
+  const int64_t Np = o.prefix_k.defined() ? o.prefix_k.size(2) : 0, Nt = Np + Nk;
+  Tensor keys = Np > 0 ? cat({o.prefix_k, k}, 2) : k;
+  Tensor values = Np > 0 ? cat({o.prefix_v, v}, 2) : v;
+  const double scale = o.scale != 0 ? o.scale : 1.0 / std::sqrt(double(q.size(3)));
+  Tensor scores = mul(matmul(q, transpose(keys, -1, -2)), scale);  // [B, H, Nq, Nt]
+  Tensor visible;                                                  // bool, broadcastable
+  if (o.key_mask.defined()) visible = reshape(o.key_mask, {o.key_mask.size(0), 1, 1, Nt});
+  if (o.causal) {
+    std::vector<int32_t> c(size_t(Nq * Nt));
+    for (int64_t i = 0; i < Nq; ++i)
+      for (int64_t j = 0; j < Nt; ++j) c[size_t(i * Nt + j)] = j < Np || (j - Np) <= i;
+    Tensor causal = from_vector<int32_t>(c, {1, 1, Nq, Nt}, DType::boolean, q.device());
+    visible = visible.defined() ? logical_and(visible, causal) : causal;
+  }
+  if (!visible.defined()) return matmul(softmax(scores, -1), values);
+  Tensor p = softmax(where(visible, scores, -1e30), -1);
+  Tensor row_has_key = gt(sum(to(visible, DType::i32), {-1}, true), 0.0);
+  return matmul(where(row_has_key, p, 0.0), values);
+}
+}  // namespace detail
+
+namespace {
+
 Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o,
                       const cpu::AttentionBlocks& blocks) {
   check_inputs(q, k, v, o);
+  if (!q.device().is_cpu()) return detail::attention_composed(q, k, v, o);
   cpu::AttentionArgs a;
   a.q = kernel_ready(q.detach());
   a.k = kernel_ready(k.detach());

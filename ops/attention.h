@@ -33,4 +33,10 @@ Tensor scaled_dot_product_attention_tiled(const Tensor& q, const Tensor& k, cons
                                           const AttentionOptions& options, int64_t q_block,
                                           int64_t k_block, int split = -1);
 
+// The CUDA path (until a fused kernel exists): attention composed from matmul, softmax and
+// where, differentiable through them. Runs on any device; exposed so the CPU tests can check
+// it against the CPU flash kernel on machines without a GPU.
+Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v,
+                          const AttentionOptions& options);
+
 }  // namespace hd::detail

@@ -9,6 +9,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/conv.h"
+#include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/linalg.h"
@@ -127,7 +128,8 @@ Tensor unfold2d(const Tensor& x, int64_t kh, int64_t kw, int64_t stride, int64_t
   cpu::Conv2dGeometry g = geometry("unfold2d", x.shape(), kh, kw, stride, padding);
   Tensor xc = contiguous(x.detach());
   Tensor cols = Tensor::empty({g.batch, g.channels * kh * kw, g.oh * g.ow}, x.dtype(), x.device());
-  dispatch(x, "unfold2d", [&] { cpu::im2col(xc, g, cols); });
+  dispatch(x, "unfold2d", [&] { cpu::im2col(xc, g, cols); },
+           HD_CUDA_KERNEL(cuda::im2col(xc, g, cols)));
   if (auto node = make_grad_node<UnfoldBackward>({&x})) {
     node->in_shape = x.shape();
     node->kh = kh;
@@ -147,7 +149,8 @@ Tensor fold2d(const Tensor& cols, const Shape& input_shape, int64_t kh, int64_t 
            " for input ", input_shape);
   Tensor cc = contiguous(cols.detach());
   Tensor out = Tensor::empty(input_shape, cols.dtype(), cols.device());
-  dispatch(cols, "fold2d", [&] { cpu::col2im(cc, g, out); });
+  dispatch(cols, "fold2d", [&] { cpu::col2im(cc, g, out); },
+           HD_CUDA_KERNEL(cuda::col2im(cc, g, out)));
   return out;
 }
 
@@ -160,7 +163,8 @@ Tensor depthwise_conv2d_forward(const Tensor& x, const Tensor& weight, int64_t s
   check_same_dtype("depthwise_conv2d", x, weight);
   Tensor xc = contiguous(x.detach()), wc = contiguous(weight.detach());
   Tensor out = Tensor::empty({g.batch, g.channels, g.oh, g.ow}, x.dtype(), x.device());
-  dispatch(x, "depthwise_conv2d", [&] { cpu::depthwise_forward(xc, wc, g, out); });
+  dispatch(x, "depthwise_conv2d", [&] { cpu::depthwise_forward(xc, wc, g, out); },
+           HD_CUDA_KERNEL(cuda::depthwise_forward(xc, wc, g, out)));
   return out;
 }
 
@@ -174,7 +178,8 @@ Tensor depthwise_conv2d_backward_input(const Tensor& grad_out, const Tensor& wei
   Tensor gc = contiguous(grad_out.detach()), wc = contiguous(weight.detach());
   Tensor gx = Tensor::empty(input_shape, grad_out.dtype(), grad_out.device());
   dispatch(grad_out, "depthwise_conv2d_backward_input",
-           [&] { cpu::depthwise_backward_input(gc, wc, g, gx); });
+           [&] { cpu::depthwise_backward_input(gc, wc, g, gx); },
+           HD_CUDA_KERNEL(cuda::depthwise_backward_input(gc, wc, g, gx)));
   return gx;
 }
 
@@ -191,7 +196,8 @@ Tensor depthwise_conv2d_backward_weight(const Tensor& grad_out, const Tensor& x,
   Tensor gc = contiguous(grad_out.detach()), xc = contiguous(x.detach());
   Tensor gw = Tensor::empty(weight_shape, grad_out.dtype(), grad_out.device());
   dispatch(grad_out, "depthwise_conv2d_backward_weight",
-           [&] { cpu::depthwise_backward_weight(gc, xc, g, gw); });
+           [&] { cpu::depthwise_backward_weight(gc, xc, g, gw); },
+           HD_CUDA_KERNEL(cuda::depthwise_backward_weight(gc, xc, g, gw)));
   return gw;
 }
 

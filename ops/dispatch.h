@@ -1,16 +1,39 @@
 // Device dispatch for ops. Each op's frontend (ops/<family>.cpp) checks its inputs, allocates
 // outputs, then calls the kernel of the device its tensors live on:
 //
-//   dispatch(x, "softmax", [&] { cpu::softmax(x, dim, out); });
+//   dispatch(x, "softmax", [&] { cpu::softmax(x, dim, out); },
+//            HD_CUDA_KERNEL(cuda::softmax(x, dim, out)));
 //
-// The CUDA issue adds a second lambda per op; until then a CUDA tensor reaching an op without a
-// CUDA kernel gets an error that names the op, never a silent CPU fallback.
+// HD_CUDA_KERNEL expands to a lambda in CUDA builds and to a throwing stub otherwise, so the
+// frontends compile unchanged with HD_CUDA=OFF (where no CUDA tensor can exist: the allocator
+// refuses them). An op called with only the CPU lambda has no CUDA kernel: a CUDA tensor
+// reaching it gets an error that names the op, never a silent CPU fallback.
 #pragma once
 
 #include "autograd/error.h"
 #include "autograd/tensor.h"
 
 namespace hd {
+
+#ifdef HD_HAVE_CUDA
+#define HD_CUDA_KERNEL(...) [&] { __VA_ARGS__; }
+#else
+#define HD_CUDA_KERNEL(...) \
+  [] { throw ::hd::Error("this build has no CUDA backend (configured with HD_CUDA=OFF)"); }
+#endif
+
+template <class CpuFn, class CudaFn>
+void dispatch(const Tensor& t, const char* op, CpuFn&& cpu, CudaFn&& cuda) {
+  switch (t.device().type) {
+    case DeviceType::cpu:
+      cpu();
+      return;
+    case DeviceType::cuda:
+      cuda();
+      return;
+  }
+  throw Error(detail::concat(op, ": unknown device type"));
+}
 
 template <class CpuFn>
 void dispatch(const Tensor& t, const char* op, CpuFn&& cpu) {

@@ -4,6 +4,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/elementwise.h"
+#include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/factory.h"
 #include "ops/reduce.h"
@@ -229,7 +230,8 @@ Tensor unary_op(UnaryOp op, const Tensor& x, UnaryParams p) {
   HD_CHECK(!is_float_only(op) || is_floating(x.dtype()), unary_name(op),
            ": expects a floating-point tensor, got ", x.str());
   Tensor out = Tensor::empty(x.shape(), produces_bool(op) ? DType::boolean : x.dtype(), x.device());
-  dispatch(x, unary_name(op), [&] { cpu::unary(op, x, out, p); });
+  dispatch(x, unary_name(op), [&] { cpu::unary(op, x, out, p); },
+           HD_CUDA_KERNEL(cuda::unary(op, x, out, p)));
   return out;
 }
 
@@ -239,7 +241,8 @@ Tensor binary_op(BinaryOp op, const Tensor& a, const Tensor& b) {
   check_same_dtype(name, a, b);
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = Tensor::empty(shape, produces_bool(op) ? DType::boolean : a.dtype(), a.device());
-  dispatch(a, name, [&] { cpu::binary(op, a, b, out); });
+  dispatch(a, name, [&] { cpu::binary(op, a, b, out); },
+           HD_CUDA_KERNEL(cuda::binary(op, a, b, out)));
   return out;
 }
 
@@ -290,7 +293,8 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(),
                                  "where");
   Tensor out = Tensor::empty(shape, a.dtype(), a.device());
-  dispatch(a, "where", [&] { cpu::where(cond, a, b, out); });
+  dispatch(a, "where", [&] { cpu::where(cond, a, b, out); },
+           HD_CUDA_KERNEL(cuda::where(cond, a, b, out)));
   if (auto node = make_grad_node<WhereBackward>({&a, &b})) {
     node->cond = SavedTensor(cond);
     node->a_shape = a.shape();
@@ -357,33 +361,38 @@ Tensor logical_not(const Tensor& x) { return unary_op(UnaryOp::logical_not, x); 
 Tensor& add_(Tensor& a, const Tensor& b) {
   check_inplace("add_", a);
   check_same_dtype("add_", a, b);
-  dispatch(a, "add_", [&] { cpu::binary(BinaryOp::add, a, b, a); });
+  dispatch(a, "add_", [&] { cpu::binary(BinaryOp::add, a, b, a); },
+           HD_CUDA_KERNEL(cuda::binary(BinaryOp::add, a, b, a)));
   a.bump_version();
   return a;
 }
 Tensor& sub_(Tensor& a, const Tensor& b) {
   check_inplace("sub_", a);
   check_same_dtype("sub_", a, b);
-  dispatch(a, "sub_", [&] { cpu::binary(BinaryOp::sub, a, b, a); });
+  dispatch(a, "sub_", [&] { cpu::binary(BinaryOp::sub, a, b, a); },
+           HD_CUDA_KERNEL(cuda::binary(BinaryOp::sub, a, b, a)));
   a.bump_version();
   return a;
 }
 Tensor& mul_(Tensor& a, const Tensor& b) {
   check_inplace("mul_", a);
   check_same_dtype("mul_", a, b);
-  dispatch(a, "mul_", [&] { cpu::binary(BinaryOp::mul, a, b, a); });
+  dispatch(a, "mul_", [&] { cpu::binary(BinaryOp::mul, a, b, a); },
+           HD_CUDA_KERNEL(cuda::binary(BinaryOp::mul, a, b, a)));
   a.bump_version();
   return a;
 }
 Tensor& mul_(Tensor& a, double s) {
   check_inplace("mul_", a);
-  dispatch(a, "mul_", [&] { cpu::unary(UnaryOp::mul_scalar, a, a, {s}); });
+  dispatch(a, "mul_", [&] { cpu::unary(UnaryOp::mul_scalar, a, a, {s}); },
+           HD_CUDA_KERNEL(cuda::unary(UnaryOp::mul_scalar, a, a, {s})));
   a.bump_version();
   return a;
 }
 Tensor& add_(Tensor& a, double s) {
   check_inplace("add_", a);
-  dispatch(a, "add_", [&] { cpu::unary(UnaryOp::add_scalar, a, a, {s}); });
+  dispatch(a, "add_", [&] { cpu::unary(UnaryOp::add_scalar, a, a, {s}); },
+           HD_CUDA_KERNEL(cuda::unary(UnaryOp::add_scalar, a, a, {s})));
   a.bump_version();
   return a;
 }
@@ -391,13 +400,15 @@ Tensor& copy_(Tensor& dst, const Tensor& src) {
   check_inplace("copy_", dst);
   check_same_device("copy_", {&dst, &src});
   broadcast_shapes(dst.shape(), src.shape(), "copy_");
-  dispatch(dst, "copy_", [&] { cpu::copy(src, dst); });
+  dispatch(dst, "copy_", [&] { cpu::copy(src, dst); },
+           HD_CUDA_KERNEL(cuda::copy(src, dst)));
   dst.bump_version();
   return dst;
 }
 Tensor& fill_(Tensor& t, double value) {
   check_inplace("fill_", t);
-  dispatch(t, "fill_", [&] { cpu::fill(t, value); });
+  dispatch(t, "fill_", [&] { cpu::fill(t, value); },
+           HD_CUDA_KERNEL(cuda::fill(t, value)));
   t.bump_version();
   return t;
 }

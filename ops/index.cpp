@@ -2,6 +2,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/index.h"
+#include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/factory.h"
 #include "ops/shape.h"
@@ -43,7 +44,8 @@ Tensor index_select_raw(const Tensor& x_in, int64_t d, const Tensor& idx) {
   out_shape[size_t(d)] = ic.numel();
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
   dispatch(x, "index_select",
-           [&] { cpu::index_select(x, outer, n, inner, ic.data<int64_t>(), ic.numel(), out); });
+           [&] { cpu::index_select(x, outer, n, inner, ic.data<int64_t>(), ic.numel(), out); },
+           HD_CUDA_KERNEL(cuda::index_select(x, outer, n, inner, ic.data<int64_t>(), ic.numel(), out)));
   return out;
 }
 
@@ -53,19 +55,22 @@ void index_add_into(Tensor& out, int64_t d, const Tensor& idx, const Tensor& src
   int64_t outer, n, inner;
   split_dims(out.shape(), d, outer, n, inner);
   dispatch(out, "index_add",
-           [&] { cpu::index_add(out, outer, n, inner, ic.data<int64_t>(), ic.numel(), src); });
+           [&] { cpu::index_add(out, outer, n, inner, ic.data<int64_t>(), ic.numel(), src); },
+           HD_CUDA_KERNEL(cuda::index_add(out, outer, n, inner, ic.data<int64_t>(), ic.numel(), src)));
 }
 
 Tensor gather_raw(const Tensor& x, int64_t d, const Tensor& idx) {
   Tensor out = Tensor::empty(idx.shape(), x.dtype(), x.device());
   Tensor xd = x.detach();
-  dispatch(x, "gather", [&] { cpu::gather(xd, d, idx, out); });
+  dispatch(x, "gather", [&] { cpu::gather(xd, d, idx, out); },
+           HD_CUDA_KERNEL(cuda::gather(xd, d, idx, out)));
   return out;
 }
 
 void scatter_add_into(Tensor& out, int64_t d, const Tensor& idx, const Tensor& src) {
   Tensor sd = src.detach();
-  dispatch(out, "scatter_add", [&] { cpu::scatter_add(out, d, idx, sd); });
+  dispatch(out, "scatter_add", [&] { cpu::scatter_add(out, d, idx, sd); },
+           HD_CUDA_KERNEL(cuda::scatter_add(out, d, idx, sd)));
 }
 
 }  // namespace indexing

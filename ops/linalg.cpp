@@ -2,6 +2,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/gemm.h"
+#include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/reduce.h"
@@ -26,7 +27,8 @@ Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in) {
   check_same_dtype("matmul", a_in, b_in);
   DType dt = a_in.dtype();
   HD_CHECK(is_floating(dt), "matmul: needs floating-point operands, got ", a_in.str());
-  if (dt == DType::bf16 || dt == DType::f16) {
+  // The CPU computes 16-bit GEMMs in f32; cuBLAS takes bf16/f16 directly (f32 accumulation).
+  if ((dt == DType::bf16 || dt == DType::f16) && a_in.device().is_cpu()) {
     return to(matmul_raw(to(a_in, DType::f32), to(b_in, DType::f32)), dt);
   }
   HD_CHECK(a_in.size(-1) == b_in.size(-2), "matmul: inner dims differ: ", a_in.shape(), " @ ",
@@ -38,7 +40,8 @@ Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in) {
   out_shape.push_back(a.size(-2));
   out_shape.push_back(b.size(-1));
   Tensor out = Tensor::empty(out_shape, dt, a.device());
-  dispatch(a, "matmul", [&] { cpu::matmul(a, b, out); });
+  dispatch(a, "matmul", [&] { cpu::matmul(a, b, out); },
+           HD_CUDA_KERNEL(cuda::matmul(a, b, out)));
   return out;
 }
 

@@ -4,6 +4,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/reduce.h"
+#include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
@@ -48,7 +49,8 @@ Tensor reduce_one(cpu::ReduceKind kind, const Tensor& x, int64_t d, Tensor* indi
   DType out_dtype = (kind == cpu::ReduceKind::sum && !is_floating(x.dtype())) ? DType::i64 : x.dtype();
   Tensor out = Tensor::empty(out_shape, out_dtype, x.device());
   if (indices) *indices = Tensor::empty(out_shape, DType::i64, x.device());
-  dispatch(x, "reduce", [&] { cpu::reduce_dim(kind, x, outer, n, inner, out, indices); });
+  dispatch(x, "reduce", [&] { cpu::reduce_dim(kind, x, outer, n, inner, out, indices); },
+           HD_CUDA_KERNEL(cuda::reduce_dim(kind, x, outer, n, inner, out, indices)));
   return out;
 }
 

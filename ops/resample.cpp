@@ -9,6 +9,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/resample.h"
+#include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/factory.h"
 #include "ops/index.h"
@@ -183,7 +184,7 @@ Tensor interpolate(const Tensor& x, int64_t out_h, int64_t out_w, ResampleMode m
       for (int64_t i = 0; i < outn; ++i)
         for (int64_t j = 0; j < in; ++j)
           if (wts[size_t(i * in + j)] != 0) src[size_t(i)] = j;
-      out = index_select(out, d, from_vector<int64_t>(src, {outn}));
+      out = index_select(out, d, from_vector<int64_t>(src, {outn}, DType::i64, x.device()));
     };
     axis(rank - 1, w, out_w);
     axis(rank - 2, h, out_h);
@@ -194,10 +195,10 @@ Tensor interpolate(const Tensor& x, int64_t out_h, int64_t out_w, ResampleMode m
   Tensor out = x;
   auto apply_w = [&] {
     if (do_w)
-      out = matmul(out, transpose(resample_weights(w, out_w, mode, antialias, x.dtype()), 0, 1));
+      out = matmul(out, transpose(to(resample_weights(w, out_w, mode, antialias, x.dtype()), x.device()), 0, 1));
   };
   auto apply_h = [&] {
-    if (do_h) out = matmul(resample_weights(h, out_h, mode, antialias, x.dtype()), out);
+    if (do_h) out = matmul(to(resample_weights(h, out_h, mode, antialias, x.dtype()), x.device()), out);
   };
   // Contract the axis that shrinks the tensor most first (fewer flops in the second matmul).
   double cost_w_first = double(h) * w * out_w + double(out_h) * h * out_w;
@@ -229,7 +230,8 @@ ValuesIndices adaptive_max_pool2d(const Tensor& x, int64_t out_h, int64_t out_w)
   Tensor values = Tensor::empty(out_shape, x.dtype(), x.device());
   Tensor indices = Tensor::empty(out_shape, DType::i64, x.device());
   dispatch(x, "adaptive_max_pool2d",
-           [&] { cpu::adaptive_max_pool2d(xc, planes, h, w, out_h, out_w, values, indices); });
+           [&] { cpu::adaptive_max_pool2d(xc, planes, h, w, out_h, out_w, values, indices); },
+           HD_CUDA_KERNEL(cuda::adaptive_max_pool2d(xc, planes, h, w, out_h, out_w, values, indices)));
   if (auto node = make_grad_node<AdaptiveMaxPoolBackward>({&x})) {
     node->in_shape = x.shape();
     node->indices = SavedTensor(indices.as_strided({planes, out_h * out_w}, {out_h * out_w, 1}, 0));

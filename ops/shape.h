@@ -27,6 +27,10 @@ Tensor unsqueeze(const Tensor& x, int64_t dim);
 Tensor contiguous(const Tensor& x);  // x itself if already contiguous
 Tensor clone(const Tensor& x);       // always a fresh contiguous copy
 Tensor to(const Tensor& x, DType dtype);
+// Copy to another device (CPU <-> CUDA, CUDA <-> CUDA); x itself when already there. Device ->
+// host copies synchronize; the others are ordered on the target device's current stream.
+// Differentiable: the gradient moves back to x's device.
+Tensor to(const Tensor& x, Device device);
 
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim);

@@ -3,6 +3,7 @@
 // one: larger value first, then lower index.
 #include "autograd/node.h"
 #include "ops/cpu/index.h"
+#include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/factory.h"
 #include "ops/index.h"
@@ -40,7 +41,8 @@ ValuesIndices topk(const Tensor& x, int64_t k) {
   Tensor values = Tensor::empty(out_shape, x.dtype(), x.device());
   Tensor indices = Tensor::empty(out_shape, DType::i64, x.device());
   if (rows > 0 && k > 0) {
-    dispatch(x, "topk", [&] { cpu::topk(xc, rows, n, k, values, indices); });
+    dispatch(x, "topk", [&] { cpu::topk(xc, rows, n, k, values, indices); },
+           HD_CUDA_KERNEL(cuda::topk(xc, rows, n, k, values, indices)));
   }
   if (auto node = make_grad_node<TopkBackward>({&x})) {
     node->in_shape = x.shape();

@@ -2,8 +2,10 @@
 //
 // Bootstrap (llm.c's multi_gpu_config_init, anchors B.2): rank 0 creates the unique id, the MPI
 // group broadcasts it, every rank selects device local_rank and joins with ncclCommInitRank.
-// Collectives are enqueued on a dedicated stream; a Work waits on a CUDA event recorded after
-// the collective. The communicator is non-blocking (config.blocking = 0) so the watchdog can
+// Collectives are enqueued on a dedicated stream that first waits (device-side, through an
+// event) for the device's current compute stream, where the tensors were produced
+// (ops/cuda/runtime.h); a Work waits on a CUDA event recorded after the collective. Buffers must
+// stay alive until the Work has been waited on (the allocator frees on the compute stream). The communicator is non-blocking (config.blocking = 0) so the watchdog can
 // poll ncclCommGetAsyncError and call ncclCommAbort: NCCL has no timeout of its own (E.4).
 //
 // Built only with HD_CUDA (HD_PARALLEL_NCCL); make_nccl_group throws otherwise.
@@ -19,6 +21,7 @@
 #include <thread>
 
 #include "autograd/error.h"
+#include "ops/cuda/runtime.h"
 #include "parallel/watchdog.h"
 #include "parallel/work_state.h"
 #endif
@@ -187,12 +190,21 @@ class NcclProcessGroup final : public ProcessGroup {
   void check(const Tensor& t, const char* what) const {
     HD_CHECK(!t.device().is_cpu() && t.is_contiguous(), "NCCL process group: ", what,
              " needs a contiguous device tensor, got ", t.str());
+    HD_CHECK(t.device().index == device_, "NCCL process group: ", what, " got ", t.str(),
+             " but this rank's communicator is on cuda:", device_);
   }
 
   template <class F>
   Work launch(Collective kind, int64_t bytes, F&& issue) {
     auto state = std::make_shared<EventState>();
     check_cuda(cudaEventCreateWithFlags(&state->event, cudaEventDisableTiming), "cudaEventCreate");
+    {
+      // Order the collective after the kernels that produced its inputs, without a host sync.
+      hd::cuda::DeviceGuard guard(device_);
+      hd::cuda::Event inputs_ready;
+      inputs_ready.record(hd::cuda::current_stream(device_));
+      check_cuda(cudaStreamWaitEvent(stream_, inputs_ready.handle(), 0), "cudaStreamWaitEvent");
+    }
     auto t0 = std::chrono::steady_clock::now();
     watchdog_->begin(++seq_, kind, bytes);
     check_nccl(issue(), collective_name(kind));

@@ -44,13 +44,15 @@ ProcessGroup& nccl() {
   return *group;
 }
 
-#define HD_REQUIRE_NCCL()                                   \
-  do {                                                      \
-    std::string why = no_device_reason();                   \
-    if (!why.empty()) GTEST_SKIP() << why;                  \
+#define HD_REQUIRE_NCCL()                  \
+  do {                                     \
+    std::string why = no_device_reason();  \
+    if (!why.empty()) GTEST_SKIP() << why; \
   } while (0)
 
-Device my_device() { return Device::cuda(world().local_rank()); }
+Device my_device() {
+  return Device::cuda(world().local_rank());
+}
 
 std::vector<double> contribution(int64_t r, int64_t n, int64_t first = 0) {
   std::vector<double> v(static_cast<size_t>(n), 0.0);
@@ -73,9 +75,11 @@ TEST(Nccl, AllReduceSumAvgMax) {
         std::vector<double> got = t.to_vector<double>();
         for (int64_t i = 0; i < n; ++i) {
           const double k = double(i % 7 + 1), sum = double(N * (N + 1) / 2) * k;
-          double expected = op == ReduceOp::sum ? sum : op == ReduceOp::avg ? sum / double(N) : double(N) * k;
-          ASSERT_EQ(got[size_t(i)], expected) << dtype_name(dt) << " " << reduce_op_name(op)
-                                              << " n=" << n << " i=" << i;
+          double expected = op == ReduceOp::sum   ? sum
+                            : op == ReduceOp::avg ? sum / double(N)
+                                                  : double(N) * k;
+          ASSERT_EQ(got[size_t(i)], expected)
+              << dtype_name(dt) << " " << reduce_op_name(op) << " n=" << n << " i=" << i;
         }
       }
     }
@@ -93,7 +97,8 @@ TEST(Nccl, AllGather) {
       std::vector<double> got = out.to_vector<double>();
       for (int64_t q = 0; q < N; ++q)
         for (int64_t i = 0; i < n; ++i)
-          ASSERT_EQ(got[size_t(q * n + i)], double((q + 1) * (i % 7 + 1))) << dtype_name(dt) << " n=" << n;
+          ASSERT_EQ(got[size_t(q * n + i)], double((q + 1) * (i % 7 + 1)))
+              << dtype_name(dt) << " n=" << n;
     }
   }
 }
@@ -120,7 +125,8 @@ TEST(Nccl, BroadcastFromEveryRoot) {
   const int64_t r = world().rank(), N = world().world_size();
   for (int root = 0; root < N; ++root) {
     for (int64_t n : kSizes) {
-      Tensor t = on_device(r == root ? contribution(root, n) : std::vector<double>(size_t(n), -1.0), DType::f32);
+      Tensor t = on_device(r == root ? contribution(root, n) : std::vector<double>(size_t(n), -1.0),
+                           DType::f32);
       nccl().broadcast(t, root).wait();
       EXPECT_EQ(t.to_vector<double>(), contribution(root, n)) << "root " << root << " n=" << n;
     }

@@ -1,0 +1,142 @@
+// The tiny-ViT learning test of tests/nn/vit_learning_test.cpp on the GPU: the same task, model,
+// optimizer and schedule, with the model initialised on the host (same Philox streams, so the
+// same initial weights as the CPU run) and its parameters then moved to cuda:0 in place. It must
+// reach the same held-out accuracy (>= 95%), and two runs must give bit-identical losses (no
+// kernel uses atomics; cuBLAS is deterministic for a fixed device and stream).
+//
+// Skips without a GPU. The task generator is a copy of the CPU test's (kept identical on
+// purpose: the two tests are the same experiment on two devices).
+#include <gtest/gtest.h>
+
+#include "autograd/node.h"
+#include "autograd/optimizer.h"
+#include "ops/elementwise.h"
+#include "ops/factory.h"
+#include "ops/linalg.h"
+#include "ops/loss.h"
+#include "ops/nn/vit.h"
+#include "ops/reduce.h"
+#include "ops/shape.h"
+#ifdef HD_HAVE_CUDA
+#include "ops/cuda/runtime.h"
+#endif
+
+namespace hd {
+namespace {
+
+struct Dataset {
+  Tensor images;  // [N, 3, 28, 28]
+  Tensor labels;  // [N] i64
+};
+
+Dataset make_quadrant_task(int64_t n, uint64_t seed) {
+  constexpr int64_t S = 28, Q = 14, side = 6;
+  Generator gen(seed, "quadrant-task");
+  std::vector<float> pix = normal({n, 3, S, S}, 0.0, 0.3, gen).to_vector<float>();
+  std::vector<float> draws = uniform({n, 6}, 0.0, 1.0, gen).to_vector<float>();
+  std::vector<int64_t> labels(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* d = &draws[size_t(i * 6)];
+    int64_t red = std::min<int64_t>(3, int64_t(d[0] * 4));
+    int64_t green = (red + 1 + std::min<int64_t>(2, int64_t(d[1] * 3))) % 4;
+    labels[size_t(i)] = red;
+    auto paint = [&](int64_t quadrant, int64_t channel, float jx, float jy) {
+      int64_t y0 = (quadrant / 2) * Q + int64_t(jy * (Q - side)),
+              x0 = (quadrant % 2) * Q + int64_t(jx * (Q - side));
+      for (int64_t y = y0; y < y0 + side; ++y)
+        for (int64_t x = x0; x < x0 + side; ++x)
+          pix[size_t(((i * 3 + channel) * S + y) * S + x)] += 2.0f;
+    };
+    paint(red, 0, d[2], d[3]);
+    paint(green, 1, d[4], d[5]);
+  }
+  return {from_vector(pix, {n, 3, S, S}), from_vector(labels, {n})};
+}
+
+struct Classifier : Module {
+  std::shared_ptr<nn::VisionTransformer> vit;
+  std::shared_ptr<nn::Linear> head;
+  explicit Classifier(const nn::ViTConfig& c) {
+    vit = register_module("vit", std::make_shared<nn::VisionTransformer>(c));
+    head = register_module("head", std::make_shared<nn::Linear>(c.width, 4));
+  }
+  Tensor forward(const Tensor& images) const {
+    return head->forward(mean(vit->forward(images), {1}));
+  }
+};
+
+// Moves every parameter to `device` in place: the TensorImpl (which modules, optimizers and
+// hooks hold) keeps its identity; only its storage changes.
+void move_parameters(Module& m, Device device) {
+  for (Tensor& p : m.parameters()) {
+    Tensor moved = to(p.detach(), device);
+    TensorImpl& impl = p.impl();
+    impl.storage = moved.storage();
+    impl.strides = moved.strides();
+    impl.offset = moved.offset();
+  }
+}
+
+struct RunResult {
+  std::vector<float> losses;
+  double test_accuracy;
+};
+
+RunResult train_once(uint64_t seed, int steps, Device device) {
+  nn::ViTConfig config{.image_size = 28,
+                       .patch = 7,
+                       .channels = 3,
+                       .width = 64,
+                       .depth = 2,
+                       .heads = 4,
+                       .mlp_hidden = 128};
+  Classifier model(config);
+  model.initialize(seed);
+  move_parameters(model, device);
+  Dataset test = make_quadrant_task(512, 1);
+  const double lr = 2e-3;
+  AdamW opt(param_groups(model, 0.01), {.lr = lr, .beta1 = 0.9, .beta2 = 0.99});
+  WarmupCosine schedule{lr, 20, steps};
+  const int64_t batch = 32;
+  RunResult result;
+  for (int step = 0; step < steps; ++step) {
+    Dataset train = make_quadrant_task(batch, 1000 + uint64_t(step));
+    Tensor x = to(train.images, device), y = to(train.labels, device);
+    opt.set_lr(schedule.at(step));
+    opt.zero_grad();
+    Tensor loss = cross_entropy(model.forward(x), y);
+    EXPECT_EQ(loss.device(), device);
+    loss.backward();
+    clip_grad_norm(model.parameters(), 1.0);
+    opt.step();
+    result.losses.push_back(loss.item<float>());
+  }
+  for (const Tensor& p : model.parameters()) EXPECT_EQ(p.device(), device) << "a parameter moved";
+  NoGradGuard no_grad;
+  model.eval();
+  Tensor predicted = argmax(model.forward(to(test.images, device)), 1);
+  result.test_accuracy = mean(to(eq(predicted, to(test.labels, device)), DType::f32)).item<float>();
+  return result;
+}
+
+TEST(ViTLearningCuda, TinyViTGeneralisesOnTheGpuAndIsDeterministic) {
+#ifdef HD_HAVE_CUDA
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
+#else
+  GTEST_SKIP() << "no CUDA device: this build has HD_CUDA=OFF";
+#endif
+  const Device gpu = Device::cuda(0);
+  RunResult a = train_once(17, 400, gpu);
+  std::printf("cuda:0 held-out accuracy %.4f, first loss %.4f, last loss %.4f\n", a.test_accuracy,
+              a.losses.front(), a.losses.back());
+  EXPECT_GE(a.test_accuracy, 0.95) << "held-out accuracy on the GPU";
+  EXPECT_LT(a.losses.back(), 0.3f);
+  RunResult b = train_once(17, 400, gpu);
+  ASSERT_EQ(a.losses.size(), b.losses.size());
+  for (size_t i = 0; i < a.losses.size(); ++i) {
+    ASSERT_EQ(a.losses[i], b.losses[i]) << "GPU loss differs at step " << i;
+  }
+}
+
+}  // namespace
+}  // namespace hd
