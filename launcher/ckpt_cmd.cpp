@@ -18,12 +18,17 @@ constexpr const char* kUsage =
     "  hdtrain ckpt inspect DIR [--verify]\n"
     "      step, world size, trainer state and every tensor (dtype, shape, chunks, bytes);\n"
     "      --verify reads every chunk and checks its CRC32C checksums\n"
-    "  hdtrain ckpt export DIR --out FILE.safetensors [--prefix P] [--include-optimizer]\n"
+    "  hdtrain ckpt export DIR --out FILE.safetensors [--format hdf5|safetensors] [--prefix P]\n"
+    "                      [--include-optimizer]\n"
     "      full f32 tensors of the model (and AdamW moments with --include-optimizer) in one\n"
-    "      safetensors file, names prefixed with P\n"
-    "  hdtrain ckpt import FILE.safetensors --out DIR [--strip-prefix P] [--add-prefix Q]\n"
+    "      file, names prefixed with P; the format follows --format, else the extension\n"
+    "      (.h5/.hdf5: HDF5 with a group per module path, anything else: safetensors)\n"
+    "  hdtrain ckpt import FILE.safetensors --out DIR [--map TABLE] [--strip-prefix P]\n"
+    "                      [--add-prefix Q]\n"
     "      a safetensors file (F32/BF16/F16/F64 -> f32) as DIR/step_00000000, loadable on any\n"
-    "      world size as initialisation; names lose P and gain Q\n"
+    "      world size as initialisation; names are renamed or dropped by TABLE (lines\n"
+    "      'SOURCE TARGET', 'PREFIX* NEWPREFIX*', 'SOURCE -' to drop; first match wins), then\n"
+    "      lose P and gain Q\n"
     "DIR is a step_NNNNNNNN folder, or a run folder (its newest complete checkpoint).\n";
 
 // The first argument is the positional DIR/FILE; the rest are options (command.h's Args).
@@ -62,22 +67,28 @@ int inspect(const std::vector<std::string>& argv) {
 int export_cmd(const std::vector<std::string>& argv) {
   auto [dir, rest] = split(argv, "DIR");
   Args a(rest, {"out", "prefix", "format"}, {"include-optimizer"});
-  HD_CHECK(a.get("format", "safetensors") == "safetensors", "ckpt export: --format ",
-           a.get("format", ""), " is not supported (safetensors)");
+  const fs::path out = a.require("out");
+  const std::string ext = out.extension().string();
+  const std::string format =
+      a.get("format", ext == ".h5" || ext == ".hdf5" ? "hdf5" : "safetensors");
+  HD_CHECK(format == "safetensors" || format == "hdf5", "ckpt export: --format '", format,
+           "' is not supported (hdf5 or safetensors)");
   ckpt::ExportOptions o;
   o.prefix = a.get("prefix", "");
   o.include_optimizer = a.flag("include-optimizer");
   const fs::path step = resolve_step(dir);
-  const int64_t n = ckpt::export_safetensors(step, a.require("out"), o);
-  std::printf("hdtrain ckpt export: %lld tensors of %s -> %s\n", static_cast<long long>(n),
-              step.string().c_str(), a.require("out").c_str());
+  const int64_t n =
+      format == "hdf5" ? ckpt::export_hdf5(step, out, o) : ckpt::export_safetensors(step, out, o);
+  std::printf("hdtrain ckpt export: %lld tensors of %s -> %s (%s)\n", static_cast<long long>(n),
+              step.string().c_str(), out.string().c_str(), format.c_str());
   return 0;
 }
 
 int import_cmd(const std::vector<std::string>& argv) {
   auto [file, rest] = split(argv, "FILE");
-  Args a(rest, {"out", "strip-prefix", "add-prefix"}, {});
+  Args a(rest, {"out", "strip-prefix", "add-prefix", "map"}, {});
   ckpt::ImportOptions o;
+  if (!a.get("map", "").empty()) o.name_map = ckpt::NameMap::load(a.get("map", ""));
   o.strip_prefix = a.get("strip-prefix", "");
   o.add_prefix = a.get("add-prefix", "");
   auto pg = parallel::make_mpi_group();  // a world of one: save_checkpoint is collective
@@ -103,7 +114,9 @@ int run(const std::vector<std::string>& args) {
 
 }  // namespace
 
-HD_REGISTER_COMMAND(ckpt, "checkpoints: inspect (--verify), export to / import from safetensors",
+HD_REGISTER_COMMAND(ckpt,
+                    "checkpoints: inspect (--verify), export to HDF5/safetensors, import from "
+                    "safetensors",
                     run);
 
 }  // namespace hd::launcher

@@ -45,7 +45,7 @@ void evaluate_and_report(const proto::RunConfig& c, const ps3::PS3Config& mcfg,
   std::printf(
       "\n== what the model learned (held-out: %lld images, %lld local captions; %.1f s) ==\n"
       "  retrieval, local caption -> its image, top-1:   %.3f   (chance %.3f, %.1fx)\n"
-      "  GT-box share of top-down selected patches:      %.3f   (random pick %.3f, %.1fx)\n",
+      "  GT-box share of top-down selected patches:      %.4f  (random pick %.4f, %.1fx)\n",
       static_cast<long long>(r.images), static_cast<long long>(r.queries), sec, r.retrieval_top1,
       r.retrieval_chance, r.retrieval_chance > 0 ? r.retrieval_top1 / r.retrieval_chance : 0.0,
       r.selection_share, r.random_share,
