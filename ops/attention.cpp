@@ -4,6 +4,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/attention.h"
+#include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
@@ -38,7 +39,7 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Atten
   check_same_device(kOp, {&q, &k, &v, &o.prefix_k, &o.prefix_v, &o.key_mask});
   check_same_dtype(kOp, q, k);
   check_same_dtype(kOp, q, v);
-  // bf16/f16 only on CUDA (the composed path below computes them in cuBLAS/f32 kernels).
+  // bf16/f16 only on CUDA (the fused kernel computes them in f32).
   const bool half = q.dtype() == DType::bf16 || q.dtype() == DType::f16;
   HD_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64 || (half && !q.device().is_cpu()), kOp,
            ": expected f32 or f64 tensors, got ", q.str());
@@ -102,20 +103,22 @@ struct AttentionBackward final : Node {
       dpk = Tensor::empty(a.prefix_k.shape(), a.q.dtype(), a.q.device());
       dpv = Tensor::empty(a.prefix_v.shape(), a.q.dtype(), a.q.device());
     }
-    dispatch(g, kOp, [&] { cpu::attention_backward(a, o, l, g, dq, dk, dv, dpk, dpv); });
+    dispatch(
+        g, kOp, [&] { cpu::attention_backward(a, o, l, g, dq, dk, dv, dpk, dpv); },
+        HD_CUDA_KERNEL(cuda::attention_backward(a, o, l, g, dq, dk, dv, dpk, dpv)));
     return {needs_input_grad(0) ? dq : Tensor(), needs_input_grad(1) ? dk : Tensor(),
             needs_input_grad(2) ? dv : Tensor(), needs_input_grad(3) ? dpk : Tensor(),
             needs_input_grad(4) ? dpv : Tensor()};
   }
 };
 
-// CUDA tensors: attention composed from differentiable ops (cuBLAS matmuls, the softmax
-// kernel, where). Same semantics as the CPU kernel (prefix always visible, causal on own keys
-// j <= i, masked keys ignored, a query with no visible key gets zeros and zero gradients), but
-// it materialises the [B, H, Nq, Np + Nk] scores: the fused flash kernel for CUDA is still to do
-// (docs/cuda.md). Masked scores are set to a large finite negative value rather than -inf, so a
-// fully masked row is a finite uniform softmax that the row mask then zeroes (no NaN anywhere,
-// also not in the backward).
+// Attention composed from differentiable ops (matmuls, the softmax kernel, where): the plain
+// softmax(QK^T)V reference that the fused kernels are checked and benchmarked against (on the
+// GPU it is the cuBLAS composition). Same semantics as the kernels (prefix always visible,
+// causal on own keys j <= i, masked keys ignored, a query with no visible key gets zeros and
+// zero gradients), but it materialises the [B, H, Nq, Np + Nk] scores. Masked scores are set to
+// a large finite negative value rather than -inf, so a fully masked row is a finite uniform
+// softmax that the row mask then zeroes (no NaN anywhere, also not in the backward).
 }  // namespace
 
 namespace detail {
@@ -147,7 +150,6 @@ namespace {
 Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o,
                       const cpu::AttentionBlocks& blocks) {
   check_inputs(q, k, v, o);
-  if (!q.device().is_cpu()) return detail::attention_composed(q, k, v, o);
   cpu::AttentionArgs a;
   a.q = kernel_ready(q.detach());
   a.k = kernel_ready(k.detach());
@@ -162,8 +164,12 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const A
   a.blocks = blocks;
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2);
   Tensor out = Tensor::empty({B, H, Nq, v.size(3)}, q.dtype(), q.device());
-  Tensor lse = Tensor::empty({B, H, Nq}, q.dtype(), q.device());
-  dispatch(q, kOp, [&] { cpu::attention_forward(a, out, lse); });
+  // lse in the compute type: f64 for f64, f32 otherwise (bf16 would lose the softmax scale).
+  const DType lse_dtype = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor lse = Tensor::empty({B, H, Nq}, lse_dtype, q.device());
+  dispatch(
+      q, kOp, [&] { cpu::attention_forward(a, out, lse); },
+      HD_CUDA_KERNEL(cuda::attention_forward(a, out, lse)));
   if (auto node = make_grad_node<AttentionBackward>({&q, &k, &v, &o.prefix_k, &o.prefix_v})) {
     node->q = SavedTensor(a.q);
     node->k = SavedTensor(a.k);

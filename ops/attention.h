@@ -18,7 +18,7 @@ struct AttentionOptions {
 };
 
 // q [B, H, Nq, Dh], k and v [B, H, Nk, Dh] (v may have another head dim Dv) -> [B, H, Nq, Dv].
-// Gradients flow to q, k, v and the prefix k/v. f32 and f64.
+// Gradients flow to q, k, v and the prefix k/v. f32 and f64; bf16/f16 on CUDA (computed in f32).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const AttentionOptions& options = {});
 
@@ -33,9 +33,9 @@ Tensor scaled_dot_product_attention_tiled(const Tensor& q, const Tensor& k, cons
                                           const AttentionOptions& options, int64_t q_block,
                                           int64_t k_block, int split = -1);
 
-// The CUDA path (until a fused kernel exists): attention composed from matmul, softmax and
-// where, differentiable through them. Runs on any device; exposed so the CPU tests can check
-// it against the CPU flash kernel on machines without a GPU.
+// Attention composed from matmul, softmax and where, differentiable through them: the plain
+// softmax(QK^T)V reference for the fused kernels (tests on every device, the GPU benchmark's
+// baseline). Runs on any device.
 Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v,
                           const AttentionOptions& options);
 

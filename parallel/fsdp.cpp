@@ -162,6 +162,10 @@ FSDPUnit& FSDP::fully_shard(const Module& module, FSDPOptions options) {
     const TensorImpl* key = t.impl_ptr().get();
     if (owner_of_.count(key)) continue;  // sharded by an inner unit already
     const std::string& full = names_.at(key);
+    // The unit buffers are staged through host memory (memcpy); device parameters need the
+    // device-buffer path (NCCL + device copies), which is not written yet (docs/parallel.md).
+    HD_CHECK(t.device().is_cpu(), "fully_shard: parameter '", full, "' is on ",
+             t.device().str(), "; FSDP shards host (CPU) parameters only in this version");
     HD_CHECK(t.dtype() == DType::f32 && t.is_contiguous() && t.offset() == 0 &&
                  t.storage()->nbytes() == t.nbytes(),
              "fully_shard: parameter '", full, "' ", t.str(),

@@ -14,6 +14,7 @@
 
 namespace hd::cpu {
 enum class ReduceKind;
+struct AttentionArgs;
 struct AdamWStep;
 struct Conv2dGeometry;
 }  // namespace hd::cpu
@@ -46,6 +47,14 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_
 void softmax_forward(const Tensor& x, Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log);
 void softmax_backward(const Tensor& y, const Tensor& gy, Tensor& gx, int64_t outer, int64_t n,
                       int64_t inner, bool log);
+
+// ops/cuda/attention.cu (hd_ops_attention): the contract of ops/cpu/attention.h (args.blocks
+// is ignored: the kernel has its own tiles), except that lse is f32 for f32/bf16/f16 inputs and
+// f64 for f64. Head dims up to 256.
+void attention_forward(const cpu::AttentionArgs& args, Tensor& out, Tensor& lse);
+void attention_backward(const cpu::AttentionArgs& args, const Tensor& out, const Tensor& lse,
+                        const Tensor& grad_out, Tensor& dq, Tensor& dk, Tensor& dv,
+                        Tensor& dprefix_k, Tensor& dprefix_v);
 
 // ops/cuda/norm.cu (hd_ops_norm)
 void norm_forward(bool center, const Tensor& x, const Tensor& weight, const Tensor& bias,

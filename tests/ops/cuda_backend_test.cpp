@@ -426,6 +426,40 @@ std::vector<OpCase> linalg_norm_cases() {
                  o.key_mask = x[5];
                  return scaled_dot_product_attention(x[0], x[1], x[2], o);
                }});
+  // The fused kernel's tiling: 45 queries (6 blocks of 8 rows, the last partial), 33 prefix + 70
+  // own keys (4 tiles of 32, the last partial), head dim 72 (3 dims per lane, SigLIP's), Dv 40,
+  // a key mask with holes in the prefix and the own keys, causal.
+  c.push_back({"attention_tiles_prefix_mask_causal",
+               {in({2, 3, 45, 72}), in({2, 3, 70, 72}), in({2, 3, 70, 40}), in({2, 3, 33, 72}),
+                in({2, 3, 33, 40}), fixed([] {
+                  std::vector<int32_t> m(2 * 103);
+                  for (size_t i = 0; i < m.size(); ++i) m[i] = (i * 7 + i / 103) % 5 != 0;
+                  return from_vector<int32_t>(m, {2, 103}, DType::boolean);
+                })},
+               [](const auto& x) {
+                 AttentionOptions o;
+                 o.causal = true;
+                 o.prefix_k = x[3];
+                 o.prefix_v = x[4];
+                 o.key_mask = x[5];
+                 return scaled_dot_product_attention(x[0], x[1], x[2], o);
+               },
+               true,
+               kAllFloat,
+               2.0});
+  // q/k/v as permuted views of a [B, N, H, D] projection (the ViT's layout): strided rows, unit
+  // last stride, no copy on the way in.
+  c.push_back({"attention_permuted_views",
+               {in({2, 37, 3, 16}), in({2, 41, 3, 16}), in({2, 41, 3, 16})},
+               [](const auto& x) {
+                 return scaled_dot_product_attention(permute(x[0], {0, 2, 1, 3}),
+                                                     permute(x[1], {0, 2, 1, 3}),
+                                                     permute(x[2], {0, 2, 1, 3}));
+               }});
+  // Head dims past 128 (8 dims per lane) and Dv != Dh.
+  c.push_back({"attention_wide_heads",
+               {in({1, 2, 9, 160}), in({1, 2, 40, 160}), in({1, 2, 40, 130})},
+               [](const auto& x) { return scaled_dot_product_attention(x[0], x[1], x[2]); }});
   return c;
 }
 

@@ -206,7 +206,9 @@ TEST(PS3Vision, PromptGivesPosteriorAndDrivesSelection) {
       if (post[size_t(b * 16 + i)] > post[size_t(b * 16 + best)]) best = i;
     for (int64_t i = 0; i < M; ++i) {
       int64_t p = pos[size_t(b * M + i)];
-      if (p < 16) EXPECT_EQ(post[size_t(b * 16 + p)], post[size_t(b * 16 + best)]) << p;
+      if (p < 16) {
+        EXPECT_EQ(post[size_t(b * 16 + p)], post[size_t(b * 16 + best)]) << p;
+      }
     }
   }
 }
