@@ -3,6 +3,10 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
+
+#include "autograd/error.h"
 
 namespace hd::monitoring {
 
@@ -44,8 +48,16 @@ std::string ProgressReporter::format_line(int64_t step, int64_t total, double lo
 ProgressReporter::ProgressReporter(ProgressConfig config, std::FILE* out)
     : config_(config), out_(out) {
   using Mode = ProgressConfig::Mode;
-  terminal_ = config_.mode == Mode::terminal ||
-              (config_.mode == Mode::automatic && isatty(fileno(out_)) == 1);
+  // Under mpirun a rank's stdout is a pseudo-terminal of OpenMPI's even when mpirun's own output
+  // goes to a file, so isatty() cannot tell; HD_PROGRESS=plain|terminal (set by scripts/demo.sh
+  // from its own stdout) decides in automatic mode.
+  const char* env = std::getenv("HD_PROGRESS");
+  const std::string forced = env ? env : "";
+  HD_CHECK(forced.empty() || forced == "plain" || forced == "terminal",
+           "HD_PROGRESS must be 'plain' or 'terminal', got '", forced, "'");
+  const bool automatic_terminal = forced.empty() ? isatty(fileno(out_)) == 1 : forced == "terminal";
+  terminal_ =
+      config_.mode == Mode::terminal || (config_.mode == Mode::automatic && automatic_terminal);
   start_ = last_print_ = window_start_ = std::chrono::steady_clock::now();
 }
 

@@ -16,6 +16,8 @@ cd "$root"
 # --bind-to none: OpenMPI binds each rank to one core at np <= 2 (docs/parallel.md).
 mpirun_args=(--oversubscribe --bind-to none -np 2)
 if [ "$(id -u)" = 0 ]; then mpirun_args=(--allow-run-as-root "${mpirun_args[@]}"); fi
+# The ranks' stdout is OpenMPI's pseudo-terminal even when ours is a file: tell them which it is.
+if [ -t 1 ]; then export HD_PROGRESS=terminal; else export HD_PROGRESS=plain; fi
 start=$(date +%s)
 # One compute thread per rank: 2 ranks on a 2-core machine.
 HD_NUM_THREADS="${HD_NUM_THREADS:-1}" \

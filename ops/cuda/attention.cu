@@ -34,19 +34,6 @@ constexpr int kTile = 32;  // streamed rows per tile: one per lane
 constexpr int kMaxHeadDim = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
-__device__ inline float m_exp(float v) {
-  return expf(v);
-}
-__device__ inline double m_exp(double v) {
-  return exp(v);
-}
-__device__ inline float m_log(float v) {
-  return logf(v);
-}
-__device__ inline double m_log(double v) {
-  return log(v);
-}
-
 // std::min/max are host functions without --expt-relaxed-constexpr; these work on both sides.
 template <class X>
 __host__ __device__ inline X min_of(X a, X b) {
@@ -475,19 +462,18 @@ void attention_backward(const cpu::AttentionArgs& a, const Tensor& out, const Te
         const size_t smem =
             sizeof(A) * (kTile * (p.Dh + 1) + kTile * (p.Dv + 1) + kRows * (p.Dh + p.Dv));
         allow_shared(dq_kernel<T, NL>, smem, a.q);
-        dq_kernel<T, NL><<<dim3(unsigned(B * H), unsigned((Nq + kRows - 1) / kRows)),
-                           kRows * kWarp, smem, stream>>>(p, g, plse, pdelta,
-                                                          static_cast<T*>(dq.raw_data()));
+        dq_kernel<T, NL><<<dim3(unsigned(B * H), unsigned((Nq + kRows - 1) / kRows)), kRows * kWarp,
+                           smem, stream>>>(p, g, plse, pdelta, static_cast<T*>(dq.raw_data()));
         check_launch(kOp, a.q);
       }
       if (Nt > 0) {
         const size_t smem = sizeof(A) * (kTile * (p.Dh + 1) + kTile * (p.Dv + 1) + 2 * kTile +
                                          kRows * (p.Dh + p.Dv));
         allow_shared(dkv_kernel<T, NL>, smem, a.q);
-        dkv_kernel<T, NL><<<dim3(unsigned(B * H), unsigned((Nt + kRows - 1) / kRows)),
-                            kRows * kWarp, smem, stream>>>(
-            p, g, plse, pdelta, static_cast<T*>(dk.raw_data()), static_cast<T*>(dv.raw_data()),
-            pdpk, pdpv);
+        dkv_kernel<T, NL>
+            <<<dim3(unsigned(B * H), unsigned((Nt + kRows - 1) / kRows)), kRows * kWarp, smem,
+               stream>>>(p, g, plse, pdelta, static_cast<T*>(dk.raw_data()),
+                         static_cast<T*>(dv.raw_data()), pdpk, pdpv);
         check_launch(kOp, a.q);
       }
     });

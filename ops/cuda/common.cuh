@@ -49,6 +49,26 @@ struct Elem<f16_t> {
   __device__ static f16_t store(float f) { return f16_t{__half_as_ushort(__float2half_rn(f))}; }
 };
 
+// Math in the compute type: one overload per precision, so one template serves f32 (expf, ...)
+// and f64 (exp, ...).
+#define HD_MATH1(name, f32, f64)            \
+  __device__ inline float name(float v) {   \
+    return f32(v);                          \
+  }                                         \
+  __device__ inline double name(double v) { \
+    return f64(v);                          \
+  }
+HD_MATH1(m_exp, expf, exp)
+HD_MATH1(m_log, logf, log)
+HD_MATH1(m_sqrt, sqrtf, sqrt)
+HD_MATH1(m_tanh, tanhf, tanh)
+HD_MATH1(m_erf, erff, erf)
+HD_MATH1(m_log1p, log1pf, log1p)
+HD_MATH1(m_sin, sinf, sin)
+HD_MATH1(m_cos, cosf, cos)
+HD_MATH1(m_fabs, fabsf, fabs)
+#undef HD_MATH1
+
 // --- geometry -----------------------------------------------------------------------------
 
 constexpr int kMaxDims = 8;

@@ -9,19 +9,6 @@
 namespace hd::cuda {
 namespace {
 
-__device__ inline float m_exp(float v) {
-  return expf(v);
-}
-__device__ inline double m_exp(double v) {
-  return exp(v);
-}
-__device__ inline float m_log(float v) {
-  return logf(v);
-}
-__device__ inline double m_log(double v) {
-  return log(v);
-}
-
 template <class T>
 __global__ void softmax_rows(const T* x, T* y, int64_t outer, int64_t n, bool log_out) {
   using C = typename Elem<T>::compute;

@@ -64,6 +64,29 @@ TEST(Progress, TerminalModeRedrawsInPlace) {
   EXPECT_NE(text.find("\x1b[K"), std::string::npos);
 }
 
+// Under mpirun isatty() sees OpenMPI's pseudo-terminal: HD_PROGRESS decides in automatic mode.
+TEST(Progress, EnvironmentOverridesTheTerminalCheck) {
+  const std::string path = temp_path("env.txt");
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  setenv("HD_PROGRESS", "terminal", 1);
+  EXPECT_TRUE(ProgressReporter({.mode = ProgressConfig::Mode::automatic}, f).is_terminal());
+  EXPECT_FALSE(ProgressReporter({.mode = ProgressConfig::Mode::plain}, f).is_terminal());
+  setenv("HD_PROGRESS", "plain", 1);
+  EXPECT_FALSE(ProgressReporter({.mode = ProgressConfig::Mode::automatic}, f).is_terminal());
+  EXPECT_TRUE(ProgressReporter({.mode = ProgressConfig::Mode::terminal}, f).is_terminal());
+  setenv("HD_PROGRESS", "fancy", 1);
+  try {
+    ProgressReporter p({.mode = ProgressConfig::Mode::automatic}, f);
+    ADD_FAILURE() << "HD_PROGRESS=fancy was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("HD_PROGRESS must be 'plain' or 'terminal', got 'fancy'"),
+              std::string::npos)
+        << e.what();
+  }
+  unsetenv("HD_PROGRESS");
+  std::fclose(f);
+}
+
 TEST(Jsonl, OneObjectPerLine) {
   const std::string path = temp_path("m.jsonl");
   std::remove(path.c_str());

@@ -348,6 +348,16 @@ std::vector<OpCase> reduce_shape_cases() {
   return c;
 }
 
+// Inputs q, k, v, prefix_k, prefix_v, key_mask; causal.
+Tensor attention_prefix_mask_causal(const std::vector<Tensor>& x) {
+  AttentionOptions o;
+  o.causal = true;
+  o.prefix_k = x[3];
+  o.prefix_v = x[4];
+  o.key_mask = x[5];
+  return scaled_dot_product_attention(x[0], x[1], x[2], o);
+}
+
 std::vector<OpCase> linalg_norm_cases() {
   std::vector<OpCase> c;
   c.push_back({"matmul",
@@ -418,14 +428,7 @@ std::vector<OpCase> linalg_norm_cases() {
                   return from_vector<int32_t>({1, 0, 1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0},
                                               {2, 8}, DType::boolean);
                 })},
-               [](const auto& x) {
-                 AttentionOptions o;
-                 o.causal = true;
-                 o.prefix_k = x[3];
-                 o.prefix_v = x[4];
-                 o.key_mask = x[5];
-                 return scaled_dot_product_attention(x[0], x[1], x[2], o);
-               }});
+               attention_prefix_mask_causal});
   // The fused kernel's tiling: 45 queries (6 blocks of 8 rows, the last partial), 33 prefix + 70
   // own keys (4 tiles of 32, the last partial), head dim 72 (3 dims per lane, SigLIP's), Dv 40,
   // a key mask with holes in the prefix and the own keys, causal.
@@ -436,14 +439,7 @@ std::vector<OpCase> linalg_norm_cases() {
                   for (size_t i = 0; i < m.size(); ++i) m[i] = (i * 7 + i / 103) % 5 != 0;
                   return from_vector<int32_t>(m, {2, 103}, DType::boolean);
                 })},
-               [](const auto& x) {
-                 AttentionOptions o;
-                 o.causal = true;
-                 o.prefix_k = x[3];
-                 o.prefix_v = x[4];
-                 o.key_mask = x[5];
-                 return scaled_dot_product_attention(x[0], x[1], x[2], o);
-               },
+               attention_prefix_mask_causal,
                true,
                kAllFloat,
                2.0});

@@ -59,6 +59,26 @@ fs::path craft(const fs::path& dir, const std::string& header, size_t data_bytes
   return p;
 }
 
+// A world-size-1 model with a matrix, a nested vector, a 0-d scalar and one optimizer entry,
+// filled with awkward bits (subnormals, -0, non-round values) so any conversion shows.
+std::vector<ShardRef> awkward_model_shards() {
+  std::vector<ShardRef> shards;
+  for (auto [name, shape] :
+       std::vector<std::pair<std::string, Shape>>{{"embed.weight", {5, 3}},
+                                                  {"blocks.0.norm.bias", {3}},
+                                                  {"scale", {}},
+                                                  {"optim.exp_avg.embed.weight", {5, 3}}}) {
+    ShardRef ref{make_shard_info(name, shape, 0, 1), {}};
+    ref.shard = Tensor::empty({ref.info.padded_length});
+    for (int64_t i = 0; i < ref.info.padded_length; ++i)
+      ref.shard.data<float>()[i] = i % 3 == 0   ? 1e-40f * float(i + 1)
+                                   : i % 3 == 1 ? -0.0f
+                                                : 3.14159f * float(i);
+    shards.push_back(ref);
+  }
+  return shards;
+}
+
 TEST(Safetensors, ReadsFixtureFromIndependentWriter) {
   safetensors::Reader r(kFixture);
   ASSERT_EQ(r.entries().size(), 4u);
@@ -108,20 +128,7 @@ TEST(Safetensors, ImportLoadsOnAnyWorldSize) {
 TEST(Safetensors, ExportImportRoundTripIsBitExact) {
   if (world().world_size() != 1) GTEST_SKIP() << "import runs as a single process";
   const fs::path dir = scratch("roundtrip");
-  std::vector<ShardRef> shards;
-  for (auto [name, shape] :
-       std::vector<std::pair<std::string, Shape>>{{"embed.weight", {5, 3}},
-                                                  {"blocks.0.norm.bias", {3}},
-                                                  {"scale", {}},
-                                                  {"optim.exp_avg.embed.weight", {5, 3}}}) {
-    ShardRef ref{make_shard_info(name, shape, 0, 1), {}};
-    ref.shard = Tensor::empty({ref.info.padded_length});
-    for (int64_t i = 0; i < ref.info.padded_length; ++i)  // awkward bits: subnormal, -0, pi
-      ref.shard.data<float>()[i] = i % 3 == 0   ? 1e-40f * float(i + 1)
-                                   : i % 3 == 1 ? -0.0f
-                                                : 3.14159f * float(i);
-    shards.push_back(ref);
-  }
+  const std::vector<ShardRef> shards = awkward_model_shards();
   const fs::path step = save_checkpoint(dir / "run", 12, shards, world());
   EXPECT_EQ(export_safetensors(step, dir / "model.safetensors", {"m.", false}), 3);
   EXPECT_EQ(export_safetensors(step, dir / "all.safetensors", {"", true}), 4);
@@ -268,18 +275,7 @@ std::pair<std::vector<hsize_t>, std::vector<float>> read_h5(const fs::path& file
 TEST(Safetensors, ExportToHdf5IsBitExactWithAGroupPerModule) {
   if (world().world_size() != 1) GTEST_SKIP() << "one writer is enough";
   const fs::path dir = scratch("export_h5");
-  std::vector<ShardRef> shards;
-  for (auto [name, shape] :
-       std::vector<std::pair<std::string, Shape>>{{"embed.weight", {5, 3}},
-                                                  {"blocks.0.norm.bias", {3}},
-                                                  {"scale", {}},
-                                                  {"optim.exp_avg.embed.weight", {5, 3}}}) {
-    ShardRef ref{make_shard_info(name, shape, 0, 1), {}};
-    ref.shard = Tensor::empty({ref.info.padded_length});
-    for (int64_t i = 0; i < ref.info.padded_length; ++i)
-      ref.shard.data<float>()[i] = i % 2 == 0 ? 1e-40f * float(i + 1) : -1.5f * float(i);
-    shards.push_back(ref);
-  }
+  const std::vector<ShardRef> shards = awkward_model_shards();
   const fs::path step = save_checkpoint(dir / "run", 7, shards, world());
   EXPECT_EQ(export_hdf5(step, dir / "model.h5", {"m.", false}), 3);
   EXPECT_EQ(export_hdf5(step, dir / "all.h5", {"", true}), 4);
