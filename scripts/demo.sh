@@ -14,7 +14,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${HD_BUILD_DIR:-$root/build}"
 cd "$root"
 # --bind-to none: OpenMPI binds each rank to one core at np <= 2 (docs/parallel.md).
-mpirun_args=(--oversubscribe --bind-to none -np 2)
+# odls_base_sigkill_timeout: on Ctrl-C or SIGTERM mpirun forwards SIGTERM to the ranks and
+# sends SIGKILL this many seconds later (default 1): 30 s lets them finish the step and checkpoint.
+mpirun_args=(--oversubscribe --bind-to none --mca odls_base_sigkill_timeout 30 -np 2)
 if [ "$(id -u)" = 0 ]; then mpirun_args=(--allow-run-as-root "${mpirun_args[@]}"); fi
 # The ranks' stdout is OpenMPI's pseudo-terminal even when ours is a file: tell them which it is.
 if [ -t 1 ]; then export HD_PROGRESS=terminal; else export HD_PROGRESS=plain; fi
