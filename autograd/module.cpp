@@ -7,13 +7,14 @@
 #include "autograd/random.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
+#include "ops/shape.h"
 
 namespace hd {
 
 Tensor Module::register_parameter(const std::string& name, const Shape& shape, Init init,
                                   DType dtype) {
-  HD_CHECK(!name.empty() && name.find('.') == std::string::npos, "register_parameter: invalid name '",
-           name, "' (non-empty, no dots)");
+  HD_CHECK(!name.empty() && name.find('.') == std::string::npos,
+           "register_parameter: invalid name '", name, "' (non-empty, no dots)");
   for (const Param& p : params_) {
     HD_CHECK(p.name != name, "register_parameter: '", name, "' registered twice");
   }
@@ -78,8 +79,8 @@ Tensor Module::parameter(const std::string& name) const {
     if (n == name) return t;
     if (available.size() < 400) available += (available.empty() ? "" : ", ") + n;
   }
-  throw Error(detail::concat("Module::parameter: no parameter named '", name,
-                             "'; available: ", available));
+  throw Error(
+      detail::concat("Module::parameter: no parameter named '", name, "'; available: ", available));
 }
 
 int64_t Module::num_parameters() const {
@@ -97,11 +98,21 @@ void Module::initialize(uint64_t seed) {
     Generator gen(seed, name);
     const Init& init = p->init;
     switch (init.kind) {
-      case Init::Kind::zeros: fill_(t, 0.0); break;
-      case Init::Kind::ones: fill_(t, 1.0); break;
-      case Init::Kind::constant: fill_(t, init.a); break;
-      case Init::Kind::normal: normal_(t, init.a, init.b, gen); break;
-      case Init::Kind::uniform: uniform_(t, init.a, init.b, gen); break;
+      case Init::Kind::zeros:
+        fill_(t, 0.0);
+        break;
+      case Init::Kind::ones:
+        fill_(t, 1.0);
+        break;
+      case Init::Kind::constant:
+        fill_(t, init.a);
+        break;
+      case Init::Kind::normal:
+        normal_(t, init.a, init.b, gen);
+        break;
+      case Init::Kind::uniform:
+        uniform_(t, init.a, init.b, gen);
+        break;
       case Init::Kind::trunc_normal: {
         // Redraw out-of-range values elementwise from later blocks of the same stream, so the
         // result is still a pure function of (seed, name).
@@ -129,6 +140,18 @@ void Module::initialize(uint64_t seed) {
 
 void Module::zero_grad() {
   for (auto& [name, t] : named_parameters()) t.zero_grad();
+}
+
+void Module::to_(Device device, DType dtype) {
+  for (auto& [name, t] : named_parameters()) {
+    Tensor moved = contiguous(to(to(t.detach(), dtype), device));
+    t.zero_grad();
+    TensorImpl& impl = t.impl();
+    impl.storage = moved.storage();
+    impl.dtype = dtype;
+    impl.strides = moved.strides();
+    impl.offset = moved.offset();
+  }
 }
 
 void Module::train(bool on) {

@@ -49,6 +49,10 @@ class Module {
   // Initialises every parameter from its rule with a stream keyed by (seed, full name).
   void initialize(uint64_t seed);
   void zero_grad();
+  // Moves and/or casts every parameter in place: each keeps its TensorImpl (which the module,
+  // optimizers and hooks hold) and gets new contiguous storage on `device` in `dtype`. Gradients
+  // are dropped. Initialise first (init streams run on the host), then move.
+  void to_(Device device, DType dtype);
   void train(bool on = true);
   void eval() { train(false); }
   bool is_training() const { return training_; }
@@ -70,7 +74,8 @@ class Module {
     Init init;
   };
   void add_child(const std::string& name, std::shared_ptr<Module> child);
-  void collect(const std::string& prefix, std::vector<std::pair<std::string, const Param*>>& out) const;
+  void collect(const std::string& prefix,
+               std::vector<std::pair<std::string, const Param*>>& out) const;
 
   std::vector<Param> params_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;

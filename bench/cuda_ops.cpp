@@ -128,17 +128,6 @@ void bench_attention(double peak) {
   }
 }
 
-void move_parameters(Module& m, DType dt) {
-  for (Tensor& p : m.parameters()) {
-    Tensor moved = to(to(p.detach(), dt), kGpu);
-    TensorImpl& impl = p.impl();
-    impl.storage = moved.storage();
-    impl.strides = moved.strides();
-    impl.offset = moved.offset();
-    impl.dtype = dt;
-  }
-}
-
 void bench_block(double peak) {
   std::printf("\n== transformer block training step (forward + backward) ==\n");
   struct Cfg {
@@ -150,7 +139,7 @@ void bench_block(double peak) {
     for (DType dt : {DType::bf16, DType::f32}) {
       nn::TransformerBlock block(c.width, c.heads, c.mlp);
       block.initialize(3);
-      move_parameters(block, dt);
+      block.to_(kGpu, dt);
       Generator gen(4, "block");
       Tensor x = randn({c.batch, c.tokens, c.width}, dt, gen).requires_grad_();
       Tensor g = randn({c.batch, c.tokens, c.width}, dt, gen);

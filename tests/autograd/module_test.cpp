@@ -25,7 +25,8 @@ struct Block : Module {
 };
 
 struct Net : Module {
-  std::shared_ptr<ModuleList<Block>> blocks = register_module("blocks", std::make_shared<ModuleList<Block>>());
+  std::shared_ptr<ModuleList<Block>> blocks =
+      register_module("blocks", std::make_shared<ModuleList<Block>>());
   Tensor logit_scale = register_parameter("logit_scale", {}, Init::constant(2.3));
   Net() {
     for (int i = 0; i < 3; ++i) blocks->push_back(std::make_shared<Block>());
@@ -83,6 +84,27 @@ TEST(Module, TrainEvalPropagates) {
   EXPECT_TRUE((*net.blocks)[2].is_training());
 }
 
+// to_ converts in place: the handles held before (module fields, optimizer groups) see the new
+// dtype and values, and a stale gradient is dropped.
+TEST(Module, ToConvertsParametersInPlace) {
+  Net net;
+  net.initialize(5);
+  const std::vector<float> before = net.parameter("blocks.1.qkv.weight").to_vector<float>();
+  Tensor held = net.logit_scale;  // e.g. what an optimizer keeps
+  held.set_grad(ones({}));
+  net.to_(Device::cpu(), DType::f64);
+  EXPECT_EQ(held.dtype(), DType::f64);
+  EXPECT_TRUE(held.is_same(net.parameter("logit_scale")));
+  EXPECT_FALSE(held.grad().defined());
+  EXPECT_TRUE(held.requires_grad());
+  EXPECT_DOUBLE_EQ(held.item<double>(), double(2.3f));
+  const std::vector<double> after = net.parameter("blocks.1.qkv.weight").to_vector<double>();
+  ASSERT_EQ(after.size(), before.size());
+  for (size_t i = 0; i < after.size(); ++i) EXPECT_EQ(after[i], double(before[i])) << i;
+  net.to_(Device::cpu(), DType::f32);
+  EXPECT_EQ(net.parameter("blocks.1.qkv.weight").to_vector<float>(), before);
+}
+
 TEST(Module, DuplicateNamesAreRejected) {
   struct Bad : Module {
     Bad() {
@@ -99,7 +121,7 @@ TEST(Optimizer, GroupsAreChosenByRuleNotIndex) {
   ASSERT_EQ(groups.size(), 2u);
   EXPECT_EQ(groups[0].label, "decay");
   EXPECT_EQ(groups[0].names, (std::vector<std::string>{"blocks.0.qkv.weight", "blocks.1.qkv.weight",
-                                                        "blocks.2.qkv.weight"}));
+                                                       "blocks.2.qkv.weight"}));
   EXPECT_DOUBLE_EQ(groups[0].weight_decay, 0.05);
   EXPECT_EQ(groups[1].names.size(), 7u);  // logit_scale, scales and biases
   EXPECT_DOUBLE_EQ(groups[1].weight_decay, 0.0);

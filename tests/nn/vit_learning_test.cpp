@@ -69,18 +69,6 @@ struct Classifier : Module {
   }
 };
 
-// Moves every parameter to `device` in place: the TensorImpl (which modules, optimizers and
-// hooks hold) keeps its identity; only its storage changes.
-void move_parameters(Module& m, Device device) {
-  for (Tensor& p : m.parameters()) {
-    Tensor moved = to(p.detach(), device);
-    TensorImpl& impl = p.impl();
-    impl.storage = moved.storage();
-    impl.strides = moved.strides();
-    impl.offset = moved.offset();
-  }
-}
-
 struct RunResult {
   std::vector<float> losses;
   double test_accuracy;
@@ -96,7 +84,7 @@ RunResult train_once(uint64_t seed, int steps, Device device) {
                        .mlp_hidden = 128};
   Classifier model(config);
   model.initialize(seed);
-  move_parameters(model, device);
+  model.to_(device, DType::f32);  // in place: the optimizer below sees the moved tensors
   Dataset test = make_quadrant_task(512, 1);
   const double lr = 2e-3;
   AdamW opt(param_groups(model, 0.01), {.lr = lr, .beta1 = 0.9, .beta2 = 0.99});

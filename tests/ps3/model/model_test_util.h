@@ -38,17 +38,9 @@ inline VisionConfig micro_config() {
   return c;
 }
 
-// Replaces every parameter's storage by an f64 copy in place (the handles the model holds
-// share the impl, so the model computes in f64 afterwards).
-inline void convert_to_f64(const Module& m) {
-  for (auto& [name, t] : m.named_parameters()) {
-    Tensor d = contiguous(to(t.detach(), DType::f64));
-    TensorImpl& impl = t.impl();
-    impl.storage = d.storage();
-    impl.dtype = DType::f64;
-    impl.strides = d.strides();
-    impl.offset = d.offset();
-  }
+// Every parameter in f64, in place (the model then computes in f64).
+inline void convert_to_f64(Module& m) {
+  m.to_(Device::cpu(), DType::f64);
 }
 
 // Adds U(-amp, amp) to every parameter (deterministic per name).
