@@ -30,16 +30,9 @@ MasterWeights::MasterWeights(Module& module, DType compute_dtype) : compute_dtyp
 
 std::vector<ParamGroup> MasterWeights::param_groups(double weight_decay,
                                                     const DecayRule& rule) const {
-  ParamGroup decay{"decay", {}, {}, weight_decay}, no_decay{"no_decay", {}, {}, 0.0};
-  for (size_t i = 0; i < masters_.size(); ++i) {
-    ParamGroup& g = rule.decays(names_[i], masters_[i]) ? decay : no_decay;
-    g.names.push_back(names_[i]);
-    g.params.push_back(masters_[i]);
-  }
-  std::vector<ParamGroup> out;
-  if (!decay.params.empty()) out.push_back(std::move(decay));
-  if (!no_decay.params.empty()) out.push_back(std::move(no_decay));
-  return out;
+  DecayGroups groups(weight_decay, rule);
+  for (size_t i = 0; i < masters_.size(); ++i) groups.add(names_[i], params_[i], masters_[i]);
+  return groups.take();
 }
 
 void MasterWeights::grads_to_masters() {

@@ -22,18 +22,24 @@ bool DecayRule::decays(const std::string& name, const Tensor& t) const {
   return true;
 }
 
+void DecayGroups::add(const std::string& name, const Tensor& as_seen, const Tensor& param) {
+  ParamGroup& g = rule_.decays(name, as_seen) ? decay_ : no_decay_;
+  g.names.push_back(name);
+  g.params.push_back(param);
+}
+
+std::vector<ParamGroup> DecayGroups::take() {
+  std::vector<ParamGroup> out;
+  if (!decay_.params.empty()) out.push_back(std::move(decay_));
+  if (!no_decay_.params.empty()) out.push_back(std::move(no_decay_));
+  return out;
+}
+
 std::vector<ParamGroup> param_groups(const Module& module, double weight_decay,
                                      const DecayRule& rule) {
-  ParamGroup decay{"decay", {}, {}, weight_decay}, no_decay{"no_decay", {}, {}, 0.0};
-  for (auto& [name, t] : module.named_parameters()) {
-    ParamGroup& g = rule.decays(name, t) ? decay : no_decay;
-    g.names.push_back(name);
-    g.params.push_back(t);
-  }
-  std::vector<ParamGroup> out;
-  if (!decay.params.empty()) out.push_back(std::move(decay));
-  if (!no_decay.params.empty()) out.push_back(std::move(no_decay));
-  return out;
+  DecayGroups groups(weight_decay, rule);
+  for (auto& [name, t] : module.named_parameters()) groups.add(name, t, t);
+  return groups.take();
 }
 
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
@@ -69,11 +75,12 @@ void AdamW::step() {
       HD_CHECK(grad.shape() == p.shape() && grad.dtype() == p.dtype(), "AdamW: gradient ",
                grad.str(), " does not match parameter '", g.names[i], "' ", p.str());
       grad = grad.is_contiguous() ? grad : clone(grad);
-      cpu::AdamWStep s{options_.lr, options_.beta1, options_.beta2, options_.eps,
-                       g.weight_decay, step_};
-      dispatch(p, "adamw_step",
-               [&] { cpu::adamw_step(p, grad, exp_avg_[gi][i], exp_avg_sq_[gi][i], s); },
-           HD_CUDA_KERNEL(cuda::adamw_step(p, grad, exp_avg_[gi][i], exp_avg_sq_[gi][i], s)));
+      cpu::AdamWStep s{options_.lr,  options_.beta1, options_.beta2,
+                       options_.eps, g.weight_decay, step_};
+      dispatch(
+          p, "adamw_step",
+          [&] { cpu::adamw_step(p, grad, exp_avg_[gi][i], exp_avg_sq_[gi][i], s); },
+          HD_CUDA_KERNEL(cuda::adamw_step(p, grad, exp_avg_[gi][i], exp_avg_sq_[gi][i], s)));
       p.bump_version();
     }
   }
@@ -89,7 +96,8 @@ double WarmupCosine::at(int64_t step) const {
   if (step < warmup_steps) return peak_lr * double(step + 1) / double(warmup_steps);
   int64_t decay_steps = std::max<int64_t>(1, total_steps - warmup_steps);
   double e = double(std::min(step - warmup_steps, decay_steps));
-  return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + std::cos(std::numbers::pi * e / double(decay_steps)));
+  return min_lr +
+         (peak_lr - min_lr) * 0.5 * (1.0 + std::cos(std::numbers::pi * e / double(decay_steps)));
 }
 
 double grad_norm_squared(const std::vector<Tensor>& params) {

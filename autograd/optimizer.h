@@ -30,6 +30,22 @@ struct DecayRule {
   bool decays(const std::string& name, const Tensor& t) const;
 };
 
+// Builds the "decay" and "no_decay" groups one parameter at a time. The rule looks at
+// `as_seen` (the module's tensor: its full shape decides), the optimizer gets `param` (which may
+// be an FSDP shard or an fp32 master of it). Empty groups are left out.
+class DecayGroups {
+ public:
+  DecayGroups(double weight_decay, const DecayRule& rule) : rule_(rule) {
+    decay_.weight_decay = weight_decay;
+  }
+  void add(const std::string& name, const Tensor& as_seen, const Tensor& param);
+  std::vector<ParamGroup> take();  // once, at the end
+
+ private:
+  DecayRule rule_;
+  ParamGroup decay_{"decay", {}, {}, 0.0}, no_decay_{"no_decay", {}, {}, 0.0};
+};
+
 // Splits a module's parameters into a "decay" and a "no_decay" group by `rule`.
 std::vector<ParamGroup> param_groups(const Module& module, double weight_decay,
                                      const DecayRule& rule = {});

@@ -164,8 +164,8 @@ FSDPUnit& FSDP::fully_shard(const Module& module, FSDPOptions options) {
     const std::string& full = names_.at(key);
     // The unit buffers are staged through host memory (memcpy); device parameters need the
     // device-buffer path (NCCL + device copies), which is not written yet (docs/parallel.md).
-    HD_CHECK(t.device().is_cpu(), "fully_shard: parameter '", full, "' is on ",
-             t.device().str(), "; FSDP shards host (CPU) parameters only in this version");
+    HD_CHECK(t.device().is_cpu(), "fully_shard: parameter '", full, "' is on ", t.device().str(),
+             "; FSDP shards host (CPU) parameters only in this version");
     HD_CHECK(t.dtype() == DType::f32 && t.is_contiguous() && t.offset() == 0 &&
                  t.storage()->nbytes() == t.nbytes(),
              "fully_shard: parameter '", full, "' ", t.str(),
@@ -235,19 +235,12 @@ std::vector<ShardInfo> FSDP::shard_infos() const {
 }
 
 std::vector<ParamGroup> FSDP::param_groups(double weight_decay, const DecayRule& rule) const {
-  ParamGroup decay{"decay", {}, {}, weight_decay}, no_decay{"no_decay", {}, {}, 0.0};
+  DecayGroups groups(weight_decay, rule);
   for (auto& u : units_) {
-    for (auto& p : u->params_) {
-      // The rule looks at the parameter's rank; the module tensor keeps the global shape.
-      ParamGroup& g = rule.decays(p.info.name, p.param) ? decay : no_decay;
-      g.names.push_back(p.info.name);
-      g.params.push_back(p.shard);
-    }
+    // The rule looks at the parameter's rank; the module tensor keeps the global shape.
+    for (auto& p : u->params_) groups.add(p.info.name, p.param, p.shard);
   }
-  std::vector<ParamGroup> out;
-  if (!decay.params.empty()) out.push_back(std::move(decay));
-  if (!no_decay.params.empty()) out.push_back(std::move(no_decay));
-  return out;
+  return groups.take();
 }
 
 double FSDP::clip_grad_norm(double max_norm) {
