@@ -193,20 +193,26 @@ def rank_pids(mpirun_pid):
     return out
 
 
-def case_signal(env):
-    d = fresh(env, "sig")
-    port = free_port_base()
-    c = env.cmd(d, ["train.steps=400", "checkpoint.every_steps=0", "monitoring.serve=true",
-                    "monitoring.port_base=%d" % port])
+def start_training(c, run_dir):
+    """Starts command c in the background and returns once rank 0 has logged 2 steps."""
     print("$ " + " ".join(c), flush=True)
     p = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = os.path.join(d, "metrics_rank0.jsonl")
+    log = os.path.join(run_dir, "metrics_rank0.jsonl")
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
         if os.path.exists(log) and len(open(log).read().splitlines()) >= 2:
             break
         time.sleep(0.2)
     check(p.poll() is None, "run is training (2 steps logged)")
+    return p
+
+
+def case_signal(env):
+    d = fresh(env, "sig")
+    port = free_port_base()
+    c = env.cmd(d, ["train.steps=400", "checkpoint.every_steps=0", "monitoring.serve=true",
+                    "monitoring.port_base=%d" % port])
+    p = start_training(c, d)
     # Prometheus text from both ranks while the run trains.
     for r in (0, 1):
         body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (port + r), timeout=10).read()
@@ -234,15 +240,7 @@ def case_signal_mpirun(env):
     d = fresh(env, "sig_mpirun")
     c = env.cmd(d, ["train.steps=100000", "checkpoint.every_steps=0", "eval.at_end=false"])
     c = c[:1] + ["--mca", "odls_base_sigkill_timeout", "10"] + c[1:]
-    print("$ " + " ".join(c), flush=True)
-    p = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = os.path.join(d, "metrics_rank0.jsonl")
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None:
-        if os.path.exists(log) and len(open(log).read().splitlines()) >= 2:
-            break
-        time.sleep(0.2)
-    check(p.poll() is None, "run is training (2 steps logged)")
+    p = start_training(c, d)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     sys.stdout.write(out[-3000:])
