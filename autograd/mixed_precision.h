@@ -9,7 +9,7 @@
 // Memory: 2 bytes per parameter for the compute copy on top of the fp32 master (4), its fp32
 // gradient (4) and AdamW's moments (8); the 16-bit gradient lives only from backward until
 // grads_to_masters(). This is the single-process form of the FSDP MixedPrecisionPolicy
-// (parallel/fsdp.h), whose device path is not written yet.
+// (parallel/fsdp.h); tests/parallel/fsdp_mixed_precision_test.cpp checks that the two agree.
 //
 // Step:  forward/backward on the module (compute dtype) -> grads_to_masters() -> clip and
 //        optimizer on masters() -> masters_to_params().

@@ -4,25 +4,69 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "autograd/error.h"
 #include "autograd/node.h"
 #include "ops/shape.h"
 
 namespace hd::parallel {
+namespace {
+
+bool is_16bit(DType t) {
+  return t == DType::bf16 || t == DType::f16;
+}
+
+// dst[i] = round(src[i]) in `t` (f32, bf16 or f16): a shard entering the all-gather buffer.
+void store_from_f32(const float* src, void* dst, DType t, int64_t n) {
+  visit_dtype(t, "fsdp: pack shard", [&]<class T>() {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t> ||
+                  std::is_same_v<T, f16_t>) {
+      T* d = static_cast<T*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = ElementTraits<T>::store(src[i]);
+    }
+  });
+}
+
+// dst[i] (+)= f32(src[i]): a reduced gradient (in the reduce dtype) into the fp32 shard gradient.
+void accumulate_to_f32(const void* src, DType t, float* dst, int64_t n, bool add) {
+  visit_dtype(t, "fsdp: unpack gradient", [&]<class T>() {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t> ||
+                  std::is_same_v<T, f16_t>) {
+      const T* s = static_cast<const T*>(src);
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = ElementTraits<T>::load(s[i]);
+        dst[i] = add ? dst[i] + v : v;
+      }
+    }
+  });
+}
+
+void check_policy(const MixedPrecisionPolicy& mp) {
+  for (auto [what, t] :
+       {std::pair{"param_dtype", mp.param_dtype}, std::pair{"reduce_dtype", mp.reduce_dtype}}) {
+    HD_CHECK(t == DType::f32 || is_16bit(t), "fully_shard: mixed_precision.", what, " is ",
+             dtype_name(t), "; expected f32, bf16 or f16");
+  }
+}
+
+}  // namespace
 
 // --- FSDPUnit --------------------------------------------------------------------------------
 
 void FSDPUnit::unshard_async() {
   if (state_ != State::sharded) return;
   const int n = owner_.pg_->world_size();
-  Tensor in = Tensor::empty({shard_numel_});
-  float* dst = in.data<float>();
+  const DType dt = options_.mixed_precision.param_dtype;
+  const size_t elem = dtype_size(dt);
+  // The fp32 masters are rounded here, before the gather: the wire carries param_dtype.
+  Tensor in = Tensor::empty({shard_numel_}, dt);
+  char* dst = static_cast<char*>(in.raw_data());
   for (const FSDPParam& p : params_) {
-    std::memcpy(dst + p.unit_offset, p.shard.data<float>(),
-                size_t(p.info.padded_length) * sizeof(float));
+    store_from_f32(p.shard.data<float>(), dst + size_t(p.unit_offset) * elem, dt,
+                   p.info.padded_length);
   }
-  gather_out_ = Tensor::empty({shard_numel_ * n});
+  gather_out_ = Tensor::empty({shard_numel_ * n}, dt);
   gather_work_ = owner_.pg_->all_gather(in, gather_out_);
   state_ = State::gathering;
   owner_.track_unsharded(+1);
@@ -33,12 +77,13 @@ void FSDPUnit::wait_unshard() {
   if (state_ != State::gathering) return;
   gather_work_.wait();
   const int n = owner_.pg_->world_size();
-  const float* src = gather_out_.data<float>();
+  const size_t elem = dtype_size(gather_out_.dtype());
+  const char* src = static_cast<const char*>(gather_out_.raw_data());
   for (FSDPParam& p : params_) {
-    p.param.storage()->resize(size_t(p.info.global_numel()) * sizeof(float));
-    float* full = p.param.data<float>();
+    p.param.storage()->resize(size_t(p.info.global_numel()) * elem);
     for (int r = 0; r < n; ++r) {
-      copy_rows_in(p.info, r, src + int64_t(r) * shard_numel_ + p.unit_offset, full);
+      copy_rows_in(p.info, r, src + size_t(int64_t(r) * shard_numel_ + p.unit_offset) * elem,
+                   p.param.raw_data(), elem);
     }
   }
   gather_out_ = Tensor();
@@ -58,11 +103,17 @@ void FSDPUnit::reshard() {
 
 Tensor FSDPUnit::forward(const Tensor& input, const std::function<Tensor(const Tensor&)>& body) {
   owner_.on_pre_forward(*this);
+  backward_done_ = false;
   wait_unshard();
   // Issue the next unit's all-gather now so it runs (on the communication thread) while this
   // unit computes. The order is last step's; the first step has none.
   if (FSDPUnit* next = owner_.neighbour(*this, +1)) next->unshard_async();
-  Tensor out = body(input);
+  // As FSDP2 (cast_forward_inputs): a floating input enters the unit in param_dtype, so the
+  // unit's matmuls see one dtype. The cast is differentiable; the output stays in param_dtype.
+  const DType dt = options_.mixed_precision.param_dtype;
+  const bool cast =
+      input.defined() && is_floating(input.dtype()) && input.dtype() != dt && dt != DType::f32;
+  Tensor out = body(cast ? to(input, dt) : input);
   if (options_.reshard_after_forward) reshard();
   if (out.defined() && out.requires_grad() && out.grad_fn()) {
     out.grad_fn()->add_pre_hook([this](std::vector<Tensor>&) { pre_backward(); });
@@ -78,7 +129,9 @@ void FSDPUnit::pre_backward() {
   // the last unit of the forward.
   FSDPUnit* prev = owner_.neighbour(*this, -1);
   if (!prev && !owner_.order_.empty() && owner_.order_.front() == this) prev = owner_.order_.back();
-  if (prev && prev != this) prev->unshard_async();
+  // A unit whose gradients have all arrived is done for this step (the root when its only
+  // parameters are the head's, used last in forward): gathering it again would be wasted bytes.
+  if (prev && prev != this && !prev->backward_done_) prev->unshard_async();
 }
 
 void FSDPUnit::on_grad_arrival() {
@@ -90,6 +143,7 @@ void FSDPUnit::on_grad_arrival() {
 
 void FSDPUnit::post_backward() {
   arrivals_ = 0;
+  backward_done_ = true;
   reshard();
   if (!owner_.sync_grads_ || !grads_pending_) return;  // accumulate full grads locally
   grads_pending_ = false;
@@ -99,22 +153,24 @@ void FSDPUnit::post_backward() {
   }
   if (reduce_work_.valid()) finish_reduce();
   const int n = owner_.pg_->world_size();
-  reduce_in_ = Tensor::empty({shard_numel_ * n});
-  float* buf = reduce_in_.data<float>();
+  const DType dt = options_.mixed_precision.reduce_dtype;
+  const size_t elem = dtype_size(dt);
+  reduce_in_ = Tensor::empty({shard_numel_ * n}, dt);
+  char* buf = static_cast<char*>(reduce_in_.raw_data());
   for (FSDPParam& p : params_) {
-    Tensor g = p.param.grad();
+    Tensor g = p.param.grad();  // in param_dtype
+    if (g.defined()) g = contiguous(g.dtype() == dt ? g : to(g, dt));
     for (int r = 0; r < n; ++r) {
-      float* dst = buf + int64_t(r) * shard_numel_ + p.unit_offset;
+      char* dst = buf + size_t(int64_t(r) * shard_numel_ + p.unit_offset) * elem;
       if (g.defined()) {
-        Tensor gc = contiguous(g);
-        copy_rows_out(p.info, r, gc.data<float>(), dst);
+        copy_rows_out(p.info, r, g.raw_data(), dst, elem);
       } else {
-        std::fill(dst, dst + p.info.padded_length, 0.0f);
+        std::memset(dst, 0, size_t(p.info.padded_length) * elem);
       }
     }
     p.param.zero_grad();  // the full gradient is not needed any more
   }
-  reduce_out_ = Tensor::empty({shard_numel_});
+  reduce_out_ = Tensor::empty({shard_numel_}, dt);
   reduce_work_ = owner_.pg_->reduce_scatter(reduce_in_, reduce_out_, ReduceOp::avg);
   owner_.pending_reduce_ = this;
 }
@@ -122,18 +178,15 @@ void FSDPUnit::post_backward() {
 void FSDPUnit::finish_reduce() {
   if (!reduce_work_.valid()) return;
   reduce_work_.wait();
-  const float* src = reduce_out_.data<float>();
+  const DType dt = reduce_out_.dtype();
+  const char* src = static_cast<const char*>(reduce_out_.raw_data());
   for (FSDPParam& p : params_) {
     Tensor g = p.shard.grad();
-    if (!g.defined()) {
-      g = Tensor::empty(p.info.shard_shape());
-      std::memcpy(g.data<float>(), src + p.unit_offset,
-                  size_t(p.info.padded_length) * sizeof(float));
-      p.shard.set_grad(g);
-    } else {
-      float* d = g.data<float>();
-      for (int64_t i = 0; i < p.info.padded_length; ++i) d[i] += src[p.unit_offset + i];
-    }
+    const bool add = g.defined();
+    if (!add) g = Tensor::empty(p.info.shard_shape());
+    accumulate_to_f32(src + size_t(p.unit_offset) * dtype_size(dt), dt, g.data<float>(),
+                      p.info.padded_length, add);
+    if (!add) p.shard.set_grad(g);
   }
   reduce_work_ = Work();
   reduce_in_ = reduce_out_ = Tensor();
@@ -148,9 +201,7 @@ FSDP::FSDP(Module& root, std::shared_ptr<ProcessGroup> pg) : root_(root), pg_(st
 }
 
 FSDPUnit& FSDP::fully_shard(const Module& module, FSDPOptions options) {
-  HD_CHECK(options.mixed_precision.param_dtype == DType::f32 &&
-               options.mixed_precision.reduce_dtype == DType::f32,
-           "fully_shard: the CPU path is fp32 only (mixed precision applies to device units)");
+  check_policy(options.mixed_precision);
   std::string unit_name = "?";
   for (auto& [path, m] : root_.named_modules()) {
     if (m == &module) unit_name = path.empty() ? "<root>" : path;
@@ -169,7 +220,8 @@ FSDPUnit& FSDP::fully_shard(const Module& module, FSDPOptions options) {
     HD_CHECK(t.dtype() == DType::f32 && t.is_contiguous() && t.offset() == 0 &&
                  t.storage()->nbytes() == t.nbytes(),
              "fully_shard: parameter '", full, "' ", t.str(),
-             " must be an f32 tensor owning its whole storage");
+             " must be an f32 tensor owning its whole storage (the fp32 masters are cut from it; "
+             "mixed_precision.param_dtype converts the module's copy)");
     FSDPParam p;
     p.info = make_shard_info(full, t.shape(), rank, n);
     p.param = t;
@@ -181,6 +233,10 @@ FSDPUnit& FSDP::fully_shard(const Module& module, FSDPOptions options) {
     FSDPUnit* u = unit.get();
     t.register_post_accumulate_hook([u](Tensor&) { u->on_grad_arrival(); });
     t.storage()->resize(0);
+    // From here the module's tensor is the compute copy: param_dtype, bytes only while the
+    // unit is unsharded (same TensorImpl, so the module and its views stay valid).
+    t.zero_grad();
+    t.impl().dtype = options.mixed_precision.param_dtype;
     owner_of_[key] = u;
     unit->params_.push_back(std::move(p));
   }

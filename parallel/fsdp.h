@@ -30,8 +30,19 @@
 // resize-to-0). Between units a sharded parameter has no bytes: do not touch it outside the
 // unit's forward/backward (use full_parameters() to read it).
 //
-// Mixed precision: the policy (param_dtype for compute and all-gather, reduce_dtype for the
-// reduce-scatter) is part of the API; the CPU path is fp32 only and rejects anything else.
+// [Note: mixed precision] FSDP2's MixedPrecisionPolicy. The fp32 shard stays the master (the
+// optimizer updates it; autograd/mixed_precision.h explains why bf16 weights cannot be updated
+// directly). Before the all-gather each shard is rounded to param_dtype, so the gather moves
+// 2 bytes per element with bf16 and the unsharded parameters (the module's tensors, converted to
+// param_dtype by fully_shard) cost half the memory; a floating input is cast to param_dtype when
+// it enters the unit. The full gradients come out of backward in param_dtype and are converted to
+// reduce_dtype for the reduce-scatter: f32 (the default, and what we recommend) sums N ranks'
+// bf16 gradients without compounding bf16 rounding at every hop of the ring; bf16 halves the
+// traffic again. The reduced shard is added to the fp32 shard gradient. Communication per step is
+// then Psi (N-1)/N x (2 or 1 gathers x sizeof(param_dtype) + sizeof(reduce_dtype)) bytes. On the
+// CPU the bf16 kernels compute in f32 and round on store (as GPUs do), so the same policy runs
+// and is tested here (tests/parallel/fsdp_mixed_precision_test.cpp). fully_shard rejects device
+// parameters: the device-buffer path (NCCL, device packing kernels) is not written yet.
 #pragma once
 #include <functional>
 #include <map>
@@ -103,6 +114,7 @@ class FSDPUnit {
   Tensor reduce_in_, reduce_out_;
   int arrivals_ = 0;
   bool grads_pending_ = false;  // full gradients arrived since the last post_backward
+  bool backward_done_ = false;  // post_backward ran since this unit's last forward
 };
 
 class FSDP {

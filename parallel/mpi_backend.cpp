@@ -17,6 +17,7 @@
 #include <deque>
 #include <functional>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "autograd/error.h"
@@ -42,11 +43,14 @@ MPI_Datatype mpi_type(DType t) {
       return MPI_INT64_T;
     case DType::i32:
       return MPI_INT32_T;
+    case DType::bf16:  // moved as bits; reductions use the user ops of SixteenBitOps
+    case DType::f16:
+      return MPI_UINT16_T;
     default:
       break;
   }
   throw Error(detail::concat("MPI process group: dtype ", dtype_name(t),
-                             " is not supported (f32, f64, i32, i64)"));
+                             " is not supported (f32, f64, bf16, f16, i32, i64)"));
 }
 
 void check_mpi(int rc, const char* what) {
@@ -56,6 +60,48 @@ void check_mpi(int rc, const char* what) {
   MPI_Error_string(rc, text, &len);
   throw Error(detail::concat("MPI: ", what, " failed: ", std::string(text, len)));
 }
+
+// MPI has no bf16/f16 type, and MPI_SUM on MPI_UINT16_T would add the bit patterns. These user
+// ops (one per format and op, so the function knows its element type without global state)
+// load to f32, combine, and round back once per combine, as NCCL does for bf16.
+template <class T, bool kMax>
+void combine_16bit(void* in, void* inout, int* len, MPI_Datatype*) {
+  const T* a = static_cast<const T*>(in);
+  T* b = static_cast<T*>(inout);
+  for (int i = 0; i < *len; ++i) {
+    const float x = ElementTraits<T>::load(a[i]), y = ElementTraits<T>::load(b[i]);
+    b[i] = ElementTraits<T>::store(kMax ? std::max(x, y) : x + y);
+  }
+}
+
+// The four ops live as long as the process group (created after MPI_Init, freed before
+// MPI_Finalize).
+class SixteenBitOps {
+ public:
+  void create() {
+    check_mpi(MPI_Op_create(&combine_16bit<bf16_t, false>, 1, &ops_[0][0]), "MPI_Op_create");
+    check_mpi(MPI_Op_create(&combine_16bit<bf16_t, true>, 1, &ops_[0][1]), "MPI_Op_create");
+    check_mpi(MPI_Op_create(&combine_16bit<f16_t, false>, 1, &ops_[1][0]), "MPI_Op_create");
+    check_mpi(MPI_Op_create(&combine_16bit<f16_t, true>, 1, &ops_[1][1]), "MPI_Op_create");
+  }
+  void free() {
+    for (auto& row : ops_) {
+      for (MPI_Op& op : row) {
+        if (op != MPI_OP_NULL) MPI_Op_free(&op);
+      }
+    }
+  }
+  // The MPI op for a reduction (avg is a sum followed by divide()).
+  MPI_Op get(ReduceOp op, DType t) const {
+    const bool max = op == ReduceOp::max;
+    if (t == DType::bf16) return ops_[0][max];
+    if (t == DType::f16) return ops_[1][max];
+    return max ? MPI_MAX : MPI_SUM;
+  }
+
+ private:
+  MPI_Op ops_[2][2] = {{MPI_OP_NULL, MPI_OP_NULL}, {MPI_OP_NULL, MPI_OP_NULL}};
+};
 
 int count_of(const Tensor& t, const char* what) {
   HD_CHECK(t.device().is_cpu(), "MPI process group: ", what, " needs a host tensor, got ", t.str(),
@@ -91,6 +137,17 @@ void divide(const Tensor& t, int n) {
       for (int64_t i = 0; i < k; ++i) p[i] /= n;
       break;
     }
+    case DType::bf16:
+    case DType::f16:
+      visit_dtype(t.dtype(), "divide", [&]<class T>() {
+        if constexpr (std::is_same_v<T, bf16_t> || std::is_same_v<T, f16_t>) {
+          T* p = t.data<T>();
+          for (int64_t i = 0; i < k; ++i) {
+            p[i] = ElementTraits<T>::store(ElementTraits<T>::load(p[i]) / float(n));
+          }
+        }
+      });
+      break;
     default:
       break;
   }
@@ -124,6 +181,7 @@ class MpiProcessGroup final : public ProcessGroup {
     check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &error_comm_), "MPI_Comm_dup");
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &world_size_);
+    sixteen_bit_ops_.create();
     local_rank_ = discover_local_rank();
     Watchdog::Options w;
     w.rank = rank_;
@@ -143,6 +201,7 @@ class MpiProcessGroup final : public ProcessGroup {
     queue_cv_.notify_all();
     thread_.join();
     watchdog_.reset();
+    sixteen_bit_ops_.free();
     MPI_Comm_free(&comm_);
     MPI_Comm_free(&error_comm_);
     if (owns_mpi_) MPI_Finalize();
@@ -153,7 +212,7 @@ class MpiProcessGroup final : public ProcessGroup {
   Work all_reduce(const Tensor& t, ReduceOp op) override {
     int n = count_of(t, "all_reduce");
     return enqueue(Collective::all_reduce, int64_t(t.nbytes()), [this, t, op, n] {
-      MPI_Op mop = op == ReduceOp::max ? MPI_MAX : MPI_SUM;
+      MPI_Op mop = sixteen_bit_ops_.get(op, t.dtype());
       check_mpi(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), n, mpi_type(t.dtype()), mop, comm_),
                 "MPI_Allreduce");
       if (op == ReduceOp::avg) divide(t, world_size_);
@@ -179,7 +238,7 @@ class MpiProcessGroup final : public ProcessGroup {
              "reduce_scatter: input ", in.str(), " must hold world_size (", world_size_,
              ") x output ", out.str());
     return enqueue(Collective::reduce_scatter, int64_t(in.nbytes()), [this, in, out, n, op] {
-      ring_reduce_scatter(in, out, n, op == ReduceOp::max ? MPI_MAX : MPI_SUM);
+      ring_reduce_scatter(in, out, n, sixteen_bit_ops_.get(op, in.dtype()));
       if (op == ReduceOp::avg) divide(out, world_size_);
     });
   }
@@ -346,6 +405,7 @@ class MpiProcessGroup final : public ProcessGroup {
   bool stop_ = false;
   std::thread thread_;
   std::vector<char> ring_buffer_;  // ring_reduce_scatter's chunk buffers
+  SixteenBitOps sixteen_bit_ops_;
 };
 
 }  // namespace

@@ -37,19 +37,22 @@ ShardInfo make_shard_info(const std::string& name, const Shape& global_shape, in
   return s;
 }
 
-void copy_rows_out(const ShardInfo& info, int r, const float* full, float* dst) {
+void copy_rows_out(const ShardInfo& info, int r, const void* full, void* dst, size_t elem) {
   const int64_t valid = info.valid_rows(r) * info.row_numel;
   const int64_t start =
       std::min<int64_t>(int64_t(r) * info.rows_per_rank * info.row_numel, info.global_numel());
-  if (valid > 0) std::memcpy(dst, full + start, size_t(valid) * sizeof(float));
-  std::fill(dst + valid, dst + info.padded_length, 0.0f);
+  auto* d = static_cast<char*>(dst);
+  if (valid > 0) {
+    std::memcpy(d, static_cast<const char*>(full) + size_t(start) * elem, size_t(valid) * elem);
+  }
+  std::memset(d + size_t(valid) * elem, 0, size_t(info.padded_length - valid) * elem);
 }
 
-void copy_rows_in(const ShardInfo& info, int r, const float* src, float* full) {
+void copy_rows_in(const ShardInfo& info, int r, const void* src, void* full, size_t elem) {
   const int64_t valid = info.valid_rows(r) * info.row_numel;
   if (valid == 0) return;
-  std::memcpy(full + int64_t(r) * info.rows_per_rank * info.row_numel, src,
-              size_t(valid) * sizeof(float));
+  std::memcpy(static_cast<char*>(full) + size_t(r * info.rows_per_rank * info.row_numel) * elem,
+              src, size_t(valid) * elem);
 }
 
 }  // namespace hd::parallel

@@ -38,9 +38,17 @@ ShardInfo make_shard_info(const std::string& name, const Shape& global_shape, in
                           int world_size);
 
 // Copies rank `r`'s rows of `full` (contiguous, global shape) into dst[0 .. padded_length),
-// zero-filling the padding.
-void copy_rows_out(const ShardInfo& info, int r, const float* full, float* dst);
+// zero-filling the padding. `elem` is the element size in bytes (any dtype: the copy is bytes;
+// zero bits are +0 for every float format).
+void copy_rows_out(const ShardInfo& info, int r, const void* full, void* dst, size_t elem);
 // The inverse for the valid rows: dst_full gets rank r's rows from src.
-void copy_rows_in(const ShardInfo& info, int r, const float* src, float* full);
+void copy_rows_in(const ShardInfo& info, int r, const void* src, void* full, size_t elem);
+
+inline void copy_rows_out(const ShardInfo& info, int r, const float* full, float* dst) {
+  copy_rows_out(info, r, full, dst, sizeof(float));
+}
+inline void copy_rows_in(const ShardInfo& info, int r, const float* src, float* full) {
+  copy_rows_in(info, r, src, full, sizeof(float));
+}
 
 }  // namespace hd::parallel

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "ops/shape.h"
 #include "parallel/process_group.h"
 #include "tests/parallel/mpi_main.h"
 
@@ -88,6 +89,51 @@ TYPED_TEST(CollectivesTest, BroadcastFromLastRank) {
   }
 }
 
+// bf16 and f16 (FSDP's mixed-precision all-gather and reduce-scatter): MPI carries the bits and
+// our user ops combine in f32. Every value below is a small integer (or a half) that both formats
+// hold exactly, so the closed forms are exact; a bit-pattern sum (MPI_SUM on uint16) would not be.
+TEST(Collectives, SixteenBitFloatsReduceAsNumbers) {
+  const int64_t r = world().rank(), N = world().world_size();
+  auto filled = [](int64_t n, DType dt, auto&& f) {
+    Tensor t = Tensor::empty({n});
+    for (int64_t i = 0; i < n; ++i) t.data<float>()[i] = float(f(i));
+    return contiguous(to(t, dt));
+  };
+  for (DType dt : {DType::bf16, DType::f16}) {
+    for (int64_t n : kSizes) {
+      for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max}) {
+        Tensor t = filled(n, dt, [&](int64_t i) { return (r + 1) * (i % 7 + 1); });
+        world().all_reduce(t, op).wait();
+        Tensor in = filled(n * N, dt, [&](int64_t j) { return (r + 1) * (j % 11 + 1); });
+        Tensor out = Tensor::empty({n}, dt);
+        world().reduce_scatter(in, out, op).wait();
+        Tensor t32 = to(t, DType::f32), out32 = to(out, DType::f32);
+        for (int64_t i = 0; i < n; ++i) {
+          for (auto [got, k] : {std::pair{t32.data<float>()[i], i % 7 + 1},
+                                std::pair{out32.data<float>()[i], (r * n + i) % 11 + 1}}) {
+            const double sum = double(N * (N + 1) / 2 * k);
+            const double expected = op == ReduceOp::sum   ? sum
+                                    : op == ReduceOp::avg ? sum / double(N)
+                                                          : double(N * k);
+            ASSERT_EQ(got, float(expected)) << dtype_name(dt) << " " << reduce_op_name(op)
+                                            << " n=" << n << " i=" << i << " N=" << N;
+          }
+        }
+      }
+      // At most 4 * 16 + 7 = 71: exact in bf16's 8 significant bits.
+      Tensor in = filled(n, dt, [&](int64_t i) { return (r + 1) * 16 + i % 8; });
+      Tensor all = Tensor::empty({n * N}, dt);
+      world().all_gather(in, all).wait();
+      Tensor all32 = to(all, DType::f32);
+      for (int64_t q = 0; q < N; ++q) {
+        for (int64_t i = 0; i < n; ++i) {
+          ASSERT_EQ(all32.data<float>()[q * n + i], float((q + 1) * 16 + i % 8)) << dtype_name(dt);
+        }
+      }
+    }
+  }
+}
+
 TEST(Collectives, AsyncHandlesCompleteInIssueOrder) {
   const int64_t r = world().rank(), N = world().world_size();
   std::vector<Tensor> ts;
@@ -131,7 +177,7 @@ TEST(Collectives, StatsCountBytesAndBusBytes) {
 TEST(Collectives, ShapeMismatchIsAnErrorNotAHang) {
   Tensor in = Tensor::empty({3}), out = Tensor::empty({3 * world().world_size() + 1});
   EXPECT_THROW(world().all_gather(in, out), Error);
-  Tensor b = Tensor::empty({2}, DType::bf16);
+  Tensor b = Tensor::empty({2}, DType::boolean);
   EXPECT_THROW(world().all_reduce(b, ReduceOp::sum).wait(), Error);
 }
 

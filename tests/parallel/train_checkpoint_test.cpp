@@ -63,7 +63,21 @@ void read_reference(const fs::path& file, std::map<std::string, std::vector<floa
   ASSERT_TRUE(in.good()) << file;
 }
 
-// Bit-exact (tol < 0) or |a - b| <= tol per element.
+// The key third of a qkv bias (and its moments) has an analytically zero gradient (softmax
+// ignores a per-query constant), so AdamW there is driven by rounding noise of ~1e-8 that
+// depends on the summation order, amplified by 1/eps: across world sizes these entries drift
+// apart by ~1e-5 in 5 steps, every other entry by < 2e-7 (measured, 2 -> 1 ranks). They get
+// 10x the tolerance; a real resharding error would show in every entry, not only here.
+double tolerance_for(const std::string& name, size_t i, double tol) {
+  const std::string qkv_bias = "attn.qkv.bias";
+  const bool is_qkv_bias =
+      name.size() >= qkv_bias.size() &&
+      name.compare(name.size() - qkv_bias.size(), qkv_bias.size(), qkv_bias) == 0;
+  const size_t width = 15;  // TinyTransformer: qkv.bias = [q | k | v], 15 each
+  return is_qkv_bias && i >= width && i < 2 * width ? 10 * tol : tol;
+}
+
+// Bit-exact (tol < 0) or |a - b| <= tol per element (see tolerance_for).
 void expect_state_eq(const std::map<std::string, std::vector<float>>& got,
                      const std::map<std::string, std::vector<float>>& want, double tol) {
   ASSERT_EQ(got.size(), want.size());
@@ -76,7 +90,7 @@ void expect_state_eq(const std::map<std::string, std::vector<float>>& got,
         ASSERT_EQ(std::bit_cast<uint32_t>(g[i]), std::bit_cast<uint32_t>(w[i]))
             << name << "[" << i << "]: " << g[i] << " vs " << w[i];
       else
-        ASSERT_NEAR(g[i], w[i], tol) << name << "[" << i << "]";
+        ASSERT_NEAR(g[i], w[i], tolerance_for(name, i, tol)) << name << "[" << i << "]";
     }
   }
 }
