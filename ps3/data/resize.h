@@ -29,9 +29,10 @@ struct Taps {
 // Cached (thread-safe): a loader asks for the same few sizes millions of times.
 const Taps& taps(int64_t in, int64_t out, ResampleMode mode, bool antialias);
 
-// Crop [y0, y0+h) x [x0, x0+w) of `src` and resize it to out_h x out_w with antialiased bicubic
-// (Pillow's a = -0.5 kernel), horizontal pass first, rounding to uint8 after each pass like
-// Pillow. A no-op axis (same size, no crop) is copied, not filtered.
+// Crop [y0, y0+h) x [x0, x0+w) of `src` and resize it to out_h x out_w with antialiased bicubic,
+// bit for bit what Pillow's Image.crop(box).resize(size, BICUBIC) gives (the a = -0.5 kernel in
+// 22-bit fixed point, horizontal pass first, uint8 between the passes; tested against Pillow in
+// tests/ps3/data/pillow_resize_test.cpp). An axis whose size does not change is copied.
 Image resize_aa_bicubic(const Image& src, int64_t y0, int64_t x0, int64_t h, int64_t w,
                         int64_t out_h, int64_t out_w);
 
