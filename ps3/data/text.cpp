@@ -60,8 +60,10 @@ std::string process_caption(const std::string& caption, bool sentence_masking, u
   return out;
 }
 
-Tokenizer::Tokenizer(const std::string& model_path, int64_t context_length)
-    : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()), ctx_(context_length) {
+Tokenizer::Tokenizer(const std::string& model_path, int64_t context_length, TextClean clean)
+    : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()),
+      ctx_(context_length),
+      clean_(clean) {
   HD_CHECK(context_length >= 1, "Tokenizer: context length must be positive, got ", context_length);
   auto st = sp_->Load(model_path);
   HD_CHECK(st.ok(), "Tokenizer: cannot load SentencePiece model ", model_path, ": ", st.ToString());
@@ -73,7 +75,7 @@ Tokenizer::~Tokenizer() = default;
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
   std::vector<int> ids;
-  sp_->Encode(text, &ids);
+  sp_->Encode(clean_ == TextClean::canonicalize ? canonicalize_text(text) : text, &ids);
   if (eos_ >= 0) {
     if (int64_t(ids.size()) >= ctx_) ids.resize(size_t(ctx_ - 1));
     ids.push_back(eos_);
@@ -97,13 +99,18 @@ int64_t Tokenizer::vocab_size() const {
 }
 
 void train_tokenizer(const std::vector<std::string>& texts, const std::string& prefix,
-                     int64_t vocab_size) {
+                     int64_t vocab_size, TextClean clean) {
   HD_CHECK(!texts.empty(), "train_tokenizer: no texts to train on");
   std::string corpus = prefix + ".corpus.txt";
   {
     std::ofstream f(corpus);
     HD_CHECK(f, "train_tokenizer: cannot write ", corpus);
-    for (const auto& t : texts) f << t << '\n';
+    for (const auto& t : texts) {
+      std::string line = clean == TextClean::canonicalize ? canonicalize_text(t) : t;
+      // One text per line: a newline inside a text (possible only without cleaning) would split it.
+      std::replace(line.begin(), line.end(), '\n', ' ');
+      f << line << '\n';
+    }
   }
   std::string args = "--input=" + corpus + " --model_prefix=" + prefix +
                      " --vocab_size=" + std::to_string(vocab_size) +
