@@ -439,4 +439,18 @@ proto::RunConfig load_run_config(const std::string& path, const std::vector<std:
   return c;
 }
 
+proto::RunConfig load_model_config(const std::string& path,
+                                   const std::vector<std::string>& overrides) {
+  proto::RunConfig c = read_config_file(path);
+  for (const auto& o : overrides) apply_override(c, o);
+  resolve_defaults(c);
+  static const std::vector<std::string> presets = {"demo", "ps3-1.5k", "ps3-4k"};
+  if (std::find(presets.begin(), presets.end(), c.model().preset()) == presets.end())
+    invalid("model.preset", "= '" + c.model().preset() + "' is not one of demo, ps3-1.5k, ps3-4k");
+  if (c.eval().look_close_steps() < 1)
+    invalid("eval.look_close_steps",
+            "= " + std::to_string(c.eval().look_close_steps()) + " must be >= 1");
+  return c;
+}
+
 }  // namespace hd::launcher

@@ -7,10 +7,14 @@
 // Batch::patches with the loader's default normalisation): a feature file is only comparable
 // with what training saw if the pixels are identical, so nothing here re-implements them.
 //
-// Why weights are loaded strictly: every parameter of the model built from the config must be in
-// the checkpoint with the same shape (a tensor the model does not use is ignored, e.g. AdamW
-// moments or extra HF entries), so a config that does not match the checkpoint fails naming the
-// tensor instead of encoding with half-initialised weights.
+// Why weights are loaded strictly (launcher/ps3_weights.h): every parameter the encoding uses
+// must be in the checkpoint with the same shape, so a config that does not match the checkpoint
+// fails naming the tensor instead of encoding with half-initialised weights. What the reference's
+// save_pretrained writes also loads: no logit_scale/logit_bias (init values, with a note), and
+// a vision-only file when there is no --prompt (the text tower is loaded only for a prompt).
+//
+// Why the config is checked only for what encoding reads (load_model_config): a model is
+// described by its model section; run_dir, data.dir and train belong to training runs.
 //
 // Why object time tracking is off in the HDF5 file: HDF5 stamps object headers with the creation
 // time by default, which would make two encodings of the same input differ in bytes; without it
@@ -22,7 +26,6 @@
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -31,10 +34,9 @@
 #include "launcher/command.h"
 #include "launcher/config.h"
 #include "launcher/model_config.h"
+#include "launcher/ps3_weights.h"
 #include "ops/factory.h"
 #include "ops/shape.h"
-#include "parallel/checkpoint/checkpoint.h"
-#include "parallel/checkpoint/safetensors.h"
 #include "ps3/data/image.h"
 #include "ps3/data/loader.h"
 #include "ps3/data/resize.h"
@@ -46,7 +48,6 @@ namespace hd::launcher {
 namespace {
 
 namespace fs = std::filesystem;
-namespace ckpt = hd::parallel::ckpt;
 
 constexpr const char* kUsage =
     "usage: hdtrain ps3 encode --config FILE.textproto [--set FIELD=VALUE ...]\n"
@@ -59,10 +60,15 @@ constexpr const char* kUsage =
     "        flattened scale grids, scale 0 row-major first)   /high_res_pooled [W]\n"
     "    /prior_probs/scale_<s> [g, g]  /posterior_probs/scale_<s> (with --prompt)\n"
     "    /selection_maps/scale_<s> [g, g] (0/1, sums to M over the scales)\n"
-    "    attributes: config, checkpoint, image, prompt, scales, grids, look_close_steps, ...\n"
-    "  --config, --set  the run configuration (model shape, data.tokenizer), as for pretrain\n"
+    "    attributes: config, checkpoint, image, prompt (after caption processing),\n"
+    "        prompt_clean (what the tokenizer saw), scales, grids, look_close_steps, ...\n"
+    "  --config, --set  a run configuration; only its model section (the shape) is used, and\n"
+    "                   data.tokenizer (or data.dir) for --prompt: run_dir, data.dir and train\n"
+    "                   may be absent\n"
     "  --checkpoint     a checkpoint step folder, a run folder (its newest complete\n"
-    "                   checkpoint) or a .safetensors file (e.g. an HF PS3 model.safetensors)\n"
+    "                   checkpoint), a .safetensors file or a folder holding model.safetensors\n"
+    "                   (what the reference's save_pretrained writes: logit_scale/logit_bias\n"
+    "                   may be missing, and the text tower when there is no --prompt)\n"
     "  --image          a JPEG or PNG; squash-resized to the largest scale like training does\n"
     "  --prompt         caption for top-down selection (text tower + prompt head); without\n"
     "                   it selection is bottom-up only\n"
@@ -80,60 +86,6 @@ struct H5 {
   H5& operator=(const H5&) = delete;
   operator hid_t() const { return id; }
 };
-
-// --checkpoint PATH -> what to load and its kind.
-struct WeightsSource {
-  fs::path path;
-  bool safetensors = false;
-};
-
-WeightsSource resolve_checkpoint(const fs::path& p) {
-  HD_CHECK(fs::exists(p), "--checkpoint '", p.string(), "' does not exist");
-  if (fs::is_regular_file(p)) {
-    HD_CHECK(p.extension() == ".safetensors", "--checkpoint '", p.string(),
-             "' is a file but not a .safetensors file (or pass a checkpoint step/run folder)");
-    return {p, true};
-  }
-  if (fs::exists(p / ckpt::kManifestName)) return {p, false};
-  for (const fs::path& dir : {p / "checkpoints", p})
-    if (fs::is_directory(dir))
-      if (auto latest = ckpt::latest_complete(dir)) return {*latest, false};
-  throw Error("--checkpoint '" + p.string() + "' holds no complete checkpoint (no " +
-              ckpt::kManifestName + " in it, in its step_* folders or in checkpoints/step_*)");
-}
-
-// Every parameter of `model` from the source, by name; throws naming the tensor at fault.
-void load_weights(ps3::PS3CLIP& model, const WeightsSource& src) {
-  auto params = model.named_parameters();
-  if (!src.safetensors) {
-    std::vector<ckpt::ShardRef> refs;
-    for (auto& [name, p] : params)
-      refs.push_back({parallel::make_shard_info(name, p.shape(), 0, 1), p});
-    ckpt::load_checkpoint(src.path, refs, {.allow_missing = false, .allow_unexpected = true});
-    return;
-  }
-  ckpt::safetensors::Reader reader(src.path);
-  std::set<std::string> names;
-  for (const auto& e : reader.entries()) names.insert(e.name);
-  std::vector<std::string> missing;
-  for (auto& [name, p] : params)
-    if (!names.count(name)) missing.push_back(name);
-  if (!missing.empty()) {
-    std::string list;
-    for (size_t i = 0; i < missing.size() && i < 8; ++i) list += (i ? ", " : "") + missing[i];
-    throw Error(detail::concat("--checkpoint ", src.path.string(), ": ", missing.size(),
-                               " parameter(s) of the model are not in the file: ", list,
-                               missing.size() > 8 ? ", ..." : ""));
-  }
-  for (auto& [name, p] : params) {
-    const auto& e = reader.entry(name);
-    HD_CHECK(e.shape == p.shape(), "--checkpoint ", src.path.string(), ": tensor '", name,
-             "' has shape ", shape_str(e.shape), " but the model of the config expects ",
-             shape_str(p.shape()));
-    Tensor t = reader.read_f32(name);
-    std::memcpy(p.data<float>(), t.data<float>(), size_t(p.numel()) * sizeof(float));
-  }
-}
 
 // HDF5 writer of the output file (the datasets of kUsage).
 class Out {
@@ -217,7 +169,7 @@ int encode(const std::vector<std::string>& args) {
 
   proto::RunConfig config;
   try {
-    config = load_run_config(config_path, overrides, 0);  // no world size: one process
+    config = load_model_config(config_path, overrides);
   } catch (const Error& e) {
     std::fprintf(stderr, "hdtrain ps3 encode: error: %s\n", e.what());
     return 2;
@@ -225,23 +177,32 @@ int encode(const std::vector<std::string>& args) {
   const int64_t look_close = a.get_int("look-close", config.eval().look_close_steps());
   HD_CHECK(look_close >= 1, "--look-close ", look_close, " must be >= 1");
 
-  // Model shape from the config; the demo preset sizes its vocabulary from the tokenizer.
+  // Checked before anything is built: a vision-only checkpoint with --prompt is the user's
+  // likeliest mistake with reference checkpoints, and the tokenizer would be asked for first.
+  const WeightsSource src = resolve_checkpoint(a.require("checkpoint"));
+  HD_CHECK(!has_prompt || has_text_tower(src), "--checkpoint ", src.path.string(),
+           " has no text tower (no text_model.* tensors: a vision-only checkpoint, e.g. "
+           "PS3VisionModel.save_pretrained), and --prompt needs it: encode without --prompt "
+           "(bottom-up selection) or pass a checkpoint with the text tower");
+
+  // The tokenizer: needed for --prompt. Without one the text tower is neither loaded nor run, so
+  // the demo preset's vocabulary (sized from the tokenizer) only has to be valid.
   const std::string tok_path = config.data().tokenizer();
-  const bool need_tok =
-      has_prompt || (config.model().preset() == "demo" && !config.model().text().has_vocab());
   std::unique_ptr<data::Tokenizer> tok;
-  if (need_tok || fs::exists(tok_path)) {
-    HD_CHECK(fs::exists(tok_path), "data.tokenizer '", tok_path, "' does not exist (needed ",
-             has_prompt ? "to tokenize --prompt" : "for the demo preset's vocabulary size",
-             "; set data.dir or data.tokenizer to the run's)");
-    tok = std::make_unique<data::Tokenizer>(tok_path);
+  if (has_prompt) {
+    HD_CHECK(!tok_path.empty(),
+             "data.tokenizer is not set, and --prompt needs the run's SentencePiece model (set "
+             "data.tokenizer, or data.dir to the dataset folder holding tokenizer.model)");
+    HD_CHECK(fs::exists(tok_path), "data.tokenizer '", tok_path,
+             "' does not exist (needed to tokenize --prompt; set data.dir or data.tokenizer to "
+             "the run's)");
   }
-  ps3::PS3Config mcfg = to_ps3_config(config.model(), tok ? tok->vocab_size() : 0);
+  if (!tok_path.empty() && fs::exists(tok_path)) tok = std::make_unique<data::Tokenizer>(tok_path);
+  ps3::PS3Config mcfg = to_ps3_config(config.model(), tok ? tok->vocab_size() : 1);
   const auto& vc = mcfg.vision;
 
-  const WeightsSource src = resolve_checkpoint(a.require("checkpoint"));
   ps3::PS3CLIP model(mcfg);
-  load_weights(model, src);
+  load_weights(model, src, /*need_text=*/has_prompt);
   NoGradGuard no_grad;
 
   // The image, prepared as data::Loader prepares a training sample (no crop, no boxes).
@@ -313,6 +274,7 @@ int encode(const std::vector<std::string>& args) {
     o.attr("image_size", std::vector<int64_t>{S});
     o.attr("low_res", std::vector<int64_t>{L});
     o.attr("prompt", processed_prompt);
+    o.attr("prompt_clean", data::canonicalize_text(processed_prompt));
     o.attr("scales", vc.scales);
     o.attr("grids", grids);
     o.attr("look_close_steps", std::vector<int64_t>{look_close});

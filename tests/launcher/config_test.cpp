@@ -188,5 +188,36 @@ TEST(Config, ShippedConfigsAreValid) {
   EXPECT_DOUBLE_EQ(paper.train().grad_clip(), 0.0);
 }
 
+// `ps3 encode` reads only the model: a config with nothing else loads through load_model_config,
+// which still checks what encoding uses; load_run_config rejects the same file (training needs
+// run_dir, data and train).
+TEST(Config, ModelOnlyConfigForEncoding) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "hd_config_model";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "model.textproto").string();
+  std::ofstream(path) << "name: \"m\"\nmodel { preset: \"demo\" text { vocab: 64 } }\n";
+  proto::RunConfig c = load_model_config(path, {"model.vision.width=32"});
+  EXPECT_EQ(c.name(), "m");
+  EXPECT_EQ(c.model().vision().width(), 32);
+  EXPECT_TRUE(c.run_dir().empty());
+  EXPECT_TRUE(c.data().tokenizer().empty());  // no data.dir: nothing derived
+  EXPECT_EQ(c.eval().look_close_steps(), 1);  // defaults resolved
+  EXPECT_NE(error_of([&] { load_run_config(path, {}, 0); }).find("run_dir"), std::string::npos);
+  // What encoding does read is still checked, naming the field or the --set argument.
+  EXPECT_NE(error_of([&] { load_model_config(path, {"model.preset=tiny"}); }).find("model.preset"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              load_model_config(path, {"eval.look_close_steps=0"});
+            }).find("eval.look_close_steps"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { load_model_config(path, {"train.stpes=3"}); }).find("'stpes'"),
+            std::string::npos);
+  // The committed config of the reference-package fixture is such a file.
+  proto::RunConfig ref = load_model_config(
+      (std::filesystem::path(HD_SOURCE_DIR) / "tests/launcher/ref_tiny.textproto").string(), {});
+  EXPECT_EQ(ref.model().vision().selection_res(), 1512);
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace hd::launcher

@@ -13,6 +13,14 @@ with h5dump (raw little-endian bytes via `h5dump -b LE`, parsed with the standar
             look-close steps, a prompt (posterior maps exist and differ from the prior, the prior
             does not change), and clear errors (missing/corrupt image, missing checkpoint,
             config that does not match the checkpoint, bad config)
+  reference checkpoints written by the reference package itself (ps3-torch save_pretrained,
+            tests/fixtures/ref_ps3/) with a config that has only a model section
+            (ref_tiny.textproto: no run_dir, data or train): the full model (no
+            logit_scale/logit_bias: a note, init values) as a file, as its HF folder and imported
+            into a step folder, equal to the reference's own forward (low-res pooled feature and
+            selection probabilities to float rounding; the selected cells hold the same
+            probabilities, ties broken by index); with --prompt (its text tower); the vision-only
+            file without --prompt, and with --prompt an error naming the missing text tower
   hf        `ckpt export` -> .safetensors -> `ckpt import`: encoding from the .safetensors and
             from the imported folder gives the same datasets as from the original checkpoint; a
             shape mismatch against the .safetensors names the tensor; `pretrain` with
@@ -32,6 +40,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MICRO = os.path.join(HERE, "micro.textproto")
+REF_TINY = os.path.join(HERE, "ref_tiny.textproto")
+REF_DIR = os.path.join(HERE, "..", "fixtures", "ref_ps3")
 # micro.textproto's model: width 32, low_res 112 (8 x 8 tokens), scales 224/448, k = 24.
 W, LOW_TOKENS, SCALES, K = 32, 64, (224, 448), 24
 GRIDS = tuple(s // 14 for s in SCALES)
@@ -258,6 +268,85 @@ def case_encode(env):
     check("unknown field 'stpes'" in p.stderr, "a bad config exits 2, naming the field")
     check(not os.path.exists(bad) and not os.path.exists(bad + ".partial"),
           "no output file after a failure")
+
+
+def case_reference(env):
+    out = fresh(env, "enc_ref")
+    with open(REF_TINY) as f:
+        text = f.read()
+    check(not re.search(r"^\s*(run_dir|data|train)\b", text, re.M),
+          "ref_tiny.textproto has no run_dir, data or train section")
+    with open(os.path.join(REF_DIR, "reference.json")) as f:
+        ref = json.load(f)
+    check(not ref["has_logit_scale"], "the reference's save_pretrained wrote no logit_scale/bias")
+    image = os.path.join(REF_DIR, "image.png")
+
+    def encode(path, checkpoint, extra=(), expect_rc=0):
+        return run([env.hdtrain, "ps3", "encode", "--config", REF_TINY, "--checkpoint", checkpoint,
+                    "--image", image, "--out", path] + list(extra), expect_rc)
+
+    full_st = os.path.join(REF_DIR, "full", "model.safetensors")
+    a = os.path.join(out, "full.h5")
+    p = encode(a, full_st)
+    check(re.search(r"note: .*has no logit_scale, logit_bias .*logit_scale = 2\.30259, "
+                    r"logit_bias = -10", p.stdout) is not None,
+          "missing logit_scale/logit_bias: a note with their init values")
+    # Against the reference's own forward on the same image (it is already 224 x 224: no resize).
+    fwd = ref["forward"]
+    pooled = h5_dataset(a, "/low_res_pooled")[2]
+    err = max(abs(x - y) for x, y in zip(pooled, fwd["low_res_pooled"]))
+    check(len(pooled) == 16 and err < 1e-5, "low-res pooled feature = the reference's (max |diff| %.2g)"
+          % err)
+    budget = {"112": 2, "224": 10}  # the reference 0.1.3 drops the rounding remainder: 2 + 9
+    for s in ("112", "224"):
+        probs = h5_dataset(a, "/prior_probs/scale_" + s)[2]
+        rp = fwd["prior_probs"][s]
+        err = max(abs(x - y) / abs(y) for x, y in zip(probs, rp))
+        check(len(probs) == len(rp) and err < 1e-5,
+              "scale %s: selection probabilities = the reference's (max rel. diff %.2g)" % (s, err))
+        sel = [i for i, v in enumerate(h5_dataset(a, "/selection_maps/scale_" + s)[2]) if v == 1.0]
+        check(len(sel) == budget[s], "scale %s: %d cells selected" % (s, len(sel)))
+        # Top-k with ties: the reference (torch.topk) and hdtrain (ascending index) may pick
+        # different cells of equal probability, never cells of other probabilities.
+        mine = sorted((rp[i] for i in sel), reverse=True)[:len(fwd["selected"][s])]
+        theirs = sorted((rp[i] for i in fwd["selected"][s]), reverse=True)
+        check(mine == theirs, "scale %s: the selected cells hold the probabilities the reference "
+              "selected %s" % (s, [round(v, 6) for v in theirs]))
+
+    # The HF folder (save_pretrained's output) and the file imported into a step folder.
+    b = os.path.join(out, "folder.h5")
+    encode(b, os.path.join(REF_DIR, "full"))
+    check(h5_all(b) == h5_all(a), "the save_pretrained folder encodes like its model.safetensors")
+    imported = os.path.join(out, "imported")
+    run([env.hdtrain, "ckpt", "import", full_st, "--out", imported])
+    c = os.path.join(out, "imported.h5")
+    p = encode(c, os.path.join(imported, "step_00000000"))
+    check("has no logit_scale, logit_bias" in p.stdout and h5_all(c) == h5_all(a),
+          "imported into a step folder: the same note and the same encoding")
+
+    # --prompt runs the reference's text tower: a tokenizer within its 64-token vocabulary.
+    tok = os.path.join(out, "tok")
+    run([env.hdtrain, "data", "tokenizer", "--data", env.data, "--out", tok, "--vocab", "60"])
+    d = os.path.join(out, "prompt.h5")
+    encode(d, full_st, ["--prompt", "A red square!", "--set", "data.tokenizer=" + tok + ".model"])
+    check(h5_attr(d, "prompt_clean") == "a red square", "the prompt is cleaned like the reference's")
+    for s in ("112", "224"):
+        post = h5_dataset(d, "/posterior_probs/scale_" + s)[1]
+        check(post != h5_dataset(d, "/prior_probs/scale_" + s)[1],
+              "scale %s: top-down probabilities from the reference's text tower" % s)
+
+    # Vision only (PS3VisionModel.save_pretrained): no text_model.* at all.
+    vis = os.path.join(REF_DIR, "vision", "model.safetensors")
+    e = os.path.join(out, "vision.h5")
+    encode(e, vis)
+    check(len(h5_dataset(e, "/high_res_positions")[2]) == 12 and
+          h5_dataset(e, "/low_res_pooled")[1] != h5_dataset(a, "/low_res_pooled")[1],
+          "the vision-only checkpoint encodes without --prompt (its own weights)")
+    bad = os.path.join(out, "bad.h5")
+    p = encode(bad, vis, ["--prompt", "a red square"], expect_rc=1)
+    check("has no text tower" in p.stderr and "vision-only" in p.stderr and "--prompt" in p.stderr,
+          "vision-only with --prompt: the error names the missing text tower")
+    check(not os.path.exists(bad) and not os.path.exists(bad + ".partial"), "and writes nothing")
 
 
 def case_hf(env):
