@@ -98,8 +98,9 @@ int import_cmd(const std::vector<std::string>& argv) {
 }
 
 int run(const std::vector<std::string>& args) {
-  const bool help = args.empty() || args[0] == "--help" || args[0] == "-h" ||
-                    (args.size() > 1 && (args[1] == "--help" || args[1] == "-h"));
+  // --help or -h anywhere (e.g. `ckpt export DIR --help`): the usage, nothing else.
+  bool help = args.empty();
+  for (const auto& a : args) help = help || a == "--help" || a == "-h";
   if (help) {
     std::fputs(kUsage, stdout);
     return args.empty() ? 2 : 0;
@@ -108,7 +109,7 @@ int run(const std::vector<std::string>& args) {
   if (args[0] == "inspect") return inspect(rest);
   if (args[0] == "export") return export_cmd(rest);
   if (args[0] == "import") return import_cmd(rest);
-  std::fputs(kUsage, stderr);
+  std::fprintf(stderr, "hdtrain ckpt: unknown subcommand '%s'\n%s", args[0].c_str(), kUsage);
   return 2;
 }
 

@@ -16,8 +16,22 @@ constexpr const char* kUsage =
     "usage:\n"
     "  hdtrain data synth --out DIR [--images N] [--eval-images M] [--resolution R] [--seed S]\n"
     "                     [--threads T] [--tar] [--shard-size K] [--png]\n"
+    "      the synthetic 4K dataset: N training images (DIR/train) and M held-out ones\n"
+    "      (DIR/eval) at R x R with captioned boxes, in the PS3 layout (JPEG; --png for PNG;\n"
+    "      --tar for webdataset shards of K images)\n"
     "  hdtrain data tokenizer --data DIR [--out PREFIX] [--vocab V]\n"
-    "  hdtrain data check --data DIR [--strict]\n";
+    "      a SentencePiece model (PREFIX.model, default DIR/tokenizer) trained on the captions,\n"
+    "      cleaned like the tokenizer cleans them (docs/data.md)\n"
+    "  hdtrain data check --data DIR [--strict]\n"
+    "      reads every record of a dataset folder and counts images, boxes and bad inputs\n"
+    "      (--strict: the first bad input is an error)\n";
+
+// --help or -h anywhere: the caller prints the usage (a subcommand's parser would reject it).
+bool wants_help(const std::vector<std::string>& args) {
+  for (const auto& a : args)
+    if (a == "--help" || a == "-h") return true;
+  return false;
+}
 
 int synth(const std::vector<std::string>& argv) {
   Args a(argv, {"out", "images", "eval-images", "resolution", "seed", "threads", "shard-size"},
@@ -85,11 +99,15 @@ int run(const std::vector<std::string>& args) {
     std::fputs(kUsage, stderr);
     return 2;
   }
+  if (wants_help(args)) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "synth") return synth(rest);
   if (args[0] == "tokenizer") return tokenizer(rest);
   if (args[0] == "check") return check(rest);
-  std::fputs(kUsage, stderr);
+  std::fprintf(stderr, "hdtrain data: unknown subcommand '%s'\n%s", args[0].c_str(), kUsage);
   return 2;
 }
 

@@ -64,10 +64,16 @@ int main(int argc, char** argv) {
   using namespace hd::launcher;
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || !commands().count(args[0])) {
-    std::fprintf(stderr, "usage: hdtrain <command> [options]\ncommands:\n");
+    // Asked for (or no arguments): the usage on stdout, exit 0. An unknown command: stderr, 2.
+    const bool asked = args.empty() || args[0] == "--help" || args[0] == "-h";
+    FILE* out = asked ? stdout : stderr;
+    if (!asked) std::fprintf(out, "hdtrain: unknown command '%s'\n", args[0].c_str());
+    std::fprintf(out,
+                 "usage: hdtrain <command> [options]   (hdtrain <command> --help: its options)\n"
+                 "commands:\n");
     for (const auto& [name, cmd] : commands())
-      std::fprintf(stderr, "  %-10s %s\n", name.c_str(), cmd.summary.c_str());
-    return args.empty() || args[0] == "--help" || args[0] == "-h" ? 0 : 2;
+      std::fprintf(out, "  %-10s %s\n", name.c_str(), cmd.summary.c_str());
+    return asked ? 0 : 2;
   }
   try {
     return commands()[args[0]].run({args.begin() + 1, args.end()});
