@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,20 +40,42 @@
 #include "ops/shape.h"
 #include "ps3/data/image.h"
 #include "ps3/data/loader.h"
+#include "ps3/data/records.h"
 #include "ps3/data/resize.h"
 #include "ps3/data/text.h"
 #include "ps3/pretrain.h"
+#include "ps3/selection_png.h"
 #include "ps3/text_tower.h"
+
+// `ps3 eval` (launcher/ps3_eval.cpp) lands in its own change; until its header is in the tree the
+// subcommand is simply absent, so this file builds either way.
+#if __has_include("launcher/ps3_eval.h")
+#include "launcher/ps3_eval.h"
+#define HD_HAVE_PS3_EVAL 1
+#else
+#define HD_HAVE_PS3_EVAL 0
+#endif
 
 namespace hd::launcher {
 namespace {
 
 namespace fs = std::filesystem;
 
+constexpr const char* kOverview =
+    "usage: hdtrain ps3 <subcommand> [options]   (hdtrain ps3 <subcommand> --help: its options)\n"
+    "  hdtrain ps3 encode  one image through a PS3 checkpoint -> features in HDF5 (and a\n"
+    "                      selection PNG)\n"
+#if HD_HAVE_PS3_EVAL
+    "  hdtrain ps3 eval    a PS3 checkpoint on held-out images: selection recall/precision,\n"
+    "                      retrieval\n"
+#endif
+    "\n";
+
 constexpr const char* kUsage =
     "usage: hdtrain ps3 encode --config FILE.textproto [--set FIELD=VALUE ...]\n"
     "                          --checkpoint PATH --image FILE [--prompt TEXT]\n"
     "                          [--look-close N] --out FILE.h5\n"
+    "                          [--selection-png OUT.png [--box X1,Y1,X2,Y2]]\n"
     "  Runs one image through the PS3 model of the config (one process, no mpirun) and writes\n"
     "  its features to HDF5:\n"
     "    /low_res_tokens [T, W]   /low_res_pooled [W]   (T = (low_res / 14)^2, 729 at 378)\n"
@@ -72,7 +95,13 @@ constexpr const char* kUsage =
     "  --image          a JPEG or PNG; squash-resized to the largest scale like training does\n"
     "  --prompt         caption for top-down selection (text tower + prompt head); without\n"
     "                   it selection is bottom-up only\n"
-    "  --look-close N   look-close steps (default: the config's eval.look_close_steps)\n";
+    "  --look-close N   look-close steps (default: the config's eval.look_close_steps)\n"
+    "  --selection-png  also draw where the model looked: the image (longer side at most\n"
+    "                   1024 px) with each scale's selected patches in its own colour (legend\n"
+    "                   below) and the GT box in yellow when known\n"
+    "  --box            the GT box, in pixels of the image file; without it, when the image has\n"
+    "                   a sibling .json record (the PS3 dataset layout) with a caption equal to\n"
+    "                   --prompt, that caption's box is drawn\n";
 
 // Owns one HDF5 id and closes it.
 struct H5 {
@@ -145,6 +174,54 @@ class Out {
   H5 file_, dcpl_, gcpl_;
 };
 
+// --box "X1,Y1,X2,Y2" (pixels of the image file).
+data::Box parse_box(const std::string& text) {
+  std::vector<float> v;
+  size_t pos = 0;
+  while (pos <= text.size() && v.size() < 5) {
+    size_t comma = text.find(',', pos);
+    const std::string part = text.substr(pos, comma == std::string::npos ? comma : comma - pos);
+    try {
+      size_t used = 0;
+      v.push_back(std::stof(part, &used));
+      HD_CHECK(used == part.size(), "");
+    } catch (const std::exception&) {
+      throw Error("--box '" + text + "': '" + part + "' is not a number (expected X1,Y1,X2,Y2)");
+    }
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  HD_CHECK(v.size() == 4, "--box '", text, "' needs four numbers X1,Y1,X2,Y2");
+  HD_CHECK(v[2] > v[0] && v[3] > v[1], "--box '", text,
+           "' is empty or inverted (needs X2 > X1 and Y2 > Y1)");
+  return data::Box{v[0], v[1], v[2], v[3]};
+}
+
+// The box of the caption equal to `prompt` in the image's sibling .json record (the PS3 dataset
+// layout), compared as the tokenizer sees them (processed and cleaned); nullopt when there is no
+// record or no such caption. `from` names the record.
+std::optional<data::Box> box_from_record(const fs::path& image, const std::string& prompt,
+                                         std::string& from) {
+  fs::path json = image;
+  json.replace_extension(".json");
+  if (!fs::is_regular_file(json)) return std::nullopt;
+  data::BadInputLog log;
+  log.set_quiet(true);
+  const std::vector<uint8_t> bytes = data::read_file(json.string());
+  auto rec = data::parse_ps3_json(std::string(bytes.begin(), bytes.end()), json.string(), log);
+  if (!rec) return std::nullopt;
+  auto key = [](const std::string& t) {
+    return data::canonicalize_text(data::process_caption(t, false, 0));
+  };
+  const std::string want = key(prompt);
+  for (size_t i = 0; i < rec->texts.size() && i < rec->boxes.size(); ++i)
+    if (key(rec->texts[i]) == want) {
+      from = json.filename().string() + " text " + std::to_string(i);
+      return rec->boxes[i];
+    }
+  return std::nullopt;
+}
+
 int encode(const std::vector<std::string>& args) {
   std::string config_path;
   std::vector<std::string> overrides, rest;
@@ -160,12 +237,20 @@ int encode(const std::vector<std::string>& args) {
       rest.push_back(args[i]);
     }
   }
-  Args a(rest, {"checkpoint", "image", "prompt", "look-close", "out"}, {});
+  Args a(rest, {"checkpoint", "image", "prompt", "look-close", "out", "selection-png", "box"}, {});
   HD_CHECK(!config_path.empty(),
            "missing required option --config (see hdtrain ps3 encode --help)");
   const fs::path out_path = a.require("out"), image_path = a.require("image");
   const std::string prompt = a.get("prompt", "");
   const bool has_prompt = !prompt.empty();
+  const std::string png_path = a.get("selection-png", "");
+  HD_CHECK(png_path.empty() || fs::path(png_path).extension() == ".png", "--selection-png '",
+           png_path, "' must end in .png");
+  std::optional<data::Box> box_arg;
+  if (!a.get("box", "").empty()) {
+    HD_CHECK(!png_path.empty(), "--box is only used with --selection-png");
+    box_arg = parse_box(a.get("box", ""));
+  }
 
   proto::RunConfig config;
   try {
@@ -213,10 +298,12 @@ int encode(const std::vector<std::string>& args) {
   data::Batch b;
   b.size = S;
   b.norm = data::LoaderOptions{}.norm;
-  b.images.push_back(std::make_shared<const data::Image>(
-      img.height == S && img.width == S
-          ? std::move(img)
-          : data::resize_aa_bicubic(img, 0, 0, img.height, img.width, S, S)));
+  // The file's own image is kept for --selection-png (drawn with its aspect ratio).
+  auto original = std::make_shared<const data::Image>(std::move(img));
+  b.images.push_back(original->height == S && original->width == S
+                         ? original
+                         : std::make_shared<const data::Image>(data::resize_aa_bicubic(
+                               *original, 0, 0, original->height, original->width, S, S)));
   b.image_ids = {0};
   b.is_global = {true};
   b.boxes = {{}};
@@ -283,6 +370,18 @@ int encode(const std::vector<std::string>& args) {
     o.finish();
   }
   fs::rename(tmp, out_path);
+  if (!png_path.empty()) {
+    std::string box_from = box_arg ? "--box" : "";
+    std::optional<data::Box> box = box_arg;
+    if (!box && has_prompt) box = box_from_record(image_path, prompt, box_from);
+    std::vector<Tensor> maps;
+    for (const Tensor& m : v.selection_maps) maps.push_back(select(m, 0, 0));
+    if (fs::path(png_path).has_parent_path())
+      fs::create_directories(fs::path(png_path).parent_path());
+    ps3::write_selection_png(*original, maps, box, png_path);
+    std::printf("hdtrain ps3 encode: selection -> %s (%s)\n", png_path.c_str(),
+                box ? ("GT box from " + box_from).c_str() : "no GT box known");
+  }
   const int64_t m = v.high_res_positions.size(1);
   std::printf("hdtrain ps3 encode: %s -> %s (%lld low-res tokens, %lld high-res tokens over scales",
               image_path.c_str(), out_path.c_str(),
@@ -295,16 +394,26 @@ int encode(const std::vector<std::string>& args) {
 
 int run(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::fputs(kUsage, stdout);
+    FILE* out = args.empty() ? stderr : stdout;
+    std::fputs(kOverview, out);
+    std::fputs(kUsage, out);
     return args.empty() ? 2 : 0;
   }
   if (args[0] == "encode") return encode({args.begin() + 1, args.end()});
-  std::fprintf(stderr, "hdtrain ps3: unknown subcommand '%s'\n%s", args[0].c_str(), kUsage);
+#if HD_HAVE_PS3_EVAL
+  if (args[0] == "eval") return ps3_eval({args.begin() + 1, args.end()});
+#endif
+  std::fprintf(stderr, "hdtrain ps3: unknown subcommand '%s'\n%s", args[0].c_str(), kOverview);
   return 2;
 }
 
 }  // namespace
 
-HD_REGISTER_COMMAND(ps3, "encode: one image through a PS3 checkpoint -> features in HDF5", run);
+HD_REGISTER_COMMAND(ps3,
+                    HD_HAVE_PS3_EVAL ? "encode: one image -> features in HDF5; eval: held-out "
+                                       "selection and retrieval of a checkpoint"
+                                     : "encode: one image through a PS3 checkpoint -> features in "
+                                       "HDF5",
+                    run);
 
 }  // namespace hd::launcher

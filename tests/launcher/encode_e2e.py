@@ -11,7 +11,8 @@ with h5dump (raw little-endian bytes via `h5dump -b LE`, parsed with the standar
   encode    shapes, ascending in-range positions, probabilities in (0,1), selection maps that
             are exactly the high-res positions (sum = M), byte-identical re-encoding, more
             look-close steps, a prompt (posterior maps exist and differ from the prior, the prior
-            does not change), and clear errors (missing/corrupt image, missing checkpoint,
+            does not change), --selection-png with the GT box from the record or --box, and
+            clear errors (missing/corrupt image, missing checkpoint,
             config that does not match the checkpoint, bad config)
   reference checkpoints written by the reference package itself (ps3-torch save_pretrained,
             tests/fixtures/ref_ps3/) with a config that has only a model section
@@ -148,6 +149,15 @@ def first_caption(env):
         return json.load(f)["text"][0]
 
 
+def png_size(path):
+    """(width, height) from a PNG's IHDR chunk."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        fail("%s is not a PNG" % path)
+    return struct.unpack(">II", head[16:24])
+
+
 def safetensors_tensors(path):
     """name -> raw bytes of every tensor in a safetensors file (header parsed by hand)."""
     with open(path, "rb") as f:
@@ -245,6 +255,24 @@ def case_encode(env):
         check(post != prior, "scale %d: posterior (top-down) differs from the prior" % s)
         check(prior == h5_dataset(a, "/prior_probs/scale_%d" % s)[1],
               "scale %d: the prior does not depend on the prompt" % s)
+
+    # --selection-png: the picture (size from the PNG header; its pixels are checked by
+    # tests/ps3/model/selection_png_test.cpp) with the GT box of the caption's own record.
+    png = os.path.join(out, "sel", "sel.png")
+    p = env.encode(os.path.join(out, "sel.h5"), extra=["--prompt", caption, "--selection-png", png])
+    check("GT box from 00000016.json text 0" in p.stdout, "the GT box comes from the image's record")
+    check(png_size(png) == (448, 448 + 16), "selection PNG: the 448 x 448 image + the legend strip")
+    p = env.encode(os.path.join(out, "sel2.h5"),
+                   extra=["--selection-png", png, "--box", "10,20,200,120.5"])
+    check("GT box from --box" in p.stdout, "--box is used without a prompt")
+    p = env.encode(os.path.join(out, "sel3.h5"), extra=["--selection-png", png])
+    check("no GT box known" in p.stdout, "no prompt, no --box: no box drawn")
+    for box, msg in (("1,2,3", "needs four numbers"), ("5,5,1,9", "inverted"), ("a,1,2,3", "'a'")):
+        p = env.encode(os.path.join(out, "sel4.h5"), extra=["--selection-png", png, "--box", box],
+                       expect_rc=1)
+        check("--box" in p.stderr and msg in p.stderr, "--box %s: %s" % (box, p.stderr.strip()))
+    p = env.encode(os.path.join(out, "sel4.h5"), extra=["--box", "1,2,3,4"], expect_rc=1)
+    check("only used with --selection-png" in p.stderr, "--box alone is an error")
 
     # Errors: exit code, the thing at fault named, no output file left behind.
     bad = os.path.join(out, "bad.h5")
