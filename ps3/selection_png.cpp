@@ -18,6 +18,9 @@ constexpr Rgb kRim = {0, 0, 0};
 constexpr Rgb kLegendBackground = {32, 32, 32};
 constexpr Rgb kText = {240, 240, 240};
 constexpr float kFillAlpha = 0.4f;  // translucent: the image stays readable under the cells
+// Cells too small for an outline (the 3780 scale's are ~4 px at 1024) get a denser fill instead,
+// or they would not be seen.
+constexpr float kSmallCellAlpha = 0.6f;
 constexpr int64_t kMinOutlinedCell = 6;
 constexpr int64_t kPatch = 14;  // every PS3 model's patch: the legend's scale = grid x 14
 constexpr int64_t kGlyphScale = 2, kLegendHeight = 16;
@@ -113,9 +116,9 @@ SelectionPicture draw_selection(const data::Image& image, const std::vector<Tens
       for (int64_t c = 0; c < g; ++c) {
         if (!on[size_t(r * g + c)]) continue;
         const int64_t y0 = r * h / g, y1 = (r + 1) * h / g, x0 = c * w / g, x1 = (c + 1) * w / g;
-        fill(out, y0, y1, x0, x1, color, kFillAlpha);
-        if (x1 - x0 >= kMinOutlinedCell && y1 - y0 >= kMinOutlinedCell)
-          outline(out, y0, y1, x0, x1, 1, color);
+        const bool big = x1 - x0 >= kMinOutlinedCell && y1 - y0 >= kMinOutlinedCell;
+        fill(out, y0, y1, x0, x1, color, big ? kFillAlpha : kSmallCellAlpha);
+        if (big) outline(out, y0, y1, x0, x1, 1, color);
       }
   }
   if (gt_box) {

@@ -32,7 +32,8 @@ struct SelectionPicture {
 // `image` downscaled (Pillow's antialiased bicubic, aspect kept) so its longer side is at most
 // `max_side` (never enlarged); each selection map ([g, g] or [1, g, g], a cell is selected when
 // its value is > 0.5; coarsest scale first, as the model orders them) drawn as a translucent fill
-// of its scale's colour, with an outline when a cell is at least 6 pixels wide; `gt_box` (pixels
+// of its scale's colour, with an outline when a cell is at least 6 pixels wide (a denser fill
+// when it is smaller); `gt_box` (pixels
 // of `image`) as a yellow rectangle with a black rim; below the image a legend strip: a swatch
 // and the grid size of each scale (and "GT" for the box). Throws naming the map at fault when a
 // map is not square.
