@@ -63,6 +63,26 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
   }
 }
 
+std::vector<ParamGroup> split_param_groups(std::vector<ParamGroup> groups,
+                                           const std::function<bool(const std::string&)>& selected,
+                                           const std::string& prefix, double lr_scale) {
+  std::vector<ParamGroup> kept, moved;
+  for (ParamGroup& g : groups) {
+    ParamGroup stay{g.label, {}, {}, g.weight_decay, g.lr_scale};
+    ParamGroup go{prefix + "_" + g.label, {}, {}, g.weight_decay, lr_scale};
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      ParamGroup& to = selected(g.names[i]) ? go : stay;
+      to.names.push_back(g.names[i]);
+      to.params.push_back(g.params[i]);
+    }
+    if (!stay.params.empty()) kept.push_back(std::move(stay));
+    if (!go.params.empty()) moved.push_back(std::move(go));
+  }
+  kept.insert(kept.end(), std::make_move_iterator(moved.begin()),
+              std::make_move_iterator(moved.end()));
+  return kept;
+}
+
 void AdamW::step() {
   NoGradGuard no_grad;
   ++step_;
@@ -75,7 +95,7 @@ void AdamW::step() {
       HD_CHECK(grad.shape() == p.shape() && grad.dtype() == p.dtype(), "AdamW: gradient ",
                grad.str(), " does not match parameter '", g.names[i], "' ", p.str());
       grad = grad.is_contiguous() ? grad : clone(grad);
-      cpu::AdamWStep s{options_.lr,  options_.beta1, options_.beta2,
+      cpu::AdamWStep s{options_.lr * g.lr_scale, options_.beta1, options_.beta2,
                        options_.eps, g.weight_decay, step_};
       dispatch(
           p, "adamw_step",

@@ -20,6 +20,7 @@ struct ParamGroup {
   std::vector<std::string> names;
   std::vector<Tensor> params;
   double weight_decay = 0.0;
+  double lr_scale = 1.0;  // this group's learning rate = the optimizer's lr x lr_scale
 };
 
 // Decides which parameters get weight decay from name and shape. The default rule (OpenCLIP's,
@@ -49,6 +50,14 @@ class DecayGroups {
 // Splits a module's parameters into a "decay" and a "no_decay" group by `rule`.
 std::vector<ParamGroup> param_groups(const Module& module, double weight_decay,
                                      const DecayRule& rule = {});
+
+// Moves the parameters whose name satisfies `selected` out of every group into a copy of that
+// group labelled "<prefix>_<label>" with lr_scale = `lr_scale` (same weight decay), e.g. PS3's
+// selection modules at their own learning rate (the reference's --token_selection_lr). Empty
+// groups are left out; the order of the rest is kept.
+std::vector<ParamGroup> split_param_groups(std::vector<ParamGroup> groups,
+                                           const std::function<bool(const std::string&)>& selected,
+                                           const std::string& prefix, double lr_scale);
 
 struct AdamWOptions {
   double lr = 1e-3;

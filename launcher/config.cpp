@@ -302,6 +302,8 @@ void resolve_defaults(proto::RunConfig& c) {
   if (!t->has_gt_forcing()) t->set_gt_forcing(true);
   if (!t->has_pool_gt_only()) t->set_pool_gt_only(true);
   if (!t->has_prior_weight()) t->set_prior_weight(1.0);
+  if (t->selection_loss().empty()) t->set_selection_loss("bce");
+  if (!t->has_selection_lr_scale()) t->set_selection_lr_scale(1.0);
   if (!t->has_posterior_weight()) t->set_posterior_weight(1.0);
   if (!t->has_max_nonfinite_in_a_row()) t->set_max_nonfinite_in_a_row(5);
 
@@ -390,6 +392,11 @@ void validate_config(const proto::RunConfig& c, int world_size) {
     invalid("train.grad_clip", "= " + str(t.grad_clip()) + " must be >= 0 (0: off)");
   if (t.look_close_steps() < 1)
     invalid("train.look_close_steps", "= " + str(t.look_close_steps()) + " must be >= 1");
+  if (t.selection_loss() != "bce" && t.selection_loss() != "balanced")
+    invalid("train.selection_loss",
+            "= '" + t.selection_loss() + "' is not one of bce (the reference), balanced");
+  if (!(t.selection_lr_scale() > 0))
+    invalid("train.selection_lr_scale", "= " + str(t.selection_lr_scale()) + " must be > 0");
   if (t.prior_weight() < 0)
     invalid("train.prior_weight", "= " + str(t.prior_weight()) + " must be >= 0");
   if (t.posterior_weight() < 0)

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 #include "autograd/error.h"
 #include "ps3/data/records.h"
@@ -40,16 +42,21 @@ void evaluate_and_report(const proto::RunConfig& c, const ps3::PS3Config& mcfg,
   eo.loader.selection_res = mcfg.vision.selection_res;
   eo.loader.threads = c.data().loader_threads();
   eo.loader.sentence_masking = false;  // evaluate on the full captions
+  eo.retrieval_max_images = c.eval().retrieval_max_images();
   ps3::EvalResult r = ps3::evaluate_ps3(copy, eval_set, tokenizer, eo);
   double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::filesystem::path json = std::filesystem::path(c.run_dir()) / "eval.json";
+  {
+    std::ofstream f(json);
+    f << ps3::eval_json(r);
+    HD_CHECK(f.good(), "evaluation: cannot write ", json.string());
+  }
   std::printf(
-      "\n== what the model learned (held-out: %lld images, %lld local captions; %.1f s) ==\n"
-      "  retrieval, local caption -> its image, top-1:   %.3f   (chance %.3f, %.1fx)\n"
-      "  GT-box share of top-down selected patches:      %.4f  (random pick %.4f, %.1fx)\n",
-      static_cast<long long>(r.images), static_cast<long long>(r.queries), sec, r.retrieval_top1,
-      r.retrieval_chance, r.retrieval_chance > 0 ? r.retrieval_top1 / r.retrieval_chance : 0.0,
-      r.selection_share, r.random_share,
-      r.random_share > 0 ? r.selection_share / r.random_share : 0.0);
+      "\n== what the model learned (held-out: %lld images, %lld local captions, look-close %lld; "
+      "%.1f s; %s) ==\n%s",
+      static_cast<long long>(r.images), static_cast<long long>(r.queries),
+      static_cast<long long>(eo.look_close_steps), sec, json.string().c_str(),
+      ps3::eval_table(r).c_str());
   std::fflush(stdout);
 }
 

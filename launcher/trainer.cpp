@@ -60,7 +60,24 @@ Tensor logit_scale_shard(const parallel::FSDP& fsdp) {
 }
 
 // Per-step values all-reduced (sum) across ranks; flags are 0/1 per rank, so "> 0" is "any".
-enum Slot { kNonFinite, kStop, kLoss, kContrastive, kBcePrior, kBcePosterior, kGtShare, kSlots };
+enum Slot {
+  kNonFinite,
+  kStop,
+  kLoss,
+  kContrastive,
+  kBcePrior,
+  kBcePosterior,
+  kGtShare,
+  // Selection probability inside / outside the box cells: sums and the number of micro-batches
+  // that had local rows (a rank without any has nothing to average).
+  kPriorIn,
+  kPriorOut,
+  kPosteriorIn,
+  kPosteriorOut,
+  kBoxStatCount,
+  kSelectionGradSq,  // squared gradient norm of the selection modules (this rank's shards)
+  kSlots
+};
 
 }  // namespace
 
@@ -96,7 +113,9 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   ps3::PS3CLIP model(mcfg);
   model.initialize(c.seed());  // identical on every rank (parameter streams keyed by name)
   std::unique_ptr<parallel::FSDP> fsdp = ps3::shard_ps3(model, pg, parallel::FSDPOptions{});
-  AdamW opt(fsdp->param_groups(tc.weight_decay(), DecayRule{}),
+  AdamW opt(split_param_groups(fsdp->param_groups(tc.weight_decay(), DecayRule{}),
+                               ps3::is_selection_parameter, "selection",
+                               tc.selection_lr_scale()),
             {.lr = tc.lr(), .beta1 = tc.beta1(), .beta2 = tc.beta2(), .eps = tc.eps()});
   WarmupCosine schedule{tc.lr(), tc.warmup_steps(), tc.steps(), tc.min_lr()};
   Tensor logit_scale = logit_scale_shard(*fsdp);
@@ -180,6 +199,10 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
     monitor.metrics().on_checkpoint(bytes, sec, true);
   };
 
+  std::vector<Tensor> selection_shards;  // for the selection gradient norm
+  for (const auto& unit : fsdp->units())
+    for (const auto& p : unit->params())
+      if (ps3::is_selection_parameter(p.info.name)) selection_shards.push_back(p.shard);
   // ---- the loop ----------------------------------------------------------------------------
   ps3::PretrainOptions po;
   po.look_close_steps = tc.look_close_steps();
@@ -187,6 +210,8 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   po.pool_gt_only = tc.pool_gt_only();
   po.prior_weight = tc.prior_weight();
   po.posterior_weight = tc.posterior_weight();
+  po.selection_loss = tc.selection_loss() == "balanced" ? ps3::SelectionLoss::balanced
+                                                        : ps3::SelectionLoss::bce;
   std::vector<int64_t> poison(tc.debug_nonfinite_steps().begin(), tc.debug_nonfinite_steps().end());
 
   TrainOutcome out;
@@ -224,6 +249,12 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
         local[kBcePrior] += res.bce_prior / double(micro);
         local[kBcePosterior] += res.bce_posterior / double(micro);
         local[kGtShare] += res.gt_patch_share / double(micro);
+        if (std::isfinite(res.prior_in_box) && std::isfinite(res.posterior_in_box)) {
+          local[kPriorIn] += res.prior_in_box, local[kPriorOut] += res.prior_outside;
+          local[kPosteriorIn] += res.posterior_in_box;
+          local[kPosteriorOut] += res.posterior_outside;
+          local[kBoxStatCount] += 1;
+        }
         {
           // Always run backward, even for a non-finite loss: FSDP's reduce-scatters inside it
           // are collectives the other ranks are already waiting in.
@@ -244,6 +275,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
         auto p = timer.phase(monitoring::Phase::communication);
         fsdp->finish_backward();
         local[kStop] = stop_signal_received() != 0 ? 1 : 0;
+        local[kSelectionGradSq] = grad_norm_squared(selection_shards);
         Tensor agreed = from_vector(std::vector<double>(local, local + kSlots), {kSlots});
         pg->all_reduce(agreed, parallel::ReduceOp::sum).wait();
         auto v = agreed.to_vector<double>();
@@ -289,6 +321,14 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
                        {"contrastive", mean(kContrastive)},
                        {"selection_bce_prior", mean(kBcePrior)},
                        {"selection_bce_posterior", mean(kBcePosterior)}};
+      auto box_mean = [&](Slot s) {
+        return local[kBoxStatCount] > 0 ? local[s] / local[kBoxStatCount] : NAN;
+      };
+      report.selection = {{"prior_in_box", box_mean(kPriorIn)},
+                          {"prior_outside", box_mean(kPriorOut)},
+                          {"posterior_in_box", box_mean(kPosteriorIn)},
+                          {"posterior_outside", box_mean(kPosteriorOut)},
+                          {"grad_norm", std::sqrt(local[kSelectionGradSq])}};
       report.learning_rate = lr;
       report.grad_norm = grad_norm;
       report.timing = timer.finish();

@@ -66,7 +66,15 @@ std::string JsonlWriter::format(const StepReport& r, const RunLabels& labels, do
   for (size_t i = 0; i < r.losses.size(); ++i) {
     s += (i ? ", " : "") + json_string(r.losses[i].first) + ": " + json_number(r.losses[i].second);
   }
-  s += "}, \"lr\": " + json_number(r.learning_rate) +
+  s += "}";
+  if (!r.selection.empty()) {
+    s += ", \"selection\": {";
+    for (size_t i = 0; i < r.selection.size(); ++i)
+      s += (i ? ", " : "") + json_string(r.selection[i].first) + ": " +
+           json_number(r.selection[i].second);
+    s += "}";
+  }
+  s += ", \"lr\": " + json_number(r.learning_rate) +
        ", \"grad_norm\": " + json_number(r.grad_norm) +
        ", \"step_seconds\": " + json_number(r.timing.total_seconds) + ", \"phase_seconds\": {";
   for (size_t p = 0; p < kPhaseCount; ++p) {

@@ -72,6 +72,9 @@ TrainingMetrics::TrainingMetrics(MetricsRegistry& r, TrainingInfo info)
     : registry_(r),
       info_(std::move(info)),
       loss_(r.gauge("hdtrain_loss", "Loss of the last step, by term")),
+      selection_(r.gauge("hdtrain_selection",
+                         "Selection statistics of the last step (mean probability inside / "
+                         "outside the GT boxes, prior and posterior), by stat")),
       phase_total_(r.counter("hdtrain_step_phase_seconds_total",
                              "Time spent in each phase of the step (data_wait, forward, "
                              "backward, optimizer, communication, other)")),
@@ -164,6 +167,8 @@ bool TrainingMetrics::on_step(const StepReport& rep) {
     finite = finite && std::isfinite(value);
   }
   if (!finite) nonfinite_.Increment();
+  for (const auto& [stat, value] : rep.selection)
+    if (!std::isnan(value)) cached(selection_, selection_by_stat_, "stat", stat).Set(value);
   steps_.Increment();
   step_.Set(double(rep.step));
   if (rep.samples > 0) samples_.Increment(double(rep.samples));

@@ -42,6 +42,9 @@ struct StepReport {
   // Loss terms, e.g. {"total", ...}, {"contrastive_global", ...}, {"contrastive_local", ...},
   // {"selection_bce", ...}, {"selection_dice", ...}, {"lm", ...}.
   std::vector<std::pair<std::string, double>> losses;
+  // Selection statistics, e.g. {"posterior_in_box", mean probability}: hdtrain_selection{stat}.
+  // NaN entries (no local caption in the step) leave the gauge as it was.
+  std::vector<std::pair<std::string, double>> selection;
   double learning_rate = kUnset;  // NaN: not reported
   double grad_norm = kUnset;
   StepTiming timing;
@@ -79,6 +82,7 @@ class TrainingMetrics {
   std::mutex cache_mutex_;
 
   prometheus::Family<prometheus::Gauge>& loss_;
+  prometheus::Family<prometheus::Gauge>& selection_;
   prometheus::Family<prometheus::Counter>& phase_total_;
   prometheus::Family<prometheus::Gauge>& phase_last_;
   prometheus::Family<prometheus::Counter>& coll_bytes_;
@@ -87,7 +91,8 @@ class TrainingMetrics {
   prometheus::Family<prometheus::Counter>& skipped_;
   prometheus::Family<prometheus::Gauge>& memory_;
   prometheus::Family<prometheus::Counter>& checkpoints_;
-  std::unordered_map<std::string, prometheus::Gauge*> loss_by_term_, memory_by_key_;
+  std::unordered_map<std::string, prometheus::Gauge*> loss_by_term_, selection_by_stat_,
+      memory_by_key_;
   std::unordered_map<std::string, prometheus::Counter*> coll_bytes_by_op_, coll_seconds_by_op_,
       coll_calls_by_op_, skipped_by_reason_;
 

@@ -54,4 +54,12 @@ void PS3CLIP::clamp_logit_scale(Tensor& logit_scale_storage) {
   }
 }
 
+bool is_selection_parameter(const std::string& name) {
+  for (const char* prefix :
+       {"vision_model.selection_feature_proj.", "vision_model.highres_selection_feature_module.",
+        "vision_model.prompt_proj_for_highres.", "text_model.prompt_proj."})
+    if (name.rfind(prefix, 0) == 0) return true;
+  return name == "vision_model.prior_prompt";
+}
+
 }  // namespace hd::ps3

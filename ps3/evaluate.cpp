@@ -6,63 +6,80 @@
 
 #include "autograd/error.h"
 #include "autograd/node.h"
+#include "ops/elementwise.h"
 #include "ops/factory.h"
 #include "ops/linalg.h"
+#include "ops/reduce.h"
 #include "ops/shape.h"
 #include "ops/similarity.h"
 #include "ps3/data/geometry.h"
 #include "ps3/data/image.h"
 #include "ps3/data/resize.h"
+#include "ps3/patch_selection.h"
 #include "ps3/text_tower.h"
 
 namespace hd::ps3 {
 namespace {
 
-// One image prepared like the loader does, with one batch row per usable local caption (the
-// same image repeated, each row with its own box).
-data::Batch image_rows(const data::ImageRecord& rec, const data::Tokenizer& tok,
-                       const data::LoaderOptions& opt) {
+// One held-out image prepared like the loader does: the squash-resized image, its low-res and
+// selection views (they do not depend on the caption, so they are computed once), and its
+// usable local regions.
+struct PreparedImage {
+  std::shared_ptr<data::Image> image;  // S x S
+  std::vector<float> low, sel;         // [3, L, L], [3, R, R]
+  std::vector<data::Box> boxes;        // in S x S pixels, one per usable caption
+  std::vector<std::string> texts;      // processed captions
+};
+
+PreparedImage prepare(const data::ImageRecord& rec, const data::LoaderOptions& opt) {
   data::Image img = data::decode_image(data::read_image_bytes(rec.source), rec.source.describe());
   const int64_t S = opt.image_size, L = opt.low_res, R = opt.selection_res;
   const data::Crop crop{0, 0, img.height, img.width};
-  auto s_img = std::make_shared<data::Image>(
+  PreparedImage p;
+  p.image = std::make_shared<data::Image>(
       img.height == S && img.width == S
           ? std::move(img)
           : data::resize_aa_bicubic(img, 0, 0, img.height, img.width, S, S));
-  data::Batch b;
-  b.size = S;
-  b.norm = opt.norm;
-  std::vector<data::Box> boxes;
-  std::vector<int32_t> ids;
   for (size_t k = 0; k < rec.texts.size(); ++k) {
     std::string why;
     auto box = data::transform_box(rec.boxes[k], crop, S, why);
-    if (!box) continue;  // a degenerate box is no region to retrieve
-    b.boxes.push_back({*box});
+    if (!box) continue;  // a degenerate box is no region to find
+    p.boxes.push_back(*box);
+    p.texts.push_back(data::process_caption(rec.texts[k], false, 0));
+  }
+  p.low.resize(size_t(3 * L * L));
+  p.sel.resize(size_t(3 * R * R));
+  data::resample_region(*p.image, L, L, 0, L, 0, L, opt.norm, p.low.data());
+  data::resample_region(*p.image, R, R, 0, R, 0, R, opt.norm, p.sel.data());
+  return p;
+}
+
+// A batch of the image repeated once per entry of `row_boxes` (each row's GT boxes). With
+// `one_view` the low-res and selection views hold one row (for VisionInputs with one image and
+// many prompts): the views of a 1512 selection image are 27 MB per row.
+data::Batch image_batch(const PreparedImage& p, const std::vector<std::vector<data::Box>>& row_boxes,
+                        const data::LoaderOptions& opt, bool one_view = false) {
+  const int64_t n = int64_t(row_boxes.size()), L = opt.low_res, R = opt.selection_res;
+  const int64_t views = one_view ? 1 : n;
+  data::Batch b;
+  b.size = opt.image_size;
+  b.norm = opt.norm;
+  b.boxes = row_boxes;
+  b.low_res = Tensor::empty({views, 3, L, L});
+  b.selection = Tensor::empty({views, 3, R, R});
+  for (int64_t i = 0; i < n; ++i) {
     b.is_global.push_back(false);
-    b.texts.push_back(data::process_caption(rec.texts[k], false, 0));
-    std::vector<int32_t> t = tok.encode(b.texts.back());
-    ids.insert(ids.end(), t.begin(), t.end());
-    b.images.push_back(s_img);
+    b.images.push_back(p.image);
     b.image_ids.push_back(0);
   }
-  const int64_t n = b.batch_size();
-  if (n == 0) return b;
-  b.tokens = from_vector<int32_t>(ids, {n, tok.context_length()});
-  // The views do not depend on the box: compute once, repeat per row.
-  std::vector<float> low(size_t(3 * L * L)), sel(size_t(3 * R * R));
-  data::resample_region(*s_img, L, L, 0, L, 0, L, opt.norm, low.data());
-  data::resample_region(*s_img, R, R, 0, R, 0, R, opt.norm, sel.data());
-  b.low_res = Tensor::empty({n, 3, L, L});
-  b.selection = Tensor::empty({n, 3, R, R});
-  for (int64_t i = 0; i < n; ++i) {
-    std::copy(low.begin(), low.end(), b.low_res.data<float>() + i * 3 * L * L);
-    std::copy(sel.begin(), sel.end(), b.selection.data<float>() + i * 3 * R * R);
+  for (int64_t i = 0; i < views; ++i) {
+    std::copy(p.low.begin(), p.low.end(), b.low_res.data<float>() + i * 3 * L * L);
+    std::copy(p.sel.begin(), p.sel.end(), b.selection.data<float>() + i * 3 * R * R);
   }
   return b;
 }
 
-VisionInputs inputs_for(const PS3CLIP& model, const data::Batch& b, const EvalOptions& o) {
+VisionInputs inputs_for(const PS3CLIP& model, const data::Batch& b, int64_t look_close_steps) {
   VisionInputs in;
   in.low_res = b.low_res;
   in.selection = b.selection;
@@ -71,87 +88,270 @@ VisionInputs inputs_for(const PS3CLIP& model, const data::Batch& b, const EvalOp
   };
   for (size_t s = 0; s < model.config().vision.scales.size(); ++s)
     in.gt_maps.push_back(b.gt_map(model.config().vision.grid(s)));
-  in.look_close_steps = o.look_close_steps;
+  in.look_close_steps = look_close_steps;
   return in;
 }
+
+// Running sums of SelectionScores over queries.
+struct ScoreSums {
+  std::vector<double> recall, precision, random_recall, random_precision, ceiling_recall;
+  double recall_all = 0, precision_all = 0, random_recall_all = 0, random_precision_all = 0;
+  double ceiling_recall_all = 0;
+  int64_t queries = 0;
+  explicit ScoreSums(size_t ns)
+      : recall(ns), precision(ns), random_recall(ns), random_precision(ns), ceiling_recall(ns) {}
+
+  // The ceiling's selection (row 0 of `best`) against row `row` of the GT maps.
+  void add_ceiling(const std::vector<Tensor>& best, const std::vector<Tensor>& gt, int64_t row) {
+    double hit_all = 0, box_all = 0;
+    for (size_t s = 0; s < best.size(); ++s) {
+      std::vector<float> sel = select(best[s], 0, 0).to_vector<float>();
+      std::vector<float> box = select(gt[s], 0, row).to_vector<float>();
+      double hit = 0, cells = 0;
+      for (size_t k = 0; k < sel.size(); ++k) hit += sel[k] * box[k], cells += box[k];
+      ceiling_recall[s] += cells > 0 ? hit / cells : 0.0;
+      hit_all += hit, box_all += cells;
+    }
+    ceiling_recall_all += box_all > 0 ? hit_all / box_all : 0.0;
+  }
+
+  // Row `row` of the selection maps against row `row` of the GT maps.
+  void add(const std::vector<Tensor>& selection, const std::vector<Tensor>& gt, int64_t row) {
+    double hit_all = 0, picked_all = 0, box_all = 0, random_hit_all = 0;
+    for (size_t s = 0; s < selection.size(); ++s) {
+      std::vector<float> sel = select(selection[s], 0, row).to_vector<float>();
+      std::vector<float> box = select(gt[s], 0, row).to_vector<float>();
+      double hit = 0, picked = 0, cells = 0;
+      for (size_t k = 0; k < sel.size(); ++k) {
+        picked += sel[k];
+        hit += sel[k] * box[k];
+        cells += box[k];
+      }
+      const double total = double(sel.size());
+      recall[s] += cells > 0 ? hit / cells : 0.0;
+      precision[s] += picked > 0 ? hit / picked : 0.0;
+      random_recall[s] += picked / total;
+      random_precision[s] += cells / total;
+      hit_all += hit, picked_all += picked, box_all += cells;
+      random_hit_all += picked * cells / total;
+    }
+    recall_all += box_all > 0 ? hit_all / box_all : 0.0;
+    precision_all += picked_all > 0 ? hit_all / picked_all : 0.0;
+    random_recall_all += box_all > 0 ? random_hit_all / box_all : 0.0;
+    random_precision_all += picked_all > 0 ? random_hit_all / picked_all : 0.0;
+    ++queries;
+  }
+
+  SelectionScores mean() const {
+    const double q = std::max<int64_t>(queries, 1);
+    SelectionScores r;
+    for (size_t s = 0; s < recall.size(); ++s) {
+      r.recall.push_back(recall[s] / q);
+      r.precision.push_back(precision[s] / q);
+      r.random_recall.push_back(random_recall[s] / q);
+      r.random_precision.push_back(random_precision[s] / q);
+      r.ceiling_recall.push_back(ceiling_recall[s] / q);
+    }
+    r.ceiling_recall_all = ceiling_recall_all / q;
+    r.recall_all = recall_all / q, r.precision_all = precision_all / q;
+    r.random_recall_all = random_recall_all / q, r.random_precision_all = random_precision_all / q;
+    r.queries = queries;
+    return r;
+  }
+};
+
+// The selection of the best low-res grid map for the GT maps of row `row` (see evaluate.h): per
+// scale, each fine cell ranks by the box-cell count of its low-res cell at that scale.
+std::vector<Tensor> ceiling_selection(const VisionConfig& c, const std::vector<Tensor>& gt,
+                                      int64_t row, int64_t steps) {
+  const int64_t G = c.low_grid();
+  std::vector<int64_t> grids;
+  std::vector<Tensor> ranking;
+  for (size_t s = 0; s < c.scales.size(); ++s) {
+    const int64_t g = c.grid(s);
+    grids.push_back(g);
+    std::vector<float> box = select(gt[s], 0, row).to_vector<float>();
+    std::vector<float> count(size_t(G * G)), rank(size_t(g * g));
+    auto low = [&](int64_t y, int64_t x) { return size_t((y * G / g) * G + x * G / g); };
+    for (int64_t y = 0; y < g; ++y)
+      for (int64_t x = 0; x < g; ++x) count[low(y, x)] += box[size_t(y * g + x)];
+    for (int64_t y = 0; y < g; ++y)
+      for (int64_t x = 0; x < g; ++x) rank[size_t(y * g + x)] = count[low(y, x)];
+    ranking.push_back(from_vector<float>(rank, {1, g, g}));
+  }
+  PatchSelector selector(grids, 1);
+  const std::vector<int64_t> budget = split_budget(c.scales, c.max_select);
+  for (int64_t step = 0; step < steps; ++step)
+    if (selector.select(ranking, Tensor(), budget).total() == 0) break;
+  return selector.selection_maps(DType::f32);
+}
+
+// Running sums of ProbStats. The low-res grid map is read from the first scale's nearest
+// upsampled map at the first fine cell of each low-res cell.
+struct ProbSums {
+  ProbStats sum;
+  int64_t queries = 0;
+  void add(const Tensor& scale0_probs, const Tensor& gt_low, int64_t row) {
+    std::vector<float> p = select(scale0_probs, 0, row).to_vector<float>();
+    std::vector<float> g = select(gt_low, 0, row).to_vector<float>();
+    const int64_t G = gt_low.size(1), g0 = scale0_probs.size(1);
+    std::vector<double> in, out;
+    for (int64_t y = 0; y < G; ++y)
+      for (int64_t x = 0; x < G; ++x) {
+        const int64_t fy = (y * g0 + G - 1) / G, fx = (x * g0 + G - 1) / G;
+        const double v = p[size_t(fy * g0 + fx)];
+        (g[size_t(y * G + x)] > 0 ? in : out).push_back(v);
+      }
+    if (in.empty() || out.empty()) return;
+    double above = 0;
+    for (double a : in)
+      for (double b : out) above += a > b ? 1.0 : a == b ? 0.5 : 0.0;
+    auto mean = [](const std::vector<double>& v) {
+      double s = 0;
+      for (double x : v) s += x;
+      return s / double(v.size());
+    };
+    sum.mean_in += mean(in), sum.mean_out += mean(out);
+    sum.max_in += *std::max_element(in.begin(), in.end());
+    sum.max_out += *std::max_element(out.begin(), out.end());
+    sum.auc += above / double(in.size() * out.size());
+    ++queries;
+  }
+  ProbStats mean() const {
+    const double q = std::max<int64_t>(queries, 1);
+    return {sum.mean_in / q, sum.mean_out / q, sum.max_in / q, sum.max_out / q, sum.auc / q};
+  }
+};
 
 }  // namespace
 
 EvalResult evaluate_ps3(const PS3CLIP& model, const data::Dataset& eval_set,
                         const data::Tokenizer& tokenizer, const EvalOptions& options) {
+  const VisionConfig& vc = model.config().vision;
   HD_CHECK(options.max_images > 0 && options.look_close_steps > 0, "evaluate_ps3: max_images (",
            options.max_images, ") and look_close_steps (", options.look_close_steps,
            ") must be positive");
-  HD_CHECK(options.loader.image_size == model.config().vision.image_size() &&
-               options.loader.low_res == model.config().vision.low_res &&
-               options.loader.selection_res == model.config().vision.selection_res,
+  HD_CHECK(options.loader.image_size == vc.image_size() && options.loader.low_res == vc.low_res &&
+               options.loader.selection_res == vc.selection_res,
            "evaluate_ps3: loader sizes (image ", options.loader.image_size, ", low-res ",
            options.loader.low_res, ", selection ", options.loader.selection_res,
-           ") must be the model's (", model.config().vision.image_size(), ", ",
-           model.config().vision.low_res, ", ", model.config().vision.selection_res, ")");
+           ") must be the model's (", vc.image_size(), ", ", vc.low_res, ", ", vc.selection_res,
+           ")");
   NoGradGuard no_grad;
   EvalResult r;
-  std::vector<Tensor> region_emb, query_emb;
-  double share_sum = 0, random_sum = 0;
-  const size_t ns = model.config().vision.scales.size();
+  r.scales = vc.scales;
+  const size_t ns = vc.scales.size();
+  const int64_t steps = options.look_close_steps;
+  ScoreSums top_down(ns), bottom_up(ns);
+  ProbSums top_down_probs, bottom_up_probs;
+  std::vector<Tensor> region_emb, query_emb, query_prompt;
+  std::vector<int64_t> query_image;  // index of each query's image among the evaluated ones
+  std::vector<PreparedImage> prepared;
   const int64_t images = std::min<int64_t>(options.max_images, int64_t(eval_set.records.size()));
   for (int64_t i = 0; i < images; ++i) {
-    data::Batch b = image_rows(eval_set.records[size_t(i)], tokenizer, options.loader);
+    PreparedImage p = prepare(eval_set.records[size_t(i)], options.loader);
     ++r.images;
-    if (b.batch_size() == 0) continue;
-    TextOutputs text = model.text().forward(b.tokens);
+    const int64_t B = int64_t(p.boxes.size());
+    if (B == 0) continue;
+    std::vector<int32_t> ids;
+    for (const auto& t : p.texts) {
+      std::vector<int32_t> e = tokenizer.encode(t);
+      ids.insert(ids.end(), e.begin(), e.end());
+    }
+    TextOutputs text =
+        model.text().forward(from_vector<int32_t>(ids, {B, tokenizer.context_length()}));
     query_emb.push_back(text.features);
+    query_prompt.push_back(text.prompt);
+    for (int64_t k = 0; k < B; ++k) query_image.push_back(int64_t(prepared.size()));
 
-    // Candidates: the image alone, forced to each region's box, in-box pooling.
-    VisionInputs in = inputs_for(model, b, options);
-    in.gt_forcing = true;
-    in.pool_gt_only = true;
-    region_emb.push_back(l2_normalize(model.vision().forward(in).high_res_pooled, -1));
+    std::vector<std::vector<data::Box>> own;
+    for (const auto& box : p.boxes) own.push_back({box});
+    data::Batch rows = image_batch(p, own, options.loader);
+
+    // Candidates for forced retrieval: the image alone, forced to each region's box.
+    VisionInputs forced = inputs_for(model, rows, steps);
+    forced.gt_forcing = true;
+    forced.pool_gt_only = true;
+    region_emb.push_back(l2_normalize(model.vision().forward(forced).high_res_pooled, -1));
 
     // Top-down selection from each caption, no forcing.
-    VisionInputs td = inputs_for(model, b, options);
+    VisionInputs td = inputs_for(model, rows, steps);
     td.prompt = text.prompt;
     VisionOutputs v = model.vision().forward(td);
-    const int64_t B = b.batch_size();
+    Tensor gt_low = rows.gt_map(vc.low_grid());
     for (int64_t row = 0; row < B; ++row) {
-      double inside = 0, picked = 0, expected_inside = 0;
-      for (size_t s = 0; s < ns; ++s) {
-        std::vector<float> sel = select(v.selection_maps[s], 0, row).to_vector<float>();
-        std::vector<float> gt = select(td.gt_maps[s], 0, row).to_vector<float>();
-        double n_s = 0, in_s = 0, box_cells = 0;
-        for (size_t k = 0; k < sel.size(); ++k) {
-          n_s += sel[k];
-          in_s += sel[k] * gt[k];
-          box_cells += gt[k];
-        }
-        picked += n_s;
-        inside += in_s;
-        expected_inside += n_s * box_cells / double(sel.size());
-      }
-      if (picked > 0) {
-        share_sum += inside / picked;
-        random_sum += expected_inside / picked;
-      }
+      top_down.add(v.selection_maps, td.gt_maps, row);
+      top_down.add_ceiling(ceiling_selection(vc, td.gt_maps, row, steps), td.gt_maps, row);
+      top_down_probs.add(v.posterior_probs[0], gt_low, row);
     }
+
+    // Bottom-up: the prior alone, against every salient region of the image.
+    data::Batch whole = image_batch(p, {p.boxes}, options.loader);
+    VisionInputs bu = inputs_for(model, whole, steps);
+    VisionOutputs u = model.vision().forward(bu);
+    bottom_up.add(u.selection_maps, bu.gt_maps, 0);
+    bottom_up.add_ceiling(ceiling_selection(vc, bu.gt_maps, 0, steps), bu.gt_maps, 0);
+    bottom_up_probs.add(u.prior_probs[0], whole.gt_map(vc.low_grid()), 0);
+
     r.queries += B;
+    prepared.push_back(std::move(p));
   }
   HD_CHECK(r.queries > 0, "evaluate_ps3: the first ", images, " images of the eval set (",
            eval_set.records.size(), " records) hold no usable local caption");
-  Tensor regions = cat(region_emb, 0), queries = cat(query_emb, 0);  // row q's own region is q
-  Tensor scores = matmul(queries, transpose(regions, 0, 1));         // [Q, Q]
-  std::vector<float> sc = scores.to_vector<float>();
-  const int64_t Q = r.queries;
-  int64_t hits = 0;
-  for (int64_t q = 0; q < Q; ++q) {
-    int64_t best = 0;
-    for (int64_t c = 1; c < Q; ++c)
-      if (sc[size_t(q * Q + c)] > sc[size_t(q * Q + best)]) best = c;
-    hits += best == q;
+  r.top_down = top_down.mean();
+  r.bottom_up = bottom_up.mean();
+  r.top_down_probs = top_down_probs.mean();
+  r.bottom_up_probs = bottom_up_probs.mean();
+
+  // Forced retrieval over regions: row q's own region is q.
+  Tensor queries = cat(query_emb, 0);
+  {
+    Tensor scores = matmul(queries, transpose(cat(region_emb, 0), 0, 1));  // [Q, Q]
+    std::vector<float> sc = scores.to_vector<float>();
+    const int64_t Q = r.queries;
+    int64_t hits = 0;
+    for (int64_t q = 0; q < Q; ++q) {
+      int64_t best = 0;
+      for (int64_t c = 1; c < Q; ++c)
+        if (sc[size_t(q * Q + c)] > sc[size_t(q * Q + best)]) best = c;
+      hits += best == q;
+    }
+    r.retrieval_forced_top1 = double(hits) / double(Q);
+    r.retrieval_forced_chance = 1.0 / double(Q);
   }
-  r.retrieval_top1 = double(hits) / double(Q);
-  r.retrieval_chance = 1.0 / double(Q);
-  r.selection_share = share_sum / double(Q);
-  r.random_share = random_sum / double(Q);
+
+  // Top-down retrieval over images, no forcing: every caption's prompt on every image.
+  const int64_t I = options.retrieval_max_images > 0
+                        ? std::min<int64_t>(options.retrieval_max_images, int64_t(prepared.size()))
+                        : int64_t(prepared.size());
+  int64_t Q = 0;
+  while (Q < int64_t(query_image.size()) && query_image[size_t(Q)] < I) ++Q;
+  if (I >= 2 && Q > 0) {
+    Tensor prompts = narrow(cat(query_prompt, 0), 0, 0, Q);
+    Tensor texts = narrow(queries, 0, 0, Q);
+    std::vector<float> score(size_t(Q * I));
+    for (int64_t j = 0; j < I; ++j) {
+      // One image, Q prompts: stage 1 and the selection features run once.
+      data::Batch batch = image_batch(prepared[size_t(j)],
+                                      std::vector<std::vector<data::Box>>(size_t(Q)), options.loader,
+                                      /*one_view=*/true);
+      VisionInputs in = inputs_for(model, batch, steps);
+      in.prompt = prompts;
+      Tensor pooled = l2_normalize(model.vision().forward(in).high_res_pooled, -1);  // [Q, W]
+      std::vector<float> s = sum(mul(pooled, texts), {1}).to_vector<float>();
+      for (int64_t q = 0; q < Q; ++q) score[size_t(q * I + j)] = s[size_t(q)];
+    }
+    int64_t hits = 0;
+    for (int64_t q = 0; q < Q; ++q) {
+      int64_t best = 0;
+      for (int64_t j = 1; j < I; ++j)
+        if (score[size_t(q * I + j)] > score[size_t(q * I + best)]) best = j;
+      hits += best == query_image[size_t(q)];
+    }
+    r.retrieval_topdown_top1 = double(hits) / double(Q);
+    r.retrieval_topdown_chance = 1.0 / double(I);
+    r.retrieval_topdown_images = I;
+  }
   return r;
 }
 

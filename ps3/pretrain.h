@@ -5,10 +5,12 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "autograd/module.h"
 #include "ops/nn/unit_runner.h"
 #include "ps3/config.h"
+#include "ps3/selection_loss.h"
 #include "ps3/vision_model.h"
 
 namespace hd::data {
@@ -50,11 +52,19 @@ class PS3CLIP : public Module {
   std::shared_ptr<TextTower> text_;
 };
 
+// The selection modules (stage 2 and the prompt heads that feed it), by checkpoint name:
+// vision_model.{selection_feature_proj, highres_selection_feature_module,
+// prompt_proj_for_highres, prior_prompt} and text_model.prompt_proj. They learn only from the
+// selection losses (top-k is not differentiable), so their gradient norm is the health signal of
+// selection learning.
+bool is_selection_parameter(const std::string& name);
+
 struct PretrainOptions {
   int64_t look_close_steps = 1;
   bool gt_forcing = true;    // --select_w_gt
   bool pool_gt_only = true;  // --pool_gt_token_only
   double prior_weight = 1.0, posterior_weight = 1.0;
+  SelectionLoss selection_loss = SelectionLoss::bce;  // selection_loss.h
 };
 
 // Loss terms are this rank's share: their mean over ranks is the value one process holding the
@@ -67,6 +77,10 @@ struct PretrainResult {
   int64_t selected_patches = 0;  // high-res tokens this step (all rows of this rank)
   // Share of selected patches inside the GT boxes over local rows (forced ones included).
   double gt_patch_share = 0;
+  // Mean selection probability inside / outside the GT box cells over local rows, on the first
+  // high-res scale's map, for the prior and the posterior (NaN without local rows): the signal
+  // that shows a map collapsing (both -> sigmoid(-5)) or learning (in > out).
+  double prior_in_box = 0, prior_outside = 0, posterior_in_box = 0, posterior_outside = 0;
 };
 
 // One forward on this rank's batch. `pg` (may be null for one process) provides the text

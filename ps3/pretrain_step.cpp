@@ -7,6 +7,7 @@
 // selection_loss.h) so that the mean over ranks of the returned loss is the loss of one process
 // holding the whole batch, however the loader split or thinned it.
 #include <cmath>
+#include <tuple>
 
 #include "autograd/error.h"
 #include "ops/elementwise.h"
@@ -63,9 +64,22 @@ double share_inside(const std::vector<Tensor>& selection_maps, const std::vector
   return selected > 0 ? inside / selected : 0.0;
 }
 
-}  // namespace
+// Mean probability over local rows' box cells and over their other cells.
+std::pair<double, double> box_probability(const Tensor& probs, const Tensor& gt,
+                                          const std::vector<bool>& rows_wanted) {
+  std::vector<float> p = probs.to_vector<float>(), g = gt.to_vector<float>();
+  const size_t per = p.size() / rows_wanted.size();
+  double in = 0, out = 0, n_in = 0, n_out = 0;
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (!rows_wanted[i / per]) continue;
+    if (g[i] > 0.5f)
+      in += p[i], ++n_in;
+    else
+      out += p[i], ++n_out;
+  }
+  return {n_in > 0 ? in / n_in : NAN, n_out > 0 ? out / n_out : NAN};
+}
 
-namespace {
 
 PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
                             const PretrainOptions& options, parallel::ProcessGroup* pg) {
@@ -106,11 +120,17 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
   const int64_t local_global = pg ? parallel::all_reduce_count(r.local_rows, *pg) : r.local_rows;
   const double row_weight =
       local_global > 0 ? double(r.local_rows) * double(n) / double(local_global) : 0.0;
-  Tensor prior = selection_bce(v.prior_probs, in.gt_maps, is_local, row_weight);
+  Tensor prior =
+      selection_bce(v.prior_probs, in.gt_maps, is_local, row_weight, options.selection_loss);
+  std::tie(r.prior_in_box, r.prior_outside) =
+      box_probability(v.prior_probs[0], in.gt_maps[0], is_local);
   Tensor loss = add(contrastive, mul(prior, options.prior_weight));
   r.bce_prior = prior.item<double>();
   if (!v.posterior_probs.empty()) {
-    Tensor posterior = selection_bce(v.posterior_probs, in.gt_maps, is_local, row_weight);
+    Tensor posterior =
+        selection_bce(v.posterior_probs, in.gt_maps, is_local, row_weight, options.selection_loss);
+    std::tie(r.posterior_in_box, r.posterior_outside) =
+        box_probability(v.posterior_probs[0], in.gt_maps[0], is_local);
     loss = add(loss, mul(posterior, options.posterior_weight));
     r.bce_posterior = posterior.item<double>();
   }

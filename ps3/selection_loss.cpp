@@ -1,6 +1,8 @@
 // Selection BCE over local rows; the weighting's why is in selection_loss.h.
 #include "ps3/selection_loss.h"
 
+#include <algorithm>
+
 #include "autograd/error.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
@@ -10,9 +12,32 @@
 #include "ops/shape.h"
 
 namespace hd::ps3 {
+namespace {
+
+// Per-element weights [n, H, W] that turn a sum of elementwise BCE into, per row, half the mean
+// over the box cells plus half the mean over the rest (the plain mean for a row without box
+// cells), averaged over rows. A constant of the targets: no gradient flows through it.
+Tensor balanced_weights(const Tensor& target) {
+  std::vector<float> g = target.to_vector<float>();
+  const int64_t n = target.size(0), cells = target.numel() / std::max<int64_t>(n, 1);
+  std::vector<float> w(g.size());
+  for (int64_t r = 0; r < n; ++r) {
+    const float* gr = g.data() + r * cells;
+    double pos = 0;
+    for (int64_t k = 0; k < cells; ++k) pos += gr[k] > 0.5f;
+    const double neg = double(cells) - pos;
+    const double wp = pos > 0 && neg > 0 ? 0.5 / pos : 1.0 / double(cells);
+    const double wn = pos > 0 && neg > 0 ? 0.5 / neg : 1.0 / double(cells);
+    for (int64_t k = 0; k < cells; ++k)
+      w[size_t(r * cells + k)] = float((gr[k] > 0.5f ? wp : wn) / double(n));
+  }
+  return from_vector<float>(w, target.shape(), target.dtype());
+}
+
+}  // namespace
 
 Tensor selection_bce(const std::vector<Tensor>& probs, const std::vector<Tensor>& gt_maps,
-                     const std::vector<bool>& is_local, double row_weight) {
+                     const std::vector<bool>& is_local, double row_weight, SelectionLoss mode) {
   HD_CHECK(!probs.empty() && probs.size() == gt_maps.size(), "selection_bce: ", probs.size(),
            " probability maps for ", gt_maps.size(), " ground-truth maps (one per high-res scale)");
   std::vector<int64_t> rows;
@@ -33,7 +58,11 @@ Tensor selection_bce(const std::vector<Tensor>& probs, const std::vector<Tensor>
     } else {
       Tensor idx = from_vector<int64_t>(rows, {int64_t(rows.size())});
       Tensor target = g.dtype() == p.dtype() ? g : to(g, p.dtype());
-      term = binary_cross_entropy(index_select(p, 0, idx), index_select(target, 0, idx));
+      Tensor p_rows = index_select(p, 0, idx), g_rows = index_select(target, 0, idx);
+      term = mode == SelectionLoss::bce
+                 ? binary_cross_entropy(p_rows, g_rows)
+                 : sum(mul(binary_cross_entropy(p_rows, g_rows, Reduction::none),
+                           balanced_weights(g_rows)));
     }
     total = total.defined() ? add(total, term) : term;
   }

@@ -20,9 +20,12 @@
 
 namespace hd::ps3 {
 
+enum class SelectionLoss { bce, balanced };
+
 // probs[s], gt_maps[s]: [B, H_s, W_s] with probabilities in [0, 1] and targets in {0, 1};
 // is_local[b]: whether row b is a local-caption row. Returns a differentiable scalar.
 Tensor selection_bce(const std::vector<Tensor>& probs, const std::vector<Tensor>& gt_maps,
-                     const std::vector<bool>& is_local, double row_weight = 1.0);
+                     const std::vector<bool>& is_local, double row_weight = 1.0,
+                     SelectionLoss mode = SelectionLoss::bce);
 
 }  // namespace hd::ps3

@@ -77,12 +77,14 @@ std::vector<const Module*> PS3VisionModel::sharding_units() const {
 
 namespace {
 
-void check_inputs(const VisionConfig& c, const VisionInputs& in, int64_t B) {
+void check_inputs(const VisionConfig& c, const VisionInputs& in, int64_t B_img, int64_t B) {
   const int64_t sr = c.selection_res;
-  HD_CHECK(in.selection.defined() && in.selection.dim() == 4 && in.selection.size(0) == B &&
+  HD_CHECK(B_img == B || B_img == 1, "PS3 vision: ", B_img,
+           " images for ", B, " prompts (one image with several prompts, or one per prompt)");
+  HD_CHECK(in.selection.defined() && in.selection.dim() == 4 && in.selection.size(0) == B_img &&
                in.selection.size(1) == c.channels && in.selection.size(2) == sr &&
                in.selection.size(3) == sr,
-           "PS3 vision: selection input must be [", B, ", ", c.channels, ", ", sr, ", ", sr,
+           "PS3 vision: selection input must be [", B_img, ", ", c.channels, ", ", sr, ", ", sr,
            "], got ", in.selection.defined() ? in.selection.str() : std::string("undefined"));
   if (in.prompt.defined()) {
     HD_CHECK(in.prompt.shape() == Shape({B, c.width}), "PS3 vision: prompt must be [", B, ", ",
@@ -119,23 +121,34 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
   const VisionConfig& c = config_;
   const Parts& p = *parts_;
   HD_CHECK(in.low_res.defined(), "PS3 vision: low_res input is undefined");
-  const int64_t B = in.low_res.size(0), W = c.width, G = c.low_grid();
-  check_inputs(c, in, B);
+  // One image with B prompts (an evaluation ranking every caption on every image): stage 1 and
+  // the selection features are computed once and broadcast to the B rows.
+  const int64_t B_img = in.low_res.size(0), W = c.width, G = c.low_grid();
+  const int64_t B = in.prompt.defined() ? in.prompt.size(0) : B_img;
+  check_inputs(c, in, B_img, B);
   const size_t ns = c.scales.size();
   VisionOutputs out;
 
   // Stage 1: low-res pass with the per-layer cache.
   LowResPass low = p.trunk->forward_low_res(in.low_res, runner_);
-  out.low_res_tokens = low.hidden.back();
-  out.low_res_pooled = p.trunk->pool(out.low_res_tokens);
+  auto rows = [&](const Tensor& t) {
+    if (B_img == B) return t;
+    Shape shape = t.shape();
+    shape[0] = B;
+    return expand(t, shape);
+  };
+  out.low_res_tokens = rows(low.hidden.back());
+  out.low_res_pooled = rows(p.trunk->pool(low.hidden.back()));
 
   // Stage 2: selection probabilities (prior always, posterior with a prompt).
   std::vector<Tensor> chosen_layers;
   for (int64_t l : c.select_layers) chosen_layers.push_back(low.hidden[size_t(l)]);
   SelectionFeatures features;
-  features.lowres =
-      reshape(p.selection_feature_proj->forward_rows(cat(chosen_layers, 2), W), {B, G, G, W});
-  features.highres = p.highres_selection_feature_module->forward(in.selection);
+  features.lowres = rows(reshape(p.selection_feature_proj->forward_rows(cat(chosen_layers, 2), W),
+                                 {B_img, G, G, W}));
+  features.highres = rows(p.highres_selection_feature_module->forward(in.selection));
+  for (Tensor& h : low.hidden) h = rows(h);
+  for (auto& kv : low.kv) kv.k = rows(kv.k), kv.v = rows(kv.v);
   Tensor prior = selection_probability(features, expand(reshape(p.prior_prompt, {1, W}), {B, W}),
                                        *p.prompt_proj_for_highres);
   out.prior_probs = per_scale(c, prior);

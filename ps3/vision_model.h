@@ -25,8 +25,11 @@ namespace hd::ps3 {
 using PatchSource =
     std::function<Tensor(int64_t b, int64_t scale, const std::vector<int64_t>& indices)>;
 
+// B rows, each one image with its prompt; or one image for B prompts (low_res and selection
+// with one row, prompt [B, width]): stage 1 and the selection features then run once and are
+// broadcast, which is how an evaluation ranks every caption on every image.
 struct VisionInputs {
-  Tensor low_res;       // [B, C, low_res, low_res] f32
+  Tensor low_res;       // [B, C, low_res, low_res] f32 (or [1, ...] with a [B, width] prompt)
   Tensor selection;     // [B, C, selection_res, selection_res] f32
   PatchSource patches;  // high-res patches on demand (never a full high-res image)
   Tensor prompt;        // [B, width] top-down prompt; undefined: bottom-up (prior) only

@@ -133,8 +133,17 @@ def case_determinism(env):
     da = checkpoint_dump(os.path.join(a, "checkpoints", "step_00000006"))
     db = checkpoint_dump(os.path.join(b, "checkpoints", "step_00000006"))
     check(da == db and "GROUP \"exp_avg_sq\"" in da, "identical final checkpoints (params + moments)")
-    check("retrieval" in pa.stdout and "GT-box share" in pa.stdout,
+    check("retrieval top-1" in pa.stdout and "recall of box patches" in pa.stdout,
           "the held-out evaluation is printed at the end")
+    ev = json.load(open(os.path.join(a, "eval.json")))
+    check(set(ev) >= {"top_down", "bottom_up", "retrieval_forced", "retrieval_top_down"} and
+          len(ev["top_down"]["per_scale"]) == len(ev["scales"]),
+          "eval.json in the run folder: %s" % sorted(ev))
+    with open(os.path.join(a, "metrics_rank0.jsonl")) as f:
+        sel = [json.loads(l).get("selection") for l in f if '"step"' in l]
+    check(all(x and set(x) == {"prior_in_box", "prior_outside", "posterior_in_box",
+                               "posterior_outside", "grad_norm"} for x in sel) and
+          any(x["grad_norm"] > 0 for x in sel), "selection statistics logged every step: %s" % sel[:1])
     c = fresh(env, "det_c")
     env.run(c, ["seed=4"])
     check(losses(c) != la, "another seed gives other losses")

@@ -154,7 +154,12 @@ void train(const Args& args, int rank, int size) {
     rep.samples = batch;
     rep.tokens = batch * in;
     rep.patches = batch;
-    rep.losses = {{"total", loss_value}, {"lm", loss_value}};
+    rep.losses = {{"total", loss_value}, {"lm", loss_value}, {"selection_bce_prior", loss_value}};
+    // The toy has no selection: these exercise the export path of the dashboard's selection row
+    // (hdtrain_selection) with values of the right kind (probabilities, a gradient norm).
+    rep.selection = {{"prior_in_box", 1.0 / (1.0 + loss_value)},
+                     {"prior_outside", loss_value / (1.0 + loss_value)},
+                     {"grad_norm", grad_norm}};
     rep.learning_rate = schedule.at(step);
     rep.grad_norm = grad_norm;
     rep.timing = timer.finish();

@@ -60,44 +60,76 @@ TEST_F(EvalFixture, CountsAndChanceLevelsMatchClosedForms) {
   // Closed forms from the records: every box of the first two images, mapped to S like the
   // loader maps it; uniform picks of split_budget(scales, max_select) patches per scale.
   const int64_t S = config.vision.image_size();
+  const size_t ns = config.vision.scales.size();
   std::vector<int64_t> k = split_budget(config.vision.scales, config.vision.max_select);
+  auto cells_of = [&](const std::vector<data::Box>& boxes, size_t s) {
+    const int64_t g = config.vision.grid(s);
+    std::vector<float> map(size_t(g * g));
+    data::gt_map(boxes, S, g, map.data());
+    double cells = 0;
+    for (float v : map) cells += v;
+    return cells / double(g * g);  // the box map's share of grid s
+  };
   int64_t regions = 0;
-  double random_share = 0;
+  std::vector<double> td_precision(ns), bu_precision(ns);
   for (int i = 0; i < 2; ++i) {
+    std::vector<data::Box> all;
     for (const data::Box& box : eval_set.records[size_t(i)].boxes) {
       std::string why;
       auto b = data::transform_box(box, data::Crop{0, 0, kSynthRes, kSynthRes}, S, why);
       ASSERT_TRUE(b.has_value()) << why;
       ++regions;
-      double inside = 0, picked = 0;
-      for (size_t s = 0; s < k.size(); ++s) {
-        const int64_t g = config.vision.grid(s);
-        std::vector<float> map(size_t(g * g));
-        data::gt_map({*b}, S, g, map.data());
-        double cells = 0;
-        for (float v : map) cells += v;
-        inside += double(k[s]) * cells / double(g * g);
-        picked += double(k[s]);
-      }
-      random_share += inside / picked;
+      all.push_back(*b);
+      for (size_t s = 0; s < ns; ++s) td_precision[s] += cells_of({*b}, s);
     }
+    for (size_t s = 0; s < ns; ++s) bu_precision[s] += cells_of(all, s) / 2.0;
   }
-  random_share /= double(regions);
   EXPECT_EQ(r.images, 2);
   EXPECT_EQ(r.queries, regions);
-  EXPECT_DOUBLE_EQ(r.retrieval_chance, 1.0 / double(regions));
-  EXPECT_NEAR(r.random_share, random_share, 1e-12);
-  EXPECT_GE(r.retrieval_top1, 0.0);
-  EXPECT_LE(r.retrieval_top1, 1.0);
+  EXPECT_EQ(r.top_down.queries, regions);
+  EXPECT_EQ(r.bottom_up.queries, 2);
+  EXPECT_DOUBLE_EQ(r.retrieval_forced_chance, 1.0 / double(regions));
+  EXPECT_DOUBLE_EQ(r.retrieval_topdown_chance, 0.5);
+  EXPECT_EQ(r.retrieval_topdown_images, 2);
+  ASSERT_EQ(r.top_down.recall.size(), ns);
+  for (size_t s = 0; s < ns; ++s) {
+    const int64_t g = config.vision.grid(s);
+    // A random pick of k_s of the g^2 cells finds k_s / g^2 of any box (look-close 1 selects
+    // exactly k_s per scale here: the grids are larger than the budget).
+    EXPECT_NEAR(r.top_down.random_recall[s], double(k[s]) / double(g * g), 1e-12) << s;
+    EXPECT_NEAR(r.bottom_up.random_recall[s], double(k[s]) / double(g * g), 1e-12) << s;
+    EXPECT_NEAR(r.top_down.random_precision[s], td_precision[s] / double(regions), 1e-12) << s;
+    EXPECT_NEAR(r.bottom_up.random_precision[s], bu_precision[s], 1e-12) << s;
+    for (double v : {r.top_down.recall[s], r.top_down.precision[s], r.bottom_up.recall[s],
+                     r.bottom_up.precision[s]}) {
+      EXPECT_GE(v, 0.0);
+      EXPECT_LE(v, 1.0);
+    }
+  }
+  for (const ProbStats& p : {r.top_down_probs, r.bottom_up_probs}) {
+    EXPECT_GE(p.auc, 0.0);  // the micro low-res grid is 2 x 2: no tighter bound holds
+    EXPECT_LE(p.auc, 1.0);
+    EXPECT_LE(p.mean_in, p.max_in);
+    EXPECT_LE(p.mean_out, p.max_out);
+  }
   // top-1 is a count of hits over the queries.
-  double hits = r.retrieval_top1 * double(regions);
+  double hits = r.retrieval_forced_top1 * double(regions);
   EXPECT_NEAR(hits, std::round(hits), 1e-9);
-  EXPECT_GE(r.selection_share, 0.0);
-  EXPECT_LE(r.selection_share, 1.0);
+  hits = r.retrieval_topdown_top1 * double(regions);
+  EXPECT_NEAR(hits, std::round(hits), 1e-9);
 
   EvalResult again = evaluate_ps3(model, eval_set, *tok, options);
-  EXPECT_EQ(again.retrieval_top1, r.retrieval_top1);
-  EXPECT_EQ(again.selection_share, r.selection_share);
+  EXPECT_EQ(again.retrieval_forced_top1, r.retrieval_forced_top1);
+  EXPECT_EQ(again.retrieval_topdown_top1, r.retrieval_topdown_top1);
+  EXPECT_EQ(again.top_down.recall_all, r.top_down.recall_all);
+  EXPECT_EQ(again.bottom_up.precision_all, r.bottom_up.precision_all);
+
+  // The report carries the same numbers.
+  const std::string json = eval_json(r), table = eval_table(r);
+  EXPECT_NE(json.find("\"retrieval_top_down\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"random_recall\""), std::string::npos) << json;
+  EXPECT_NE(table.find("top-down"), std::string::npos) << table;
+  EXPECT_NE(table.find("bottom-up"), std::string::npos) << table;
 }
 
 TEST_F(EvalFixture, MaxImagesCapsAtTheSetSize) {

@@ -213,6 +213,42 @@ TEST(PS3Vision, PromptGivesPosteriorAndDrivesSelection) {
   }
 }
 
+TEST(PS3Vision, OneImageWithManyPromptsEqualsTheImageRepeated) {
+  VisionConfig c = micro_config();
+  auto model = make_model(c, 23);
+  const int64_t B = 3;
+  MicroImages one = make_images(c, 1, 24);
+  MicroImages repeated = one;  // the same image in every row
+  auto rep = [&](const Tensor& t) {
+    Shape shape = t.shape();
+    shape[0] = B;
+    return contiguous(expand(t, shape));
+  };
+  repeated.low_res = rep(one.low_res), repeated.selection = rep(one.selection);
+  for (Tensor& t : repeated.by_scale) t = rep(t);
+  Generator gen(25, "prompt");
+  Tensor prompts = uniform({B, c.width}, -1, 1, gen);
+  VisionInputs a = make_inputs(repeated), b = make_inputs(repeated);
+  a.prompt = b.prompt = prompts;
+  a.look_close_steps = b.look_close_steps = 2;
+  b.low_res = one.low_res, b.selection = one.selection;  // one image, B prompts
+  VisionOutputs x = model->forward(a), y = model->forward(b);
+  EXPECT_EQ(x.high_res_positions.to_vector<int64_t>(), y.high_res_positions.to_vector<int64_t>());
+  EXPECT_LT(max_abs_diff(x.high_res_pooled, y.high_res_pooled), 1e-6);
+  EXPECT_LT(max_abs_diff(x.low_res_pooled, y.low_res_pooled), 1e-6);
+  EXPECT_LT(max_abs_diff(x.posterior_probs[1], y.posterior_probs[1]), 1e-6);
+  EXPECT_LT(max_abs_diff(x.prior_probs[0], y.prior_probs[0]), 1e-6);
+  // Different prompts select differently on the one image (the rows are not one row repeated).
+  EXPECT_GT(max_abs_diff(select(y.posterior_probs[0], 0, 0), select(y.posterior_probs[0], 0, 1)),
+            1e-4);
+  b.prompt = narrow(prompts, 0, 0, 2);  // still fine: 1 image, 2 prompts
+  EXPECT_EQ(model->forward(b).high_res_pooled.size(0), 2);
+  b.low_res = narrow(repeated.low_res, 0, 0, 2);  // 2 images for 3 prompts
+  b.selection = narrow(repeated.selection, 0, 0, 2);
+  b.prompt = prompts;
+  hd::testing::expect_error([&] { model->forward(b); }, "2 images for 3 prompts");
+}
+
 TEST(PS3Vision, DeterministicAcrossModelsAndCalls) {
   VisionConfig c = micro_config();
   auto a = make_model(c, 21), b = make_model(c, 21);
