@@ -304,6 +304,7 @@ void resolve_defaults(proto::RunConfig& c) {
   if (!t->has_prior_weight()) t->set_prior_weight(1.0);
   if (t->selection_loss().empty()) t->set_selection_loss("bce");
   if (!t->has_selection_lr_scale()) t->set_selection_lr_scale(1.0);
+  if (t->prior_target().empty()) t->set_prior_target("caption_box");
   if (!t->has_posterior_weight()) t->set_posterior_weight(1.0);
   if (!t->has_max_nonfinite_in_a_row()) t->set_max_nonfinite_in_a_row(5);
 
@@ -395,6 +396,9 @@ void validate_config(const proto::RunConfig& c, int world_size) {
   if (t.selection_loss() != "bce" && t.selection_loss() != "balanced")
     invalid("train.selection_loss",
             "= '" + t.selection_loss() + "' is not one of bce (the reference), balanced");
+  if (t.prior_target() != "caption_box" && t.prior_target() != "all_regions")
+    invalid("train.prior_target",
+            "= '" + t.prior_target() + "' is not one of caption_box (the reference), all_regions");
   if (!(t.selection_lr_scale() > 0))
     invalid("train.selection_lr_scale", "= " + str(t.selection_lr_scale()) + " must be > 0");
   if (t.prior_weight() < 0)

@@ -35,6 +35,7 @@
 #include "launcher/command.h"
 #include "launcher/config.h"
 #include "launcher/model_config.h"
+#include "launcher/ps3_eval.h"
 #include "launcher/ps3_weights.h"
 #include "ops/factory.h"
 #include "ops/shape.h"
@@ -47,14 +48,6 @@
 #include "ps3/selection_png.h"
 #include "ps3/text_tower.h"
 
-// `ps3 eval` (launcher/ps3_eval.cpp) lands in its own change; until its header is in the tree the
-// subcommand is simply absent, so this file builds either way.
-#if __has_include("launcher/ps3_eval.h")
-#include "launcher/ps3_eval.h"
-#define HD_HAVE_PS3_EVAL 1
-#else
-#define HD_HAVE_PS3_EVAL 0
-#endif
 
 namespace hd::launcher {
 namespace {
@@ -65,10 +58,8 @@ constexpr const char* kOverview =
     "usage: hdtrain ps3 <subcommand> [options]   (hdtrain ps3 <subcommand> --help: its options)\n"
     "  hdtrain ps3 encode  one image through a PS3 checkpoint -> features in HDF5 (and a\n"
     "                      selection PNG)\n"
-#if HD_HAVE_PS3_EVAL
     "  hdtrain ps3 eval    a PS3 checkpoint on held-out images: selection recall/precision,\n"
     "                      retrieval\n"
-#endif
     "\n";
 
 constexpr const char* kUsage =
@@ -400,9 +391,7 @@ int run(const std::vector<std::string>& args) {
     return args.empty() ? 2 : 0;
   }
   if (args[0] == "encode") return encode({args.begin() + 1, args.end()});
-#if HD_HAVE_PS3_EVAL
   if (args[0] == "eval") return ps3_eval({args.begin() + 1, args.end()});
-#endif
   std::fprintf(stderr, "hdtrain ps3: unknown subcommand '%s'\n%s", args[0].c_str(), kOverview);
   return 2;
 }
@@ -410,10 +399,8 @@ int run(const std::vector<std::string>& args) {
 }  // namespace
 
 HD_REGISTER_COMMAND(ps3,
-                    HD_HAVE_PS3_EVAL ? "encode: one image -> features in HDF5; eval: held-out "
-                                       "selection and retrieval of a checkpoint"
-                                     : "encode: one image through a PS3 checkpoint -> features in "
-                                       "HDF5",
+                    "encode: one image -> features in HDF5; eval: held-out selection and "
+                    "retrieval of a checkpoint",
                     run);
 
 }  // namespace hd::launcher

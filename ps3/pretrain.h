@@ -65,6 +65,11 @@ struct PretrainOptions {
   bool pool_gt_only = true;  // --pool_gt_token_only
   double prior_weight = 1.0, posterior_weight = 1.0;
   SelectionLoss selection_loss = SelectionLoss::bce;  // selection_loss.h
+  // Target of the bottom-up (prior) BCE. The reference uses each row's caption box, so an image
+  // with several captioned regions teaches the prior that each region is background in the rows
+  // of the other captions. all_regions uses every captioned region of the row's image
+  // (data::Batch::salient_boxes): what bottom-up selection is meant to find.
+  bool prior_all_regions = false;
 };
 
 // Loss terms are this rank's share: their mean over ranks is the value one process holding the

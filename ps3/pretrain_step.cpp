@@ -120,10 +120,17 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
   const int64_t local_global = pg ? parallel::all_reduce_count(r.local_rows, *pg) : r.local_rows;
   const double row_weight =
       local_global > 0 ? double(r.local_rows) * double(n) / double(local_global) : 0.0;
+  std::vector<Tensor> prior_targets = in.gt_maps;
+  if (options.prior_all_regions) {
+    HD_CHECK(int64_t(batch.salient_boxes.size()) == B,
+             "pretrain_forward: prior_all_regions needs the batch's salient_boxes (", B,
+             " rows, got ", batch.salient_boxes.size(), ")");
+    for (size_t s = 0; s < ns; ++s) prior_targets[s] = batch.salient_map(c.vision.grid(s));
+  }
   Tensor prior =
-      selection_bce(v.prior_probs, in.gt_maps, is_local, row_weight, options.selection_loss);
+      selection_bce(v.prior_probs, prior_targets, is_local, row_weight, options.selection_loss);
   std::tie(r.prior_in_box, r.prior_outside) =
-      box_probability(v.prior_probs[0], in.gt_maps[0], is_local);
+      box_probability(v.prior_probs[0], prior_targets[0], is_local);
   Tensor loss = add(contrastive, mul(prior, options.prior_weight));
   r.bce_prior = prior.item<double>();
   if (!v.posterior_probs.empty()) {

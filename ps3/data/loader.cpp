@@ -6,11 +6,22 @@
 
 namespace hd::data {
 
-Tensor Batch::gt_map(int64_t out) const {
-  Tensor t = Tensor::empty({batch_size(), out, out});
-  for (int64_t b = 0; b < batch_size(); ++b)
+namespace {
+Tensor box_maps(const std::vector<std::vector<Box>>& boxes, int64_t size, int64_t out) {
+  const int64_t B = int64_t(boxes.size());
+  Tensor t = Tensor::empty({B, out, out});
+  for (int64_t b = 0; b < B; ++b)
     data::gt_map(boxes[size_t(b)], size, out, t.data<float>() + b * out * out);
   return t;
+}
+}  // namespace
+
+Tensor Batch::gt_map(int64_t out) const { return box_maps(boxes, size, out); }
+
+Tensor Batch::salient_map(int64_t out) const {
+  HD_CHECK(salient_boxes.size() == boxes.size(), "Batch::salient_map: ", salient_boxes.size(),
+           " salient box lists for ", boxes.size(), " rows");
+  return box_maps(salient_boxes, size, out);
 }
 
 Tensor Batch::patches(int64_t b, int64_t scale, const std::vector<int64_t>& indices) const {
@@ -74,6 +85,7 @@ void Loader::produce() {
       b.image_ids.resize(size_t(n));
       b.is_global.resize(size_t(n));
       b.boxes.resize(size_t(n));
+      b.salient_boxes.resize(size_t(n));
       b.texts.resize(size_t(n));
       b.images.resize(size_t(n));
       b.low_res = Tensor::empty({n, 3, opt_.low_res, opt_.low_res});
@@ -189,6 +201,10 @@ void Loader::load_sample(Pending& p, int64_t i) {
       }
       b.boxes[size_t(i)] = {*box};
     }
+    for (const Box& each : rec.boxes) {
+      std::string why;
+      if (auto box = transform_box(each, crop, S, why)) b.salient_boxes[size_t(i)].push_back(*box);
+    }
     const std::string& caption = spec.is_global ? rec.global_text : rec.texts[size_t(spec.box)];
     b.texts[size_t(i)] = process_caption(caption, opt_.sentence_masking, spec.key);
     if (tok_) {
@@ -257,6 +273,7 @@ Batch Loader::next() {
   keep_items(b.image_ids, keep);
   keep_items(b.is_global, keep);
   keep_items(b.boxes, keep);
+  keep_items(b.salient_boxes, keep);
   keep_items(b.texts, keep);
   keep_items(b.images, keep);
   return b;

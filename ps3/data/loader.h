@@ -47,6 +47,9 @@ struct Batch {
   std::vector<int64_t> image_ids;
   std::vector<bool> is_global;
   std::vector<std::vector<Box>> boxes;  // in S x S pixels
+  // Every local box of each row's image (the salient regions), in S x S pixels: the target of
+  // the bottom-up map under train.prior_target = "all_regions".
+  std::vector<std::vector<Box>> salient_boxes;
   std::vector<std::string> texts;       // processed captions
   Tensor low_res;                       // [B, 3, low, low] f32
   Tensor selection;                     // [B, 3, sel, sel] f32 (undefined when sel = 0)
@@ -58,6 +61,8 @@ struct Batch {
   int64_t batch_size() const { return int64_t(image_ids.size()); }
   // [B, out, out] f32 in {0, 1}: [area-resample(GT, out) > 0].
   Tensor gt_map(int64_t out) const;
+  // The same for salient_boxes.
+  Tensor salient_map(int64_t out) const;
   // [n, 3, 14, 14] f32 patches of sample b at `scale` (flat grid indices).
   Tensor patches(int64_t b, int64_t scale, const std::vector<int64_t>& indices) const;
 };

@@ -83,6 +83,17 @@ def losses(run_dir, rank=0):
     return out
 
 
+def close(x, y, tol=1e-5):
+    """Equal structure, numbers within tol (relative; the thread count may differ)."""
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(close(x[k], y[k]) for k in x)
+    if isinstance(x, list):
+        return isinstance(y, list) and len(x) == len(y) and all(close(a, b) for a, b in zip(x, y))
+    if isinstance(x, float) or isinstance(y, float):
+        return abs(x - y) <= tol * max(1.0, abs(x), abs(y))
+    return x == y
+
+
 def checkpoint_dump(step_dir):
     """Every tensor of every rank's HDF5 file, printed with 9 significant digits (exact f32)."""
     files = sorted(f for f in os.listdir(step_dir) if f.endswith(".h5"))
@@ -139,6 +150,18 @@ def case_determinism(env):
     check(set(ev) >= {"top_down", "bottom_up", "retrieval_forced", "retrieval_top_down"} and
           len(ev["top_down"]["per_scale"]) == len(ev["scales"]),
           "eval.json in the run folder: %s" % sorted(ev))
+    # `hdtrain ps3 eval` on the run's final checkpoint reproduces the run's own evaluation.
+    out = os.path.join(a, "ps3_eval.json")
+    c = [env.hdtrain, "ps3", "eval", "--config", MICRO, "--set", "data.dir=" + env.data,
+         "--checkpoint", a, "--out", out]
+    p = subprocess.run(c, capture_output=True, text=True, timeout=120)
+    sys.stdout.write(p.stdout[-2000:] + p.stderr[-2000:])
+    check(p.returncode == 0 and close(json.load(open(out)), ev),
+          "hdtrain ps3 eval on the run folder reproduces the run's eval.json")
+    p = subprocess.run(c[:-4] + ["--checkpoint", os.path.join(a, "nope")], capture_output=True,
+                       text=True, timeout=60)
+    check(p.returncode != 0 and "nope" in p.stderr, "ps3 eval names a missing checkpoint: %s" %
+          p.stderr.strip()[-200:])
     with open(os.path.join(a, "metrics_rank0.jsonl")) as f:
         sel = [json.loads(l).get("selection") for l in f if '"step"' in l]
     check(all(x and set(x) == {"prior_in_box", "prior_outside", "posterior_in_box",
