@@ -43,6 +43,7 @@ void evaluate_and_report(const proto::RunConfig& c, const ps3::PS3Config& mcfg,
   eo.loader.threads = c.data().loader_threads();
   eo.loader.sentence_masking = false;  // evaluate on the full captions
   eo.retrieval_max_images = c.eval().retrieval_max_images();
+  eo.png_dir = (std::filesystem::path(c.run_dir()) / "selection").string();
   ps3::EvalResult r = ps3::evaluate_ps3(copy, eval_set, tokenizer, eo);
   double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::filesystem::path json = std::filesystem::path(c.run_dir()) / "eval.json";
@@ -53,9 +54,9 @@ void evaluate_and_report(const proto::RunConfig& c, const ps3::PS3Config& mcfg,
   }
   std::printf(
       "\n== what the model learned (held-out: %lld images, %lld local captions, look-close %lld; "
-      "%.1f s; %s) ==\n%s",
+      "%.1f s; %s; pictures in %s) ==\n%s",
       static_cast<long long>(r.images), static_cast<long long>(r.queries),
-      static_cast<long long>(eo.look_close_steps), sec, json.string().c_str(),
+      static_cast<long long>(eo.look_close_steps), sec, json.string().c_str(), eo.png_dir.c_str(),
       ps3::eval_table(r).c_str());
   std::fflush(stdout);
 }

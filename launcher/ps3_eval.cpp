@@ -26,6 +26,7 @@ constexpr const char* kUsage =
     "usage: hdtrain ps3 eval --config FILE.textproto [--set FIELD=VALUE ...]\n"
     "                        --checkpoint PATH [--data DIR] [--max-images N]\n"
     "                        [--look-close N] [--retrieval-images N] [--out FILE.json]\n"
+    "                        [--selection-png DIR [--png-count N]]\n"
     "  Evaluates a PS3 checkpoint on held-out images (one process, no mpirun) and prints, per\n"
     "  scale and overall, the recall of GT-box patches and the precision of the selected\n"
     "  patches for top-down (each caption's prompt) and bottom-up (the prior) selection, each\n"
@@ -41,6 +42,10 @@ constexpr const char* kUsage =
     "  --retrieval-images N  images for top-down retrieval (default:\n"
     "                        eval.retrieval_max_images; 0: all evaluated)\n"
     "  --out FILE.json       the results as JSON (default: eval.json in the current folder)\n"
+    "  --selection-png DIR   draw where the model looked for the first --png-count captions\n"
+    "                        (td_<image>_<caption>.png, with the caption's box) and on their\n"
+    "                        images bottom-up (bu_<image>.png)\n"
+    "  --png-count N         captions to draw (default 8)\n"
     "  Exit codes: 0 done, 2 bad arguments or configuration, 1 any other error.\n";
 
 }  // namespace
@@ -68,7 +73,8 @@ int ps3_eval(const std::vector<std::string>& args) {
     std::fprintf(stderr, "hdtrain ps3 eval: error: %s\n", e.what());
     return 2;
   }
-  Args a(rest, {"checkpoint", "data", "max-images", "look-close", "retrieval-images", "out"}, {});
+  Args a(rest, {"checkpoint", "data", "max-images", "look-close", "retrieval-images", "out",
+                  "selection-png", "png-count"}, {});
   const std::string data_dir = a.get("data", config.data().eval_dir());
   HD_CHECK(!data_dir.empty(), "no dataset to evaluate: pass --data DIR or set data.eval_dir");
   HD_CHECK(fs::is_directory(data_dir), "--data '", data_dir, "' is not a folder");
@@ -99,6 +105,8 @@ int ps3_eval(const std::vector<std::string>& args) {
   eo.loader.low_res = mcfg.vision.low_res;
   eo.loader.selection_res = mcfg.vision.selection_res;
   eo.loader.sentence_masking = false;
+  eo.png_dir = a.get("selection-png", "");
+  eo.png_count = a.get_int("png-count", 8);
 
   auto t0 = std::chrono::steady_clock::now();
   ps3::EvalResult r = ps3::evaluate_ps3(model, eval_set, tok, eo);

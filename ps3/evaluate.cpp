@@ -2,7 +2,9 @@
 #include "ps3/evaluate.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "autograd/error.h"
 #include "autograd/node.h"
@@ -16,10 +18,13 @@
 #include "ps3/data/image.h"
 #include "ps3/data/resize.h"
 #include "ps3/patch_selection.h"
+#include "ps3/selection_png.h"
 #include "ps3/text_tower.h"
 
 namespace hd::ps3 {
 namespace {
+
+namespace fs = std::filesystem;
 
 // One held-out image prepared like the loader does: the squash-resized image, its low-res and
 // selection views (they do not depend on the caption, so they are computed once), and its
@@ -279,7 +284,18 @@ EvalResult evaluate_ps3(const PS3CLIP& model, const data::Dataset& eval_set,
     td.prompt = text.prompt;
     VisionOutputs v = model.vision().forward(td);
     Tensor gt_low = rows.gt_map(vc.low_grid());
+    auto picture = [&](const std::vector<Tensor>& maps, int64_t row, const std::string& name,
+                       const std::optional<data::Box>& box) {
+      std::vector<Tensor> rows;
+      for (const Tensor& m : maps) rows.push_back(select(m, 0, row));
+      write_selection_png(*p.image, rows, box, (fs::path(options.png_dir) / name).string(), 768);
+    };
+    const bool draw = !options.png_dir.empty() && r.queries < options.png_count;
+    if (draw) fs::create_directories(options.png_dir);
     for (int64_t row = 0; row < B; ++row) {
+      if (draw && r.queries + row < options.png_count)
+        picture(v.selection_maps, row, "td_" + std::to_string(i) + "_" + std::to_string(row) + ".png",
+                p.boxes[size_t(row)]);
       top_down.add(v.selection_maps, td.gt_maps, row);
       top_down.add_ceiling(ceiling_selection(vc, td.gt_maps, row, steps), td.gt_maps, row);
       top_down_probs.add(v.posterior_probs[0], gt_low, row);
@@ -289,6 +305,7 @@ EvalResult evaluate_ps3(const PS3CLIP& model, const data::Dataset& eval_set,
     data::Batch whole = image_batch(p, {p.boxes}, options.loader);
     VisionInputs bu = inputs_for(model, whole, steps);
     VisionOutputs u = model.vision().forward(bu);
+    if (draw) picture(u.selection_maps, 0, "bu_" + std::to_string(i) + ".png", std::nullopt);
     bottom_up.add(u.selection_maps, bu.gt_maps, 0);
     bottom_up.add_ceiling(ceiling_selection(vc, bu.gt_maps, 0, steps), bu.gt_maps, 0);
     bottom_up_probs.add(u.prior_probs[0], whole.gt_map(vc.low_grid()), 0);

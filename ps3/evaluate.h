@@ -51,6 +51,11 @@ struct EvalOptions {
   // Image-level retrieval without forcing costs one forward of #captions rows per image; this
   // caps the images it uses (0: all evaluated images).
   int64_t retrieval_max_images = 0;
+  // When set, the top-down selection of the first png_count captions is drawn into this folder
+  // (td_<image>_<caption>.png: the image with each scale's picks and the caption's box) and the
+  // bottom-up selection of their images (bu_<image>.png), so a person sees where the model looked.
+  std::string png_dir;
+  int64_t png_count = 8;
   data::LoaderOptions loader;  // image_size, low_res, selection_res, norm are used
 };
 

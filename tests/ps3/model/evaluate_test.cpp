@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "ps3/data/geometry.h"
+#include "ps3/data/image.h"
 #include "ps3/data/synth.h"
 #include "tests/ps3/model/micro.h"
 #include "tests/testing/errors.h"
@@ -130,6 +131,25 @@ TEST_F(EvalFixture, CountsAndChanceLevelsMatchClosedForms) {
   EXPECT_NE(json.find("\"random_recall\""), std::string::npos) << json;
   EXPECT_NE(table.find("top-down"), std::string::npos) << table;
   EXPECT_NE(table.find("bottom-up"), std::string::npos) << table;
+}
+
+TEST_F(EvalFixture, DrawsTheFirstCaptionsSelections) {
+  PS3CLIP model(config);
+  model.initialize(4);
+  options.max_images = 2;
+  options.png_dir = dir + "/png";
+  options.png_count = 2;
+  const size_t first_image_captions = eval_set.records[0].boxes.size();
+  ASSERT_GE(first_image_captions, 2u);
+  evaluate_ps3(model, eval_set, *tok, options);
+  namespace fs = std::filesystem;
+  for (const char* name : {"td_0_0.png", "td_0_1.png", "bu_0.png"}) {
+    ASSERT_TRUE(fs::exists(options.png_dir + "/" + name)) << name;
+    data::Image img = data::decode_image(data::read_file(options.png_dir + "/" + name), name);
+    EXPECT_GT(img.width, 0);
+  }
+  EXPECT_FALSE(fs::exists(options.png_dir + "/td_0_2.png"));  // only png_count captions
+  EXPECT_FALSE(fs::exists(options.png_dir + "/bu_1.png"));
 }
 
 TEST_F(EvalFixture, MaxImagesCapsAtTheSetSize) {
