@@ -95,8 +95,8 @@ void AdamW::step() {
       HD_CHECK(grad.shape() == p.shape() && grad.dtype() == p.dtype(), "AdamW: gradient ",
                grad.str(), " does not match parameter '", g.names[i], "' ", p.str());
       grad = grad.is_contiguous() ? grad : clone(grad);
-      cpu::AdamWStep s{options_.lr * g.lr_scale, options_.beta1, options_.beta2,
-                       options_.eps, g.weight_decay, step_};
+      cpu::AdamWStep s{options_.lr * g.lr_scale, options_.beta1, options_.beta2, options_.eps,
+                       g.weight_decay,           step_};
       dispatch(
           p, "adamw_step",
           [&] { cpu::adamw_step(p, grad, exp_avg_[gi][i], exp_avg_sq_[gi][i], s); },

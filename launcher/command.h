@@ -41,6 +41,15 @@ class Args {
   std::map<std::string, std::string> values_;
 };
 
+// The --config FILE and repeated --set FIELD=VALUE of a config-driven tool, split from the tool's
+// own options (`rest`, for Args). `help`: --help or -h was given (the tool prints its usage).
+struct ConfigArgs {
+  std::string config_path;
+  std::vector<std::string> overrides, rest;
+  bool help = false;
+};
+ConfigArgs split_config_args(const std::vector<std::string>& args);
+
 }  // namespace hd::launcher
 
 #define HD_REGISTER_COMMAND(name, summary, fn) \

@@ -45,10 +45,11 @@ std::string to_text(const proto::RunConfig& config);
 proto::RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides,
                                  int world_size);
 
-// For tools that only build and run the model (`ps3 encode`): read_config_file + overrides +
-// resolve_defaults like load_run_config, but checks only what such a tool reads (model.preset,
-// eval.look_close_steps), so a config with no run_dir, data or train section works; the model
-// shape itself is checked when it is built (to_ps3_config) and data.tokenizer when it is needed.
+// For tools that only build and run the model (`ps3 encode`, `ps3 eval`): read_config_file +
+// overrides + resolve_defaults like load_run_config, but checks only what such a tool reads
+// (model.preset, eval.look_close_steps), so a config with no run_dir, data or train section works;
+// the model shape itself is checked when it is built (to_ps3_config) and data.tokenizer when it is
+// needed.
 proto::RunConfig load_model_config(const std::string& path,
                                    const std::vector<std::string>& overrides);
 

@@ -34,6 +34,21 @@ Args::Args(const std::vector<std::string>& args, const std::vector<std::string>&
   }
 }
 
+ConfigArgs split_config_args(const std::vector<std::string>& args) {
+  ConfigArgs out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--help" || args[i] == "-h") {
+      out.help = true;
+    } else if ((args[i] == "--set" || args[i] == "--config") && i + 1 < args.size()) {
+      (args[i] == "--config" ? out.config_path : out.overrides.emplace_back()) = args[i + 1];
+      ++i;
+    } else {
+      out.rest.push_back(args[i]);
+    }
+  }
+  return out;
+}
+
 std::string Args::get(const std::string& key, const std::string& fallback) const {
   auto it = values_.find(key);
   return it == values_.end() ? fallback : it->second;

@@ -48,7 +48,6 @@
 #include "ps3/selection_png.h"
 #include "ps3/text_tower.h"
 
-
 namespace hd::launcher {
 namespace {
 
@@ -214,20 +213,14 @@ std::optional<data::Box> box_from_record(const fs::path& image, const std::strin
 }
 
 int encode(const std::vector<std::string>& args) {
-  std::string config_path;
-  std::vector<std::string> overrides, rest;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--help" || args[i] == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if ((args[i] == "--set" || args[i] == "--config") && i + 1 < args.size()) {
-      (args[i] == "--config" ? config_path : overrides.emplace_back()) = args[i + 1];
-      ++i;
-    } else {
-      rest.push_back(args[i]);
-    }
+  const ConfigArgs parsed = split_config_args(args);
+  if (parsed.help) {
+    std::fputs(kUsage, stdout);
+    return 0;
   }
+  const std::string& config_path = parsed.config_path;
+  const std::vector<std::string>& overrides = parsed.overrides;
+  const std::vector<std::string>& rest = parsed.rest;
   Args a(rest, {"checkpoint", "image", "prompt", "look-close", "out", "selection-png", "box"}, {});
   HD_CHECK(!config_path.empty(),
            "missing required option --config (see hdtrain ps3 encode --help)");

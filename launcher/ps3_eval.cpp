@@ -51,30 +51,27 @@ constexpr const char* kUsage =
 }  // namespace
 
 int ps3_eval(const std::vector<std::string>& args) {
-  std::string config_path;
-  std::vector<std::string> overrides, rest;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--help" || args[i] == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if ((args[i] == "--set" || args[i] == "--config") && i + 1 < args.size()) {
-      (args[i] == "--config" ? config_path : overrides.emplace_back()) = args[i + 1];
-      ++i;
-    } else {
-      rest.push_back(args[i]);
-    }
+  const ConfigArgs parsed = split_config_args(args);
+  if (parsed.help) {
+    std::fputs(kUsage, stdout);
+    return 0;
   }
+  const std::string& config_path = parsed.config_path;
+  const std::vector<std::string>& overrides = parsed.overrides;
+  const std::vector<std::string>& rest = parsed.rest;
   proto::RunConfig config;
   try {
-    HD_CHECK(!config_path.empty(), "missing required option --config (see hdtrain ps3 eval --help)");
-    config = load_run_config(config_path, overrides, 0);
+    HD_CHECK(!config_path.empty(),
+             "missing required option --config (see hdtrain ps3 eval --help)");
+    config = load_model_config(config_path, overrides);  // checks what evaluation reads
   } catch (const Error& e) {
     std::fprintf(stderr, "hdtrain ps3 eval: error: %s\n", e.what());
     return 2;
   }
-  Args a(rest, {"checkpoint", "data", "max-images", "look-close", "retrieval-images", "out",
-                  "selection-png", "png-count"}, {});
+  Args a(rest,
+         {"checkpoint", "data", "max-images", "look-close", "retrieval-images", "out",
+          "selection-png", "png-count"},
+         {});
   const std::string data_dir = a.get("data", config.data().eval_dir());
   HD_CHECK(!data_dir.empty(), "no dataset to evaluate: pass --data DIR or set data.eval_dir");
   HD_CHECK(fs::is_directory(data_dir), "--data '", data_dir, "' is not a folder");
@@ -117,11 +114,10 @@ int ps3_eval(const std::vector<std::string>& args) {
     f << ps3::eval_json(r);
     HD_CHECK(f.good(), "cannot write --out '", out_path.string(), "'");
   }
-  std::printf(
-      "== %s on %s (%lld images, %lld local captions, look-close %lld; %.1f s; %s) ==\n%s",
-      src.path.c_str(), data_dir.c_str(), static_cast<long long>(r.images),
-      static_cast<long long>(r.queries), static_cast<long long>(eo.look_close_steps), sec,
-      out_path.c_str(), ps3::eval_table(r).c_str());
+  std::printf("== %s on %s (%lld images, %lld local captions, look-close %lld; %.1f s; %s) ==\n%s",
+              src.path.c_str(), data_dir.c_str(), static_cast<long long>(r.images),
+              static_cast<long long>(r.queries), static_cast<long long>(eo.look_close_steps), sec,
+              out_path.c_str(), ps3::eval_table(r).c_str());
   return 0;
 }
 

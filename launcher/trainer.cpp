@@ -114,8 +114,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   model.initialize(c.seed());  // identical on every rank (parameter streams keyed by name)
   std::unique_ptr<parallel::FSDP> fsdp = ps3::shard_ps3(model, pg, parallel::FSDPOptions{});
   AdamW opt(split_param_groups(fsdp->param_groups(tc.weight_decay(), DecayRule{}),
-                               ps3::is_selection_parameter, "selection",
-                               tc.selection_lr_scale()),
+                               ps3::is_selection_parameter, "selection", tc.selection_lr_scale()),
             {.lr = tc.lr(), .beta1 = tc.beta1(), .beta2 = tc.beta2(), .eps = tc.eps()});
   WarmupCosine schedule{tc.lr(), tc.warmup_steps(), tc.steps(), tc.min_lr()};
   Tensor logit_scale = logit_scale_shard(*fsdp);
@@ -210,8 +209,8 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   po.pool_gt_only = tc.pool_gt_only();
   po.prior_weight = tc.prior_weight();
   po.posterior_weight = tc.posterior_weight();
-  po.selection_loss = tc.selection_loss() == "balanced" ? ps3::SelectionLoss::balanced
-                                                        : ps3::SelectionLoss::bce;
+  po.selection_loss =
+      tc.selection_loss() == "balanced" ? ps3::SelectionLoss::balanced : ps3::SelectionLoss::bce;
   po.prior_all_regions = tc.prior_target() == "all_regions";
   std::vector<int64_t> poison(tc.debug_nonfinite_steps().begin(), tc.debug_nonfinite_steps().end());
 

@@ -62,7 +62,8 @@ PreparedImage prepare(const data::ImageRecord& rec, const data::LoaderOptions& o
 // A batch of the image repeated once per entry of `row_boxes` (each row's GT boxes). With
 // `one_view` the low-res and selection views hold one row (for VisionInputs with one image and
 // many prompts): the views of a 1512 selection image are 27 MB per row.
-data::Batch image_batch(const PreparedImage& p, const std::vector<std::vector<data::Box>>& row_boxes,
+data::Batch image_batch(const PreparedImage& p,
+                        const std::vector<std::vector<data::Box>>& row_boxes,
                         const data::LoaderOptions& opt, bool one_view = false) {
   const int64_t n = int64_t(row_boxes.size()), L = opt.low_res, R = opt.selection_res;
   const int64_t views = one_view ? 1 : n;
@@ -294,7 +295,8 @@ EvalResult evaluate_ps3(const PS3CLIP& model, const data::Dataset& eval_set,
     if (draw) fs::create_directories(options.png_dir);
     for (int64_t row = 0; row < B; ++row) {
       if (draw && r.queries + row < options.png_count)
-        picture(v.selection_maps, row, "td_" + std::to_string(i) + "_" + std::to_string(row) + ".png",
+        picture(v.selection_maps, row,
+                "td_" + std::to_string(i) + "_" + std::to_string(row) + ".png",
                 p.boxes[size_t(row)]);
       top_down.add(v.selection_maps, td.gt_maps, row);
       top_down.add_ceiling(ceiling_selection(vc, td.gt_maps, row, steps), td.gt_maps, row);
@@ -349,9 +351,9 @@ EvalResult evaluate_ps3(const PS3CLIP& model, const data::Dataset& eval_set,
     std::vector<float> score(size_t(Q * I));
     for (int64_t j = 0; j < I; ++j) {
       // One image, Q prompts: stage 1 and the selection features run once.
-      data::Batch batch = image_batch(prepared[size_t(j)],
-                                      std::vector<std::vector<data::Box>>(size_t(Q)), options.loader,
-                                      /*one_view=*/true);
+      data::Batch batch = image_batch(
+          prepared[size_t(j)], std::vector<std::vector<data::Box>>(size_t(Q)), options.loader,
+          /*one_view=*/true);
       VisionInputs in = inputs_for(model, batch, steps);
       in.prompt = prompts;
       Tensor pooled = l2_normalize(model.vision().forward(in).high_res_pooled, -1);  // [Q, W]

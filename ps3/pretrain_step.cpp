@@ -80,7 +80,6 @@ std::pair<double, double> box_probability(const Tensor& probs, const Tensor& gt,
   return {n_in > 0 ? in / n_in : NAN, n_out > 0 ? out / n_out : NAN};
 }
 
-
 PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
                             const PretrainOptions& options, parallel::ProcessGroup* pg) {
   const PS3Config& c = model.config();

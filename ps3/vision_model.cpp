@@ -79,8 +79,8 @@ namespace {
 
 void check_inputs(const VisionConfig& c, const VisionInputs& in, int64_t B_img, int64_t B) {
   const int64_t sr = c.selection_res;
-  HD_CHECK(B_img == B || B_img == 1, "PS3 vision: ", B_img,
-           " images for ", B, " prompts (one image with several prompts, or one per prompt)");
+  HD_CHECK(B_img == B || B_img == 1, "PS3 vision: ", B_img, " images for ", B,
+           " prompts (one image with several prompts, or one per prompt)");
   HD_CHECK(in.selection.defined() && in.selection.dim() == 4 && in.selection.size(0) == B_img &&
                in.selection.size(1) == c.channels && in.selection.size(2) == sr &&
                in.selection.size(3) == sr,
@@ -144,8 +144,8 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
   std::vector<Tensor> chosen_layers;
   for (int64_t l : c.select_layers) chosen_layers.push_back(low.hidden[size_t(l)]);
   SelectionFeatures features;
-  features.lowres = rows(reshape(p.selection_feature_proj->forward_rows(cat(chosen_layers, 2), W),
-                                 {B_img, G, G, W}));
+  features.lowres = rows(
+      reshape(p.selection_feature_proj->forward_rows(cat(chosen_layers, 2), W), {B_img, G, G, W}));
   features.highres = rows(p.highres_selection_feature_module->forward(in.selection));
   for (Tensor& h : low.hidden) h = rows(h);
   for (auto& kv : low.kv) kv.k = rows(kv.k), kv.v = rows(kv.v);

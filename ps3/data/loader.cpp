@@ -16,7 +16,9 @@ Tensor box_maps(const std::vector<std::vector<Box>>& boxes, int64_t size, int64_
 }
 }  // namespace
 
-Tensor Batch::gt_map(int64_t out) const { return box_maps(boxes, size, out); }
+Tensor Batch::gt_map(int64_t out) const {
+  return box_maps(boxes, size, out);
+}
 
 Tensor Batch::salient_map(int64_t out) const {
   HD_CHECK(salient_boxes.size() == boxes.size(), "Batch::salient_map: ", salient_boxes.size(),

@@ -50,10 +50,10 @@ struct Batch {
   // Every local box of each row's image (the salient regions), in S x S pixels: the target of
   // the bottom-up map under train.prior_target = "all_regions".
   std::vector<std::vector<Box>> salient_boxes;
-  std::vector<std::string> texts;       // processed captions
-  Tensor low_res;                       // [B, 3, low, low] f32
-  Tensor selection;                     // [B, 3, sel, sel] f32 (undefined when sel = 0)
-  Tensor tokens;                        // [B, ctx] i32 (undefined without a tokenizer)
+  std::vector<std::string> texts;  // processed captions
+  Tensor low_res;                  // [B, 3, low, low] f32
+  Tensor selection;                // [B, 3, sel, sel] f32 (undefined when sel = 0)
+  Tensor tokens;                   // [B, ctx] i32 (undefined without a tokenizer)
   std::vector<std::shared_ptr<const Image>> images;  // uint8 S x S, for patches
   SamplerState state_after;                          // resume here to continue after this batch
   Normalize norm;                                    // applied to patches()

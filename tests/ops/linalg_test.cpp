@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "autograd/thread_pool.h"
+
 #include "ops/elementwise.h"
 #include "ops/factory.h"
 #include "ops/shape.h"
@@ -40,16 +42,27 @@ TEST(Matmul, MatchesNaiveLoopsForAllLayouts) {
   EXPECT_LT(max_abs_diff(matmul(sliced, to(b, DType::f32)), ref32), 1e-4);
 }
 
-TEST(Matmul, RowBlocksDoNotDependOnTheSplit) {
-  // Products are computed in fixed 128-row blocks, whatever the thread count: rows of a large
-  // product equal the same block computed alone, bit for bit.
-  Tensor a = to(random_leaf({600, 64}, 4), DType::f32),
-         b = to(random_leaf({64, 50}, 5), DType::f32);
-  Tensor full = matmul(a, b);
-  EXPECT_EQ(narrow(full, 0, 256, 128).to_vector<float>(),
-            matmul(narrow(a, 0, 256, 128), b).to_vector<float>());
-  EXPECT_EQ(narrow(full, 0, 512, 88).to_vector<float>(),
-            matmul(narrow(a, 0, 512, 88), b).to_vector<float>());
+TEST(Matmul, ResultDoesNotDependOnTheThreadCount) {
+  // Products are cut into row blocks (and K blocks) that depend on the shape only, never on the
+  // thread count, so a product computed on every thread of the pool equals, bit for bit, the
+  // same product computed on one thread (a nested parallel_for runs serially). The shapes cover
+  // the row split (600 rows: 8 blocks of 80), split-K (K = 2048) and a batch. (Comparing a row
+  // block with the same rows multiplied alone is no invariant: OpenBLAS may pick other kernels
+  // for another M, and on some CPUs the low bits then differ.)
+  const std::vector<std::vector<int64_t>> shapes = {{600, 64, 50}, {16, 2048, 24}, {3, 70, 33, 9}};
+  uint64_t seed = 4;
+  for (const auto& s : shapes) {
+    const bool batched = s.size() == 4;
+    Tensor a =
+        to(random_leaf(batched ? Shape{s[0], s[1], s[2]} : Shape{s[0], s[1]}, seed++), DType::f32);
+    Tensor b = to(random_leaf(batched ? Shape{s[2], s[3]} : Shape{s[1], s[2]}, seed++), DType::f32);
+    Tensor on_all_threads = matmul(a, b), on_one_thread;
+    ASSERT_GT(cpu_thread_pool().num_threads(), 0);
+    parallel_for(0, 1, 1, [&](int64_t, int64_t) { on_one_thread = matmul(a, b); });
+    EXPECT_EQ(on_all_threads.to_vector<float>(), on_one_thread.to_vector<float>())
+        << "shape " << ::testing::PrintToString(s) << " on " << cpu_thread_pool().num_threads()
+        << " threads";
+  }
 }
 
 TEST(Matmul, BatchedBroadcastAndVectors) {

@@ -292,7 +292,8 @@ TEST_F(LoaderFixture, DecodedCacheGivesIdenticalBatches) {
       EXPECT_EQ(x.low_res.to_vector<float>(), y.low_res.to_vector<float>());
       EXPECT_EQ(x.selection.to_vector<float>(), y.selection.to_vector<float>());
       EXPECT_EQ(x.tokens.to_vector<int32_t>(), y.tokens.to_vector<int32_t>());
-      for (size_t i = 0; i < x.images.size(); ++i) EXPECT_EQ(x.images[i]->pixels, y.images[i]->pixels);
+      for (size_t i = 0; i < x.images.size(); ++i)
+        EXPECT_EQ(x.images[i]->pixels, y.images[i]->pixels);
       EXPECT_EQ(x.patches(2, 560 / 2, {0, 7}).to_vector<float>(),
                 y.patches(2, 560 / 2, {0, 7}).to_vector<float>());
     }

@@ -102,10 +102,11 @@ class SelectionLearning : public ::testing::Test {
       PretrainResult r = pretrain_forward(model, batch, po, nullptr);
       r.loss.backward();
       if (step % 50 == 0 || step == steps - 1)
-        std::printf("step %3lld  contrastive %.3f  bce prior %.4f posterior %.4f  prob in/out box: "
-                    "prior %.3f/%.3f posterior %.3f/%.3f\n",
-                    static_cast<long long>(step), r.contrastive, r.bce_prior, r.bce_posterior,
-                    r.prior_in_box, r.prior_outside, r.posterior_in_box, r.posterior_outside);
+        std::printf(
+            "step %3lld  contrastive %.3f  bce prior %.4f posterior %.4f  prob in/out box: "
+            "prior %.3f/%.3f posterior %.3f/%.3f\n",
+            static_cast<long long>(step), r.contrastive, r.bce_prior, r.bce_posterior,
+            r.prior_in_box, r.prior_outside, r.posterior_in_box, r.posterior_outside);
       clip_grad_norm(model.parameters(), 1.0);
       opt.step();
       opt.zero_grad();
@@ -134,7 +135,7 @@ TEST_F(SelectionLearning, ReferenceBceCollapsesToSelectNothing) {
   const EvalResult r = evaluate(model);
   print("plain BCE after 120 steps", r);
   for (const ProbStats& p : {r.top_down_probs, r.bottom_up_probs}) {
-    EXPECT_LT(p.mean_in, 0.03);   // sigmoid(-5) = 0.0067
+    EXPECT_LT(p.mean_in, 0.03);  // sigmoid(-5) = 0.0067
     EXPECT_LT(p.mean_out, 0.03);
     EXPECT_LT(p.max_in, 0.1);
   }
