@@ -18,20 +18,20 @@ namespace {
 // over the box cells plus half the mean over the rest (the plain mean for a row without box
 // cells), averaged over rows. A constant of the targets: no gradient flows through it.
 Tensor balanced_weights(const Tensor& target) {
-  std::vector<float> g = target.to_vector<float>();
+  std::vector<double> g = target.to_vector<double>();
   const int64_t n = target.size(0), cells = target.numel() / std::max<int64_t>(n, 1);
-  std::vector<float> w(g.size());
+  std::vector<double> w(g.size());  // in double: exact for f64 maps, rounded once for f32
   for (int64_t r = 0; r < n; ++r) {
-    const float* gr = g.data() + r * cells;
+    const double* gr = g.data() + r * cells;
     double pos = 0;
-    for (int64_t k = 0; k < cells; ++k) pos += gr[k] > 0.5f;
+    for (int64_t k = 0; k < cells; ++k) pos += gr[k] > 0.5;
     const double neg = double(cells) - pos;
     const double wp = pos > 0 && neg > 0 ? 0.5 / pos : 1.0 / double(cells);
     const double wn = pos > 0 && neg > 0 ? 0.5 / neg : 1.0 / double(cells);
     for (int64_t k = 0; k < cells; ++k)
-      w[size_t(r * cells + k)] = float((gr[k] > 0.5f ? wp : wn) / double(n));
+      w[size_t(r * cells + k)] = (gr[k] > 0.5 ? wp : wn) / double(n);
   }
-  return from_vector<float>(w, target.shape(), target.dtype());
+  return from_vector<double>(w, target.shape(), target.dtype());
 }
 
 }  // namespace

@@ -127,6 +127,35 @@ TEST(Optimizer, GroupsAreChosenByRuleNotIndex) {
   EXPECT_DOUBLE_EQ(groups[1].weight_decay, 0.0);
 }
 
+TEST(Optimizer, SplitGroupsGetTheirOwnLearningRate) {
+  Net net;
+  auto selected = [](const std::string& name) { return name.rfind("blocks.1.", 0) == 0; };
+  std::vector<ParamGroup> groups =
+      split_param_groups(param_groups(net, 0.05), selected, "sel", 4.0);
+  std::vector<std::string> labels;
+  for (const auto& g : groups) labels.push_back(g.label);
+  EXPECT_EQ(labels, (std::vector<std::string>{"decay", "no_decay", "sel_decay", "sel_no_decay"}));
+  EXPECT_EQ(groups[2].names, (std::vector<std::string>{"blocks.1.qkv.weight"}));
+  EXPECT_DOUBLE_EQ(groups[2].weight_decay, 0.05);  // decay kept, only the rate differs
+  EXPECT_DOUBLE_EQ(groups[2].lr_scale, 4.0);
+  EXPECT_DOUBLE_EQ(groups[0].lr_scale, 1.0);
+  for (const auto& g : groups)
+    for (const auto& n : g.names) EXPECT_EQ(selected(n), g.label.rfind("sel_", 0) == 0) << n;
+
+  // AdamW's first step moves every coordinate by ~lr (m / sqrt(v) = sign(g)): x4 in the split
+  // group.
+  Tensor a = zeros({1}).requires_grad_(), b = zeros({1}).requires_grad_();
+  AdamW opt(split_param_groups(
+                {{"all", {"a", "b"}, {a, b}, 0.0}}, [](const std::string& n) { return n == "b"; },
+                "fast", 4.0),
+            {.lr = 1e-2});
+  a.set_grad(from_vector<float>({1}, {1}));
+  b.set_grad(from_vector<float>({1}, {1}));
+  opt.step();
+  EXPECT_NEAR(a.to_vector<float>()[0], -1e-2, 1e-6);
+  EXPECT_NEAR(b.to_vector<float>()[0], -4e-2, 1e-6);
+}
+
 TEST(Optimizer, WarmupCosineSchedule) {
   WarmupCosine s{1e-3, 10, 110};
   EXPECT_DOUBLE_EQ(s.at(0), 1e-4);

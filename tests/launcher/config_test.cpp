@@ -49,6 +49,10 @@ TEST(Config, ParsesAndResolvesDefaults) {
   EXPECT_DOUBLE_EQ(c.model().init_logit_bias(), -10.0);
   EXPECT_EQ(c.checkpoint().keep_last(), 3);
   EXPECT_EQ(c.eval().look_close_steps(), 1);
+  // Selection follows the reference unless a config departs from it.
+  EXPECT_EQ(c.train().selection_loss(), "bce");
+  EXPECT_EQ(c.train().prior_target(), "caption_box");
+  EXPECT_DOUBLE_EQ(c.train().selection_lr_scale(), 1.0);
   validate_config(c, 2);
 }
 
@@ -161,6 +165,12 @@ TEST(Config, ValidationNamesTheField) {
   check({"monitoring.port_base=70000"}, 2,
         "config: monitoring.port_base = 70000 must leave room for one port per rank below 65536");
   check({"data.synthesize.enabled=true"}, 1, "config: data.synthesize.images = 0 must be >= 1");
+  check({"train.selection_loss=focal"}, 1,
+        "config: train.selection_loss = 'focal' is not one of bce (the reference), balanced");
+  check({"train.prior_target=box"}, 1,
+        "config: train.prior_target = 'box' is not one of caption_box (the reference), "
+        "all_regions");
+  check({"train.selection_lr_scale=0"}, 1, "config: train.selection_lr_scale = 0 must be > 0");
   // The same batch is fine on 2 ranks.
   proto::RunConfig ok = resolved({"train.global_batch=6"});
   validate_config(ok, 2);

@@ -48,6 +48,55 @@ TEST(SelectionLoss, LocalRowsOnlyMeanOverScales) {
   for (int k = 16; k < 32; ++k) EXPECT_EQ(gp1[size_t(k)], 0.0) << "global row element " << k;
 }
 
+// Balanced: per row, half the mean over the box cells plus half the mean over the rest (the
+// plain mean for a row without box cells), then the mean over rows and scales.
+double balanced_bce(const Tensor& p, const Tensor& g, const std::vector<int64_t>& rows) {
+  std::vector<double> pv = p.to_vector<double>(), gv = g.to_vector<double>();
+  const int64_t per = p.numel() / p.size(0);
+  double total = 0;
+  for (int64_t r : rows) {
+    double in = 0, out = 0, n_in = 0, n_out = 0;
+    for (int64_t k = 0; k < per; ++k) {
+      double pi = pv[size_t(r * per + k)], gi = gv[size_t(r * per + k)];
+      if (gi > 0.5)
+        in -= std::log(pi), ++n_in;
+      else
+        out -= std::log(1 - pi), ++n_out;
+    }
+    total += n_in > 0 ? 0.5 * in / n_in + 0.5 * out / n_out : out / n_out;
+  }
+  return total / double(rows.size());
+}
+
+TEST(SelectionLoss, BalancedWeighsBoxAndBackgroundHalfAndHalf) {
+  Tensor p0 = testing::random_leaf({3, 2, 2}, 11, 0.05, 0.95);
+  Tensor p1 = testing::random_leaf({3, 4, 4}, 12, 0.05, 0.95);
+  // Row 0: one box cell of 4 (of 16); row 1: none (plain mean); row 2: global.
+  std::vector<double> g0v(12, 0.0), g1v(48, 0.0);
+  g0v[0] = 1, g1v[5] = 1, g1v[6] = 1;
+  Tensor g0 = from_vector<double>(g0v, {3, 2, 2}), g1 = from_vector<double>(g1v, {3, 4, 4});
+  std::vector<bool> local{true, true, false};
+  const double want = (balanced_bce(p0, g0, {0, 1}) + balanced_bce(p1, g1, {0, 1})) / 2;
+  EXPECT_NEAR(selection_bce({p0, p1}, {g0, g1}, local, 1.0, SelectionLoss::balanced).item<double>(),
+              want, 1e-12);
+  // The plain mean differs (the box cells count 1/4 and 1/8 there, 1/2 here).
+  EXPECT_GT(std::abs(selection_bce({p0, p1}, {g0, g1}, local).item<double>() - want), 1e-3);
+  // A flat map's balanced loss is lowest at p = 0.5 whatever the box size (the plain mean's
+  // optimum is the box share): the reason it does not collapse (selection_loss.h).
+  auto flat = [&](double v) {
+    Tensor p = from_vector<double>(std::vector<double>(16, v), {1, 4, 4});
+    Tensor g = from_vector<double>({1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, {1, 4, 4});
+    return selection_bce({p}, {g}, {true}, 1.0, SelectionLoss::balanced).item<double>();
+  };
+  EXPECT_LT(flat(0.5), flat(0.4));
+  EXPECT_LT(flat(0.5), flat(0.6));
+  EXPECT_LT(flat(0.5), flat(1.0 / 16));
+  auto f = [&](const std::vector<Tensor>& in) {
+    return selection_bce({in[0], in[1]}, {g0, g1}, local, 1.0, SelectionLoss::balanced);
+  };
+  EXPECT_TRUE(testing::check_gradients(f, {p0, p1}));
+}
+
 TEST(SelectionLoss, ClampsLogsLikePyTorch) {
   // p = 0 with g = 1 and p = 1 with g = 0 each cost 100 (log clamped at -100), not inf.
   Tensor p = from_vector<double>({0.0, 1.0, 0.5, 0.5}, {1, 2, 2});
