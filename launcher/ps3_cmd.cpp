@@ -218,11 +218,9 @@ int encode(const std::vector<std::string>& args) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  const std::string& config_path = parsed.config_path;
-  const std::vector<std::string>& overrides = parsed.overrides;
-  const std::vector<std::string>& rest = parsed.rest;
-  Args a(rest, {"checkpoint", "image", "prompt", "look-close", "out", "selection-png", "box"}, {});
-  HD_CHECK(!config_path.empty(),
+  Args a(parsed.rest,
+         {"checkpoint", "image", "prompt", "look-close", "out", "selection-png", "box"}, {});
+  HD_CHECK(!parsed.config_path.empty(),
            "missing required option --config (see hdtrain ps3 encode --help)");
   const fs::path out_path = a.require("out"), image_path = a.require("image");
   const std::string prompt = a.get("prompt", "");
@@ -238,7 +236,7 @@ int encode(const std::vector<std::string>& args) {
 
   proto::RunConfig config;
   try {
-    config = load_model_config(config_path, overrides);
+    config = load_model_config(parsed.config_path, parsed.overrides);
   } catch (const Error& e) {
     std::fprintf(stderr, "hdtrain ps3 encode: error: %s\n", e.what());
     return 2;
@@ -337,7 +335,7 @@ int encode(const std::vector<std::string>& args) {
       o.dataset("/selection_maps" + name, select(v.selection_maps[s], 0, 0));
     }
     o.attr("config", config.name());
-    o.attr("config_file", config_path);
+    o.attr("config_file", parsed.config_path);
     o.attr("checkpoint", fs::absolute(src.path).lexically_normal().string());
     o.attr("checkpoint_format", src.safetensors ? "safetensors" : "hdtrain");
     o.attr("image", image_path.string());

@@ -56,19 +56,17 @@ int ps3_eval(const std::vector<std::string>& args) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  const std::string& config_path = parsed.config_path;
-  const std::vector<std::string>& overrides = parsed.overrides;
-  const std::vector<std::string>& rest = parsed.rest;
   proto::RunConfig config;
   try {
-    HD_CHECK(!config_path.empty(),
+    HD_CHECK(!parsed.config_path.empty(),
              "missing required option --config (see hdtrain ps3 eval --help)");
-    config = load_model_config(config_path, overrides);  // checks what evaluation reads
+    config =
+        load_model_config(parsed.config_path, parsed.overrides);  // checks what evaluation reads
   } catch (const Error& e) {
     std::fprintf(stderr, "hdtrain ps3 eval: error: %s\n", e.what());
     return 2;
   }
-  Args a(rest,
+  Args a(parsed.rest,
          {"checkpoint", "data", "max-images", "look-close", "retrieval-images", "out",
           "selection-png", "png-count"},
          {});
