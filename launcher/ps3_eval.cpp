@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
 #include "autograd/error.h"
 #include "launcher/command.h"
@@ -56,33 +57,39 @@ int ps3_eval(const std::vector<std::string>& args) {
     std::fputs(kUsage, stdout);
     return 0;
   }
+  // Bad arguments, configuration and paths exit 2 before any work; later failures exit 1.
   proto::RunConfig config;
+  std::unique_ptr<Args> args_ptr;
+  std::string data_dir, tok_path;
+  WeightsSource src;
   try {
     HD_CHECK(!parsed.config_path.empty(),
              "missing required option --config (see hdtrain ps3 eval --help)");
     config =
         load_model_config(parsed.config_path, parsed.overrides);  // checks what evaluation reads
+    args_ptr = std::make_unique<Args>(
+        parsed.rest,
+        std::vector<std::string>{"checkpoint", "data", "max-images", "look-close",
+                                 "retrieval-images", "out", "selection-png", "png-count"},
+        std::vector<std::string>{});
+    data_dir = args_ptr->get("data", config.data().eval_dir());
+    HD_CHECK(!data_dir.empty(), "no dataset to evaluate: pass --data DIR or set data.eval_dir");
+    HD_CHECK(fs::is_directory(data_dir), "--data '", data_dir, "' is not a folder");
+    tok_path = config.data().tokenizer();
+    HD_CHECK(fs::exists(tok_path), "data.tokenizer '", tok_path,
+             "' does not exist (needed to tokenize the captions; set data.dir or data.tokenizer "
+             "to the run's)");
+    src = resolve_checkpoint(args_ptr->require("checkpoint"));
   } catch (const Error& e) {
     std::fprintf(stderr, "hdtrain ps3 eval: error: %s\n", e.what());
     return 2;
   }
-  Args a(parsed.rest,
-         {"checkpoint", "data", "max-images", "look-close", "retrieval-images", "out",
-          "selection-png", "png-count"},
-         {});
-  const std::string data_dir = a.get("data", config.data().eval_dir());
-  HD_CHECK(!data_dir.empty(), "no dataset to evaluate: pass --data DIR or set data.eval_dir");
-  HD_CHECK(fs::is_directory(data_dir), "--data '", data_dir, "' is not a folder");
+  const Args& a = *args_ptr;
   const fs::path out_path = a.get("out", "eval.json");
-  const std::string tok_path = config.data().tokenizer();
-  HD_CHECK(fs::exists(tok_path), "data.tokenizer '", tok_path,
-           "' does not exist (needed to tokenize the captions; set data.dir or data.tokenizer "
-           "to the run's)");
   data::Tokenizer tokenizer(tok_path);
   ps3::PS3Config mcfg = to_ps3_config(config.model(), tokenizer.vocab_size());
   data::Tokenizer tok(tok_path, mcfg.text.context);
 
-  const WeightsSource src = resolve_checkpoint(a.require("checkpoint"));
   ps3::PS3CLIP model(mcfg);
   load_weights(model, src, /*need_text=*/true);
 

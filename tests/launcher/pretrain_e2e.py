@@ -160,7 +160,7 @@ def case_determinism(env):
           "hdtrain ps3 eval on the run folder reproduces the run's eval.json")
     p = subprocess.run(c[:-4] + ["--checkpoint", os.path.join(a, "nope")], capture_output=True,
                        text=True, timeout=60)
-    check(p.returncode != 0 and "nope" in p.stderr, "ps3 eval names a missing checkpoint: %s" %
+    check(p.returncode == 2 and "nope" in p.stderr, "ps3 eval names a missing checkpoint, exit 2: %s" %
           p.stderr.strip()[-200:])
     with open(os.path.join(a, "metrics_rank0.jsonl")) as f:
         sel = [json.loads(l).get("selection") for l in f if '"step"' in l]
