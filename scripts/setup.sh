@@ -11,7 +11,7 @@ PACKAGES=(
   libabsl-dev
   prometheus-cpp-dev prometheus
   libopenblas-dev
-  libpng-dev libjpeg-dev libarchive-dev nlohmann-json3-dev libsentencepiece-dev sentencepiece
+  libpng-dev libjpeg-dev libarchive-dev nlohmann-json3-dev libsentencepiece-dev sentencepiece libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy
 )
