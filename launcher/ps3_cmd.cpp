@@ -44,6 +44,7 @@
 #include "ps3/data/records.h"
 #include "ps3/data/resize.h"
 #include "ps3/data/text.h"
+#include "ps3/image_inputs.h"
 #include "ps3/pretrain.h"
 #include "ps3/selection_png.h"
 #include "ps3/text_tower.h"
@@ -276,33 +277,11 @@ int encode(const std::vector<std::string>& args) {
   HD_CHECK(fs::is_regular_file(image_path), "--image '", image_path.string(), "' does not exist");
   data::Image img = data::decode_image(data::read_file(image_path), image_path.string());
   const std::vector<int64_t> source_hw = {img.height, img.width};
-  const int64_t S = vc.image_size(), L = vc.low_res, R = vc.selection_res;
-  data::Batch b;
-  b.size = S;
-  b.norm = data::LoaderOptions{}.norm;
+  const int64_t S = vc.image_size(), L = vc.low_res;
   // The file's own image is kept for --selection-png (drawn with its aspect ratio).
-  auto original = std::make_shared<const data::Image>(std::move(img));
-  b.images.push_back(original->height == S && original->width == S
-                         ? original
-                         : std::make_shared<const data::Image>(data::resize_aa_bicubic(
-                               *original, 0, 0, original->height, original->width, S, S)));
-  b.image_ids = {0};
-  b.is_global = {true};
-  b.boxes = {{}};
-  b.low_res = Tensor::empty({1, 3, L, L});
-  data::resample_region(*b.images[0], L, L, 0, L, 0, L, b.norm, b.low_res.data<float>());
-  if (R > 0) {
-    b.selection = Tensor::empty({1, 3, R, R});
-    data::resample_region(*b.images[0], R, R, 0, R, 0, R, b.norm, b.selection.data<float>());
-  }
-
-  ps3::VisionInputs in;
-  in.low_res = b.low_res;
-  in.selection = b.selection;
-  in.patches = [&b](int64_t row, int64_t scale, const std::vector<int64_t>& idx) {
-    return b.patches(row, scale, idx);
-  };
-  in.look_close_steps = look_close;
+  const ps3::PreparedImage prepared = ps3::prepare_image(std::move(img), vc);
+  const auto& original = prepared.original;
+  ps3::VisionInputs in = ps3::vision_inputs(prepared, look_close);
   std::string processed_prompt;
   if (has_prompt) {
     data::Tokenizer t(tok_path, mcfg.text.context);

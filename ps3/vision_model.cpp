@@ -138,6 +138,12 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
     return expand(t, shape);
   };
   out.low_res_tokens = rows(low.hidden.back());
+  const int64_t depth = int64_t(low.hidden.size());
+  const int64_t feature_block = in.feature_layer < 0 ? depth + in.feature_layer : in.feature_layer - 1;
+  HD_CHECK(feature_block >= 0 && feature_block < depth, "PS3 vision: feature_layer ",
+           in.feature_layer, " is outside the ", depth, " blocks (use 1..", depth, " or -1..-", depth,
+           ")");
+  out.low_res_features = rows(low.hidden[size_t(feature_block)]);
   out.low_res_pooled = rows(p.trunk->pool(low.hidden.back()));
 
   // Stage 2: selection probabilities (prior always, posterior with a prompt).
@@ -170,7 +176,7 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
   const std::vector<int64_t> budget = split_budget(c.scales, c.max_select);
   const Tensor& embed_w = p.trunk->patch_embed->proj->weight;
   const Tensor& embed_b = p.trunk->patch_embed->proj->bias;
-  std::vector<Tensor> step_tokens;
+  std::vector<Tensor> step_tokens, step_features;
   std::vector<std::vector<int64_t>> positions(
       static_cast<size_t>(B));  // per instance, in step order
   for (int64_t step = 0; ns > 0 && step < in.look_close_steps; ++step) {
@@ -206,7 +212,9 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
       pos.push_back(reshape(e, {B, sel.counts[s], W}));
     }
     x = add(x, cat(pos, 1));
-    step_tokens.push_back(p.trunk->forward_high_res(x, low, runner_));
+    std::vector<Tensor> hidden;
+    step_tokens.push_back(p.trunk->forward_high_res(x, low, runner_, &hidden));
+    step_features.push_back(hidden[size_t(feature_block)]);
   }
   out.selection_maps = selector.selection_maps(in.low_res.dtype());
 
@@ -214,6 +222,7 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
   const int64_t M = positions.empty() ? 0 : int64_t(positions[0].size());
   if (M == 0) {
     out.high_res_tokens = zeros({B, 0, W}, out.low_res_tokens.dtype());
+    out.high_res_features = out.high_res_tokens;
     out.high_res_positions = zeros({B, 0}, DType::i64);
     out.high_res_pooled = out.low_res_pooled;  // nothing to pool over: the global embedding
     return out;
@@ -230,9 +239,13 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
       sorted_pos.push_back(pb[size_t(o)]);
     }
   }
-  out.high_res_tokens =
-      reshape(index_select(reshape(all, {B * M, W}), 0, from_vector<int64_t>(gather_rows, {B * M})),
-              {B, M, W});
+  const Tensor gather_index = from_vector<int64_t>(gather_rows, {B * M});
+  out.high_res_tokens = reshape(index_select(reshape(all, {B * M, W}), 0, gather_index), {B, M, W});
+  out.high_res_features =
+      feature_block == depth - 1
+          ? out.high_res_tokens
+          : reshape(index_select(reshape(cat(step_features, 1), {B * M, W}), 0, gather_index),
+                    {B, M, W});
   out.high_res_positions = from_vector<int64_t>(sorted_pos, {B, M});
 
   Tensor key_mask;

@@ -39,6 +39,10 @@ struct VisionInputs {
   bool gt_forcing = false;    // §1.5.9: GT patches get probability 1 before top-k
   bool pool_gt_only = false;  // §1.8: MAP pooling over in-box high-res tokens only
   int64_t look_close_steps = 1;
+  // Which block's output VisionOutputs::*_features hold, as an index into HF's hidden_states
+  // (VILA's mm_vision_select_layer): k >= 1 is block k-1's output, -1 the last block, -2 the
+  // one before (NVILA's choice, ps3-reference-implementation.md §3.3). Pre-final-norm.
+  int64_t feature_layer = -1;
 };
 
 struct VisionOutputs {
@@ -49,6 +53,10 @@ struct VisionOutputs {
   // grids (scale 0 row-major, then scale 1, ...), ascending per row.
   Tensor high_res_positions;
   Tensor high_res_pooled;  // [B, W] MAP(LN(high-res tokens)), in-box keys only if pool_gt_only
+  // The same tokens at VisionInputs::feature_layer (the tokens above when it is the last block):
+  // what VILA-HD's projector reads.
+  Tensor low_res_features;   // [B, 729, W]
+  Tensor high_res_features;  // [B, M, W], ordered as high_res_tokens
   // Per high-res scale, [B, grid(s), grid(s)]:
   std::vector<Tensor> prior_probs;      // bottom-up probabilities (differentiable)
   std::vector<Tensor> posterior_probs;  // top-down (empty without a prompt)

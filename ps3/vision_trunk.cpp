@@ -55,7 +55,8 @@ LowResPass VisionTrunk::forward_low_res(const Tensor& images, const nn::UnitRunn
 }
 
 Tensor VisionTrunk::forward_high_res(const Tensor& tokens, const LowResPass& low,
-                                     const nn::UnitRunner& runner) const {
+                                     const nn::UnitRunner& runner,
+                                     std::vector<Tensor>* hidden_out) const {
   HD_CHECK(tokens.dim() == 3 && tokens.size(2) == config.width,
            "PS3 vision: high-res tokens must be [B, N, ", config.width, "], got ", tokens.str());
   HD_CHECK(low.kv.size() == blocks->size(), "PS3 vision: low-res cache has ", low.kv.size(),
@@ -68,6 +69,7 @@ Tensor VisionTrunk::forward_high_res(const Tensor& tokens, const LowResPass& low
     options.prefix_v = low.kv[l].v;
     x = nn::run_unit(runner, block, x,
                      [&](const Tensor& in) { return block.forward(in, options); });
+    if (hidden_out) hidden_out->push_back(x);
   }
   return x;
 }

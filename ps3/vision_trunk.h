@@ -43,9 +43,9 @@ class VisionTrunk : public Module {
   // images [B, C, low_res, low_res].
   LowResPass forward_low_res(const Tensor& images, const nn::UnitRunner& runner) const;
   // tokens [B, N, W] (embedded, with position) -> [B, N, W] after every block, each attending to
-  // [low.kv[l] ; own].
-  Tensor forward_high_res(const Tensor& tokens, const LowResPass& low,
-                          const nn::UnitRunner& runner) const;
+  // [low.kv[l] ; own]. With `hidden_out`, every block's output is appended there.
+  Tensor forward_high_res(const Tensor& tokens, const LowResPass& low, const nn::UnitRunner& runner,
+                          std::vector<Tensor>* hidden_out = nullptr) const;
   // MAP(LN_final(tokens)) -> [B, W]; key_mask as nn::AttentionPool.
   Tensor pool(const Tensor& tokens, const Tensor& key_mask = Tensor()) const;
 

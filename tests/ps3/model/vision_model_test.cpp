@@ -270,6 +270,31 @@ TEST(PS3Vision, DeterministicAcrossModelsAndCalls) {
   EXPECT_GT(max_abs_diff(d->forward(in).low_res_pooled, x.low_res_pooled), 1e-3);
 }
 
+TEST(PS3Vision, FeatureLayerIsThatBlocksOutputInLowAndHighRes) {
+  // Blocks never see later blocks, so a 3-block model's features at layer -2 (block 1) are the
+  // tokens of the same model cut to 2 blocks (same parameter names, same init).
+  VisionConfig c3 = micro_config(), c2 = micro_config();
+  c3.depth = 3;
+  auto deep = make_model(c3, 31), cut = make_model(c2, 31);
+  VisionInputs in = make_inputs(make_images(c2, 2, 18));
+  in.look_close_steps = 2;
+  VisionOutputs last = deep->forward(in);
+  EXPECT_EQ(last.low_res_features.to_vector<float>(), last.low_res_tokens.to_vector<float>());
+  EXPECT_EQ(last.high_res_features.to_vector<float>(), last.high_res_tokens.to_vector<float>());
+  for (int64_t layer : {int64_t(-2), int64_t(2)}) {
+    in.feature_layer = layer;
+    VisionOutputs got = deep->forward(in), want = cut->forward(in);
+    EXPECT_EQ(got.high_res_positions.to_vector<int64_t>(), want.high_res_positions.to_vector<int64_t>());
+    EXPECT_EQ(got.low_res_features.to_vector<float>(), want.low_res_tokens.to_vector<float>());
+    EXPECT_EQ(got.high_res_features.to_vector<float>(), want.high_res_tokens.to_vector<float>());
+    EXPECT_GT(max_abs_diff(got.high_res_features, got.high_res_tokens), 1e-4);
+  }
+  for (int64_t bad : {int64_t(0), int64_t(4), int64_t(-4)}) {
+    in.feature_layer = bad;
+    hd::testing::expect_error([&] { deep->forward(in); }, "feature_layer");
+  }
+}
+
 TEST(PS3Vision, EveryBlockCallGoesThroughTheRunner) {
   VisionConfig c = micro_config();
   auto model = make_model(c);
