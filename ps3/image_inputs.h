@@ -14,7 +14,7 @@
 namespace hd::ps3 {
 
 struct PreparedImage {
-  data::Batch batch;                             // one row: low_res, selection, images, norm
+  data::Batch batch;                            // one row: low_res, selection, images, norm
   std::shared_ptr<const data::Image> original;  // the file's own pixels, for pictures
 };
 

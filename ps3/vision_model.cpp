@@ -173,7 +173,11 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
     total_cells += c.grid(s) * c.grid(s);
   }
   PatchSelector selector(grids, B);
-  const std::vector<int64_t> budget = split_budget(c.scales, c.max_select);
+  const std::vector<int64_t> budget =
+      in.select_per_scale.empty() ? split_budget(c.scales, c.max_select) : in.select_per_scale;
+  HD_CHECK(budget.size() == ns, "PS3 vision: select_per_scale has ", budget.size(),
+           " entries for ", ns, " scales");
+  for (int64_t n : budget) HD_CHECK(n >= 0, "PS3 vision: select_per_scale entries must be >= 0");
   const Tensor& embed_w = p.trunk->patch_embed->proj->weight;
   const Tensor& embed_b = p.trunk->patch_embed->proj->bias;
   std::vector<Tensor> step_tokens, step_features;

@@ -43,6 +43,9 @@ struct VisionInputs {
   // (VILA's mm_vision_select_layer): k >= 1 is block k-1's output, -1 the last block, -2 the
   // one before (NVILA's choice, ps3-reference-implementation.md §3.3). Pre-final-norm.
   int64_t feature_layer = -1;
+  // Patches per scale of each look-close step (VILA-HD's SELECT_NUM_EACH_SCALE, §3.5); empty:
+  // split_budget(scales, max_select).
+  std::vector<int64_t> select_per_scale;
 };
 
 struct VisionOutputs {

@@ -1,0 +1,115 @@
+// VILA-HD: an LLM that asks PS3 where to look (ps3-reference-implementation.md §3).
+//
+// One image, as the reference does it:
+//  1. PS3 stage 1 on the low-res image; the projector turns the 27x27 low-res features (at
+//     mm_vision_select_layer, pre-final-norm) into 14x14 LLM tokens.
+//  2. Top-down (after_prompt, §3.2): the LLM runs, without gradient, on the conversation with
+//     low-res image tokens only, cut after the last token of the first user turn; its final-norm
+//     hidden state there goes through the prompt head and becomes PS3's prompt. Bottom-up
+//     (after_image): PS3's prior ranks the patches.
+//  3. PS3 selects num_look_close x (per-scale budget) high-res patches and encodes them against
+//     the low-res KV cache; each scale's dense grid goes through the projector and only fully
+//     selected 2x2 windows are kept (one placeholder token when none survive).
+//  4. At the image's place in the text: [low-res tokens][scale 0 kept]...[scale n kept]["\n"].
+// Gradients: the LM loss reaches the LLM, the projector and PS3's tokens; the prompt head and
+// PS3's selection modules learn only from the selection loss (BCE + DICE against the boxes,
+// §3.7), because top-k is not differentiable and the prompt pass runs without gradient.
+//
+// Parameter names: llm.* (Qwen2, HF names below), mm_projector.* (VILA's), vision_tower.* (PS3's),
+// so a VILA-HD folder imports by sub-folder (vila_checkpoint.h).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "ps3/vision_model.h"
+#include "vilahd/generation.h"
+#include "vilahd/projector.h"
+#include "vilahd/qwen2.h"
+#include "vilahd/vila_config.h"
+
+namespace hd::vilahd {
+
+inline constexpr int64_t kImageToken = -200;  // VILA's IMAGE_TOKEN_INDEX: one per <image>
+
+struct VilaImage {
+  // One image (B = 1): low-res, selection input and patch source. The model sets the prompt,
+  // look-close steps, feature layer and budget itself.
+  ps3::VisionInputs inputs;
+  // Selection supervision: per PS3 scale [1, g, g] in {0, 1} (empty: no box for this image).
+  std::vector<Tensor> gt_maps;
+};
+
+struct VilaSample {
+  std::vector<int64_t> input_ids;  // text ids with kImageToken where each image goes
+  std::vector<int64_t> labels;     // same length, -100 = no loss; empty: no LM loss
+  // Index in input_ids of the last token of the first user turn (§3.2.1); needed for
+  // after_prompt. conversation.h computes it from the chat template.
+  int64_t prompt_position = -1;
+  std::vector<VilaImage> images;  // one per kImageToken, in order
+};
+
+// What the model did with one image (for pictures, tests and the evaluation).
+struct ImageLook {
+  Tensor prompt;                       // [1, W] PS3 prompt (after_prompt), else undefined
+  std::vector<Tensor> ranking;         // per scale [1, g, g]: posterior (top-down) or prior
+  std::vector<Tensor> selection_maps;  // per scale [1, g, g] 0/1, union over look-close steps
+  ProjectedImage projected;            // LLM tokens and the kept windows
+};
+
+struct VilaOutputs {
+  Tensor loss;            // lm_loss + token_selection_loss_weight * selection_loss
+  Tensor lm_loss;         // undefined when no sample has labels
+  Tensor selection_loss;  // undefined when no image has a box
+  std::vector<std::vector<ImageLook>> looks;  // per sample, per image
+};
+
+class VilaHdModel : public Module {
+ public:
+  explicit VilaHdModel(const VilaHdConfig& config);
+
+  // The LLM input of one sample, [T, D], with each image spliced in (runs PS3 and, for
+  // after_prompt, the prompt pass). `labels_out` gets the labels aligned with it (-100 at image
+  // tokens); `looks` what each image selected. num_look_close < 0: the config's.
+  Tensor embed_sample(const VilaSample& sample, int64_t num_look_close,
+                      std::vector<int64_t>* labels_out, std::vector<ImageLook>* looks) const;
+
+  // Training-style forward over a batch (right-padded): LM loss over the labels and the
+  // selection loss over the images with boxes.
+  VilaOutputs forward(const std::vector<VilaSample>& batch) const;
+
+  struct Answer {
+    std::vector<int64_t> tokens;
+    bool stopped = false;
+    std::vector<ImageLook> looks;
+  };
+  // Generates the continuation of `prompt` (its ids end with the assistant header).
+  Answer answer(const VilaSample& prompt, const GenerationOptions& options,
+                int64_t num_look_close = -1) const;
+
+  // The PS3 prompt from the LLM for `sample` (after_prompt): [1, W] per image position rule.
+  Tensor top_down_prompt(const VilaSample& sample) const;
+
+  const VilaHdConfig& config() const { return config_; }
+  Qwen2ForCausalLM& llm() const { return *llm_; }
+  MlpDownsampleProjector& projector() const { return *projector_; }
+  ps3::PS3VisionModel& vision() const { return *vision_; }
+  // FSDP units: every LLM layer and every PS3 block (the root keeps the rest).
+  std::vector<const Module*> sharding_units() const;
+  void set_unit_runner(const nn::UnitRunner& runner);
+
+ private:
+  // Low-res tokens of one image for the prompt pass (no high-res, no gradient).
+  Tensor low_res_only_tokens(const VilaImage& image) const;
+  ImageLook look(const VilaImage& image, const Tensor& prompt, int64_t num_look_close) const;
+
+  VilaHdConfig config_;
+  std::shared_ptr<Qwen2ForCausalLM> llm_;
+  std::shared_ptr<MlpDownsampleProjector> projector_;
+  std::shared_ptr<ps3::PS3VisionModel> vision_;
+};
+
+// §3.7 for one image: mean over scales of BCE(p_s, g_s) + DICE(p_s, g_s).
+Tensor image_selection_loss(const std::vector<Tensor>& probs, const std::vector<Tensor>& gt_maps);
+
+}  // namespace hd::vilahd
