@@ -54,6 +54,7 @@ std::vector<const Module*> VilaHdModel::sharding_units() const {
 }
 
 void VilaHdModel::set_unit_runner(const nn::UnitRunner& runner) {
+  runner_ = runner;
   llm_->set_unit_runner(runner);
   vision_->set_unit_runner(runner);
 }
@@ -189,6 +190,17 @@ Tensor image_selection_loss(const std::vector<Tensor>& probs, const std::vector<
 VilaOutputs VilaHdModel::forward(const std::vector<VilaSample>& batch) const {
   HD_CHECK(!batch.empty(), "VILA-HD: empty batch");
   VilaOutputs out;
+  // Under FSDP the whole step runs inside the root unit (its parameters gathered once).
+  Tensor loss = nn::run_unit(runner_, *this, Tensor(), [&](const Tensor&) {
+    forward_inside_root(batch, out);
+    return out.loss;
+  });
+  out.loss = loss;
+  return out;
+}
+
+void VilaHdModel::forward_inside_root(const std::vector<VilaSample>& batch,
+                                      VilaOutputs& out) const {
   std::vector<Tensor> embeds;
   std::vector<std::vector<int64_t>> labels(batch.size());
   bool any_labels = false;
@@ -243,7 +255,6 @@ VilaOutputs VilaHdModel::forward(const std::vector<VilaSample>& batch) const {
   } else if (out.selection_loss.defined()) {
     out.loss = mul(out.selection_loss, w > 0 ? w : 1.0);
   }
-  return out;
 }
 
 VilaHdModel::Answer VilaHdModel::answer(const VilaSample& prompt, const GenerationOptions& options,

@@ -102,11 +102,13 @@ class VilaHdModel : public Module {
   // Low-res tokens of one image for the prompt pass (no high-res, no gradient).
   Tensor low_res_only_tokens(const VilaImage& image) const;
   ImageLook look(const VilaImage& image, const Tensor& prompt, int64_t num_look_close) const;
+  void forward_inside_root(const std::vector<VilaSample>& batch, VilaOutputs& out) const;
 
   VilaHdConfig config_;
   std::shared_ptr<Qwen2ForCausalLM> llm_;
   std::shared_ptr<MlpDownsampleProjector> projector_;
   std::shared_ptr<ps3::PS3VisionModel> vision_;
+  nn::UnitRunner runner_;  // forward runs inside the root unit (parallelize.h)
 };
 
 // §3.7 for one image: mean over scales of BCE(p_s, g_s) + DICE(p_s, g_s).
