@@ -47,6 +47,19 @@ VilaHdModel::VilaHdModel(const VilaHdConfig& config) : config_(config) {
   vision_ = register_module("vision_tower", std::make_shared<ps3::PS3VisionModel>(config_.vision));
 }
 
+void VilaHdModel::set_look_close_mode(LookCloseMode mode) {
+  HD_CHECK(mode == LookCloseMode::after_image || projector_->has_prompt_head(),
+           "VILA-HD: look_close_mode after_prompt needs the top-down prompt head, which this model "
+           "(built for ",
+           look_close_mode_name(config_.look_close_mode), ") does not have");
+  config_.look_close_mode = mode;
+}
+
+void VilaHdModel::set_num_look_close(int64_t steps) {
+  HD_CHECK(steps >= 0, "VILA-HD: num_look_close must be >= 0, got ", steps);
+  config_.num_look_close = steps;
+}
+
 std::vector<const Module*> VilaHdModel::sharding_units() const {
   std::vector<const Module*> units = llm_->sharding_units();
   for (const Module* m : vision_->sharding_units()) units.push_back(m);

@@ -91,6 +91,10 @@ class VilaHdModel : public Module {
   Tensor top_down_prompt(const VilaSample& sample) const;
 
   const VilaHdConfig& config() const { return config_; }
+  // Inference switches that do not change the parameters: bottom-up works with any checkpoint;
+  // top-down needs the prompt head (a model built for after_prompt). Throws otherwise.
+  void set_look_close_mode(LookCloseMode mode);
+  void set_num_look_close(int64_t steps);
   Qwen2ForCausalLM& llm() const { return *llm_; }
   MlpDownsampleProjector& projector() const { return *projector_; }
   ps3::PS3VisionModel& vision() const { return *vision_; }
