@@ -1,12 +1,12 @@
 // Sharded VILA-HD training equals unsharded training on the whole batch (parallelize.h).
 //
 // Every rank trains the micro VILA-HD with shard_vila (units: every LLM layer and PS3 block, then
-// the root) on its samples of a global batch of 2, and an unsharded reference in-process on both
+// the root) on its samples of a global batch of 4, and an unsharded reference in-process on both
 // samples at once; after each of 2 AdamW steps the mean of the ranks' losses equals the
 // reference loss, and afterwards every full parameter equals the reference's. The samples hold
 // the same number of label tokens and one boxed image each, so the mean of per-rank losses is
 // the whole batch's loss. Top-down mode: the LLM layers run twice per step (the no-grad prompt
-// pass, then the real forward) and the PS3 blocks four times. Run at 1 and 2 ranks.
+// pass, then the real forward) and the PS3 blocks four times. Run at 1, 2 and 4 ranks.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -43,7 +43,9 @@ std::vector<ParamGroup> groups(const Module& m) {
 
 TEST(VilaSharded, MatchesWholeBatchTraining) {
   const int n = world().world_size(), rank = world().rank();
-  if (2 % n != 0) GTEST_SKIP() << "the global batch of 2 does not split over " << n << " ranks";
+  constexpr int kGlobal = 4;
+  if (kGlobal % n != 0)
+    GTEST_SKIP() << "the global batch of " << kGlobal << " does not split over " << n << " ranks";
   const VilaHdConfig c = micro_vila_config();
   auto ref = micro_vila(c, kSeed);
   AdamW ref_opt(groups(*ref), kAdam);
@@ -51,14 +53,16 @@ TEST(VilaSharded, MatchesWholeBatchTraining) {
   auto fsdp = shard_vila(*model, world_ptr());
   AdamW opt(fsdp->param_groups(1e-4), kAdam);
   for (int step = 0; step < 2; ++step) {
-    std::vector<VilaSample> all = {global_sample(c, step, 0), global_sample(c, step, 1)};
+    std::vector<VilaSample> all;
+    for (int i = 0; i < kGlobal; ++i) all.push_back(global_sample(c, step, i));
     VilaOutputs r = ref->forward(all);
     r.loss.backward();
     ref_opt.step();
     ref_opt.zero_grad();
 
     std::vector<VilaSample> mine;
-    for (int i = rank * (2 / n); i < (rank + 1) * (2 / n); ++i) mine.push_back(all[size_t(i)]);
+    for (int i = rank * (kGlobal / n); i < (rank + 1) * (kGlobal / n); ++i)
+      mine.push_back(all[size_t(i)]);
     VilaOutputs o = model->forward(mine);
     o.loss.backward();
     fsdp->finish_backward();
