@@ -142,4 +142,34 @@ void load_weights(ps3::PS3CLIP& model, const WeightsSource& src, bool need_text)
   }
 }
 
+void load_vision_weights(ps3::PS3VisionModel& vision, const WeightsSource& src) {
+  std::vector<std::string> missing;
+  if (!src.safetensors) {
+    std::vector<ckpt::ShardRef> refs;
+    for (auto& [name, p] : vision.named_parameters())
+      refs.push_back({parallel::make_shard_info("vision_model." + name, p.shape(), 0, 1), p});
+    missing =
+        ckpt::load_checkpoint(src.path, refs, {.allow_missing = true, .allow_unexpected = true})
+            .missing;
+  } else {
+    ckpt::safetensors::Reader reader(src.path);
+    std::set<std::string> names;
+    for (const auto& e : reader.entries()) names.insert(e.name);
+    for (auto& [name, p] : vision.named_parameters()) {
+      const std::string full = "vision_model." + name;
+      if (!names.count(full)) {
+        missing.push_back(full);
+        continue;
+      }
+      HD_CHECK(reader.entry(full).shape == p.shape(), src.path.string(), ": tensor '", full,
+               "' has shape ", shape_str(reader.entry(full).shape),
+               " but the vision tower expects ", shape_str(p.shape()));
+      Tensor t = reader.read_f32(full);
+      std::memcpy(p.data<float>(), t.data<float>(), size_t(p.numel()) * sizeof(float));
+    }
+  }
+  HD_CHECK(missing.empty(), src.path.string(), ": ", missing.size(),
+           " vision tower parameter(s) are not in it: ", first_names(missing));
+}
+
 }  // namespace hd::launcher

@@ -38,4 +38,9 @@ bool has_text_tower(const WeightsSource& src);
 // naming the tensor at fault (missing, or another shape).
 void load_weights(ps3::PS3CLIP& model, const WeightsSource& src, bool need_text);
 
+// Every parameter of a bare vision model (VILA-HD's vision tower) from the source's
+// vision_model.* tensors; throws naming the source and the tensors that are missing or have
+// another shape.
+void load_vision_weights(ps3::PS3VisionModel& vision, const WeightsSource& src);
+
 }  // namespace hd::launcher

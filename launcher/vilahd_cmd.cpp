@@ -7,11 +7,16 @@
 // while running.
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "autograd/error.h"
 #include "launcher/command.h"
+#include "launcher/config.h"
+#include "launcher/model_config.h"
+#include "launcher/ps3_weights.h"
+#include "launcher/vilahd_tools.h"
 #ifdef HD_HAVE_CUDA
 #include "ops/cuda/device_probe.h"
 #endif
@@ -31,6 +36,8 @@ constexpr const char* kOverview =
     "usage: hdtrain vilahd <subcommand> [options]   (hdtrain vilahd <subcommand> --help)\n"
     "  hdtrain vilahd ask   answer a question about an image with a VILA-HD folder\n"
     "  hdtrain vilahd init  write a fresh VILA-HD folder (random weights) to start training from\n"
+    "  hdtrain vilahd train SFT of a VILA-HD folder on one process (alignment or full)\n"
+    "  hdtrain vilahd eval  multiple-choice questions on held-out images, every ablation\n"
     "\n";
 
 constexpr const char* kAskUsage =
@@ -61,10 +68,15 @@ constexpr const char* kAskUsage =
 constexpr const char* kInitUsage =
     "usage: hdtrain vilahd init --out DIR --tokenizer tokenizer.json [--preset tiny]\n"
     "                           [--mode after_prompt|after_image] [--seed S]\n"
+    "                           [--ps3 CHECKPOINT [--ps3-config FILE.textproto]]\n"
     "  Writes a VILA-HD folder with freshly initialised weights (what training starts from):\n"
     "  the tiny preset is a 2-layer Qwen2 (hidden 64) over the tokenizer's vocabulary on the\n"
     "  demo PS3 tower (width 64, scales 756/1512/3780), 2x2 mlp_downsample projector, mlp prompt\n"
-    "  head. The tokenizer (a Qwen2-layout tokenizer.json) is copied to DIR/llm/.\n";
+    "  head. The tokenizer (a Qwen2-layout tokenizer.json) is copied to DIR/llm/.\n"
+    "  --ps3         PS3 weights for the vision tower: a PS3 run folder (its newest complete\n"
+    "                checkpoint; the vision config from its config.textproto), a checkpoint\n"
+    "                step folder or a .safetensors file (then --ps3-config gives the run\n"
+    "                config whose model section describes it)\n";
 
 double parse_double(const std::string& key, const std::string& text) {
   try {
@@ -202,10 +214,11 @@ int init(const std::vector<std::string>& args) {
       return 0;
     }
   vilahd::VilaHdConfig config;
+  std::optional<WeightsSource> ps3_source;
   fs::path out, tok_path;
   uint64_t seed = 0;
   try {
-    Args a(args, {"out", "tokenizer", "preset", "mode", "seed"}, {});
+    Args a(args, {"out", "tokenizer", "preset", "mode", "seed", "ps3", "ps3-config"}, {});
     out = a.require("out");
     tok_path = a.require("tokenizer");
     const std::string preset = a.get("preset", "tiny");
@@ -222,12 +235,33 @@ int init(const std::vector<std::string>& args) {
     if (!a.get("mode", "").empty())
       config.look_close_mode = vilahd::parse_look_close_mode(a.get("mode", ""));
     if (auto eos = tok.find_token("<|im_end|>")) config.llm.eos_token_id = *eos;
+    if (!a.get("ps3", "").empty()) {
+      ps3_source = resolve_checkpoint(a.get("ps3", ""));
+      std::string cfg = a.get("ps3-config", "");
+      if (cfg.empty() && fs::is_regular_file(fs::path(a.get("ps3", "")) / "config.textproto"))
+        cfg = (fs::path(a.get("ps3", "")) / "config.textproto").string();
+      HD_CHECK(!cfg.empty(), "--ps3 '", a.get("ps3", ""),
+               "' is not a run folder with config.textproto: give --ps3-config (the run config "
+               "whose model section describes the checkpoint)");
+      // Only the vision tower is used: the text vocabulary does not matter (1 keeps it valid).
+      config.vision = to_ps3_config(load_model_config(cfg, {}).model(), 1).vision;
+    } else {
+      HD_CHECK(a.get("ps3-config", "").empty(), "--ps3-config is only used with --ps3");
+    }
     config.validate("hdtrain vilahd init");
   } catch (const std::exception& e) {
     return user_error("init", e);
   }
   vilahd::VilaHdModel model(config);
   model.initialize(seed);
+  if (ps3_source) {
+    try {
+      load_vision_weights(model.vision(), *ps3_source);
+    } catch (const std::exception& e) {
+      return user_error("init", e);
+    }
+    std::printf("vision tower: PS3 weights from %s\n", ps3_source->path.c_str());
+  }
   vilahd::save_vila_folder(model, out, tok_path);
   std::printf("wrote %s (%lld parameters: LLM %lld, projector %lld, PS3 %lld)\n", out.c_str(),
               static_cast<long long>(model.num_parameters()),
@@ -246,6 +280,8 @@ int run(const std::vector<std::string>& args) {
   }
   if (args[0] == "ask") return ask({args.begin() + 1, args.end()});
   if (args[0] == "init") return init({args.begin() + 1, args.end()});
+  if (args[0] == "train") return vilahd_train({args.begin() + 1, args.end()});
+  if (args[0] == "eval") return vilahd_eval({args.begin() + 1, args.end()});
   std::fprintf(stderr, "hdtrain vilahd: unknown subcommand '%s'\n%s", args[0].c_str(), kOverview);
   return 2;
 }

@@ -60,6 +60,13 @@ void VilaHdModel::set_num_look_close(int64_t steps) {
   config_.num_look_close = steps;
 }
 
+void VilaHdModel::set_select_num_each_scale(const std::vector<int64_t>& per_scale) {
+  VilaHdConfig c = config_;
+  c.select_num_each_scale = per_scale;
+  c.validate("VILA-HD select_num_each_scale");
+  config_.select_num_each_scale = per_scale;
+}
+
 std::vector<const Module*> VilaHdModel::sharding_units() const {
   std::vector<const Module*> units = llm_->sharding_units();
   for (const Module* m : vision_->sharding_units()) units.push_back(m);
@@ -158,7 +165,9 @@ Tensor VilaHdModel::embed_sample(const VilaSample& sample, int64_t num_look_clos
   check_sample(sample, config_);
   if (num_look_close < 0) num_look_close = config_.num_look_close;
   Tensor prompt;
-  if (config_.look_close_mode == LookCloseMode::after_prompt && !sample.images.empty())
+  // No look-close step, no selection: the prompt pass would be wasted.
+  if (config_.look_close_mode == LookCloseMode::after_prompt && !sample.images.empty() &&
+      num_look_close > 0)
     prompt = top_down_prompt(sample);
 
   std::vector<Tensor> parts;

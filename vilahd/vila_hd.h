@@ -95,6 +95,7 @@ class VilaHdModel : public Module {
   // top-down needs the prompt head (a model built for after_prompt). Throws otherwise.
   void set_look_close_mode(LookCloseMode mode);
   void set_num_look_close(int64_t steps);
+  void set_select_num_each_scale(const std::vector<int64_t>& per_scale);  // empty: PS3's split
   Qwen2ForCausalLM& llm() const { return *llm_; }
   MlpDownsampleProjector& projector() const { return *projector_; }
   ps3::PS3VisionModel& vision() const { return *vision_; }
