@@ -12,6 +12,7 @@ request to a bottom-up model, init over an existing folder).
 Usage: vilahd_e2e.py --hdtrain PATH
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -108,6 +109,36 @@ def main():
         rc, _, err = run(*ask, "--mode", "after_image")
         check(rc == 0 and "(after_image" in err, "bottom-up mode runs")
 
+        # train (2 steps) and eval on records about the PNG, as `hdtrain data synth` writes them.
+        with open(os.path.join(work, "sft.jsonl"), "w") as f:
+            for word in ("YELLOW", "SQUARE", "BRIGHT"):
+                f.write(json.dumps({"image": "sign.png", "box": [200, 100, 260, 160], "conversations": [
+                    {"from": "human", "value": "<image>\nWhat is in the box?"},
+                    {"from": "gpt", "value": word}]}) + "\n")
+        with open(os.path.join(work, "eval_mc.jsonl"), "w") as f:
+            for i in range(2):
+                f.write(json.dumps({"image": "sign.png", "question": "What colour is the square?",
+                                    "options": ["yellow", "red", "blue", "green"], "answer": "A",
+                                    "box": [200, 100, 260, 160]}) + "\n")
+        trained = os.path.join(work, "trained")
+        rc, out, err = run("train", "--init", model, "--data", work, "--out", trained, "--steps", "2",
+                           "--batch", "2", "--trainable", "llm,projector,top_down_selection")
+        check(rc == 0 and "step 2/2 loss" in out and os.path.isfile(os.path.join(trained, "config.json")),
+              "train runs 2 steps and writes a folder: %s" % (out + err)[-300:])
+        report = os.path.join(work, "eval.json")
+        rc, out, err = run("eval", "--checkpoint", trained, "--data", work, "--max-look-close", "1",
+                           "--out", report)
+        check(rc == 0 and "low-res only" in out and "top-down @" in out, "eval prints the table: " + out[-400:])
+        rep = json.load(open(report))
+        names = [m["name"] for m in rep["modes"]]
+        check(rep["questions"] == 2 and names[:3] == ["low-res only", "bottom-up", "top-down x1"],
+              "the report has every mode: %s" % names)
+        check(all(0 <= m["accuracy"] <= 1 and len(m["chosen"]) == 2 for m in rep["modes"]),
+              "accuracies and per-question choices are in the report")
+        low = rep["modes"][0]
+        check(low["mean_image_tokens"] == 196 and low["gt_recall"] == -1,
+              "low-res only: 196 image tokens and no selection")
+
         bad = os.path.join(work, "corrupt.jpg")
         with open(bad, "wb") as f:
             f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -141,6 +172,10 @@ def main():
             (base + ["--bogus", "1"], "bogus"),
             (["ask", "--checkpoint", model, "--image", image], "--question"),
             (["init", "--out", model, "--tokenizer", TOKENIZER], "already holds"),
+            (["train", "--init", model, "--data", work, "--out", trained], "already holds"),
+            (["train", "--init", model, "--data", work, "--out", os.path.join(work, "t2"), "--trainable", "eyes"], "eyes"),
+            (["train", "--init", model, "--data", os.path.join(work, "nodata"), "--out", os.path.join(work, "t3")], "sft.jsonl"),
+            (["eval", "--checkpoint", model, "--data", work, "--mc", os.path.join(work, "none.jsonl")], "none.jsonl"),
             (["init", "--out", os.path.join(work, "x"), "--tokenizer", os.path.join(work, "none.json")], "none.json"),
         ]
         if has_gpu:  # then --device cuda is a real run, checked below instead
