@@ -15,6 +15,7 @@
 #include "ops/shape.h"
 #include "ps3/data/image.h"
 #include "tests/testing/errors.h"
+#include "tests/testing/fixtures.h"
 #include "tests/vilahd/vila_test_util.h"
 #include "vilahd/conversation.h"
 #include "vilahd/mc_eval.h"
@@ -132,6 +133,25 @@ TEST(TrainableParts, FrozenPartsGetNoGradientAndKeepTheirBits) {
   }
   EXPECT_GT(moved, 5);
   fs::remove(file);
+}
+
+TEST(SelectionLoss, BceplusDiceMatchesThePyTorchReference) {
+  const hd::testing::Fixture f = hd::testing::Fixture::load("vila_losses.bin");
+  for (const std::string c : {"two_scales", "three_scales"}) {
+    std::vector<Tensor> probs, gts;
+    for (int s = 0; f.has(c + ".p" + std::to_string(s)); ++s) {
+      Tensor p = clone(f.get(c + ".p" + std::to_string(s)));
+      p.requires_grad_(true);
+      probs.push_back(p);
+      gts.push_back(f.get(c + ".g" + std::to_string(s)));
+    }
+    Tensor loss = image_selection_loss(probs, gts);
+    hd::testing::expect_close(loss, f.get(c + ".loss"), 1e-6, 1e-5, c + " loss");
+    loss.backward();
+    for (size_t s = 0; s < probs.size(); ++s)
+      hd::testing::expect_close(probs[s].grad(), f.get(c + ".grad" + std::to_string(s)), 1e-7, 1e-5,
+                                c + " gradient of scale " + std::to_string(s));
+  }
 }
 
 TEST(McEval, CachedOptionScoringPicksWhatAFullForwardPicks) {
