@@ -35,6 +35,7 @@ class Args {
   std::string get(const std::string& key, const std::string& fallback) const;
   std::string require(const std::string& key) const;
   long long get_int(const std::string& key, long long fallback) const;
+  double get_double(const std::string& key, double fallback) const;
   bool flag(const std::string& key) const;
 
  private:

@@ -69,6 +69,17 @@ long long Args::get_int(const std::string& key, long long fallback) const {
   }
   throw Error("option --" + key + " needs an integer, got '" + it->second + "'");
 }
+double Args::get_double(const std::string& key, double fallback) const {
+  auto it = values_.find(key);
+  if (it == values_.end()) return fallback;
+  try {
+    size_t used = 0;
+    double v = std::stod(it->second, &used);
+    if (used == it->second.size()) return v;
+  } catch (const std::exception&) {
+  }
+  throw Error("option --" + key + " needs a number, got '" + it->second + "'");
+}
 bool Args::flag(const std::string& key) const {
   return values_.count(key) > 0;
 }

@@ -32,6 +32,38 @@ std::string first_names(const std::vector<std::string>& names, size_t n = 8) {
   return list + (names.size() > n ? ", ..." : "");
 }
 
+// Copies each (name in the source, tensor) from `src` into the tensor; returns the names the
+// source lacks. Shapes must match (the error names the tensor).
+std::vector<std::string> load_named(const WeightsSource& src,
+                                    const std::vector<std::pair<std::string, Tensor>>& wanted) {
+  if (!src.safetensors) {
+    std::vector<ckpt::ShardRef> refs;
+    for (auto& [name, p] : wanted)
+      refs.push_back({parallel::make_shard_info(name, p.shape(), 0, 1), p});
+    // Shapes are checked by load_checkpoint (the message names the tensor); absent entries keep
+    // the model's values and are judged by the caller.
+    return ckpt::load_checkpoint(src.path, refs, {.allow_missing = true, .allow_unexpected = true})
+        .missing;
+  }
+  std::vector<std::string> missing;
+  ckpt::safetensors::Reader reader(src.path);
+  std::set<std::string> names;
+  for (const auto& e : reader.entries()) names.insert(e.name);
+  for (auto& [name, p] : wanted) {
+    if (!names.count(name)) {
+      missing.push_back(name);
+      continue;
+    }
+    const auto& e = reader.entry(name);
+    HD_CHECK(e.shape == p.shape(), "--checkpoint ", src.path.string(), ": tensor '", name,
+             "' has shape ", shape_str(e.shape), " but the model of the config expects ",
+             shape_str(p.shape()));
+    Tensor t = reader.read_f32(name);
+    std::memcpy(p.data<float>(), t.data<float>(), size_t(p.numel()) * sizeof(float));
+  }
+  return missing;
+}
+
 }  // namespace
 
 WeightsSource resolve_checkpoint(const fs::path& p) {
@@ -76,33 +108,7 @@ void load_weights(ps3::PS3CLIP& model, const WeightsSource& src, bool need_text)
   for (auto& [name, p] : model.named_parameters())
     if (need_text || !starts_with(name, "text_model.")) wanted.emplace_back(name, p);
 
-  std::vector<std::string> missing;
-  if (!src.safetensors) {
-    std::vector<ckpt::ShardRef> refs;
-    for (auto& [name, p] : wanted)
-      refs.push_back({parallel::make_shard_info(name, p.shape(), 0, 1), p});
-    // Shapes are checked by load_checkpoint (the message names the tensor); absent entries keep
-    // the model's values and are judged below.
-    missing =
-        ckpt::load_checkpoint(src.path, refs, {.allow_missing = true, .allow_unexpected = true})
-            .missing;
-  } else {
-    ckpt::safetensors::Reader reader(src.path);
-    std::set<std::string> names;
-    for (const auto& e : reader.entries()) names.insert(e.name);
-    for (auto& [name, p] : wanted) {
-      if (!names.count(name)) {
-        missing.push_back(name);
-        continue;
-      }
-      const auto& e = reader.entry(name);
-      HD_CHECK(e.shape == p.shape(), "--checkpoint ", src.path.string(), ": tensor '", name,
-               "' has shape ", shape_str(e.shape), " but the model of the config expects ",
-               shape_str(p.shape()));
-      Tensor t = reader.read_f32(name);
-      std::memcpy(p.data<float>(), t.data<float>(), size_t(p.numel()) * sizeof(float));
-    }
-  }
+  const std::vector<std::string> missing = load_named(src, wanted);
 
   std::vector<std::string> text, scalars, other;
   for (const auto& name : missing)
@@ -143,31 +149,9 @@ void load_weights(ps3::PS3CLIP& model, const WeightsSource& src, bool need_text)
 }
 
 void load_vision_weights(ps3::PS3VisionModel& vision, const WeightsSource& src) {
-  std::vector<std::string> missing;
-  if (!src.safetensors) {
-    std::vector<ckpt::ShardRef> refs;
-    for (auto& [name, p] : vision.named_parameters())
-      refs.push_back({parallel::make_shard_info("vision_model." + name, p.shape(), 0, 1), p});
-    missing =
-        ckpt::load_checkpoint(src.path, refs, {.allow_missing = true, .allow_unexpected = true})
-            .missing;
-  } else {
-    ckpt::safetensors::Reader reader(src.path);
-    std::set<std::string> names;
-    for (const auto& e : reader.entries()) names.insert(e.name);
-    for (auto& [name, p] : vision.named_parameters()) {
-      const std::string full = "vision_model." + name;
-      if (!names.count(full)) {
-        missing.push_back(full);
-        continue;
-      }
-      HD_CHECK(reader.entry(full).shape == p.shape(), src.path.string(), ": tensor '", full,
-               "' has shape ", shape_str(reader.entry(full).shape),
-               " but the vision tower expects ", shape_str(p.shape()));
-      Tensor t = reader.read_f32(full);
-      std::memcpy(p.data<float>(), t.data<float>(), size_t(p.numel()) * sizeof(float));
-    }
-  }
+  std::vector<std::pair<std::string, Tensor>> wanted;
+  for (auto& [name, p] : vision.named_parameters()) wanted.emplace_back("vision_model." + name, p);
+  const std::vector<std::string> missing = load_named(src, wanted);
   HD_CHECK(missing.empty(), src.path.string(), ": ", missing.size(),
            " vision tower parameter(s) are not in it: ", first_names(missing));
 }

@@ -78,16 +78,6 @@ constexpr const char* kInitUsage =
     "                step folder or a .safetensors file (then --ps3-config gives the run\n"
     "                config whose model section describes it)\n";
 
-double parse_double(const std::string& key, const std::string& text) {
-  try {
-    size_t used = 0;
-    double v = std::stod(text, &used);
-    if (used == text.size()) return v;
-  } catch (const std::exception&) {
-  }
-  throw Error("option --" + key + " needs a number, got '" + text + "'");
-}
-
 int user_error(const char* cmd, const std::exception& e) {
   std::fprintf(stderr, "hdtrain vilahd %s: error: %s\n", cmd, e.what());
   return 2;
@@ -122,8 +112,8 @@ int ask(const std::vector<std::string>& args) {
              png_path, "' must end in .png");
     gen.max_new_tokens = a.get_int("max-new-tokens", 64);
     HD_CHECK(gen.max_new_tokens >= 1, "--max-new-tokens must be >= 1");
-    gen.temperature = parse_double("temperature", a.get("temperature", "0"));
-    gen.top_p = parse_double("top-p", a.get("top-p", "1"));
+    gen.temperature = a.get_double("temperature", 0);
+    gen.top_p = a.get_double("top-p", 1);
     gen.top_k = a.get_int("top-k", 0);
     gen.seed = uint64_t(a.get_int("seed", 0));
     HD_CHECK(gen.temperature >= 0, "--temperature must be >= 0");

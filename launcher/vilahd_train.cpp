@@ -40,16 +40,6 @@ constexpr const char* kTrainUsage =
     "  --max-length  records with more text tokens are skipped and counted (default 2048)\n"
     "  --selection-weight  token_selection_loss_weight (default: the folder's config)\n";
 
-double parse_double(const std::string& key, const std::string& text) {
-  try {
-    size_t used = 0;
-    double v = std::stod(text, &used);
-    if (used == text.size()) return v;
-  } catch (const std::exception&) {
-  }
-  throw Error("option --" + key + " needs a number, got '" + text + "'");
-}
-
 }  // namespace
 
 int vilahd_train(const std::vector<std::string>& args) {
@@ -81,9 +71,8 @@ int vilahd_train(const std::vector<std::string>& args) {
     max_length = a.get_int("max-length", 2048);
     log_every = a.get_int("log-every", 1);
     seed = uint64_t(a.get_int("seed", 0));
-    lr = parse_double("lr", a.get("lr", "1e-3"));
-    if (!a.get("selection-weight", "").empty())
-      weight = parse_double("selection-weight", a.get("selection-weight", ""));
+    lr = a.get_double("lr", 1e-3);
+    weight = a.get_double("selection-weight", -1);  // -1: the folder's config
     HD_CHECK(steps >= 1 && batch >= 1 && warmup >= 0 && log_every >= 1,
              "--steps, --batch, --log-every must be >= 1");
     HD_CHECK(lr > 0, "--lr must be > 0");

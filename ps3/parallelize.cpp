@@ -1,29 +1,17 @@
 // shard_ps3; the unit layout and why repeated unit calls are safe are in parallelize.h.
 #include "ps3/parallelize.h"
 
-#include <map>
-
-#include "autograd/error.h"
+#include "parallel/unit_sharding.h"
 
 namespace hd::ps3 {
 
 std::unique_ptr<parallel::FSDP> shard_ps3(PS3CLIP& model,
                                           std::shared_ptr<parallel::ProcessGroup> pg,
                                           parallel::FSDPOptions opts) {
-  auto fsdp = std::make_unique<parallel::FSDP>(model, std::move(pg));
-  std::map<const Module*, parallel::FSDPUnit*> units;
-  for (const Module* m : model.sharding_units()) units[m] = &fsdp->fully_shard(*m, opts);
-  parallel::FSDPOptions root_opts = opts;
-  root_opts.reshard_after_forward = false;  // the whole step runs inside the root
-  units[&model] = &fsdp->fully_shard(model, root_opts);
-  model.set_unit_runner([units](const Module& unit, const Tensor& x, const nn::UnitBody& body) {
-    auto it = units.find(&unit);
-    HD_CHECK(it != units.end(),
-             "shard_ps3: a module ran as a sharding unit but was not sharded "
-             "as one (is it missing from PS3CLIP::sharding_units?)");
-    return it->second->forward(x, body);
-  });
-  return fsdp;
+  parallel::UnitSharding s =
+      parallel::shard_by_units(model, model.sharding_units(), std::move(pg), opts, "shard_ps3");
+  model.set_unit_runner(s.runner);
+  return std::move(s.fsdp);
 }
 
 }  // namespace hd::ps3
