@@ -10,11 +10,16 @@
 // is small enough to reason about (tests/monitoring/metrics_server_test.cpp,
 // cublas_exporter_test.cpp).
 //
-// Design: one accept thread (poll with a timeout so stop() is prompt) hands sockets to a few
-// workers through a bounded queue; a worker reads the request line, calls the source (which
-// serializes the registry: that is the only place metrics are read), and writes the response with
-// MSG_NOSIGNAL, so a scraper that disconnects mid-response gives EPIPE, not SIGPIPE. Every socket
-// has read/write timeouts, so a stuck client ties up one worker for at most io_timeout_seconds.
+// Design: one I/O thread accepts connections and reads requests for all of them at once
+// (non-blocking sockets under one poll), so a connection that sends nothing, or half a request,
+// costs a slot in that poll set and nothing else: it is closed when its io_timeout_seconds run
+// out, or earlier when max_connections is reached (oldest first). Only a complete request goes
+// to the few workers, through a bounded queue; a worker calls the source (which serializes the
+// registry: the only place metrics are read) and writes the response with MSG_NOSIGNAL, so a
+// scraper that disconnects mid-response gives EPIPE, not SIGPIPE, under a write timeout, so a
+// client that stops reading ties up one worker for at most io_timeout_seconds. (Before, workers
+// read requests themselves: 200 idle connections held every worker and filled the queue, and
+// every scrape failed; tests/monitoring/metrics_server_test.cpp reproduces that abuse.)
 // The training step never touches any of this: it only updates atomics in the registry.
 #include "monitoring/metrics_server.h"
 
@@ -25,7 +30,10 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "autograd/error.h"
@@ -78,7 +86,8 @@ MetricsServer::MetricsServer(MetricsServerConfig config, Source source)
   HD_CHECK(port >= 0 && port <= 65535, "MetricsServer: port ", port, " out of range (port_base ",
            config_.port_base, " + local_rank ", config_.local_rank, ")");
 
-  listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Non-blocking: the I/O thread accepts until EAGAIN after each poll.
+  listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   HD_CHECK(listen_fd_ >= 0, "MetricsServer: socket(): ", std::strerror(errno));
   int one = 1;
   setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -98,8 +107,9 @@ MetricsServer::MetricsServer(MetricsServerConfig config, Source source)
   getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&sa), &len);
   port_ = ntohs(sa.sin_port);
 
+  HD_CHECK(config_.max_connections >= 1, "MetricsServer: max_connections must be >= 1");
   for (int i = 0; i < config_.workers; ++i) workers_.emplace_back([this] { worker_loop(); });
-  acceptor_ = std::thread([this] { accept_loop(); });
+  acceptor_ = std::thread([this] { io_loop(); });
 }
 
 MetricsServer::~MetricsServer() {
@@ -107,58 +117,115 @@ MetricsServer::~MetricsServer() {
   ready_.notify_all();
   if (acceptor_.joinable()) acceptor_.join();
   for (auto& w : workers_) w.join();
-  for (int fd : pending_) ::close(fd);
+  for (const Request& r : pending_) ::close(r.fd);
   ::close(listen_fd_);
 }
 
-void MetricsServer::accept_loop() {
-  while (!stop_.load()) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    int r = ::poll(&p, 1, 100);  // 100 ms: the bound on how long the destructor waits
-    if (r <= 0) continue;
-    int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;  // e.g. ECONNABORTED: the client gave up before we accepted
-    set_timeouts(fd, config_.io_timeout_seconds);
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (int(pending_.size()) >= config_.max_pending) {
-      lock.unlock();
-      // Overloaded: answer at once rather than let the queue (and memory) grow without bound.
-      send_all(fd, response(503, "Service Unavailable", "text/plain", "busy\n"));
-      ::close(fd);
-      failed_.fetch_add(1);
-      continue;
-    }
-    pending_.push_back(fd);
+void MetricsServer::enqueue(int fd, std::string text) {
+  // The worker writes with blocking sends under a timeout.
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  set_timeouts(fd, config_.io_timeout_seconds);
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (int(pending_.size()) >= config_.max_pending) {
     lock.unlock();
-    ready_.notify_one();
+    // Overloaded: answer at once rather than let the queue (and memory) grow without bound.
+    send_all(fd, response(503, "Service Unavailable", "text/plain", "busy\n"));
+    ::close(fd);
+    failed_.fetch_add(1);
+    return;
   }
+  pending_.push_back({fd, std::move(text)});
+  lock.unlock();
+  ready_.notify_one();
+}
+
+void MetricsServer::io_loop() {
+  using Clock = std::chrono::steady_clock;
+  struct Reading {
+    int fd;
+    std::string text;
+    Clock::time_point deadline;
+  };
+  std::vector<Reading> open;  // oldest first
+  const auto timeout = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(config_.io_timeout_seconds));
+  auto drop = [&](size_t i) {
+    ::close(open[i].fd);
+    failed_.fetch_add(1);  // closed, timed out or evicted before sending a request
+    open.erase(open.begin() + std::ptrdiff_t(i));
+  };
+  while (!stop_.load()) {
+    std::vector<pollfd> polls;
+    polls.push_back({listen_fd_, POLLIN, 0});
+    for (const Reading& r : open) polls.push_back({r.fd, POLLIN, 0});
+    int wait_ms = 100;  // the bound on how long the destructor waits
+    const auto now = Clock::now();
+    for (const Reading& r : open)
+      wait_ms = std::min<int>(
+          wait_ms,
+          int(std::max<int64_t>(
+              0, std::chrono::duration_cast<std::chrono::milliseconds>(r.deadline - now).count() +
+                     1)));
+    if (::poll(polls.data(), polls.size(), wait_ms) < 0 && errno != EINTR) continue;
+
+    // Requests first (indices of `open` match polls[1..] until something is removed).
+    std::vector<size_t> done, closed;
+    for (size_t i = 0; i < open.size(); ++i) {
+      if (!(polls[i + 1].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      char buf[2048];
+      ssize_t n = ::recv(open[i].fd, buf, sizeof(buf), 0);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+      if (n <= 0) {
+        closed.push_back(i);
+        continue;
+      }
+      open[i].text.append(buf, size_t(n));
+      // A whole request (scrapers send a few hundred bytes), or 8 KiB of something else.
+      if (open[i].text.find("\r\n\r\n") != std::string::npos || open[i].text.size() >= 8192)
+        done.push_back(i);
+    }
+    for (size_t k = open.size(); k-- > 0;) {
+      if (std::find(done.begin(), done.end(), k) != done.end()) {
+        enqueue(open[k].fd, std::move(open[k].text));
+        open.erase(open.begin() + std::ptrdiff_t(k));
+      } else if (std::find(closed.begin(), closed.end(), k) != closed.end()) {
+        drop(k);
+      }
+    }
+    const auto after = Clock::now();
+    for (size_t k = open.size(); k-- > 0;)
+      if (open[k].deadline <= after) drop(k);
+
+    if (polls[0].revents & POLLIN) {
+      while (true) {
+        int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) break;  // EAGAIN: nothing more; ECONNABORTED: the client gave up
+        if (int(open.size()) >= config_.max_connections) drop(0);  // the oldest waiter
+        open.push_back({fd, std::string(), Clock::now() + timeout});
+      }
+    }
+  }
+  for (const Reading& r : open) ::close(r.fd);
 }
 
 void MetricsServer::worker_loop() {
   while (true) {
-    int fd;
+    Request r;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       ready_.wait(lock, [&] { return stop_.load() || !pending_.empty(); });
       if (stop_.load()) return;
-      fd = pending_.front();
+      r = std::move(pending_.front());
       pending_.pop_front();
     }
-    handle(fd);
-    ::close(fd);
+    handle(r);
+    ::close(r.fd);
   }
 }
 
-void MetricsServer::handle(int fd) {
-  // Read until the end of the headers (or 8 KiB: scrapers send a few hundred bytes).
-  std::string request;
-  char buf[2048];
-  while (request.find("\r\n\r\n") == std::string::npos && request.size() < 8192) {
-    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    request.append(buf, size_t(n));
-  }
+void MetricsServer::handle(const Request& req) {
+  const int fd = req.fd;
+  const std::string& request = req.text;
   const size_t line_end = request.find("\r\n");
   if (line_end == std::string::npos) {
     failed_.fetch_add(1);  // closed or timed out before sending a request line

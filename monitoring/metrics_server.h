@@ -23,9 +23,14 @@ struct MetricsServerConfig {
   static constexpr int kDefaultPortBase = 9470;
   int port_base = kDefaultPortBase;
   int local_rank = 0;
-  int workers = 4;                  // concurrent scrapes served at once
-  int max_pending = 64;             // accepted connections waiting for a worker; more get 503
-  double io_timeout_seconds = 5.0;  // per read/write on a client socket
+  int workers = 4;       // scrapes rendered and written at once
+  int max_pending = 64;  // complete requests waiting for a worker; more get 503
+  // Open connections that have not sent a whole request yet (held by the I/O thread, not by a
+  // worker). At the limit the oldest is closed for each new one, so idle or slow clients can
+  // never lock scrapers out.
+  int max_connections = 512;
+  // A client has this long to send its request, and each write of the reply this long.
+  double io_timeout_seconds = 5.0;
 };
 
 class MetricsServer {
@@ -45,9 +50,14 @@ class MetricsServer {
   int64_t requests_failed() const { return failed_.load(); }
 
  private:
-  void accept_loop();
+  struct Request {
+    int fd;
+    std::string text;  // the request line and headers
+  };
+  void io_loop();
   void worker_loop();
-  void handle(int fd);
+  void handle(const Request& request);
+  void enqueue(int fd, std::string text);
 
   MetricsServerConfig config_;
   Source source_;
@@ -57,7 +67,7 @@ class MetricsServer {
   std::atomic<int64_t> served_{0}, failed_{0};
   std::mutex mutex_;
   std::condition_variable ready_;
-  std::deque<int> pending_;
+  std::deque<Request> pending_;
   std::thread acceptor_;
   std::vector<std::thread> workers_;
 };

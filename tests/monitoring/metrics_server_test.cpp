@@ -2,9 +2,11 @@
 // mid-response, a burst of concurrent scrapes, a stuck scraper, while the training step goes on.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <thread>
 #include <vector>
 
@@ -128,6 +130,48 @@ TEST(MetricsServer, FiftyConcurrentScrapes) {
   }
   for (auto& t : clients) t.join();
   EXPECT_EQ(ok.load(), 50);
+}
+
+// Issue 19, item 10: 200 idle connections (and 20 that send half a request and stop) used to
+// hold every worker and fill the queue, so every scrape failed for as long as they stayed open.
+// Now idle connections wait in the I/O thread's poll set; scrapes are answered at once.
+TEST(MetricsServer, IdleAndSlowConnectionsDoNotStarveScrapes) {
+  MetricsServerConfig c = ephemeral();
+  c.io_timeout_seconds = 20;  // longer than the test: the idle ones are never timed out here
+  MetricsServer server(c, [] { return std::string("hdtrain_up 1\n"); });
+  std::vector<int> idle;
+  for (int i = 0; i < 200; ++i) {
+    int fd = connect_loopback(server.port());
+    ASSERT_GE(fd, 0) << "connection " << i;
+    idle.push_back(fd);
+  }
+  for (int i = 0; i < 20; ++i) {
+    int fd = connect_loopback(server.port());
+    ASSERT_GE(fd, 0);
+    const std::string half = "GET /metr";
+    ::send(fd, half.data(), half.size(), MSG_NOSIGNAL);
+    idle.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  double worst = 0;
+  for (int i = 0; i < 20; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string r = http_get(server.port());
+    worst = std::max(worst,
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    EXPECT_EQ(body_of(r), "hdtrain_up 1\n") << "scrape " << i << ": " << r;
+  }
+  std::printf("20 scrapes with 220 idle/slow connections open: worst %.1f ms\n", worst * 1e3);
+  EXPECT_LT(worst, 1.0);
+  // More than max_connections waiters: the oldest are closed, new scrapes still get through.
+  MetricsServerConfig small = ephemeral();
+  small.max_connections = 16;
+  MetricsServer capped(small, [] { return std::string("ok\n"); });
+  std::vector<int> crowd;
+  for (int i = 0; i < 64; ++i) crowd.push_back(connect_loopback(capped.port()));
+  EXPECT_EQ(body_of(http_get(capped.port())), "ok\n");
+  for (int fd : idle) ::close(fd);
+  for (int fd : crowd) ::close(fd);
 }
 
 // The step must never wait for the exporter: while a scrape is blocked inside the source (the
