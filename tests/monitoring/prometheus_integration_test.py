@@ -180,6 +180,19 @@ scrape_configs:
         firing = [x for x in p.get("/api/v1/alerts")["data"]["alerts"] if x["state"] == "firing"]
         assert not any(x["labels"]["alertname"] == "HdtrainStalled" for x in firing), firing
 
+        # Idle-connection abuse (issue 19, item 10): 200 connections to rank 0's /metrics that
+        # send nothing, held for 6 s; every Prometheus scrape meanwhile must still succeed.
+        idle = []
+        for _ in range(200):
+            s_ = socket.create_connection(("127.0.0.1", rank_port_base), timeout=5)
+            idle.append(s_)
+        time.sleep(6)
+        worst = p.query('min_over_time(up{job="hdtrain"}[5s])')
+        for s_ in idle:
+            s_.close()
+        assert len(worst) == 2 and all(float(v["value"][1]) == 1.0 for v in worst), worst
+        print("200 idle connections on rank 0 for 6 s: every scrape of both ranks succeeded")
+
         # Pause rank 1: it keeps serving /metrics but completes no step.
         open(f"{tmp}/pause_rank1", "w").close()
         t_pause = time.monotonic()
