@@ -310,6 +310,7 @@ void resolve_defaults(proto::RunConfig& c) {
 
   auto* k = c.mutable_checkpoint();
   if (!k->has_keep_last()) k->set_keep_last(3);
+  if (k->on_corrupt().empty()) k->set_on_corrupt("fallback");
 
   auto* o = c.mutable_monitoring();
   if (!o->has_port_base()) o->set_port_base(9470);
@@ -421,6 +422,8 @@ void validate_config(const proto::RunConfig& c, int world_size) {
     invalid("checkpoint.keep_last", "= " + str(k.keep_last()) + " must be >= 1");
   if (k.keep_every() < 0)
     invalid("checkpoint.keep_every", "= " + str(k.keep_every()) + " must be >= 0");
+  if (k.on_corrupt() != "fallback" && k.on_corrupt() != "error")
+    invalid("checkpoint.on_corrupt", "= '" + k.on_corrupt() + "' is not one of fallback, error");
 
   const auto& o = c.monitoring();
   if (o.port_base() < 1 || o.port_base() + std::max(world_size, 1) > 65535)

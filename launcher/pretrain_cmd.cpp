@@ -2,16 +2,19 @@
 //
 // Exit codes, the same on every rank so mpirun's status is meaningful: 0 finished or stopped by
 // SIGTERM/SIGUSR1 after a checkpoint (the job can be resumed by running it again), 1 a training
-// error every rank agreed on (e.g. too many non-finite losses), 2 a bad command line or config
-// (nothing is written: the config is checked before MPI starts or any file is touched). Any
-// other failure of one rank ends the whole job through run_or_abort, naming the rank.
+// error every rank agreed on (e.g. too many non-finite losses, a failed checkpoint save), 2 a bad
+// command line or config (nothing is written: the config is checked before MPI starts or any file
+// is touched) or a run_dir locked by another job (run_lock.h). Any other failure of one rank ends
+// the whole job through run_or_abort, naming the rank.
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "autograd/error.h"
 #include "launcher/command.h"
 #include "launcher/config.h"
+#include "launcher/run_lock.h"
 #include "launcher/run_setup.h"
 #include "launcher/signals.h"
 #include "launcher/trainer.h"
@@ -28,8 +31,31 @@ constexpr const char* kUsage =
     "  --set F=V       override one field by its dotted path, repeatable, e.g.\n"
     "                  --set train.steps=20 --set model.vision.scales=756,1512\n"
     "  --print-config  print the resolved config and exit\n"
-    "Resumes from the newest complete checkpoint in run_dir/checkpoints. SIGTERM or SIGUSR1 on\n"
-    "any rank: checkpoint at the next step boundary, then exit 0 on every rank.\n";
+    "Resumes from the newest complete checkpoint in run_dir/checkpoints that loads (damaged ones\n"
+    "are moved aside: checkpoint.on_corrupt). One job per run_dir (run_dir/hdtrain.lock; a second\n"
+    "job exits 2 naming the holder). SIGTERM or SIGUSR1 on any rank: checkpoint at the next step\n"
+    "boundary, then exit 0 on every rank.\n";
+
+// Collective: rank 0 takes the run-folder lock (held in `lock` until the job ends) and every rank
+// learns whether it got it. False: another job holds run_dir, or it cannot be created (rank 0 has
+// said which).
+bool lock_run_dir(const std::string& run_dir, parallel::ProcessGroup& pg,
+                  std::unique_ptr<RunLock>& lock) {
+  Tensor ok = Tensor::empty({1}, DType::i64);
+  ok.data<int64_t>()[0] = 1;
+  if (pg.rank() == 0) {
+    try {
+      std::string notice;
+      lock = RunLock::acquire(run_dir, &notice);
+      if (!notice.empty()) std::fprintf(stderr, "hdtrain: warning: %s\n", notice.c_str());
+    } catch (const Error& e) {  // busy, or run_dir cannot be created: every rank exits 2
+      std::fprintf(stderr, "hdtrain pretrain: error: %s\n", e.what());
+      ok.data<int64_t>()[0] = 0;
+    }
+  }
+  pg.broadcast(ok, 0).wait();
+  return ok.data<int64_t>()[0] == 1;
+}
 
 int run(const std::vector<std::string>& args) {
   std::string config_path;
@@ -83,13 +109,23 @@ int run(const std::vector<std::string>& args) {
       std::printf("hdtrain pretrain: run '%s', %d rank(s), config %s -> %s\n",
                   config.name().c_str(), pg->world_size(), config_path.c_str(),
                   config.run_dir().c_str());
+    std::unique_ptr<RunLock> lock;  // released when the job ends (after the last checkpoint)
+    if (!lock_run_dir(config.run_dir(), *pg, lock)) return 2;
     prepare_run(config, text, *pg);
     try {
       TrainOutcome out = run_pretrain(config, text, pg);
-      if (pg->rank() == 0)
-        std::printf("hdtrain pretrain: %s at step %lld of %lld\n",
-                    out.stop_signal ? "stopped" : "done", static_cast<long long>(out.steps_done),
-                    static_cast<long long>(config.train().steps()));
+      if (pg->rank() == 0) {
+        const auto step = static_cast<long long>(out.steps_done);
+        if (out.stop_signal)
+          std::printf("hdtrain pretrain: stopped at step %lld of %lld (%s)\n", step,
+                      static_cast<long long>(config.train().steps()),
+                      stop_signal_name(out.stop_signal));
+        else if (out.stopped_at_step)
+          std::printf("hdtrain pretrain: stopped at step %lld (stop_at_step)\n", step);
+        else
+          std::printf("hdtrain pretrain: done at step %lld of %lld\n", step,
+                      static_cast<long long>(config.train().steps()));
+      }
       std::fflush(stdout);
       return 0;
     } catch (const AgreedError& e) {

@@ -17,6 +17,7 @@
 #include "launcher/eval_report.h"
 #include "launcher/model_config.h"
 #include "launcher/signals.h"
+#include "launcher/train_start.h"
 #include "monitoring/monitor.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
@@ -32,7 +33,6 @@ namespace hd::launcher {
 namespace {
 
 namespace fs = std::filesystem;
-using parallel::ckpt::ShardRef;
 using parallel::ckpt::TrainerState;
 using parallel::ckpt::training_shards;
 
@@ -43,13 +43,14 @@ std::string with_rank(std::string path, int rank) {
   return path;
 }
 
-// The parameter shards alone (init_from: weights, no optimizer state).
-std::vector<ShardRef> parameter_shards(const parallel::FSDP& fsdp) {
-  std::vector<ShardRef> out;
-  for (const auto& unit : fsdp.units())
-    for (const auto& p : unit->params()) out.push_back({p.info, p.shard});
-  return out;
-}
+// The model and what trains it, built together so that they can be built again (train_start.h:
+// a damaged checkpoint that partly loaded before every other one failed too).
+struct Network {
+  ps3::PS3CLIP model;
+  std::unique_ptr<parallel::FSDP> fsdp;
+  std::unique_ptr<AdamW> opt;
+  explicit Network(const ps3::PS3Config& config) : model(config) {}
+};
 
 // The shard that holds logit_scale's one value on this rank (undefined on the others).
 Tensor logit_scale_shard(const parallel::FSDP& fsdp) {
@@ -76,6 +77,9 @@ enum Slot {
   kPosteriorOut,
   kBoxStatCount,
   kSelectionGradSq,  // squared gradient norm of the selection modules (this rank's shards)
+  // This rank's background checkpoint write has failed: every rank then collects the error at
+  // this step boundary (wait()) instead of training on until the next save.
+  kCheckpointFailed,
   kSlots
 };
 
@@ -110,42 +114,40 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   data::Tokenizer probe_tok(c.data().tokenizer());
   ps3::PS3Config mcfg = to_ps3_config(c.model(), probe_tok.vocab_size());
   data::Tokenizer tokenizer(c.data().tokenizer(), mcfg.text.context);
-  ps3::PS3CLIP model(mcfg);
-  model.initialize(c.seed());  // identical on every rank (parameter streams keyed by name)
-  std::unique_ptr<parallel::FSDP> fsdp = ps3::shard_ps3(model, pg, parallel::FSDPOptions{});
-  AdamW opt(split_param_groups(fsdp->param_groups(tc.weight_decay(), DecayRule{}),
-                               ps3::is_selection_parameter, "selection", tc.selection_lr_scale()),
-            {.lr = tc.lr(), .beta1 = tc.beta1(), .beta2 = tc.beta2(), .eps = tc.eps()});
+  auto build = [&] {
+    auto n = std::make_unique<Network>(mcfg);
+    n->model.initialize(c.seed());  // identical on every rank (parameter streams keyed by name)
+    n->fsdp = ps3::shard_ps3(n->model, pg, parallel::FSDPOptions{});
+    n->opt = std::make_unique<AdamW>(
+        split_param_groups(n->fsdp->param_groups(tc.weight_decay(), DecayRule{}),
+                           ps3::is_selection_parameter, "selection", tc.selection_lr_scale()),
+        AdamWOptions{.lr = tc.lr(), .beta1 = tc.beta1(), .beta2 = tc.beta2(), .eps = tc.eps()});
+    return n;
+  };
+  std::unique_ptr<Network> net = build();
   WarmupCosine schedule{tc.lr(), tc.warmup_steps(), tc.steps(), tc.min_lr()};
-  Tensor logit_scale = logit_scale_shard(*fsdp);
 
-  // ---- resume / init_from ------------------------------------------------------------------
-  TrainerState state;
-  state.stage = "ps3_pretrain";
-  state.sampler_seed = c.seed();
-  state.rng_seed = c.seed();
-  state.micro_batches_per_step = micro;
-  if (auto latest = parallel::ckpt::latest_complete(ckpt_dir)) {
-    auto loaded = parallel::ckpt::load_training_checkpoint(*latest, training_shards(*fsdp, opt));
-    state = loaded.state;
-    HD_CHECK(state.micro_batches_per_step == micro, "checkpoint ", latest->string(),
-             " was written with train.micro_batches = ", state.micro_batches_per_step,
-             " but the config now says ", micro, ": the data position would not match");
-    opt.set_step_count(state.optimizer_step);
-    if (rank == 0)
-      std::printf("[resume] from %s: step %lld (saved on %d ranks)\n", latest->string().c_str(),
-                  static_cast<long long>(state.step), loaded.load.saved_world_size);
-  } else if (!c.checkpoint().init_from().empty()) {
-    fs::path from = c.checkpoint().init_from();
-    HD_CHECK(fs::exists(from / parallel::ckpt::kManifestName), "checkpoint.init_from '",
-             from.string(), "' is not a checkpoint step folder (no ", parallel::ckpt::kManifestName,
-             "; import HF weights with `hdtrain ckpt import`)");
-    auto r = parallel::ckpt::load_checkpoint(from, parameter_shards(*fsdp),
-                                             {.allow_missing = true, .allow_unexpected = true});
-    if (rank == 0)
-      std::printf("[init] parameters from %s (%zu missing, kept initialised; %zu unused)\n",
-                  from.string().c_str(), r.missing.size(), r.unexpected.size());
+  // ---- resume / init_from (train_start.h) --------------------------------------------------
+  TrainerState fresh;
+  fresh.stage = "ps3_pretrain";
+  fresh.sampler_seed = c.seed();
+  fresh.rng_seed = c.seed();
+  fresh.micro_batches_per_step = micro;
+  TrainStart start = start_training(c, *net->fsdp, *net->opt, *pg, fresh);
+  if (start.rebuild_model) {
+    // A damaged checkpoint left part of its values in the shards and none loaded after it: the
+    // run starts from scratch, so the model is initialised again (FSDP included).
+    const int64_t fallbacks = start.fallbacks;
+    net.reset();
+    net = build();
+    start = start_training(c, *net->fsdp, *net->opt, *pg, fresh);
+    start.fallbacks += fallbacks;
   }
+  ps3::PS3CLIP& model = net->model;
+  parallel::FSDP& fsdp = *net->fsdp;
+  AdamW& opt = *net->opt;
+  Tensor logit_scale = logit_scale_shard(fsdp);
+  TrainerState state = start.state;
   sampler.load_state({state.sampler_seed, state.sampler_epoch, state.sampler_batch});
   const int64_t start_step = state.step;
   HD_CHECK(start_step <= tc.steps(), "run_dir '", c.run_dir(), "' holds a checkpoint at step ",
@@ -174,6 +176,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   mc.jsonl_path = with_rank(c.monitoring().jsonl(), rank);
   mc.progress = c.monitoring().progress();
   monitoring::Monitor monitor(mc);
+  monitor.metrics().on_checkpoint_fallbacks(start.fallbacks);
 
   // ---- checkpoints -------------------------------------------------------------------------
   parallel::ckpt::RetentionPolicy retention{c.checkpoint().keep_last(),
@@ -182,24 +185,50 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   if (c.checkpoint().async())
     async_ckpt = std::make_unique<parallel::ckpt::AsyncCheckpointer>(
         parallel::make_mpi_group({.timeout_s = 3600}), retention);
+  // A failed save ends the run on every rank alike (save_checkpoint fails everywhere or nowhere,
+  // the async writer reports through wait()), so it is an AgreedError, not a job abort.
+  auto checkpoint_failed = [&](const std::exception& e, const std::string& when = "") {
+    monitor.metrics().on_checkpoint(0, 0, false);
+    return AgreedError(std::string(e.what()) + when + "; the last complete checkpoint is in " +
+                       ckpt_dir.string());
+  };
+  auto wait_for_async_save = [&](const std::string& when = "") {
+    if (!async_ckpt) return;
+    try {
+      async_ckpt->wait();
+    } catch (const Error& e) {
+      throw checkpoint_failed(e, when);
+    }
+  };
   auto save = [&](const TrainerState& st) {
     auto t0 = std::chrono::steady_clock::now();
-    auto shards = training_shards(*fsdp, opt);
+    auto shards = training_shards(fsdp, opt);
     int64_t bytes = 0;
     for (const auto& s : shards) bytes += s.info.length * int64_t(sizeof(float));
-    if (async_ckpt) {
-      async_ckpt->save(ckpt_dir, st.step, shards, st, {.config_text = config_text});
-    } else {
-      parallel::ckpt::save_training_checkpoint(ckpt_dir, st.step, shards, st, *pg,
-                                               {.config_text = config_text});
-      if (rank == 0) parallel::ckpt::apply_retention(ckpt_dir, retention);
+    try {
+      if (async_ckpt) {
+        async_ckpt->save(ckpt_dir, st.step, shards, st, {.config_text = config_text});
+      } else {
+        parallel::ckpt::save_training_checkpoint(ckpt_dir, st.step, shards, st, *pg,
+                                                 {.config_text = config_text});
+      }
+    } catch (const Error& e) {
+      throw checkpoint_failed(e);
+    }
+    if (!async_ckpt && rank == 0) {
+      // Housekeeping on rank 0 alone: a failure must not end one rank only (as in async.cpp).
+      try {
+        parallel::ckpt::apply_retention(ckpt_dir, retention);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "hdtrain: warning: %s\n", e.what());
+      }
     }
     double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     monitor.metrics().on_checkpoint(bytes, sec, true);
   };
 
   std::vector<Tensor> selection_shards;  // for the selection gradient norm
-  for (const auto& unit : fsdp->units())
+  for (const auto& unit : fsdp.units())
     for (const auto& p : unit->params())
       if (ps3::is_selection_parameter(p.info.name)) selection_shards.push_back(p.shard);
   // ---- the loop ----------------------------------------------------------------------------
@@ -226,7 +255,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
       int64_t samples = 0, tokens = 0, patches = 0;
       data::SamplerState position;
       for (int64_t m = 0; m < micro; ++m) {
-        fsdp->set_requires_gradient_sync(m == micro - 1);
+        fsdp.set_requires_gradient_sync(m == micro - 1);
         data::Batch batch;
         {
           auto p = timer.phase(monitoring::Phase::data_wait);
@@ -273,8 +302,9 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
       bool skipped = false;
       {
         auto p = timer.phase(monitoring::Phase::communication);
-        fsdp->finish_backward();
+        fsdp.finish_backward();
         local[kStop] = stop_signal_received() != 0 ? 1 : 0;
+        local[kCheckpointFailed] = async_ckpt && async_ckpt->failed() ? 1 : 0;
         local[kSelectionGradSq] = grad_norm_squared(selection_shards);
         Tensor agreed = from_vector(std::vector<double>(local, local + kSlots), {kSlots});
         pg->all_reduce(agreed, parallel::ReduceOp::sum).wait();
@@ -282,11 +312,15 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
         std::copy(v.begin(), v.end(), local);
       }
       bool stop_requested = local[kStop] > 0;
+      // A background save failed on some rank: stop here, on every rank, rather than train on
+      // unprotected until the next save reports it.
+      if (local[kCheckpointFailed] > 0)
+        wait_for_async_save(" (noticed at step " + std::to_string(step) + ")");
       {
         auto p = timer.phase(monitoring::Phase::optimizer);
         skipped = local[kNonFinite] > 0;
         if (!skipped) {
-          grad_norm = fsdp->clip_grad_norm(
+          grad_norm = fsdp.clip_grad_norm(
               tc.grad_clip() > 0 ? tc.grad_clip() : std::numeric_limits<double>::infinity());
           skipped = !std::isfinite(grad_norm);  // same on every rank (all-reduced norm)
         }
@@ -337,7 +371,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
       out.nonfinite_skipped = state.nonfinite_skipped_total;
 
       if (skipped && state.nonfinite_in_a_row >= tc.max_nonfinite_in_a_row()) {
-        if (async_ckpt) async_ckpt->wait();
+        wait_for_async_save();
         throw AgreedError("non-finite loss in " + std::to_string(state.nonfinite_in_a_row) +
                           " steps in a row (train.max_nonfinite_in_a_row = " +
                           std::to_string(tc.max_nonfinite_in_a_row()) + "), last at step " +
@@ -350,6 +384,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
         save(state);
       if (stop_here) {
         out.stop_signal = stop_requested ? std::max(stop_signal_received(), 1) : 0;
+        out.stopped_at_step = !stop_requested;
         if (rank == 0) {
           if (stop_requested)
             std::printf(
@@ -364,7 +399,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
       }
     }
   }
-  if (async_ckpt) async_ckpt->wait();
+  wait_for_async_save();
   monitor.finish();
   if (rank == 0 && state.nonfinite_skipped_total > 0)
     std::printf("[train] %lld step(s) skipped for a non-finite loss\n",
@@ -372,7 +407,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
 
   bool finished = out.steps_done == tc.steps() && out.stop_signal == 0;
   if (finished && c.eval().at_end() && !c.data().eval_dir().empty())
-    evaluate_and_report(c, mcfg, *fsdp, tokenizer, *pg);
+    evaluate_and_report(c, mcfg, fsdp, tokenizer, *pg);
   pg->barrier().wait();
   return out;
 }

@@ -26,6 +26,7 @@ namespace hd::launcher {
 struct TrainOutcome {
   int64_t steps_done = 0;  // the step counter at exit (resumed runs count from the checkpoint)
   int stop_signal = 0;     // non-zero: stopped early by this signal (checkpoint written)
+  bool stopped_at_step = false;  // stopped early by train.stop_at_step (checkpoint written)
   int64_t nonfinite_skipped = 0;
 };
 

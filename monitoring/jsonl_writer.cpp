@@ -47,6 +47,15 @@ std::string json_number(double v) {
   return buf;
 }
 
+// Unix time in microseconds. json_number's 9 significant digits are 10 s at today's ~1.7e9 s,
+// too coarse to order or time steps; a double holds microseconds at this magnitude exactly enough.
+std::string json_time(double unix_time) {
+  if (!std::isfinite(unix_time)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.6f", unix_time);
+  return buf;
+}
+
 JsonlWriter::JsonlWriter(const std::string& path, RunLabels labels)
     : file_(std::fopen(path.c_str(), "a")), labels_(std::move(labels)), path_(path) {
   HD_CHECK(file_ != nullptr, "JsonlWriter: cannot open '", path, "': ", std::strerror(errno));
@@ -58,7 +67,7 @@ JsonlWriter::~JsonlWriter() {
 
 std::string JsonlWriter::format(const StepReport& r, const RunLabels& labels, double unix_time) {
   std::string s =
-      "{\"time\": " + json_number(unix_time) + ", \"run\": " + json_string(labels.run) +
+      "{\"time\": " + json_time(unix_time) + ", \"run\": " + json_string(labels.run) +
       ", \"rank\": " + std::to_string(labels.rank) + ", \"stage\": " + json_string(labels.stage) +
       ", \"step\": " + std::to_string(r.step) + ", \"samples\": " + std::to_string(r.samples) +
       ", \"tokens\": " + std::to_string(r.tokens) + ", \"patches\": " + std::to_string(r.patches) +
@@ -92,7 +101,7 @@ void JsonlWriter::write(const StepReport& report) {
 
 void JsonlWriter::write_event(const std::string& kind, const std::string& fields_json) {
   std::string line =
-      "{\"time\": " + json_number(unix_time_seconds()) + ", \"run\": " + json_string(labels_.run) +
+      "{\"time\": " + json_time(unix_time_seconds()) + ", \"run\": " + json_string(labels_.run) +
       ", \"rank\": " + std::to_string(labels_.rank) + ", \"event\": " + json_string(kind) +
       (fields_json.empty() ? "" : ", " + fields_json) + "}\n";
   std::fwrite(line.data(), 1, line.size(), file_);

@@ -36,5 +36,7 @@ class JsonlWriter {
 std::string json_string(const std::string& s);
 // A number, or null for NaN/inf (JSON has no NaN).
 std::string json_number(double v);
+// Unix time with microseconds ("time" of every line), or null.
+std::string json_time(double unix_time);
 
 }  // namespace hd::monitoring

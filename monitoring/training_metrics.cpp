@@ -120,6 +120,9 @@ TrainingMetrics::TrainingMetrics(MetricsRegistry& r, TrainingInfo info)
       last_checkpoint_time_(r.gauge("hdtrain_last_checkpoint_timestamp_seconds",
                                     "Unix time of the last successful checkpoint (0: none)")
                                 .Add({})),
+      checkpoint_fallbacks_(r.counter("hdtrain_checkpoint_fallbacks_total",
+                                      "Damaged checkpoints skipped (moved aside) at resume")
+                                .Add({})),
       active_(r.gauge("hdtrain_training_active",
                       "1 while the run is training, 0 once finished (silences the stall alert)")
                   .Add({})) {
@@ -202,6 +205,10 @@ void TrainingMetrics::on_checkpoint(int64_t bytes, double seconds, bool ok) {
   if (seconds > 0) checkpoint_seconds_.Increment(seconds);
   checkpoint_duration_.Observe(seconds);
   last_checkpoint_time_.Set(unix_time_seconds());
+}
+
+void TrainingMetrics::on_checkpoint_fallbacks(int64_t count) {
+  if (count > 0) checkpoint_fallbacks_.Increment(double(count));
 }
 
 void TrainingMetrics::on_skipped_samples(const std::string& reason, int64_t count) {

@@ -59,6 +59,8 @@ class TrainingMetrics {
   // One collective: op is "all_reduce", "all_gather", ... (any [a-z_] name).
   void on_collective(const std::string& op, int64_t bytes, double seconds);
   void on_checkpoint(int64_t bytes, double seconds, bool ok);
+  // Damaged checkpoints the resume skipped (and moved aside) before one loaded.
+  void on_checkpoint_fallbacks(int64_t count);
   void on_skipped_samples(const std::string& reason, int64_t count = 1);
   // Reads the CPU allocator's counters (call once per step or from a timer).
   void update_host_memory();
@@ -115,6 +117,7 @@ class TrainingMetrics {
   prometheus::Counter& checkpoint_seconds_;
   prometheus::Histogram& checkpoint_duration_;
   prometheus::Gauge& last_checkpoint_time_;
+  prometheus::Counter& checkpoint_fallbacks_;
   prometheus::Gauge& active_;
 };
 

@@ -121,6 +121,12 @@ bool AsyncCheckpointer::busy() const {
   return impl_->running.load();
 }
 
+bool AsyncCheckpointer::failed() const {
+  // `error` is written before `running` is cleared (both by the writer thread), so once running
+  // reads false the error is visible here.
+  return !impl_->running.load() && impl_->error != nullptr;
+}
+
 double AsyncCheckpointer::last_blocked_seconds() const {
   return impl_->blocked_s;
 }

@@ -13,6 +13,12 @@
 // fsyncs it and renames the folder. A crash at any point leaves either no step folder or a .tmp
 // folder; latest_complete() only returns folders with a readable manifest (anchors E.2).
 //
+// [Note: invalid folders] A step_N folder whose manifest is missing or unreadable is not a
+// checkpoint, and one whose data fails its checksums cannot be resumed from. Left in place, either
+// blocks the save of step N when a resumed run gets there again (a crash loop on every rerun), so
+// they are renamed to step_N.invalid-<UTC time> (move_aside) with a warning: out of the way of
+// saves, resume and retention, and still there for a person to look at. Only rank 0 renames.
+//
 // [Note: resharding] Saved chunks are rows [row_offset, row_offset + rows) of the global tensor.
 // A loading rank intersects its own rows (from its ShardInfo, any world size) with every chunk
 // and reads just those hyperslabs, widened to the checksum blocks they touch so that every byte
@@ -47,6 +53,15 @@ struct ShardRef {
   Tensor shard;
 };
 
+// Thrown by load_checkpoint when the checkpoint's data is damaged: a checksum mismatch, a missing,
+// truncated or unreadable rank file or dataset, datasets that disagree with the manifest. Other
+// load errors (names, shapes or dtypes that do not match the caller's shards) are plain Errors:
+// those mean another model or config, and falling back to an older checkpoint would not help.
+class CorruptCheckpoint : public Error {
+ public:
+  using Error::Error;
+};
+
 struct SaveOptions {
   std::string config_text;
   // Rows per CRC32C block; 0 picks about 1 MiB worth of rows per block.
@@ -73,16 +88,24 @@ struct LoadResult {
 std::filesystem::path step_dir(const std::filesystem::path& dir, int64_t step);
 
 // Collective over `pg`: every rank passes its shards (same names, same order on every rank).
-// Returns the committed step folder. Throws hd::Error on every rank if any rank failed to write,
-// and then no manifest is written.
-// Test hook: HD_CKPT_TEST_FAULT=fail:R makes rank R's file write throw; kill:R makes rank R
-// SIGKILL itself after writing about half of its datasets (crash-safety tests).
+// Returns the committed step folder. Throws hd::Error on every rank if any rank failed to write;
+// then no manifest is written and the step's .tmp folder is removed. Write errors carry the
+// system's reason (e.g. "No space left on device"). A leftover step folder of the same step
+// without a readable manifest is moved aside first (see [Note: invalid folders]); a complete one
+// is an error.
+// Test hooks (HD_CKPT_TEST_FAULT, read on every save, inert when unset): fail:R makes rank R's
+// file write throw; kill:R makes rank R SIGKILL itself after writing about half of its datasets
+// (crash-safety tests); enospc:R writes rank R's file through a link to /dev/full, so the kernel
+// answers its writes with ENOSPC exactly as a full disk does (disk-full tests without root).
 std::filesystem::path save_checkpoint(const std::filesystem::path& dir, int64_t step,
                                       const std::vector<ShardRef>& shards, ProcessGroup& pg,
                                       const SaveOptions& options = {});
 
 // Not collective: fills each entry's valid rows from the checkpoint at `step_path` (a
 // step_NNNNNNNN folder) and zeroes its padding. Works for any saving and loading world size.
+// Every entry's name, dtype and shape is checked before any shard is written, so an incompatible
+// checkpoint (an Error) leaves the shards untouched; damaged data (CorruptCheckpoint) is found
+// while reading, and then the shards hold a mix of old and loaded values.
 LoadResult load_checkpoint(const std::filesystem::path& step_path,
                            const std::vector<ShardRef>& shards, const LoadOptions& options = {});
 
@@ -93,5 +116,18 @@ proto::Manifest read_manifest(const std::filesystem::path& step_path);
 // The newest step folder under `dir` with a readable manifest of this format; folders without
 // one (crashed saves, .tmp folders) are skipped with a warning on stderr. nullopt if none.
 std::optional<std::filesystem::path> latest_complete(const std::filesystem::path& dir);
+
+// Renames the step folder `step_path` to "<step_path>.invalid-<YYYYmmddTHHMMSSZ>" (a suffix -2,
+// -3, ... if taken) and prints a warning with `why` on stderr. Returns the new path. Not
+// collective: one rank (rank 0) calls it.
+std::filesystem::path move_aside(const std::filesystem::path& step_path, const std::string& why);
+
+// Rank 0: moves aside every step_N folder under `dir` whose manifest is missing or unreadable
+// (not .tmp folders: those are saves in flight or crashed, removed by retention; not a valid
+// manifest of another format version: that is not damage). Returns the new paths, oldest first.
+std::vector<std::filesystem::path> move_aside_invalid(const std::filesystem::path& dir);
+
+// "a, b, c, ... (N more)": the first `max_names` of `names` for an error message.
+std::string name_list(const std::vector<std::string>& names, size_t max_names = 10);
 
 }  // namespace hd::parallel::ckpt

@@ -41,14 +41,49 @@ class Handle {
 };
 
 // HDF5 prints its error stack to stderr by default; we report our own messages instead.
+// Also (when this is the process's first HDF5 call, as in every checkpoint path) no library
+// clean-up at exit: after a write failed for lack of space, H5Fclose cannot flush the file's
+// metadata and leaves a half-destroyed file object behind, which HDF5's atexit handler then
+// closes again and crashes on (SIGSEGV in H5F__close_cb), turning a clean "No space left on
+// device" exit into a segfault. Every file we open is closed explicitly, so nothing is lost.
 inline void silence_errors() {
+  H5dont_atexit();  // fails harmlessly once the library is initialised
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
 }
 
-// Throws hd::Error("<what>: <context>") when an HDF5 call returned a negative id/status.
+// The reason at the bottom of HDF5's error stack of this thread, for our messages: the system's
+// text when a read or write system call failed (HDF5's file drivers record "errno = 28, error
+// message = 'No space left on device'"), else the innermost HDF5 description; "" when the stack is
+// empty. Why: "HDF5 write failed" alone does not tell an operator that the disk is full.
+inline std::string error_reason() {
+  std::string system, innermost;
+  auto visit = [](unsigned, const H5E_error2_t* e, void* data) -> herr_t {
+    auto* out = static_cast<std::pair<std::string*, std::string*>*>(data);
+    const std::string desc = e->desc ? e->desc : "";
+    const std::string key = "error message = '";
+    const size_t at = desc.find(key);
+    if (at != std::string::npos && out->first->empty()) {
+      const size_t end = desc.find('\'', at + key.size());
+      *out->first =
+          desc.substr(at + key.size(), end == std::string::npos ? end : end - at - key.size());
+    }
+    if (!desc.empty() && out->second->empty()) *out->second = desc;  // upward: innermost first
+    return 0;
+  };
+  std::pair<std::string*, std::string*> out{&system, &innermost};
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, visit, &out);
+  return system.empty() ? innermost : system;
+}
+
+// Throws hd::Error("checkpoint: HDF5 <context>: <reason>") when an HDF5 call returned a negative
+// id/status (the reason from error_reason(), when HDF5 recorded one).
 template <class T, class... A>
 T check(T result, const A&... context) {
-  if (result < 0) throw Error(::hd::detail::concat("checkpoint: HDF5 ", context...));
+  if (result < 0) {
+    const std::string reason = error_reason();
+    throw Error(
+        ::hd::detail::concat("checkpoint: HDF5 ", context..., reason.empty() ? "" : ": ", reason));
+  }
   return result;
 }
 

@@ -29,6 +29,23 @@ std::filesystem::path save_checkpoint_with(const std::filesystem::path& dir, int
                                            const SaveOptions& options,
                                            const std::function<void(proto::Manifest&)>& extend);
 
+// What a step folder's manifest is. `other_format` (a valid manifest of another format version,
+// e.g. written by a newer hdtrain) is not damage: such a folder is never moved aside, and resume
+// refuses to skip it (an older build would silently train from an older step).
+enum class ManifestState { ok, missing, corrupt, other_format };
+ManifestState check_manifest(const std::filesystem::path& step_path, proto::Manifest& manifest,
+                             std::string& why);
+
+// One all-gather of [status, message] per rank, so that every rank can report what another rank
+// met (a save failing on rank 1 must name rank 1's reason on rank 0, which prints it). Messages
+// are cut at 2 KiB (plenty for a path and a system error).
+struct RankOutcome {
+  int64_t status;
+  std::string message;
+};
+std::vector<RankOutcome> exchange_outcomes(ProcessGroup& pg, int64_t status,
+                                           const std::string& message);
+
 // Rows held by `rank` of `info.world_size` (its valid rows) and the first of them.
 inline int64_t first_row(const ShardInfo& info, int rank) {
   return int64_t(rank) * info.rows_per_rank;

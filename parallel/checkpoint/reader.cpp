@@ -28,22 +28,7 @@ std::string hex(uint32_t v) {
 
 // Reads and checks the manifest; `why` receives the reason when it returns false.
 bool try_read_manifest(const fs::path& step_path, proto::Manifest& man, std::string& why) {
-  const fs::path p = step_path / kManifestName;
-  std::ifstream in(p, std::ios::binary);
-  if (!in) {
-    why = concat("missing ", kManifestName, " (not a complete checkpoint)");
-    return false;
-  }
-  if (!man.ParseFromIstream(&in)) {
-    why = concat("corrupt ", kManifestName);
-    return false;
-  }
-  if (man.format_version() != kFormatVersion) {
-    why = concat("incompatible format version ", man.format_version(), " (this build reads ",
-                 kFormatVersion, ", written by hdtrain ", man.library_version(), ")");
-    return false;
-  }
-  return true;
+  return internal::check_manifest(step_path, man, why) == internal::ManifestState::ok;
 }
 
 // Open HDF5 files of one load, by name: each file is opened once however many tensors it holds.
@@ -142,13 +127,34 @@ int64_t read_overlap(FileCache& files, const fs::path& dir, const proto::TensorE
   return b - a;
 }
 
-std::string join(const std::vector<std::string>& v) {
-  std::string s;
-  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
-  return s;
+}  // namespace
+
+internal::ManifestState internal::check_manifest(const fs::path& step_path, proto::Manifest& man,
+                                                 std::string& why) {
+  const fs::path p = step_path / kManifestName;
+  std::ifstream in(p, std::ios::binary);
+  if (!in) {
+    why = concat("missing ", kManifestName, " (not a complete checkpoint)");
+    return ManifestState::missing;
+  }
+  if (!man.ParseFromIstream(&in)) {
+    why = concat("corrupt ", kManifestName);
+    return ManifestState::corrupt;
+  }
+  if (man.format_version() != kFormatVersion) {
+    why = concat("incompatible format version ", man.format_version(), " (this build reads ",
+                 kFormatVersion, ", written by hdtrain ", man.library_version(), ")");
+    return ManifestState::other_format;
+  }
+  return ManifestState::ok;
 }
 
-}  // namespace
+std::string name_list(const std::vector<std::string>& names, size_t max_names) {
+  std::string s;
+  for (size_t i = 0; i < names.size() && i < max_names; ++i) s += (i ? ", " : "") + names[i];
+  if (names.size() > max_names) s += concat(", ... (", names.size() - max_names, " more)");
+  return s;
+}
 
 proto::Manifest read_manifest(const fs::path& step_path) {
   proto::Manifest man;
@@ -175,15 +181,17 @@ LoadResult load_checkpoint(const fs::path& step_path, const std::vector<ShardRef
   }
   for (const auto& [name, t] : saved)
     if (!requested.count(name)) result.unexpected.push_back(name);
-  HD_CHECK(result.missing.empty() || options.allow_missing, "checkpoint ", step_path.string(),
-           ": missing parameters (not in the checkpoint; allow_missing to initialise them "
-           "fresh): ",
-           join(result.missing));
-  HD_CHECK(
-      result.unexpected.empty() || options.allow_unexpected, "checkpoint ", step_path.string(),
-      ": unexpected parameters (in the checkpoint, not in the model): ", join(result.unexpected));
+  HD_CHECK(result.missing.empty() || options.allow_missing, "checkpoint ", step_path.string(), ": ",
+           result.missing.size(),
+           " missing parameters (not in the checkpoint; allow_missing to initialise them fresh): ",
+           name_list(result.missing));
+  HD_CHECK(result.unexpected.empty() || options.allow_unexpected, "checkpoint ", step_path.string(),
+           ": ", result.unexpected.size(),
+           " unexpected parameters (in the checkpoint, not in the model): ",
+           name_list(result.unexpected));
 
-  FileCache files(step_path);
+  // Compatibility first, for every entry, so that a checkpoint of another model fails before a
+  // single shard is overwritten (see load_checkpoint in checkpoint.h).
   for (const ShardRef& s : shards) {
     auto it = saved.find(s.info.name);
     if (it == saved.end()) continue;  // allow_missing: keep the caller's initial values
@@ -200,15 +208,30 @@ LoadResult load_checkpoint(const fs::path& step_path, const std::vector<ShardRef
     HD_CHECK(s.shard.is_contiguous() && s.shard.numel() >= info.padded_length, "checkpoint load: '",
              info.name, "' needs a contiguous f32 shard of ", info.padded_length, " elements, got ",
              s.shard.shape());
-    float* dst = s.shard.data<float>();
-    std::fill(dst, dst + info.padded_length, 0.0f);  // padding rows stay zero, as FSDP expects
-    const int64_t lo = internal::first_row(info, info.rank);
-    const int64_t rows = info.valid_rows(info.rank);
-    int64_t covered = 0;
-    for (const proto::Chunk& c : t.chunks())
-      covered += read_overlap(files, step_path, t, c, info, lo, lo + rows, dst);
-    HD_CHECK(covered == rows, "checkpoint: '", info.name, "': saved chunks cover ", covered,
-             " of the ", rows, " rows [", lo, ", ", lo + rows, ") this rank owns");
+  }
+
+  // Then the data: any failure from here on is damage to the checkpoint.
+  try {
+    FileCache files(step_path);
+    for (const ShardRef& s : shards) {
+      auto it = saved.find(s.info.name);
+      if (it == saved.end()) continue;
+      const proto::TensorEntry& t = *it->second;
+      const ShardInfo& info = s.info;
+      float* dst = s.shard.data<float>();
+      std::fill(dst, dst + info.padded_length, 0.0f);  // padding rows stay zero, as FSDP expects
+      const int64_t lo = internal::first_row(info, info.rank);
+      const int64_t rows = info.valid_rows(info.rank);
+      int64_t covered = 0;
+      for (const proto::Chunk& c : t.chunks())
+        covered += read_overlap(files, step_path, t, c, info, lo, lo + rows, dst);
+      HD_CHECK(covered == rows, "checkpoint: '", info.name, "': saved chunks cover ", covered,
+               " of the ", rows, " rows [", lo, ", ", lo + rows, ") this rank owns");
+    }
+  } catch (const CorruptCheckpoint&) {
+    throw;
+  } catch (const Error& e) {
+    throw CorruptCheckpoint(e.what());
   }
   return result;
 }

@@ -137,12 +137,13 @@ std::vector<fs::path> apply_retention(const fs::path& dir, const RetentionPolicy
     try {
       read_manifest(e.path());
       complete.push_back({step, e.path()});
-    } catch (const Error& err) {
-      std::cerr << "hdtrain: warning: checkpoint retention: leaving " << e.path().string()
-                << " alone: " << err.what() << "\n";
+    } catch (const Error&) {
+      // Not a checkpoint: moved aside below ([Note: invalid folders]), never counted or deleted
+      // (a manifest of another format version stays where it is, with a warning).
     }
   }
   HD_CHECK(!ec, "checkpoint retention: cannot list ", dir.string(), ": ", ec.message());
+  move_aside_invalid(dir);
   std::sort(complete.begin(), complete.end(),
             [](const Folder& a, const Folder& b) { return a.step > b.step; });
   std::vector<Folder> doomed = stale;

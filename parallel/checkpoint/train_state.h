@@ -57,8 +57,8 @@ std::vector<ShardRef> training_shards(const FSDP& fsdp, AdamW& optimizer);
 
 // Keep the newest `keep_last` complete checkpoints plus every step that is a multiple of
 // `keep_every` (0: none); older complete ones are deleted, and so are stale .tmp folders.
-// Folders that are neither (a step folder whose manifest is unreadable) are left for a person
-// to look at, with a warning.
+// Folders that are neither (a step folder whose manifest is missing or unreadable) are moved
+// aside as step_N.invalid-<time> with a warning (move_aside_invalid), for a person to look at.
 struct RetentionPolicy {
   int keep_last = 3;
   int64_t keep_every = 0;
@@ -82,6 +82,11 @@ class AsyncCheckpointer {
             const TrainerState& state, const SaveOptions& options = {});
   void wait();  // blocks until the write in flight is committed (rethrows its error)
   bool busy() const;
+  // Non-blocking: the last save has finished and failed (its error not yet reported by wait()).
+  // Each rank's writer finishes at its own time, so a trainer all-reduces this flag at a step
+  // boundary and then calls wait() on every rank (every rank's save failed: save_checkpoint
+  // fails everywhere or nowhere).
+  bool failed() const;
   double last_blocked_seconds() const;  // time save() kept the caller (snapshot + previous)
   // Runs on the writer thread after the snapshot, before any file is written (tests use it to
   // hold a write in flight while training continues).

@@ -4,9 +4,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
+#include <cstring>
 #include <string_view>
 #include <system_error>
 
@@ -31,10 +32,33 @@ namespace {
 // power loss after "commit" could leave a manifest pointing at empty files without this.
 void fsync_path(const fs::path& p) {
   const int fd = ::open(p.c_str(), O_RDONLY);
-  HD_CHECK(fd >= 0, "checkpoint: cannot open ", p.string(), " to fsync it");
+  HD_CHECK(fd >= 0, "checkpoint: cannot open ", p.string(), " to fsync it: ", std::strerror(errno));
   const int rc = ::fsync(fd);
+  const int err = errno;
   ::close(fd);
-  HD_CHECK(rc == 0, "checkpoint: fsync of ", p.string(), " failed");
+  HD_CHECK(rc == 0, "checkpoint: fsync of ", p.string(), " failed: ", std::strerror(err));
+}
+
+// The manifest, written with POSIX calls so that a failure carries errno's text (a full disk
+// says "No space left on device"; an ofstream only says that it failed).
+void write_manifest_file(const fs::path& p, const std::string& bytes) {
+  const int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  HD_CHECK(fd >= 0, "checkpoint save: cannot create ", p.string(), ": ", std::strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      throw Error(concat("checkpoint save: cannot write ", p.string(), ": ", std::strerror(err)));
+    }
+    done += size_t(n);
+  }
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  HD_CHECK(rc == 0, "checkpoint save: fsync of ", p.string(), " failed: ", std::strerror(err));
 }
 
 void write_attr_i64(hid_t obj, const char* name, const std::vector<int64_t>& values) {
@@ -48,8 +72,9 @@ void write_attr_i64(hid_t obj, const char* name, const std::vector<int64_t>& val
   if (!values.empty()) h5::check(H5Awrite(attr, H5T_NATIVE_INT64, values.data()), "write ", name);
 }
 
-// HD_CKPT_TEST_FAULT=fail:R / kill:R (see checkpoint.h): the fault this rank must inject, if any.
-// Read on every save (not cached) so a test can set it between two saves of one process.
+// HD_CKPT_TEST_FAULT=fail:R / kill:R / enospc:R (see checkpoint.h): the fault this rank must
+// inject, if any. Read on every save (not cached) so a test can set it between two saves of one
+// process.
 std::string injected_fault(int rank) {
   const char* v = std::getenv("HD_CKPT_TEST_FAULT");
   if (!v) return "";
@@ -68,6 +93,13 @@ std::vector<std::vector<uint32_t>> write_rank_file(const fs::path& file,
   const std::string fault = injected_fault(rank);
   if (fault == "fail")
     throw Error(concat("cannot write ", file.string(), ": injected failure (HD_CKPT_TEST_FAULT)"));
+  if (fault == "enospc") {
+    // Every write through the link fails in the kernel with ENOSPC, as on a full disk.
+    std::error_code ec;
+    fs::create_symlink("/dev/full", file, ec);
+    HD_CHECK(!ec, "HD_CKPT_TEST_FAULT=enospc: cannot link ", file.string(),
+             " to /dev/full: ", ec.message());
+  }
   size_t written = 0;
   h5::Handle f(H5Fcreate(file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
   h5::check(f.get(), "cannot create ", file.string());
@@ -130,6 +162,15 @@ void validate(const std::vector<ShardRef>& shards, const ProcessGroup& pg) {
   }
 }
 
+// Cleanup after a failed save; a failure to delete is reported but must not hide the save's error.
+void remove_quietly(const fs::path& p) {
+  std::error_code ec;
+  fs::remove_all(p, ec);
+  if (ec)
+    std::fprintf(stderr, "hdtrain: warning: checkpoint save: cannot remove %s: %s\n",
+                 p.string().c_str(), ec.message().c_str());
+}
+
 // Every rank learns rank 0's status; throws the same message everywhere when it is not ok.
 void agree(ProcessGroup& pg, bool ok_on_root, const std::string& root_message) {
   Tensor flag = Tensor::empty({1}, DType::i64);
@@ -167,9 +208,26 @@ fs::path internal::save_checkpoint_with(const fs::path& dir, int64_t step,
   if (rank == 0) {
     std::error_code ec;
     if (fs::exists(final_dir, ec)) {
-      ok = false;
-      message = concat("checkpoint save: ", final_dir.string(), " already exists");
-    } else {
+      // A leftover without a readable manifest must not block the save ([Note: invalid folders]);
+      // a checkpoint (of this format or another) is never replaced.
+      proto::Manifest man;
+      std::string why;
+      const auto state = internal::check_manifest(final_dir, man, why);
+      if (state == internal::ManifestState::ok || state == internal::ManifestState::other_format) {
+        ok = false;
+        message = concat("checkpoint save: ", final_dir.string(), " already exists");
+      } else {
+        try {
+          move_aside(final_dir, concat(final_dir.string(), ": ", why));
+        } catch (const std::exception& m) {
+          ok = false;
+          message =
+              concat("checkpoint save: ", final_dir.string(),
+                     " exists without a valid manifest and cannot be moved aside: ", m.what());
+        }
+      }
+    }
+    if (ok) {
       fs::remove_all(tmp_dir, ec);
       fs::create_directories(tmp_dir, ec);
       if (ec)
@@ -210,15 +268,21 @@ fs::path internal::save_checkpoint_with(const fs::path& dir, int64_t step,
   }
   pg.all_gather(mine, all).wait();
   const int64_t* a = all.data<int64_t>();
-  for (int r = 0; r < world; ++r) {
-    if (a[r * slot] == 1) continue;
-    if (!local_error.empty())
-      throw Error(concat("checkpoint save of step ", step, " failed on rank ", rank, ": ",
-                         local_error, "; no manifest was written"));
-    throw Error(concat("checkpoint save: rank ", r,
-                       " failed to write its file; no manifest was "
-                       "written for step ",
-                       step));
+  bool all_ok = true;
+  for (int r = 0; r < world; ++r) all_ok = all_ok && a[r * slot] == 1;
+  if (!all_ok) {
+    // Every rank knows a write failed; a second exchange tells every rank which ones and why, so
+    // the rank that reports (rank 0) names the reason even when only another rank failed.
+    const auto outcomes = internal::exchange_outcomes(pg, local_error.empty() ? 1 : 0, local_error);
+    // Every rank has closed its file by now: the half-written step goes (a full disk gets its
+    // space back, and nothing is left for a person or retention to clean up).
+    if (rank == 0) remove_quietly(tmp_dir);
+    std::string failed;
+    for (int r = 0; r < world; ++r)
+      if (outcomes[r].status != 1)
+        failed += concat(failed.empty() ? "" : "; ", "rank ", r, ": ", outcomes[r].message);
+    throw Error(concat("checkpoint save of step ", step, " failed on ", failed,
+                       "; no manifest was written"));
   }
 
   // Phase 3: rank 0 writes the manifest last and publishes the folder by renaming it.
@@ -254,17 +318,15 @@ fs::path internal::save_checkpoint_with(const fs::path& dir, int64_t step,
       }
       if (extend) extend(man);
       const fs::path man_path = tmp_dir / kManifestName;
-      {
-        std::ofstream out(man_path, std::ios::binary | std::ios::trunc);
-        HD_CHECK(out && man.SerializeToOstream(&out) && out.flush(),
-                 "checkpoint save: cannot write ", man_path.string());
-      }
-      fsync_path(man_path);
+      std::string bytes;
+      HD_CHECK(man.SerializeToString(&bytes), "checkpoint save: cannot serialize the manifest");
+      write_manifest_file(man_path, bytes);
       fs::rename(tmp_dir, final_dir);
       fsync_path(dir);
     } catch (const std::exception& e) {
       ok = false;
       message = concat("checkpoint save: commit of step ", step, " failed: ", e.what());
+      remove_quietly(tmp_dir);
     }
   }
   // Nobody returns before the step is published, so a caller may load it right away.

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <unordered_map>
 
 #include "autograd/error.h"
 #include "autograd/random.h"
@@ -112,11 +113,21 @@ void train_tokenizer(const std::vector<std::string>& texts, const std::string& p
       f << line << '\n';
     }
   }
-  std::string args = "--input=" + corpus + " --model_prefix=" + prefix +
-                     " --vocab_size=" + std::to_string(vocab_size) +
-                     " --model_type=unigram --hard_vocab_limit=false --character_coverage=1.0"
-                     " --pad_id=0 --unk_id=1 --bos_id=2 --eos_id=3 --minloglevel=2"
-                     " --num_threads=2";
+  // Options as a map, not a command line: Train(string) logs "Running command: ..." at INFO
+  // before it parses --minloglevel, so that line leaked into every run that trained a tokenizer.
+  const std::unordered_map<std::string, std::string> args = {
+      {"input", corpus},
+      {"model_prefix", prefix},
+      {"vocab_size", std::to_string(vocab_size)},
+      {"model_type", "unigram"},
+      {"hard_vocab_limit", "false"},
+      {"character_coverage", "1.0"},
+      {"pad_id", "0"},
+      {"unk_id", "1"},
+      {"bos_id", "2"},
+      {"eos_id", "3"},
+      {"minloglevel", "2"},
+      {"num_threads", "2"}};
   auto st = sentencepiece::SentencePieceTrainer::Train(args);
   std::filesystem::remove(corpus);
   HD_CHECK(st.ok(), "train_tokenizer: SentencePiece training failed: ", st.ToString());

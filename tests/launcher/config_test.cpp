@@ -171,6 +171,9 @@ TEST(Config, ValidationNamesTheField) {
         "config: train.prior_target = 'box' is not one of caption_box (the reference), "
         "all_regions");
   check({"train.selection_lr_scale=0"}, 1, "config: train.selection_lr_scale = 0 must be > 0");
+  check({"checkpoint.on_corrupt=ignore"}, 1,
+        "config: checkpoint.on_corrupt = 'ignore' is not one of fallback, error");
+  EXPECT_EQ(resolved({}).checkpoint().on_corrupt(), "fallback");  // the unattended default
   // The same batch is fine on 2 ranks.
   proto::RunConfig ok = resolved({"train.global_batch=6"});
   validate_config(ok, 2);

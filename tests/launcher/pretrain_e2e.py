@@ -22,6 +22,7 @@ h5dump, the JSON-lines metrics files and the /metrics endpoint. Cases:
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -125,9 +126,11 @@ def case_data(env):
     shutil.rmtree(env.data, ignore_errors=True)
     subprocess.run([env.hdtrain, "data", "synth", "--out", env.data, "--images", "16",
                     "--eval-images", "4", "--resolution", "448", "--seed", "5"], check=True)
-    subprocess.run([env.hdtrain, "data", "tokenizer", "--data", env.data, "--vocab", "200"],
-                   check=True)
+    p = subprocess.run([env.hdtrain, "data", "tokenizer", "--data", env.data, "--vocab", "200"],
+                       check=True, capture_output=True, text=True)
+    sys.stdout.write(p.stdout + p.stderr)
     check(os.path.exists(os.path.join(env.data, "tokenizer.model")), "dataset and tokenizer ready")
+    check("LOG(INFO)" not in p.stdout + p.stderr, "SentencePiece's INFO log stays out of the output")
 
 
 def case_determinism(env):
@@ -177,6 +180,12 @@ def case_resume(env):
     env.run(full)
     p1 = env.run(part, ["train.stop_at_step=3"])
     check("stop_at_step = 3 reached" in p1.stdout, "first run stops at step 3")
+    check("hdtrain pretrain: stopped at step 3 (stop_at_step)" in p1.stdout,
+          "the last line says why it stopped (not 'done at step 3 of 6')")
+    with open(os.path.join(part, "metrics_rank0.jsonl")) as f:
+        times = [re.search(r'"time": ([0-9.e+]+),', l).group(1) for l in f]
+    check(all(re.fullmatch(r"\d{10}\.\d{6}", t) for t in times) and len(set(times)) == len(times),
+          "JSON-lines time in microseconds, distinct per step: %s" % times)
     check(step_dirs(part)[-1] == "step_00000003", "checkpoint at step 3: %s" % step_dirs(part))
     check(sorted(losses(part)) == [0, 1, 2], "first run logged steps 0..2")
     p2 = env.run(part)
