@@ -80,6 +80,8 @@ enum Slot {
   // This rank's background checkpoint write has failed: every rank then collects the error at
   // this step boundary (wait()) instead of training on until the next save.
   kCheckpointFailed,
+  // Samples this rank's loader skipped for bad input (undecodable image, bad record) this step.
+  kSkippedInputs,
   kSlots
 };
 
@@ -94,6 +96,8 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   // ---- data -------------------------------------------------------------------------------
   data::BadInputLog bad_log(c.data().strict());
   data::Dataset train_set = data::open_dataset(c.data().train_dir(), bad_log);
+  // Records every rank dropped while opening the dataset (counted once, on rank 0, below).
+  const int64_t bad_records = bad_log.count();
   HD_CHECK(!train_set.records.empty(), "data.train_dir '", c.data().train_dir(),
            "' holds no usable image/caption pairs");
   const int64_t micro = tc.micro_batches();
@@ -177,6 +181,9 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   mc.progress = c.monitoring().progress();
   monitoring::Monitor monitor(mc);
   monitor.metrics().on_checkpoint_fallbacks(start.fallbacks);
+  // hdtrain_samples_skipped_total feeds the data-error alert: every skipped input is counted, by
+  // the rank that skipped it (dataset records by rank 0, which all ranks read alike).
+  if (rank == 0) monitor.metrics().on_skipped_samples("bad_record", bad_records);
 
   // ---- checkpoints -------------------------------------------------------------------------
   parallel::ckpt::RetentionPolicy retention{c.checkpoint().keep_last(),
@@ -247,6 +254,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   out.steps_done = start_step;
   {
     data::Loader loader(train_set, sampler, &tokenizer, lo, bad_log);
+    int64_t bad_seen = bad_log.count();
     for (int64_t step = start_step; step < tc.steps(); ++step) {
       monitoring::StepTimer timer;
       double lr = schedule.at(step);
@@ -306,6 +314,10 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
         local[kStop] = stop_signal_received() != 0 ? 1 : 0;
         local[kCheckpointFailed] = async_ckpt && async_ckpt->failed() ? 1 : 0;
         local[kSelectionGradSq] = grad_norm_squared(selection_shards);
+        const int64_t bad_now = bad_log.count();
+        local[kSkippedInputs] = double(bad_now - bad_seen);
+        monitor.metrics().on_skipped_samples("bad_input", bad_now - bad_seen);
+        bad_seen = bad_now;
         Tensor agreed = from_vector(std::vector<double>(local, local + kSlots), {kSlots});
         pg->all_reduce(agreed, parallel::ReduceOp::sum).wait();
         auto v = agreed.to_vector<double>();
@@ -343,6 +355,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
       state.sampler_batch = position.batch;
       state.rng_offset = uint64_t(state.step);
       state.counters["samples_total"] += double(samples);
+      state.counters["samples_skipped"] += local[kSkippedInputs];  // all ranks (all-reduced)
 
       auto mean = [&](Slot s) { return local[s] / double(world); };
       monitoring::StepReport report;
@@ -404,6 +417,11 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   if (rank == 0 && state.nonfinite_skipped_total > 0)
     std::printf("[train] %lld step(s) skipped for a non-finite loss\n",
                 static_cast<long long>(state.nonfinite_skipped_total));
+  if (rank == 0 && state.counters["samples_skipped"] > 0)
+    std::printf(
+        "[train] %lld sample(s) skipped for bad input over the run, all ranks (each named "
+        "above; hdtrain_samples_skipped_total)\n",
+        static_cast<long long>(state.counters["samples_skipped"]));
 
   bool finished = out.steps_done == tc.steps() && out.stop_signal == 0;
   if (finished && c.eval().at_end() && !c.data().eval_dir().empty())

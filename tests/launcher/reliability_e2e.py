@@ -171,6 +171,49 @@ def case_corrupt(env):
     check("[resume] from %s" % os.path.join(ck, "step_00000006") in out, "resumed from step 6")
 
 
+def skipped_count(port, rank):
+    """Sum of hdtrain_samples_skipped_total over its reasons on one rank's /metrics."""
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (port + rank),
+                                  timeout=10).read().decode()
+    return sum(float(v) for v in re.findall(r"^hdtrain_samples_skipped_total\{[^}]*\} (\S+)$", body, re.M))
+
+
+def case_skipped(env):
+    """Issue 19, item 6: a truncated JPEG in the training set is skipped with a message and
+    counted in hdtrain_samples_skipped_total (it stayed 0 before: the trainer never read the
+    loader's bad-input log), and the run's summary says how many were skipped."""
+    d = fresh(env, "skipped")
+    data = os.path.join(env.work, "data_skipped")
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.copytree(env.data, data)
+    victim = sorted(glob.glob(os.path.join(data, "train", "*.jpg")))[0]
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 3)
+    port = free_port_base()
+    c = env.cmd(d, ["train.steps=400", "eval.at_end=false", "monitoring.serve=true",
+                    "monitoring.port_base=%d" % port, "data.dir=" + data])
+    print("$ " + " ".join(c), flush=True)
+    job = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    counts = [0.0, 0.0]
+    deadline = time.time() + 150
+    while time.time() < deadline and job.poll() is None and sum(counts) < 1:
+        time.sleep(0.5)
+        try:
+            counts = [skipped_count(port, r) for r in (0, 1)]
+        except OSError:
+            pass  # not listening yet
+    pids = rank_pids(job.pid)
+    if 0 in pids:
+        os.kill(pids[0], signal.SIGTERM)
+    out, _ = job.communicate(timeout=120)
+    sys.stdout.write(out[-2000:])
+    check(sum(counts) >= 1, "hdtrain_samples_skipped_total counts the truncated JPEG: %s" % counts)
+    check(os.path.basename(victim) in out, "the skip names the file")
+    m = re.search(r"\[train\] (\d+) sample\(s\) skipped for bad input", out)
+    check(m is not None and int(m.group(1)) >= 1, "the run's summary counts it")
+    shutil.rmtree(data, ignore_errors=True)
+
+
 def kill_job(job):
     """SIGKILLs the ranks of an mpirun job (killing mpirun alone would orphan them) and reaps it."""
     for pid in rank_pids(job.pid).values():
