@@ -110,6 +110,22 @@ void BM_GeluForwardBackward(benchmark::State& state) {
 }
 BENCHMARK(BM_GeluForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// Engine overhead: backward through a long chain of ops on 1-element tensors, where the kernels
+// cost almost nothing and the engine's bookkeeping (dependency counts, input buffers, the
+// visited set: hash maps keyed by Node*) is what is measured. The graph is kept
+// (retain_graph) so only backward is timed; arg = chain length (2 nodes per link).
+void BM_BackwardChainTiny(benchmark::State& state) {
+  const int64_t links = state.range(0);
+  Tensor w = randn({1}, 17, true), b = randn({1}, 18, true), x = randn({1}, 19, true);
+  Tensor y = x;
+  for (int64_t i = 0; i < links; ++i) y = add(mul(y, w), b);
+  Tensor loss = sum(y);
+  for (auto _ : state) loss.backward(Tensor(), /*retain_graph=*/true);
+  state.counters["nodes/s"] =
+      benchmark::Counter(2.0 * double(links) + 4, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_BackwardChainTiny)->Arg(64)->Arg(1024)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
 }  // namespace
 }  // namespace hd
 

@@ -113,10 +113,15 @@ MetricsServer::MetricsServer(MetricsServerConfig config, Source source)
 }
 
 MetricsServer::~MetricsServer() {
-  stop_.store(true);
-  ready_.notify_all();
+  {
+    // Under the lock: a store and notify without it could land between a worker's check of the
+    // queue and its going to sleep; that worker would never wake and the join would hang.
+    absl::MutexLock lock(&mutex_);
+    stop_.store(true);
+  }
   if (acceptor_.joinable()) acceptor_.join();
   for (auto& w : workers_) w.join();
+  absl::MutexLock lock(&mutex_);
   for (const Request& r : pending_) ::close(r.fd);
   ::close(listen_fd_);
 }
@@ -125,18 +130,17 @@ void MetricsServer::enqueue(int fd, std::string text) {
   // The worker writes with blocking sends under a timeout.
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   set_timeouts(fd, config_.io_timeout_seconds);
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (int(pending_.size()) >= config_.max_pending) {
-    lock.unlock();
-    // Overloaded: answer at once rather than let the queue (and memory) grow without bound.
-    send_all(fd, response(503, "Service Unavailable", "text/plain", "busy\n"));
-    ::close(fd);
-    failed_.fetch_add(1);
-    return;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (int(pending_.size()) < config_.max_pending) {
+      pending_.push_back({fd, std::move(text)});  // a waiting worker wakes on the unlock
+      return;
+    }
   }
-  pending_.push_back({fd, std::move(text)});
-  lock.unlock();
-  ready_.notify_one();
+  // Overloaded: answer at once rather than let the queue (and memory) grow without bound.
+  send_all(fd, response(503, "Service Unavailable", "text/plain", "busy\n"));
+  ::close(fd);
+  failed_.fetch_add(1);
 }
 
 void MetricsServer::io_loop() {
@@ -212,8 +216,11 @@ void MetricsServer::worker_loop() {
   while (true) {
     Request r;
     {
-      std::unique_lock<std::mutex> lock(mutex_);
-      ready_.wait(lock, [&] { return stop_.load() || !pending_.empty(); });
+      absl::MutexLock lock(&mutex_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return stop_.load() || !pending_.empty();
+      };
+      mutex_.Await(absl::Condition(&ready));
       if (stop_.load()) return;
       r = std::move(pending_.front());
       pending_.pop_front();

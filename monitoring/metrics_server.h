@@ -3,14 +3,15 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace hd::monitoring {
 
@@ -63,11 +64,12 @@ class MetricsServer {
   Source source_;
   int listen_fd_ = -1;
   int port_ = 0;
+  // Read without the lock by the I/O thread's loop; set under mutex_, so a worker's Await
+  // (re-evaluated when mutex_ is released) cannot miss it.
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> served_{0}, failed_{0};
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  std::deque<Request> pending_;
+  absl::Mutex mutex_;
+  std::deque<Request> pending_ ABSL_GUARDED_BY(mutex_);
   std::thread acceptor_;
   std::vector<std::thread> workers_;
 };

@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "absl/time/time.h"
+
 namespace hd::parallel {
 
 double timeout_from_env(double fallback) {
@@ -17,11 +19,7 @@ Watchdog::Watchdog(Options options) : options_(std::move(options)) {
 }
 
 Watchdog::~Watchdog() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-  }
-  cv_.notify_all();
+  stop_.Notify();
   thread_.join();
 }
 
@@ -47,35 +45,34 @@ std::string Watchdog::last_completed() const {
 }
 
 void Watchdog::loop() {
-  const auto poll = std::chrono::duration<double>(options_.poll_s);
-  std::unique_lock<std::mutex> lock(mutex_);
-  while (!stop_) {
-    cv_.wait_for(lock, poll, [&] { return stop_; });
-    if (stop_) break;
+  // Elapsed times stay on steady_clock: absl::Now() is the wall clock, which can jump.
+  const absl::Duration poll = absl::Seconds(options_.poll_s);
+  while (!stop_.WaitForNotificationWithTimeout(poll)) {
     std::string message;
-    if (in_flight_) {
-      double elapsed =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - in_flight_->start)
-              .count();
-      if (elapsed > options_.timeout_s) {
-        message = "watchdog: rank " + std::to_string(options_.rank) + " (" + options_.backend +
-                  "): " + describe(*in_flight_) + " did not complete within " +
-                  std::to_string(options_.timeout_s) + " s; last completed collective: " +
-                  (completed_ ? describe(*completed_) : "none") +
-                  ". Another rank has died, hangs, or issued a different collective.";
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (in_flight_) {
+        double elapsed =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - in_flight_->start)
+                .count();
+        if (elapsed > options_.timeout_s) {
+          message = "watchdog: rank " + std::to_string(options_.rank) + " (" + options_.backend +
+                    "): " + describe(*in_flight_) + " did not complete within " +
+                    std::to_string(options_.timeout_s) + " s; last completed collective: " +
+                    (completed_ ? describe(*completed_) : "none") +
+                    ". Another rank has died, hangs, or issued a different collective.";
+        }
       }
     }
+    // remote_error is the backend's callback (it may block): never called under mutex_.
     if (message.empty() && options_.remote_error) {
-      lock.unlock();
       std::optional<std::string> remote = options_.remote_error();
-      lock.lock();
       if (remote) {
         message = "rank " + std::to_string(options_.rank) + " (" + options_.backend +
                   "): ending the job because " + *remote;
       }
     }
     if (!message.empty()) {
-      lock.unlock();
       std::fprintf(stderr, "[hd] %s\n", message.c_str());
       std::fflush(stderr);
       options_.abort(message);

@@ -10,9 +10,7 @@
 // It also polls `remote_error` (a message another rank sent before failing) so an exception on
 // one rank ends the others with that rank's message instead of leaving them to time out.
 #pragma once
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -20,6 +18,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/synchronization/notification.h"
 #include "parallel/process_group.h"
 
 namespace hd::parallel {
@@ -56,11 +55,12 @@ class Watchdog {
   static std::string describe(const Op& op);
 
   Options options_;
-  mutable std::mutex mutex_;
-  std::condition_variable cv_;
+  mutable std::mutex mutex_;  // in_flight_, completed_
   std::optional<Op> in_flight_;
   std::optional<Op> completed_;
-  bool stop_ = false;
+  // Stop is a one-shot event: the poll loop sleeps on it with a timeout, so the destructor
+  // wakes it at once without a flag, a condition variable and a lock to keep them in step.
+  absl::Notification stop_;
   std::thread thread_;
 };
 

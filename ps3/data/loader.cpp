@@ -43,8 +43,8 @@ struct Loader::Pending {
   std::vector<SampleSpec> specs;
   Batch batch;
   std::vector<char> ok;
-  int64_t remaining = 0;
-  std::exception_ptr error;
+  int64_t remaining = 0;     // under mu_: samples not loaded yet
+  std::exception_ptr error;  // under mu_
 };
 
 Loader::Loader(const Dataset& dataset, const Sampler& sampler, const Tokenizer* tokenizer,
@@ -60,10 +60,9 @@ Loader::Loader(const Dataset& dataset, const Sampler& sampler, const Tokenizer* 
 
 Loader::~Loader() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    absl::MutexLock lock(&mu_);
+    stop_ = true;  // every Await below includes stop_, and unlocking re-evaluates them
   }
-  cv_.notify_all();
   producer_.join();
   for (auto& w : workers_) w.join();
 }
@@ -72,8 +71,11 @@ void Loader::produce() {
   try {
     while (true) {
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || int(pending_.size()) < opt_.prefetch_batches; });
+        absl::MutexLock lock(&mu_);
+        auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stop_ || int(pending_.size()) < opt_.prefetch_batches;
+        };
+        mu_.Await(absl::Condition(&room));
         if (stop_) return;
       }
       // Only this thread touches the sampler after construction.
@@ -96,19 +98,17 @@ void Loader::produce() {
       if (tok_) b.tokens = Tensor::empty({n, tok_->context_length()}, DType::i32);
       p->ok.assign(size_t(n), 0);
       p->remaining = n;
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       pending_.push_back(p);
       for (int64_t i = 0; i < n; ++i) jobs_.emplace_back(p, i);
-      cv_.notify_all();
     }
   } catch (...) {
     // A sampler error (e.g. a bad resume state) surfaces from next() rather than std::terminate.
     auto p = std::make_shared<Pending>();
     p->error = std::current_exception();
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     pending_.push_back(p);
     producer_done_ = true;
-    cv_.notify_all();
   }
 }
 
@@ -116,15 +116,17 @@ void Loader::work() {
   while (true) {
     std::pair<std::shared_ptr<Pending>, int64_t> job;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      absl::MutexLock lock(&mu_);
+      auto has_job = [this]()
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !jobs_.empty(); };
+      mu_.Await(absl::Condition(&has_job));
       if (stop_) return;
       job = std::move(jobs_.front());
       jobs_.pop_front();
     }
     load_sample(*job.first, job.second);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (--job.first->remaining == 0) cv_.notify_all();
+    absl::MutexLock lock(&mu_);
+    --job.first->remaining;  // next() waits for the front batch's count to reach 0
   }
 }
 
@@ -133,7 +135,7 @@ void Loader::load_sample(Pending& p, int64_t i) {
   // A sampler built for another dataset is a programming error: always fatal, never skipped.
   if (spec.image >= int64_t(ds_.records.size()) ||
       (!spec.is_global && spec.box >= int64_t(ds_.records[size_t(spec.image)].texts.size()))) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (!p.error)
       p.error = std::make_exception_ptr(
           Error(detail::concat("Loader: sampler image ", spec.image, " box ", spec.box,
@@ -222,7 +224,7 @@ void Loader::load_sample(Pending& p, int64_t i) {
     try {
       log_.report(where, e.what());
     } catch (...) {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (!p.error) p.error = std::current_exception();
     }
   }
@@ -252,17 +254,17 @@ void keep_items(V& v, const std::vector<int64_t>& keep) {
 Batch Loader::next() {
   std::shared_ptr<Pending> p;
   {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return (!pending_.empty() && pending_.front()->remaining == 0) ||
              (pending_.empty() && producer_done_);
-    });
+    };
+    mu_.Await(absl::Condition(&ready));
     // After a producer error was delivered, later calls fail instead of waiting forever.
     HD_CHECK(!pending_.empty(), "Loader: stopped after an earlier sampler error");
     p = pending_.front();
-    pending_.pop_front();
+    pending_.pop_front();  // the producer's `room` now holds: it wakes when mu_ is released
   }
-  cv_.notify_all();  // the producer may refill
   if (p->error) std::rethrow_exception(p->error);
   Batch b = std::move(p->batch);
   std::vector<int64_t> keep;

@@ -7,7 +7,6 @@
 // (Batch::patches), the ground-truth map on demand at any size (Batch::gt_map).
 #pragma once
 
-#include <condition_variable>
 #include <deque>
 #include <exception>
 #include <memory>
@@ -16,6 +15,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "autograd/tensor.h"
 #include "ps3/data/bad_input.h"
 #include "ps3/data/geometry.h"
@@ -92,12 +93,16 @@ class Loader {
   const Tokenizer* tok_;
   LoaderOptions opt_;
   BadInputLog& log_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::shared_ptr<Pending>> pending_;  // in delivery order
-  std::deque<std::pair<std::shared_ptr<Pending>, int64_t>> jobs_;
-  bool stop_ = false;
-  bool producer_done_ = false;  // the producer hit an error and stopped
+  // The queue state. Three kinds of thread wait on it for three different conditions (the
+  // producer for room, workers for a job, next() for the front batch): each waits with
+  // mu_.Await(condition), which absl::Mutex re-evaluates whenever mu_ is released, so an update
+  // needs no matching notify (one condition variable for all three woke every thread on each
+  // change). The decoded-sample cache below is a plain lock with no waiting: std::mutex.
+  absl::Mutex mu_;
+  std::deque<std::shared_ptr<Pending>> pending_ ABSL_GUARDED_BY(mu_);  // in delivery order
+  std::deque<std::pair<std::shared_ptr<Pending>, int64_t>> jobs_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool producer_done_ ABSL_GUARDED_BY(mu_) = false;  // the producer hit an error and stopped
   // Decoded-sample cache (cache_bytes): image id -> entry; filled until the budget is spent,
   // never evicted (a hit costs two memcpys, a miss a decode and two resamples).
   struct Cached;

@@ -112,6 +112,58 @@ TEST(MetricsServer, SurvivesClientsThatDisconnectMidResponse) {
   EXPECT_GE(server.requests_failed(), 20);
 }
 
+// Shutdown: the destructor sets stop under the queue's lock, so workers that are just starting
+// (about to wait for the first request) still see it; a server destroyed right after it starts
+// must never hang in join.
+TEST(MetricsServer, DestroyedRightAfterStartDoesNotHang) {
+  MetricsServerConfig c = ephemeral();
+  c.workers = 8;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 30; ++i) MetricsServer server(c, [] { return std::string(); });
+  // Each destruction waits for at most one 100 ms poll of the I/O thread.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+}
+
+// Shutdown with requests still queued: the busy worker finishes its scrape, the queued requests
+// are closed unanswered (the client sees EOF, never a hang), and the destructor returns.
+TEST(MetricsServer, DestroyedWithQueuedRequestsClosesThem) {
+  MetricsServerConfig c = ephemeral();
+  c.workers = 1;
+  std::atomic<bool> in_source{false};
+  std::vector<int> fds;
+  {
+    MetricsServer server(c, [&] {
+      in_source = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      return std::string("hdtrain_x 1\n");
+    });
+    const std::string req = "GET /metrics HTTP/1.1\r\n\r\n";
+    for (int i = 0; i < 3; ++i) {
+      int fd = connect_loopback(server.port());
+      ASSERT_GE(fd, 0);
+      ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), ssize_t(req.size()));
+      fds.push_back(fd);
+    }
+    for (int i = 0; i < 100 && !in_source; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(in_source);
+    // Let the I/O thread queue the other two behind the busy worker.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  int answered = 0, closed = 0;
+  for (int fd : fds) {
+    std::string got;
+    char buf[512];
+    ssize_t n;
+    while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) got.append(buf, size_t(n));
+    ::close(fd);
+    EXPECT_EQ(n, 0) << "no EOF within the client's 5 s timeout";
+    (got.find("200 OK") != std::string::npos ? answered : closed) += 1;
+  }
+  EXPECT_EQ(answered, 1);  // the one in progress completes
+  EXPECT_EQ(closed, 2);    // the queued ones are closed at shutdown
+}
+
 TEST(MetricsServer, FiftyConcurrentScrapes) {
   MetricsRegistry reg({.run = "burst"});
   TrainingMetrics metrics(reg, {});

@@ -1,9 +1,11 @@
 // Resampling views, patches, GT maps, text processing, the tokenizer, and the loader end to end.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <set>
+#include <thread>
 
 #include <unistd.h>
 
@@ -318,6 +320,47 @@ TEST_F(LoaderFixture, DestroyWhileBusyDoesNotHang) {
     Loader loader(ds, sampler, nullptr, small(), log);
     if (i % 2) loader.next();
   }
+}
+
+// The producer's own error (here: a rank/world the sampler rejects) reaches next(), and every
+// later next() fails at once instead of waiting on a producer that has stopped; the loader
+// still shuts down (its workers wait for jobs that never come).
+TEST_F(LoaderFixture, SamplerErrorIsDeliveredAndLaterCallsDoNotWait) {
+  BadInputLog log;
+  Dataset ds = open_dataset(dir + "/train", log);
+  std::vector<int64_t> nb(ds.records.size(), 1);
+  Sampler sampler(nb, std::vector<bool>(nb.size(), true), 4, 3);
+  LoaderOptions o = small();
+  o.world = 3;  // the global batch 4 does not split over 3 ranks
+  Loader loader(ds, sampler, nullptr, o, log);
+  try {
+    loader.next();
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("global batch"), std::string::npos) << e.what();
+  }
+  try {
+    loader.next();
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("earlier sampler error"), std::string::npos) << e.what();
+  }
+}
+
+// Destroyed before its threads reach their first wait, or with the prefetch queue full and the
+// producer waiting for room: stop is set under the queue's lock, so every wait sees it.
+TEST_F(LoaderFixture, DestroyRightAfterStartOrWithAFullQueueDoesNotHang) {
+  BadInputLog log;
+  Dataset ds = open_dataset(dir + "/train", log);
+  std::vector<int64_t> nb(ds.records.size(), 1);
+  Sampler sampler(nb, std::vector<bool>(nb.size(), true), 4, 3);
+  LoaderOptions o = small();
+  o.threads = 4;
+  for (int i = 0; i < 20; ++i) Loader loader(ds, sampler, nullptr, o, log);
+  o.prefetch_batches = 1;
+  Loader full(ds, sampler, nullptr, o, log);
+  full.next();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // refilled: producer waits
 }
 
 }  // namespace
