@@ -10,24 +10,16 @@
 #include <vector>
 
 #include "autograd/thread_pool.h"
+#include "bench/bench_util.h"
 #include "ops/factory.h"
 #include "vilahd/generation.h"
 #include "vilahd/qwen2.h"
 
 using namespace hd;
 using namespace hd::vilahd;
-using Clock = std::chrono::steady_clock;
-
-static double ms_since(Clock::time_point t) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
-}
-
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty()
-             ? 0
-             : (v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]));
-}
+using bench::Clock;
+using bench::median;
+using bench::ms_since;
 
 int main(int argc, char** argv) {
   std::string preset = "tiny";

@@ -11,21 +11,15 @@
 #include "autograd/allocator.h"
 #include "autograd/optimizer.h"
 #include "autograd/thread_pool.h"
+#include "bench/bench_util.h"
 #include "bench/vit_model.h"
 #include "ops/factory.h"
 #include "ops/loss.h"
 
 using namespace hd;
-using Clock = std::chrono::steady_clock;
-
-static double ms_since(Clock::time_point t) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
-}
-
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : (v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]));
-}
+using bench::Clock;
+using bench::median;
+using bench::ms_since;
 
 int main(int argc, char** argv) {
   int steps = 10, warmup = 3;
@@ -36,23 +30,37 @@ int main(int argc, char** argv) {
       std::string f = std::string(flag) + "=";
       return a.rfind(f, 0) == 0 ? argv[i] + f.size() : nullptr;
     };
-    if (auto v = value("--steps")) steps = std::atoi(v);
-    else if (auto v = value("--warmup")) warmup = std::atoi(v);
-    else if (auto v = value("--batch")) batch = std::atoll(v);
-    else if (auto v = value("--width")) width = std::atoll(v);
-    else if (auto v = value("--depth")) depth = std::atoll(v);
-    else if (auto v = value("--heads")) heads = std::atoll(v);
-    else if (auto v = value("--image")) image = std::atoll(v);
+    if (auto v = value("--steps"))
+      steps = std::atoi(v);
+    else if (auto v = value("--warmup"))
+      warmup = std::atoi(v);
+    else if (auto v = value("--batch"))
+      batch = std::atoll(v);
+    else if (auto v = value("--width"))
+      width = std::atoll(v);
+    else if (auto v = value("--depth"))
+      depth = std::atoll(v);
+    else if (auto v = value("--heads"))
+      heads = std::atoll(v);
+    else if (auto v = value("--image"))
+      image = std::atoll(v);
     else {
-      std::fprintf(stderr, "hd_bench_vit_step: unknown argument '%s'\n"
+      std::fprintf(stderr,
+                   "hd_bench_vit_step: unknown argument '%s'\n"
                    "usage: hd_bench_vit_step [--steps=N] [--warmup=N] [--batch=B] [--width=D] "
-                   "[--depth=L] [--heads=H] [--image=S]\n", argv[i]);
+                   "[--depth=L] [--heads=H] [--image=S]\n",
+                   argv[i]);
       return 2;
     }
   }
   try {
-    nn::ViTConfig config{.image_size = image, .patch = 14, .channels = 3, .width = width,
-                         .depth = depth, .heads = heads, .mlp_hidden = 4 * width};
+    nn::ViTConfig config{.image_size = image,
+                         .patch = 14,
+                         .channels = 3,
+                         .width = width,
+                         .depth = depth,
+                         .heads = heads,
+                         .mlp_hidden = 4 * width};
     const int64_t classes = 1000;
     bench::ViTClassifier model(config, classes);
     model.initialize(0);
@@ -86,11 +94,12 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
     double gflop = bench::vit_step_flops(config, batch, classes) / 1e9;
-    std::printf("summary: threads=%d params=%.2fM median_step_ms=%.1f fwd=%.1f bwd=%.1f opt=%.1f "
-                "gflop_per_step=%.1f gflops=%.1f peak_host_bytes=%lld\n",
-                cpu_thread_pool().num_threads(), double(model.num_parameters()) / 1e6, median(total),
-                median(fwd), median(bwd), median(upd), gflop, gflop / (median(total) / 1e3),
-                (long long)allocator_for(Device::cpu()).stats().peak_bytes);
+    std::printf(
+        "summary: threads=%d params=%.2fM median_step_ms=%.1f fwd=%.1f bwd=%.1f opt=%.1f "
+        "gflop_per_step=%.1f gflops=%.1f peak_host_bytes=%lld\n",
+        cpu_thread_pool().num_threads(), double(model.num_parameters()) / 1e6, median(total),
+        median(fwd), median(bwd), median(upd), gflop, gflop / (median(total) / 1e3),
+        (long long)allocator_for(Device::cpu()).stats().peak_bytes);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hd_bench_vit_step: %s\n", e.what());
     return 1;

@@ -10,6 +10,7 @@
 
 #include "parallel/checkpoint/train_state.h"
 #include "proto/checkpoint.pb.h"
+#include "tests/parallel/ckpt_test_util.h"
 #include "tests/parallel/mpi_main.h"
 #include "tests/parallel/tiny_trainer.h"
 
@@ -21,22 +22,10 @@ using testing::Trainer;
 using testing::world;
 
 fs::path scratch(const std::string& test) {
-  const char* base = std::getenv("HD_CKPT_SCRATCH");
-  fs::path dir = fs::path(base ? base : fs::temp_directory_path().string()) / "hd_ckpt_async" /
-                 (test + "_np" + std::to_string(world().world_size()));
-  if (world().rank() == 0) fs::remove_all(dir), fs::create_directories(dir);
-  world().barrier().wait();
-  return dir;
+  return testing::ckpt_scratch("hd_ckpt_async", test);
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 // Full tensors of every entry of a checkpoint, read on this rank alone (world-size-1 layout).
 std::map<std::string, std::vector<float>> read_full(const fs::path& step_path) {

@@ -10,6 +10,7 @@
 
 #include "parallel/checkpoint/checkpoint.h"
 #include "proto/checkpoint.pb.h"
+#include "tests/parallel/ckpt_test_util.h"
 #include "tests/parallel/mpi_main.h"
 
 namespace hd::parallel::ckpt {
@@ -17,25 +18,10 @@ namespace {
 namespace fs = std::filesystem;
 using testing::world;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-#define EXPECT_HAS(msg, want) \
-  EXPECT_NE((msg).find(want), std::string::npos) << "'" << (msg) << "' lacks '" << (want) << "'"
+using testing::error_of;
 
 fs::path scratch(const std::string& test) {
-  const char* base = std::getenv("HD_CKPT_SCRATCH");
-  fs::path dir = fs::path(base ? base : fs::temp_directory_path().string()) / "hd_ckpt_errors" /
-                 (test + "_np" + std::to_string(world().world_size()));
-  if (world().rank() == 0) fs::remove_all(dir), fs::create_directories(dir);
-  world().barrier().wait();
-  return dir;
+  return testing::ckpt_scratch("hd_ckpt_errors", test);
 }
 
 std::vector<ShardRef> shards(bool fill = true) {

@@ -16,6 +16,7 @@
 #include "parallel/checkpoint/layout.h"
 #include "parallel/checkpoint/resume.h"
 #include "proto/checkpoint.pb.h"
+#include "tests/parallel/ckpt_test_util.h"
 #include "tests/parallel/mpi_main.h"
 #include "tests/parallel/tiny_trainer.h"
 
@@ -27,25 +28,10 @@ using testing::Trainer;
 using testing::world;
 
 fs::path scratch(const std::string& test) {
-  const char* base = std::getenv("HD_CKPT_SCRATCH");
-  fs::path dir = fs::path(base ? base : fs::temp_directory_path().string()) / "hd_ckpt_recovery" /
-                 (test + "_np" + std::to_string(world().world_size()));
-  if (world().rank() == 0) fs::remove_all(dir), fs::create_directories(dir);
-  world().barrier().wait();
-  return dir;
+  return testing::ckpt_scratch("hd_ckpt_recovery", test);
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-#define EXPECT_HAS(msg, want) \
-  EXPECT_NE((msg).find(want), std::string::npos) << "'" << (msg) << "' lacks '" << (want) << "'"
+using testing::error_of;
 
 // Folders of `dir` named "<step folder>.invalid-*".
 std::vector<fs::path> moved_aside(const fs::path& dir, int64_t step) {
