@@ -199,7 +199,9 @@ Tensor image_selection_loss(const std::vector<Tensor>& probs, const std::vector<
            " probability maps for ", gt_maps.size(), " GT maps");
   Tensor total;
   for (size_t s = 0; s < probs.size(); ++s) {
-    const Tensor& p = probs[s];
+    // In fp32 as the reference (f64 stays f64 for gradient checks): a bf16 map would round the
+    // BCE's logs and the DICE sums.
+    const Tensor p = probs[s].dtype() == DType::f64 ? probs[s] : to(probs[s], DType::f32);
     Tensor g = to(gt_maps[s], p.dtype());
     HD_CHECK(p.shape() == g.shape(), "image_selection_loss: scale ", s, " probabilities ",
              p.shape(), " vs GT map ", g.shape());
