@@ -56,6 +56,11 @@ int vilahd_eval(const std::vector<std::string>& args) {
     records = data::read_mc(mc.string(), log);
     HD_CHECK(!records.empty(), "questions file '", mc.string(), "' has no usable question");
     if (max_q > 0 && int64_t(records.size()) > max_q) records.resize(size_t(max_q));
+    // Every image exists before any model work (a missing one is the data's fault: exit 2).
+    for (size_t i = 0; i < records.size(); ++i)
+      HD_CHECK(fs::is_regular_file(data_dir / records[i].image), "questions file '", mc.string(),
+               "': question ", i + 1, " names image '", records[i].image, "', which is not in ",
+               data_dir.string());
     tokenizer = std::make_unique<vilahd::BpeTokenizer>(
         vilahd::BpeTokenizer::load(dir / "llm" / "tokenizer.json"));
     model = vilahd::load_vila_folder(dir);

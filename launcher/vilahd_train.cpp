@@ -88,6 +88,11 @@ int vilahd_train(const std::vector<std::string>& args) {
     data::BadInputLog log;
     records = data::read_sft(sft_path.string(), log);
     HD_CHECK(!records.empty(), "SFT file '", sft_path.string(), "' has no usable record");
+    // Every image exists before training starts (not at the step that first draws it).
+    for (size_t i = 0; i < records.size(); ++i)
+      HD_CHECK(fs::is_regular_file(data_dir / records[i].image), "SFT file '", sft_path.string(),
+               "': record ", i + 1, " names image '", records[i].image, "', which is not in ",
+               data_dir.string());
     model = vilahd::load_vila_folder(init);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hdtrain vilahd train: error: %s\n", e.what());

@@ -139,6 +139,23 @@ def main():
         check(low["mean_image_tokens"] == 196 and low["gt_recall"] == -1,
               "low-res only: 196 image tokens and no selection")
 
+        bad_mc, bad_sft = os.path.join(work, "bad_mc.jsonl"), os.path.join(work, "bad_sft.jsonl")
+        with open(bad_mc, "w") as f:
+            f.write(json.dumps({"image": "ghost.png", "question": "q", "options": ["a", "b", "c", "d"],
+                                "answer": "B"}) + "\n")
+        with open(bad_sft, "w") as f:
+            f.write(json.dumps({"image": "ghost.png", "conversations": [
+                {"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}) + "\n")
+        # Malformed records are skipped with their file and line named.
+        with open(os.path.join(work, "mixed_mc.jsonl"), "w") as f:
+            f.write("not json\n")
+            f.write(json.dumps({"image": "sign.png", "question": "What colour?",
+                                "options": ["yellow", "red", "blue", "green"], "answer": "A"}) + "\n")
+        rc, out, err = run("eval", "--checkpoint", trained, "--data", work, "--mc",
+                           os.path.join(work, "mixed_mc.jsonl"), "--max-look-close", "1")
+        check(rc == 0 and "mixed_mc.jsonl line 1: malformed JSON" in err and out.startswith("1 questions"),
+              "a malformed question is skipped, named by file and line: %s" % err[-200:])
+
         bad = os.path.join(work, "corrupt.jpg")
         with open(bad, "wb") as f:
             f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -176,6 +193,8 @@ def main():
             (["train", "--init", model, "--data", work, "--out", os.path.join(work, "t2"), "--trainable", "eyes"], "eyes"),
             (["train", "--init", model, "--data", os.path.join(work, "nodata"), "--out", os.path.join(work, "t3")], "sft.jsonl"),
             (["eval", "--checkpoint", model, "--data", work, "--mc", os.path.join(work, "none.jsonl")], "none.jsonl"),
+            (["eval", "--checkpoint", model, "--data", work, "--mc", bad_mc], "ghost.png"),
+            (["train", "--init", model, "--data", work, "--out", os.path.join(work, "t4"), "--sft", bad_sft], "ghost.png"),
             (["init", "--out", os.path.join(work, "x"), "--tokenizer", os.path.join(work, "none.json")], "none.json"),
         ]
         if has_gpu:  # then --device cuda is a real run, checked below instead
