@@ -61,7 +61,7 @@ ShardInfo renamed(ShardInfo info, const std::string& prefix) {
 
 }  // namespace
 
-std::vector<ShardRef> training_shards(const FSDP& fsdp, AdamW& optimizer) {
+std::vector<ShardRef> training_shards(const FSDP& fsdp, AdamW& optimizer, bool allow_frozen) {
   // Where each shard sits in the optimizer, by name; the tensor must be the very shard (same
   // bytes), or the moments saved would belong to some other copy.
   std::map<std::string, std::pair<size_t, size_t>> where;
@@ -72,6 +72,10 @@ std::vector<ShardRef> training_shards(const FSDP& fsdp, AdamW& optimizer) {
   for (const auto& unit : fsdp.units()) {
     for (const FSDPParam& p : unit->params()) {
       auto it = where.find(p.info.name);
+      if (it == where.end() && allow_frozen) {
+        params.push_back({p.info, p.shard});  // frozen: the parameter alone, no moments
+        continue;
+      }
       HD_CHECK(it != where.end(), "training_shards: parameter '", p.info.name,
                "' is not in the optimizer (build AdamW from fsdp.param_groups())");
       const auto [g, i] = it->second;

@@ -53,7 +53,10 @@ struct TrainerState {
 // The entries a training checkpoint saves for `fsdp` and `optimizer` (which must have been
 // built from fsdp.param_groups()): every parameter shard and both AdamW moments of it. Creates
 // zero moments if the optimizer has not stepped yet, so a fresh run can load into them.
-std::vector<ShardRef> training_shards(const FSDP& fsdp, AdamW& optimizer);
+// `allow_frozen`: a parameter absent from the optimizer (frozen: VILA-HD's trainable parts) is
+// saved without moments instead of being an error.
+std::vector<ShardRef> training_shards(const FSDP& fsdp, AdamW& optimizer,
+                                      bool allow_frozen = false);
 
 // Keep the newest `keep_last` complete checkpoints plus every step that is a multiple of
 // `keep_every` (0: none); older complete ones are deleted, and so are stale .tmp folders.

@@ -1,0 +1,242 @@
+// The multi-rank VILA-HD stage (launcher/vilahd_stage.h) on a micro model and a tiny SFT set
+// written here (PNG images, records with and without boxes, answers of unequal length).
+//
+// Run at 1 rank (fixture: writes its per-step losses) and at 2 ranks under mpirun:
+//   - N ranks train like one rank: the 2-rank losses equal the 1-rank file within 1e-5 (the
+//     per-rank loss scaling makes unequal token counts per rank exact up to summation order);
+//   - stop_at_step k, then the same stage again, equals the uninterrupted run bit for bit
+//     (losses and every byte of the result folder); so does a stop signal seen on one rank;
+//   - frozen parameters (the vision tower) keep their bits and get no optimizer moments in the
+//     checkpoint, trained ones move.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "launcher/signals.h"
+#include "launcher/vilahd_stage.h"
+#include "parallel/checkpoint/checkpoint.h"
+#include "proto/checkpoint.pb.h"
+#include "ps3/data/image.h"
+#include "ps3/data/records.h"
+#include "tests/parallel/mpi_main.h"
+#include "tests/vilahd/vila_test_util.h"
+#include "vilahd/text/bpe_tokenizer.h"
+#include "vilahd/trainable_parts.h"
+#include "vilahd/vila_checkpoint.h"
+
+namespace hd::launcher {
+namespace {
+
+namespace fs = std::filesystem;
+using parallel::testing::world;
+using parallel::testing::world_ptr;
+
+const fs::path kWork = HD_STAGE_WORK;
+const fs::path kTokenizer = fs::path(HD_SOURCE_DIR) / "tests/fixtures/bpe_tokenizer/tokenizer.json";
+
+fs::path data_dir() {
+  return kWork / "data";
+}
+fs::path init_dir() {
+  return kWork / "init";
+}
+fs::path run_dir() {
+  return kWork / ("np" + std::to_string(world().world_size()));
+}
+
+// Rank 0 writes the data and the start folder once (other rank counts reuse them).
+void prepare() {
+  if (world().rank() == 0 && !fs::exists(kWork / "ready")) {
+    fs::remove_all(kWork);
+    fs::create_directories(data_dir());
+    uint64_t x = 12345;
+    for (int i = 0; i < 4; ++i) {
+      data::Image im(160, 200);
+      for (auto& p : im.pixels)
+        x = x * 6364136223846793005ull + 1442695040888963407ull, p = uint8_t(x >> 56);
+      for (int64_t y = 40; y < 80; ++y)
+        for (int64_t c = 30 * i; c < 30 * i + 40; ++c) std::memset(im.row(y) + c * 3, 250, 3);
+      data::write_file((data_dir() / ("im" + std::to_string(i) + ".png")).string(),
+                       data::encode_png(im, 1));
+    }
+    std::ofstream sft(data_dir() / "sft.jsonl");
+    const char* answers[] = {"red", "a big blue square",       "OPEN",
+                             "no",  "the word CAFE on a sign", "7"};
+    for (int r = 0; r < 12; ++r) {
+      data::SftRecord rec;
+      rec.image = "im" + std::to_string(r % 4) + ".png";
+      if (r % 3 != 2) rec.box = data::Box{float(30 * (r % 4)), 40, float(30 * (r % 4) + 40), 80};
+      rec.conversations = {{"human", "<image>\nWhat is in the bright patch?"},
+                           {"gpt", answers[r % 6]}};
+      sft << data::sft_to_json(rec) << "\n";
+    }
+    sft.close();
+    vilahd::VilaHdConfig c = vilahd::testing::micro_vila_config();
+    const vilahd::BpeTokenizer tok = vilahd::BpeTokenizer::load(kTokenizer);
+    c.llm.vocab_size = tok.max_id_plus_one();
+    c.image_newline_token = tok.encode("\n").at(0);
+    c.vision.low_res = 56;
+    auto model = vilahd::testing::micro_vila(c, 7);
+    vilahd::save_vila_folder(*model, init_dir(), kTokenizer);
+    std::ofstream(kWork / "ready") << "ok\n";
+  }
+  world().barrier().wait();
+  if (world().rank() == 0) fs::remove_all(run_dir());
+  world().barrier().wait();
+}
+
+VilaStageOptions options(const std::string& name) {
+  VilaStageOptions o;
+  o.stage = "vilahd_sft";
+  o.init = init_dir();
+  o.data_dir = data_dir();
+  o.sft = data_dir() / "sft.jsonl";
+  o.stage_dir = run_dir() / name;
+  o.trainable = {"llm", "projector", "top_down_selection"};
+  o.steps = 6;
+  o.global_batch = 4;
+  o.lr = 3e-3;
+  o.warmup_steps = 1;
+  o.weight_decay = 1e-4;
+  o.seed = 5;
+  o.progress = false;
+  return o;
+}
+
+std::string bytes_of(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void expect_same_folder(const fs::path& a, const fs::path& b) {
+  int files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(a)) {
+    if (!e.is_regular_file()) continue;
+    const fs::path rel = fs::relative(e.path(), a);
+    ASSERT_TRUE(fs::exists(b / rel)) << rel;
+    EXPECT_TRUE(bytes_of(e.path()) == bytes_of(b / rel)) << rel << " differs";
+    ++files;
+  }
+  EXPECT_GE(files, 5);
+}
+
+class VilaStage : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    prepare();
+    clear_stop_signal();
+  }
+};
+
+TEST_F(VilaStage, TrainsFrozenPartsKeepBitsAndRanksAgree) {
+  VilaStageOutcome out = run_vila_stage(options("full"), world_ptr());
+  ASSERT_TRUE(out.finished);
+  ASSERT_EQ(out.losses.size(), 6u);
+  for (double l : out.losses) EXPECT_TRUE(std::isfinite(l));
+  EXPECT_EQ(out.records_dropped, 0);
+
+  // Frozen: the vision tower (but its selection modules) keeps every bit; the rest moved.
+  auto init = vilahd::load_vila_folder(init_dir());
+  auto done = vilahd::load_vila_folder(out.result);
+  std::map<std::string, Tensor> after;
+  for (auto& [n, p] : done->named_parameters()) after[n] = p;
+  int frozen = 0, moved = 0, trained = 0;
+  for (auto& [n, p] : init->named_parameters()) {
+    const bool same = std::memcmp(p.data<float>(), after.at(n).data<float>(),
+                                  size_t(p.numel()) * sizeof(float)) == 0;
+    if (vilahd::trainable_part_of(n) == "vision_tower") {
+      EXPECT_TRUE(same) << n << " is frozen but changed";
+      ++frozen;
+    } else {
+      ++trained;
+      moved += !same;
+    }
+  }
+  EXPECT_GT(frozen, 10);
+  EXPECT_GT(moved, trained / 2) << "most trained tensors should move in 6 steps";
+  // The final checkpoint holds moments for trained parameters only.
+  const fs::path step = out.result.parent_path() / "checkpoints" / "step_00000006";
+  const proto::Manifest man = parallel::ckpt::read_manifest(step);
+  int moments = 0;
+  for (const auto& t : man.tensors()) {
+    const std::string n = t.name();
+    if (n.rfind("optim.exp_avg.", 0) == 0) {
+      ++moments;
+      EXPECT_NE(vilahd::trainable_part_of(n.substr(14)), "vision_tower") << n;
+    }
+  }
+  EXPECT_EQ(moments, trained);
+  EXPECT_EQ(man.trainer_state().stage(), "vilahd_sft");
+
+  // 1 rank writes its losses; more ranks compare with them (the np1 test is this one's fixture).
+  const fs::path file = kWork / "losses_np1.txt";
+  if (world().world_size() == 1) {
+    std::ofstream f(file);
+    f.precision(17);
+    for (double l : out.losses) f << l << "\n";
+  } else {
+    ASSERT_TRUE(fs::exists(file)) << "run the np1 test first (its fixture)";
+    std::ifstream f(file);
+    for (size_t i = 0; i < out.losses.size(); ++i) {
+      double want = 0;
+      ASSERT_TRUE(f >> want);
+      EXPECT_NEAR(out.losses[i], want, 1e-5 * std::max(1.0, std::abs(want))) << "step " << i;
+    }
+  }
+}
+
+TEST_F(VilaStage, StopAtStepThenResumeIsBitExact) {
+  VilaStageOutcome full = run_vila_stage(options("full"), world_ptr());
+  VilaStageOptions o = options("stopped");
+  o.stop_at_step = 3;
+  o.checkpoint_every = 2;
+  VilaStageOutcome first = run_vila_stage(o, world_ptr());
+  EXPECT_TRUE(first.stopped_at_step);
+  EXPECT_FALSE(first.finished);
+  EXPECT_EQ(first.steps_done, 3);
+  EXPECT_FALSE(fs::exists(vila_stage_result(o.stage_dir)));
+  o.stop_at_step = 0;
+  VilaStageOutcome second = run_vila_stage(o, world_ptr());
+  EXPECT_EQ(second.start_step, 3);
+  ASSERT_TRUE(second.finished);
+  ASSERT_EQ(second.losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(first.losses[i], full.losses[i]) << "step " << i;
+    EXPECT_EQ(second.losses[i], full.losses[i + 3]) << "step " << i + 3;
+  }
+  expect_same_folder(full.result, second.result);
+}
+
+TEST_F(VilaStage, StopSignalOnOneRankStopsEveryRankAndResumes) {
+  install_stop_signal_handlers();
+  VilaStageOutcome full = run_vila_stage(options("full"), world_ptr());
+  VilaStageOptions o = options("signalled");
+  if (world().rank() == world().world_size() - 1) std::raise(SIGUSR1);
+  VilaStageOutcome first = run_vila_stage(o, world_ptr());
+  EXPECT_NE(first.stop_signal, 0);  // the signal number on the rank that got it, 1 elsewhere
+  EXPECT_EQ(first.steps_done, 1);
+  clear_stop_signal();
+  VilaStageOutcome second = run_vila_stage(o, world_ptr());
+  EXPECT_EQ(second.start_step, 1);
+  ASSERT_TRUE(second.finished);
+  expect_same_folder(full.result, second.result);
+}
+
+TEST_F(VilaStage, NonFiniteLossIsSkippedOnEveryRank) {
+  VilaStageOptions o = options("nonfinite");
+  o.debug_nonfinite_steps = {2};
+  VilaStageOutcome out = run_vila_stage(o, world_ptr());
+  ASSERT_TRUE(out.finished);
+  EXPECT_EQ(out.nonfinite_skipped, 1);
+  EXPECT_TRUE(std::isnan(out.losses[2]));
+  EXPECT_TRUE(std::isfinite(out.losses[3]));
+}
+
+}  // namespace
+}  // namespace hd::launcher
