@@ -360,6 +360,9 @@ void validate_config(const proto::RunConfig& c, int world_size) {
     if (d.synthesize().resolution() < 128)
       invalid("data.synthesize.resolution",
               "= " + str(d.synthesize().resolution()) + " must be >= 128");
+    const std::string& layout = d.synthesize().layout();
+    if (!layout.empty() && layout != "boards" && layout != "tiny_signs")
+      invalid("data.synthesize.layout", "= '" + layout + "' must be boards or tiny_signs");
   }
 
   const auto& t = c.train();
@@ -394,9 +397,10 @@ void validate_config(const proto::RunConfig& c, int world_size) {
     invalid("train.grad_clip", "= " + str(t.grad_clip()) + " must be >= 0 (0: off)");
   if (t.look_close_steps() < 1)
     invalid("train.look_close_steps", "= " + str(t.look_close_steps()) + " must be >= 1");
-  if (t.selection_loss() != "bce" && t.selection_loss() != "balanced")
-    invalid("train.selection_loss",
-            "= '" + t.selection_loss() + "' is not one of bce (the reference), balanced");
+  if (t.selection_loss() != "bce" && t.selection_loss() != "balanced" &&
+      t.selection_loss() != "balanced_rank")
+    invalid("train.selection_loss", "= '" + t.selection_loss() +
+                                        "' is not one of bce (the reference), balanced, balanced_rank");
   if (t.prior_target() != "caption_box" && t.prior_target() != "all_regions")
     invalid("train.prior_target",
             "= '" + t.prior_target() + "' is not one of caption_box (the reference), all_regions");

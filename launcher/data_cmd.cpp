@@ -15,10 +15,11 @@ namespace {
 constexpr const char* kUsage =
     "usage:\n"
     "  hdtrain data synth --out DIR [--images N] [--eval-images M] [--resolution R] [--seed S]\n"
-    "                     [--threads T] [--tar] [--shard-size K] [--png]\n"
+    "                     [--threads T] [--tar] [--shard-size K] [--png] [--layout L]\n"
     "      the synthetic 4K dataset: N training images (DIR/train) and M held-out ones\n"
     "      (DIR/eval) at R x R with captioned boxes, in the PS3 layout (JPEG; --png for PNG;\n"
-    "      --tar for webdataset shards of K images)\n"
+    "      --tar for webdataset shards of K images); --layout boards (default: details on\n"
+    "      coloured signs) or tiny_signs (the first generator)\n"
     "  hdtrain data tokenizer --data DIR [--out PREFIX] [--vocab V]\n"
     "      a SentencePiece model (PREFIX.model, default DIR/tokenizer) trained on the captions,\n"
     "      cleaned like the tokenizer cleans them (docs/data.md)\n"
@@ -34,7 +35,7 @@ bool wants_help(const std::vector<std::string>& args) {
 }
 
 int synth(const std::vector<std::string>& argv) {
-  Args a(argv, {"out", "images", "eval-images", "resolution", "seed", "threads", "shard-size"},
+  Args a(argv, {"out", "images", "eval-images", "resolution", "seed", "threads", "shard-size", "layout"},
          {"tar", "png"});
   data::SynthOptions o;
   o.out = a.require("out");
@@ -46,6 +47,7 @@ int synth(const std::vector<std::string>& argv) {
   o.shard_size = a.get_int("shard-size", o.shard_size);
   o.tar = a.flag("tar");
   o.png = a.flag("png");
+  o.layout = data::parse_synth_layout(a.get("layout", "boards"));
   auto t0 = std::chrono::steady_clock::now();
   data::synth_dataset(o);
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

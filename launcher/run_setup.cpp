@@ -35,6 +35,7 @@ void synthesize(const proto::RunConfig& c) {
   o.resolution = s.resolution();
   o.seed = s.seed();
   o.threads = s.threads();
+  o.layout = data::parse_synth_layout(s.layout());
   auto t0 = std::chrono::steady_clock::now();
   std::printf("[setup] synthesizing %lld + %lld images at %lld^2 into %s ...\n",
               static_cast<long long>(o.images),

@@ -34,6 +34,31 @@ Tensor balanced_weights(const Tensor& target) {
   return from_vector<double>(w, target.shape(), target.dtype());
 }
 
+// Mean over `rows` with box cells of logsumexp(z) - logsumexp(z over box cells), z = logit(p):
+// the negative log of the softmax mass on the box. Rows without a box cell add nothing.
+Tensor box_rank_loss(const Tensor& p_rows, const Tensor& g_rows) {
+  const int64_t n = p_rows.size(0), cells = p_rows.numel() / n;
+  std::vector<float> g = to(g_rows, DType::f32).to_vector<float>();
+  std::vector<uint8_t> outside(g.size());
+  std::vector<double> row_weight(size_t(n), 0.0);
+  int64_t with_box = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    bool any = false;
+    for (int64_t k = 0; k < cells; ++k) {
+      outside[size_t(r * cells + k)] = g[size_t(r * cells + k)] <= 0.5f;
+      any = any || g[size_t(r * cells + k)] > 0.5f;
+    }
+    if (any) row_weight[size_t(r)] = 1.0, ++with_box;
+  }
+  Tensor flat = reshape(clamp(p_rows, 1e-6, 1.0 - 1e-6), {n, cells});
+  Tensor z = sub(log(flat), log(rsub(flat, 1.0)));
+  Tensor mask = from_vector(std::vector<bool>(outside.begin(), outside.end()), {n, cells});
+  Tensor rank = sub(logsumexp(z, 1), logsumexp(masked_fill(z, mask, -1e4), 1));
+  if (with_box == 0) return mul(sum(rank), 0.0);
+  for (double& w : row_weight) w /= double(with_box);
+  return sum(mul(rank, from_vector<double>(row_weight, {n}, rank.dtype())));
+}
+
 }  // namespace
 
 Tensor selection_bce(const std::vector<Tensor>& probs, const std::vector<Tensor>& gt_maps,
@@ -63,6 +88,7 @@ Tensor selection_bce(const std::vector<Tensor>& probs, const std::vector<Tensor>
                  ? binary_cross_entropy(p_rows, g_rows)
                  : sum(mul(binary_cross_entropy(p_rows, g_rows, Reduction::none),
                            balanced_weights(g_rows)));
+      if (mode == SelectionLoss::balanced_rank) term = add(term, box_rank_loss(p_rows, g_rows));
     }
     total = total.defined() ? add(total, term) : term;
   }

@@ -20,7 +20,12 @@
 
 namespace hd::ps3 {
 
-enum class SelectionLoss { bce, balanced };
+// bce: the reference. balanced: box cells and the rest weigh half and half per map.
+// balanced_rank: balanced plus a listwise term per row and scale, -log(sum over the box cells of
+// softmax(logit(p)) over all cells): top-k only needs the box cells to outrank every other
+// cell, and this term's gradient goes to the highest-scoring background cells (the ones top-k
+// would wrongly pick) instead of spreading over the thousands of easy ones.
+enum class SelectionLoss { bce, balanced, balanced_rank };
 
 // probs[s], gt_maps[s]: [B, H_s, W_s] with probabilities in [0, 1] and targets in {0, 1};
 // is_local[b]: whether row b is a local-caption row. Returns a differentiable scalar.

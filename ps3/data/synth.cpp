@@ -31,7 +31,7 @@ std::vector<Encoded> generate(const SynthOptions& opt, int64_t first, int64_t la
   auto work = [&] {
     try {
       for (int64_t i; (i = next.fetch_add(1)) < last;) {
-        SynthImage s = synth_image(i, opt.resolution, opt.seed);
+        SynthImage s = synth_image(i, opt.resolution, opt.seed, opt.layout);
         Encoded& e = out[size_t(i - first)];
         e.image = opt.png ? encode_png(s.image, 1) : encode_jpeg(s.image, 92);
         ImageRecord rec;
@@ -98,6 +98,12 @@ std::vector<std::pair<std::string, std::vector<SynthRegion>>> write_split(const 
 }
 
 }  // namespace
+
+SynthLayout parse_synth_layout(const std::string& name) {
+  if (name.empty() || name == "boards") return SynthLayout::kBoards;
+  if (name == "tiny_signs") return SynthLayout::kTinySigns;
+  throw Error(detail::concat("synth: unknown layout '", name, "' (boards | tiny_signs)"));
+}
 
 void synth_dataset(const SynthOptions& opt) {
   HD_CHECK(!opt.out.empty(), "synth: --out is required");

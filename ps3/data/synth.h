@@ -34,8 +34,19 @@ struct SynthImage {
   std::string global_caption;
 };
 
+// Where the salient regions stand out.
+//  kBoards (default): each detail (number, word, small shape; ~20 px glyphs at 3780) is drawn in
+//    ink on a coloured sign of 75-111 px at 3780 (7-11 px at 378: visible at low res, one low-res
+//    cell or two), on a muted, grey-tinted background with grey blank signs and panels as clutter.
+//  kTinySigns: the first generator: the sign is its text plus a 2-glyph-pixel margin (median
+//    60 x 36 px at 3780, ~4 x 3 px at 378) and shapes are 27-36 px blobs, on a background of any
+//    hue. Kept to reproduce earlier measurements (docs/training.md, "Selection").
+enum class SynthLayout { kBoards, kTinySigns };
+SynthLayout parse_synth_layout(const std::string& name);  // "boards" | "tiny_signs"
+
 // Image `index` of the dataset with `seed`: a pure function of its arguments.
-SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed);
+SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed,
+                       SynthLayout layout = SynthLayout::kBoards);
 
 struct SynthOptions {
   std::string out;
@@ -47,6 +58,7 @@ struct SynthOptions {
   int64_t shard_size = 16;  // images per shard
   bool png = false;         // JPEG (quality 92, 4:4:4) by default: 5x faster to write and read
   int threads = 2;
+  SynthLayout layout = SynthLayout::kBoards;
 };
 
 // Writes out/train (PS3 layout), out/eval (held-out images, same layout), out/sft.jsonl (one

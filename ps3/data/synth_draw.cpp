@@ -111,10 +111,18 @@ void draw_text(Image& img, const std::string& text, int64_t x0, int64_t y0, int6
 
 // Smooth colour field (bilinear over a coarse random grid) plus per-pixel hash noise, then large
 // muted panels: varied, and never a flat colour that would make any sign trivially salient.
-void background(Image& img, Rng& rng) {
+// `muted`: the field's control points are grey levels with a small tint (the boards layout, where
+// the coloured signs are what stands out); else each channel is drawn on its own (any hue).
+void background(Image& img, Rng& rng, bool muted) {
   const int64_t g = 6;
   std::vector<float> grid(static_cast<size_t>((g + 1) * (g + 1) * 3));
-  for (float& v : grid) v = float(rng.range(40, 200));
+  if (muted)
+    for (size_t i = 0; i < grid.size(); i += 3) {
+      float level = float(rng.range(50, 200));
+      for (size_t c = 0; c < 3; ++c) grid[i + c] = level + float(rng.range(-18, 18));
+    }
+  else
+    for (float& v : grid) v = float(rng.range(40, 200));
   int64_t n = img.width;
   uint32_t salt = rng.u32();
   // Per-column grid cell and weight, computed once: the per-pixel loops below then vectorise
@@ -184,12 +192,13 @@ void make_options(SynthRegion& r, Rng& rng) {
 
 }  // namespace
 
-SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed) {
+SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed, SynthLayout layout) {
   Rng rng(seed, 0x53594e5400000000ull + uint64_t(index));  // "SYNT"
   SynthImage out;
   out.image = Image(resolution, resolution);
   Image& img = out.image;
-  background(img, rng);
+  const bool boards = layout == SynthLayout::kBoards;
+  background(img, rng, boards);
   const int64_t n = resolution;
   int64_t base_px = std::max<int64_t>(1, n / 1260);  // glyph pixel: 3 at 3780, 1 at <= 2519
   std::vector<Box> used;
@@ -202,6 +211,14 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed) {
     }
     return Box{};
   };
+  // Boards: a sign's side is drawn from [n/50, n/34] (75-111 px at 3780: under a low-res patch
+  // of 140 px, so the box fits the 3780 budget, yet 7-11 px of colour at 378), never smaller
+  // than its content plus a margin.
+  auto board_size = [&](int64_t content_w, int64_t content_h, int64_t px) {
+    int64_t w = std::max(content_w + 6 * px, rng.range(n / 50, n / 34));
+    int64_t h = std::max(content_h + 6 * px, w * rng.range(55, 85) / 100);
+    return std::pair<int64_t, int64_t>{w, h};
+  };
   // Salient regions first, so that clutter never crowds them out at small resolutions.
   std::vector<int> colours = {0, 1, 2, 3, 4, 5, 6, 7};
   for (size_t i = colours.size() - 1; i > 0; --i)
@@ -210,6 +227,7 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed) {
   for (int64_t k = 0; k < count; ++k) {
     SynthRegion r;
     const Colour& c = kColours[colours[size_t(k)]];
+    const uint8_t ink = c.light ? 10 : 245;
     r.colour = c.name;
     int64_t px = base_px + rng.below(2);
     int64_t kind = rng.below(3);
@@ -217,10 +235,12 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed) {
       r.kind = kind == 0 ? "number" : "word";
       r.detail = kind == 0 ? std::to_string(rng.range(10, 99)) : kWords[rng.below(14)];
       int64_t tw = int64_t(r.detail.size()) * 6 * px - px, th = 7 * px, m = 2 * px;
-      Box b = place(tw + 2 * m, th + 2 * m);
+      auto [bw, bh] = boards ? board_size(tw, th, px) : std::pair{tw + 2 * m, th + 2 * m};
+      Box b = place(bw, bh);
       if (b.x2 == 0) continue;
       fill_rect(img, int64_t(b.x1), int64_t(b.y1), int64_t(b.x2), int64_t(b.y2), c.r, c.g, c.b);
-      draw_text(img, r.detail, int64_t(b.x1) + m, int64_t(b.y1) + m, px, c.light ? 10 : 245);
+      draw_text(img, r.detail, int64_t(b.x1) + (bw - tw) / 2, int64_t(b.y1) + (bh - th) / 2, px,
+                ink);
       r.box = b;
       r.caption = std::string("a ") + c.name + " sign reading " + r.detail;
       r.question = std::string("What ") + (kind == 0 ? "number" : "word") + " is on the " + c.name +
@@ -229,19 +249,32 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed) {
       r.kind = "shape";
       r.detail = kShapes[rng.below(4)];
       int64_t s = 9 * px;
-      Box b = place(s, s);
-      if (b.x2 == 0) continue;
-      fill_shape(img, r.detail, int64_t(b.x1), int64_t(b.y1), s, c);
-      r.box = b;
-      r.caption = std::string("a small ") + c.name + " " + r.detail;
-      r.question = std::string("What shape is the small ") + c.name + " object?";
+      if (boards) {
+        // The shape is drawn small, in ink, on a coloured sign: its outline needs high res.
+        auto [bw, bh] = board_size(s, s, px);
+        Box b = place(bw, bh);
+        if (b.x2 == 0) continue;
+        fill_rect(img, int64_t(b.x1), int64_t(b.y1), int64_t(b.x2), int64_t(b.y2), c.r, c.g, c.b);
+        fill_shape(img, r.detail, int64_t(b.x1) + (bw - s) / 2, int64_t(b.y1) + (bh - s) / 2, s,
+                   Colour{"ink", ink, ink, ink, true});
+        r.box = b;
+        r.caption = std::string("a ") + c.name + " sign with a small " + r.detail;
+        r.question = std::string("What shape is on the ") + c.name + " sign?";
+      } else {
+        Box b = place(s, s);
+        if (b.x2 == 0) continue;
+        fill_shape(img, r.detail, int64_t(b.x1), int64_t(b.y1), s, c);
+        r.box = b;
+        r.caption = std::string("a small ") + c.name + " " + r.detail;
+        r.question = std::string("What shape is the small ") + c.name + " object?";
+      }
     }
     make_options(r, rng);
     out.regions.push_back(std::move(r));
   }
   // Then distractors, placed apart from the regions: blank signs and muted shapes.
   for (int64_t k = rng.range(20, 40); k > 0; --k) {
-    int64_t s = rng.range(8, 16) * base_px;
+    int64_t s = boards ? rng.range(n / 100, n / 50) : rng.range(8, 16) * base_px;
     Box b = place(s * 2, s);
     if (b.x2 == 0) continue;
     uint8_t v = uint8_t(rng.range(70, 180));

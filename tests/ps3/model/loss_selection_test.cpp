@@ -97,6 +97,53 @@ TEST(SelectionLoss, BalancedWeighsBoxAndBackgroundHalfAndHalf) {
   EXPECT_TRUE(testing::check_gradients(f, {p0, p1}));
 }
 
+// balanced_rank adds, per local row with box cells, -log(softmax mass of the box) over the
+// logits z = log(p / (1 - p)); rows without box cells add nothing to that term.
+double rank_term(const Tensor& p, const Tensor& g, const std::vector<int64_t>& rows) {
+  std::vector<double> pv = p.to_vector<double>(), gv = g.to_vector<double>();
+  const int64_t per = p.numel() / p.size(0);
+  double total = 0;
+  int64_t counted = 0;
+  for (int64_t r : rows) {
+    double all = 0, box = 0;
+    for (int64_t k = 0; k < per; ++k) {
+      double pi = pv[size_t(r * per + k)], e = pi / (1 - pi);  // exp(logit)
+      all += e;
+      if (gv[size_t(r * per + k)] > 0.5) box += e;
+    }
+    if (box > 0) total += std::log(all / box), ++counted;
+  }
+  return counted ? total / double(counted) : 0.0;
+}
+
+TEST(SelectionLoss, BalancedRankAddsTheSoftmaxMassOfTheBox) {
+  Tensor p0 = testing::random_leaf({3, 2, 2}, 21, 0.05, 0.95);
+  Tensor p1 = testing::random_leaf({3, 4, 4}, 22, 0.05, 0.95);
+  std::vector<double> g0v(12, 0.0), g1v(48, 0.0);
+  g0v[0] = 1, g1v[5] = 1, g1v[6] = 1;  // row 0 has box cells, row 1 none, row 2 global
+  Tensor g0 = from_vector<double>(g0v, {3, 2, 2}), g1 = from_vector<double>(g1v, {3, 4, 4});
+  std::vector<bool> local{true, true, false};
+  const double want = (balanced_bce(p0, g0, {0, 1}) + rank_term(p0, g0, {0, 1}) +
+                       balanced_bce(p1, g1, {0, 1}) + rank_term(p1, g1, {0, 1})) /
+                      2;
+  EXPECT_NEAR(
+      selection_bce({p0, p1}, {g0, g1}, local, 1.0, SelectionLoss::balanced_rank).item<double>(),
+      want, 1e-9);
+  // The term depends on the ranking of box vs background, not on which background cell is which;
+  // a background cell above the box costs more than the box above it.
+  auto loss_with = [&](double box, double hard, double easy) {
+    Tensor p = from_vector<double>({box, hard, easy, 0.5}, {1, 2, 2});
+    Tensor g = from_vector<double>({1, 0, 0, 0}, {1, 2, 2});
+    return selection_bce({p}, {g}, {true}, 1.0, SelectionLoss::balanced_rank).item<double>();
+  };
+  EXPECT_NEAR(loss_with(0.6, 0.9, 0.1), loss_with(0.6, 0.1, 0.9), 1e-12);
+  EXPECT_LT(loss_with(0.9, 0.2, 0.2), loss_with(0.2, 0.9, 0.2));
+  auto f = [&](const std::vector<Tensor>& in) {
+    return selection_bce({in[0], in[1]}, {g0, g1}, local, 1.0, SelectionLoss::balanced_rank);
+  };
+  EXPECT_TRUE(testing::check_gradients(f, {p0, p1}));
+}
+
 TEST(SelectionLoss, ClampsLogsLikePyTorch) {
   // p = 0 with g = 1 and p = 1 with g = 0 each cost 100 (log clamped at -100), not inf.
   Tensor p = from_vector<double>({0.0, 1.0, 0.5, 0.5}, {1, 2, 2});
