@@ -16,6 +16,7 @@
 #include "launcher/config.h"
 #include "launcher/model_config.h"
 #include "launcher/ps3_weights.h"
+#include "launcher/vilahd_init.h"
 #include "launcher/vilahd_tools.h"
 #ifdef HD_HAVE_CUDA
 #include "ops/cuda/device_probe.h"
@@ -203,61 +204,36 @@ int init(const std::vector<std::string>& args) {
       std::fputs(kInitUsage, stdout);
       return 0;
     }
-  vilahd::VilaHdConfig config;
-  std::optional<WeightsSource> ps3_source;
-  fs::path out, tok_path;
-  uint64_t seed = 0;
+  VilaInitSpec spec;
+  fs::path out;
   try {
     Args a(args, {"out", "tokenizer", "preset", "mode", "seed", "ps3", "ps3-config"}, {});
     out = a.require("out");
-    tok_path = a.require("tokenizer");
+    spec.tokenizer = a.require("tokenizer");
     const std::string preset = a.get("preset", "tiny");
     HD_CHECK(preset == "tiny", "--preset '", preset, "' is not known (known: tiny)");
-    seed = uint64_t(a.get_int("seed", 0));
-    HD_CHECK(fs::is_regular_file(tok_path), "--tokenizer '", tok_path.string(), "' does not exist");
+    spec.seed = uint64_t(a.get_int("seed", 0));
+    spec.mode = a.get("mode", "");
+    spec.ps3 = a.get("ps3", "");
+    spec.ps3_config = a.get("ps3-config", "");
+    HD_CHECK(fs::is_regular_file(spec.tokenizer), "--tokenizer '", spec.tokenizer.string(),
+             "' does not exist");
     HD_CHECK(!fs::exists(out / "config.json"), "--out '", out.string(),
              "' already holds a VILA-HD folder (config.json); choose another folder");
-    vilahd::BpeTokenizer tok = vilahd::BpeTokenizer::load(tok_path);
-    const std::vector<int32_t> newline = tok.encode("\n");
-    HD_CHECK(newline.size() == 1, "--tokenizer '", tok_path.string(),
-             "' does not encode \"\\n\" as one token (VILA-HD closes each image with it)");
-    config = vilahd::VilaHdConfig::tiny(tok.max_id_plus_one(), newline[0]);
-    if (!a.get("mode", "").empty())
-      config.look_close_mode = vilahd::parse_look_close_mode(a.get("mode", ""));
-    if (auto eos = tok.find_token("<|im_end|>")) config.llm.eos_token_id = *eos;
-    if (!a.get("ps3", "").empty()) {
-      ps3_source = resolve_checkpoint(a.get("ps3", ""));
-      std::string cfg = a.get("ps3-config", "");
-      if (cfg.empty() && fs::is_regular_file(fs::path(a.get("ps3", "")) / "config.textproto"))
-        cfg = (fs::path(a.get("ps3", "")) / "config.textproto").string();
-      HD_CHECK(!cfg.empty(), "--ps3 '", a.get("ps3", ""),
-               "' is not a run folder with config.textproto: give --ps3-config (the run config "
-               "whose model section describes the checkpoint)");
-      // Only the vision tower is used: the text vocabulary does not matter (1 keeps it valid).
-      config.vision = to_ps3_config(load_model_config(cfg, {}).model(), 1).vision;
-    } else {
-      HD_CHECK(a.get("ps3-config", "").empty(), "--ps3-config is only used with --ps3");
-    }
-    config.validate("hdtrain vilahd init");
+    HD_CHECK(!spec.ps3.empty() || spec.ps3_config.empty(), "--ps3-config is only used with --ps3");
+    if (!spec.ps3.empty()) resolve_checkpoint(spec.ps3);  // a bad path: exit 2 before any work
+    vila_init_config(spec);
   } catch (const std::exception& e) {
     return user_error("init", e);
   }
-  vilahd::VilaHdModel model(config);
-  model.initialize(seed);
-  if (ps3_source) {
-    try {
-      load_vision_weights(model.vision(), *ps3_source);
-    } catch (const std::exception& e) {
-      return user_error("init", e);
-    }
-    std::printf("vision tower: PS3 weights from %s\n", ps3_source->path.c_str());
+  int64_t parameters = 0;
+  try {
+    parameters = write_vila_init_folder(spec, out);
+  } catch (const std::exception& e) {
+    return user_error("init", e);
   }
-  vilahd::save_vila_folder(model, out, tok_path);
-  std::printf("wrote %s (%lld parameters: LLM %lld, projector %lld, PS3 %lld)\n", out.c_str(),
-              static_cast<long long>(model.num_parameters()),
-              static_cast<long long>(model.llm().num_parameters()),
-              static_cast<long long>(model.projector().num_parameters()),
-              static_cast<long long>(model.vision().num_parameters()));
+  if (!spec.ps3.empty()) std::printf("vision tower: PS3 weights from %s\n", spec.ps3.c_str());
+  std::printf("wrote %s (%lld parameters)\n", out.c_str(), static_cast<long long>(parameters));
   return 0;
 }
 
