@@ -166,7 +166,8 @@ TEST(Config, ValidationNamesTheField) {
         "config: monitoring.port_base = 70000 must leave room for one port per rank below 65536");
   check({"data.synthesize.enabled=true"}, 1, "config: data.synthesize.images = 0 must be >= 1");
   check({"train.selection_loss=focal"}, 1,
-        "config: train.selection_loss = 'focal' is not one of bce (the reference), balanced");
+        "config: train.selection_loss = 'focal' is not one of bce (the reference), balanced, "
+        "balanced_rank");
   check({"train.prior_target=box"}, 1,
         "config: train.prior_target = 'box' is not one of caption_box (the reference), "
         "all_regions");
