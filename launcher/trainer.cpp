@@ -250,6 +250,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
       : tc.selection_loss() == "balanced_rank" ? ps3::SelectionLoss::balanced_rank
                                                : ps3::SelectionLoss::bce;
   po.prior_all_regions = tc.prior_target() == "all_regions";
+  po.posterior_all_regions = tc.posterior_target() == "all_regions";
   std::vector<int64_t> poison(tc.debug_nonfinite_steps().begin(), tc.debug_nonfinite_steps().end());
 
   TrainOutcome out;

@@ -70,6 +70,11 @@ struct PretrainOptions {
   // of the other captions. all_regions uses every captioned region of the row's image
   // (data::Batch::salient_boxes): what bottom-up selection is meant to find.
   bool prior_all_regions = false;
+  // Target of the top-down (posterior) BCE. The reference: each row's caption prompt against its
+  // box. all_regions: the caption of every captioned region of the row's image, each against its
+  // own box (data::Batch::region_tokens; stage 2 only, the extra prompts select nothing), so an
+  // image teaches the prompt head and the text tower about all its regions in one step.
+  bool posterior_all_regions = false;
 };
 
 // Loss terms are this rank's share: their mean over ranks is the value one process holding the

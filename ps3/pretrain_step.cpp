@@ -12,6 +12,8 @@
 #include "autograd/error.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
+#include "ops/reduce.h"
+#include "ops/shape.h"
 #include "ops/similarity.h"
 #include "parallel/autograd_collectives.h"
 #include "parallel/process_group.h"
@@ -87,7 +89,21 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
   const int64_t B = batch.batch_size();
   const size_t ns = c.vision.scales.size();
 
-  TextOutputs text = model.text().forward(batch.tokens);
+  // posterior_all_regions: the regions' captions go through the text tower in the same call as
+  // the rows' (one pass per FSDP unit), rows first; rows are independent in the tower.
+  std::vector<int64_t> region_rows;
+  Tensor region_prompts;
+  TextOutputs text;
+  if (options.posterior_all_regions) {
+    Tensor region_tokens = batch.region_tokens(region_rows);
+    const int64_t R = int64_t(region_rows.size());
+    TextOutputs both = model.text().forward(R > 0 ? cat({batch.tokens, region_tokens}, 0) : batch.tokens);
+    text.features = narrow(both.features, 0, 0, B);
+    text.prompt = narrow(both.prompt, 0, 0, B);
+    if (R > 0) region_prompts = narrow(both.prompt, 0, B, R);
+  } else {
+    text = model.text().forward(batch.tokens);
+  }
 
   VisionInputs in;
   in.low_res = batch.low_res;
@@ -100,6 +116,8 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
   in.gt_forcing = options.gt_forcing;
   in.pool_gt_only = options.pool_gt_only;
   in.look_close_steps = options.look_close_steps;
+  in.region_prompts = region_prompts;
+  if (region_prompts.defined()) in.region_rows = region_rows;
   VisionOutputs v = model.vision().forward(in);
 
   PretrainResult r;
@@ -133,8 +151,25 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
   Tensor loss = add(contrastive, mul(prior, options.prior_weight));
   r.bce_prior = prior.item<double>();
   if (!v.posterior_probs.empty()) {
-    Tensor posterior =
-        selection_bce(v.posterior_probs, in.gt_maps, is_local, row_weight, options.selection_loss);
+    Tensor posterior;
+    if (options.posterior_all_regions) {
+      // Normalised like the rows (selection_loss.h): the mean over ranks is the mean over every
+      // region of the global batch.
+      const int64_t R = int64_t(region_rows.size());
+      const int64_t R_global = pg ? parallel::all_reduce_count(R, *pg) : R;
+      const double region_weight = R_global > 0 ? double(R) * double(n) / double(R_global) : 0.0;
+      if (R > 0) {
+        std::vector<Tensor> region_maps;
+        for (size_t s = 0; s < ns; ++s) region_maps.push_back(batch.region_maps(c.vision.grid(s)));
+        posterior = selection_bce(v.region_probs, region_maps, std::vector<bool>(size_t(R), true),
+                                  region_weight, options.selection_loss);
+      } else {
+        posterior = mul(sum(v.posterior_probs[0]), 0.0);  // still reaches the selection modules
+      }
+    } else {
+      posterior =
+          selection_bce(v.posterior_probs, in.gt_maps, is_local, row_weight, options.selection_loss);
+    }
     std::tie(r.posterior_in_box, r.posterior_outside) =
         box_probability(v.posterior_probs[0], in.gt_maps[0], is_local);
     loss = add(loss, mul(posterior, options.posterior_weight));

@@ -162,6 +162,20 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
     out.posterior_probs =
         per_scale(c, selection_probability(features, in.prompt, *p.prompt_proj_for_highres));
   }
+  if (in.region_prompts.defined()) {
+    const int64_t R = in.region_prompts.size(0);
+    HD_CHECK(in.region_prompts.dim() == 2 && in.region_prompts.size(1) == W &&
+                 int64_t(in.region_rows.size()) == R,
+             "PS3 vision: region_prompts must be [R, ", W, "] with R region_rows, got ",
+             in.region_prompts.str(), " and ", in.region_rows.size(), " rows");
+    for (int64_t r : in.region_rows)
+      HD_CHECK(r >= 0 && r < B, "PS3 vision: region row ", r, " outside the batch of ", B);
+    Tensor idx = from_vector<int64_t>(in.region_rows, {R});
+    SelectionFeatures of_rows{index_select(features.lowres, 0, idx),
+                              index_select(features.highres, 0, idx)};
+    out.region_probs = per_scale(
+        c, selection_probability(of_rows, in.region_prompts, *p.prompt_proj_for_highres));
+  }
   const std::vector<Tensor>& ranking = in.prompt.defined() ? out.posterior_probs : out.prior_probs;
 
   // Stage 3: look-close steps, each attending to the low-res cache and its own tokens only.

@@ -43,6 +43,11 @@ struct VisionInputs {
   // (VILA's mm_vision_select_layer): k >= 1 is block k-1's output, -1 the last block, -2 the
   // one before (NVILA's choice, ps3-reference-implementation.md §3.3). Pre-final-norm.
   int64_t feature_layer = -1;
+  // Extra top-down prompts [R, width], region r compared with row region_rows[r]'s selection
+  // features: VisionOutputs::region_probs (stage 2 only; they select nothing). Training uses them
+  // to supervise the top-down map with every captioned region of an image (train.posterior_target).
+  Tensor region_prompts;
+  std::vector<int64_t> region_rows;
   // Patches per scale of each look-close step (VILA-HD's SELECT_NUM_EACH_SCALE, §3.5); empty:
   // split_budget(scales, max_select).
   std::vector<int64_t> select_per_scale;
@@ -63,6 +68,7 @@ struct VisionOutputs {
   // Per high-res scale, [B, grid(s), grid(s)]:
   std::vector<Tensor> prior_probs;      // bottom-up probabilities (differentiable)
   std::vector<Tensor> posterior_probs;  // top-down (empty without a prompt)
+  std::vector<Tensor> region_probs;     // [R, g, g] for VisionInputs::region_prompts
   std::vector<Tensor> selection_maps;   // f32 0/1, union over steps
 };
 

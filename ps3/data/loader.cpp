@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "autograd/error.h"
+#include "ops/factory.h"
 
 namespace hd::data {
 
@@ -24,6 +25,33 @@ Tensor Batch::salient_map(int64_t out) const {
   HD_CHECK(salient_boxes.size() == boxes.size(), "Batch::salient_map: ", salient_boxes.size(),
            " salient box lists for ", boxes.size(), " rows");
   return box_maps(salient_boxes, size, out);
+}
+
+Tensor Batch::region_tokens(std::vector<int64_t>& rows) const {
+  HD_CHECK(salient_tokens.size() == salient_boxes.size() && tokens.defined(),
+           "Batch::region_tokens: needs a tokenizer and one token list per salient box");
+  const int64_t ctx = tokens.size(1);
+  rows.clear();
+  std::vector<int32_t> flat;
+  for (size_t b = 0; b < salient_tokens.size(); ++b) {
+    HD_CHECK(salient_tokens[b].size() == salient_boxes[b].size(), "Batch::region_tokens: row ", b,
+             " has ", salient_tokens[b].size(), " token lists for ", salient_boxes[b].size(),
+             " boxes");
+    for (const auto& ids : salient_tokens[b]) {
+      HD_CHECK(int64_t(ids.size()) == ctx, "Batch::region_tokens: ", ids.size(),
+               " tokens, context is ", ctx);
+      flat.insert(flat.end(), ids.begin(), ids.end());
+      rows.push_back(int64_t(b));
+    }
+  }
+  return from_vector<int32_t>(flat, {int64_t(rows.size()), ctx});
+}
+
+Tensor Batch::region_maps(int64_t out) const {
+  std::vector<std::vector<Box>> each;
+  for (const auto& row : salient_boxes)
+    for (const Box& box : row) each.push_back({box});
+  return box_maps(each, size, out);
 }
 
 Tensor Batch::patches(int64_t b, int64_t scale, const std::vector<int64_t>& indices) const {
@@ -90,6 +118,7 @@ void Loader::produce() {
       b.is_global.resize(size_t(n));
       b.boxes.resize(size_t(n));
       b.salient_boxes.resize(size_t(n));
+      b.salient_tokens.resize(size_t(n));
       b.texts.resize(size_t(n));
       b.images.resize(size_t(n));
       b.low_res = Tensor::empty({n, 3, opt_.low_res, opt_.low_res});
@@ -205,9 +234,14 @@ void Loader::load_sample(Pending& p, int64_t i) {
       }
       b.boxes[size_t(i)] = {*box};
     }
-    for (const Box& each : rec.boxes) {
+    for (size_t k = 0; k < rec.boxes.size(); ++k) {
       std::string why;
-      if (auto box = transform_box(each, crop, S, why)) b.salient_boxes[size_t(i)].push_back(*box);
+      auto box = transform_box(rec.boxes[k], crop, S, why);
+      if (!box) continue;
+      b.salient_boxes[size_t(i)].push_back(*box);
+      // records.cpp keeps texts and boxes aligned (a caption per box).
+      if (tok_)
+        b.salient_tokens[size_t(i)].push_back(tok_->encode(process_caption(rec.texts[k], false, 0)));
     }
     const std::string& caption = spec.is_global ? rec.global_text : rec.texts[size_t(spec.box)];
     b.texts[size_t(i)] = process_caption(caption, opt_.sentence_masking, spec.key);
@@ -278,6 +312,7 @@ Batch Loader::next() {
   keep_items(b.is_global, keep);
   keep_items(b.boxes, keep);
   keep_items(b.salient_boxes, keep);
+  keep_items(b.salient_tokens, keep);
   keep_items(b.texts, keep);
   keep_items(b.images, keep);
   return b;

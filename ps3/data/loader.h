@@ -51,6 +51,9 @@ struct Batch {
   // Every local box of each row's image (the salient regions), in S x S pixels: the target of
   // the bottom-up map under train.prior_target = "all_regions".
   std::vector<std::vector<Box>> salient_boxes;
+  // The caption of each salient box (same order), tokenized (empty lists without a tokenizer):
+  // the prompts of the top-down map under train.posterior_target = "all_regions".
+  std::vector<std::vector<std::vector<int32_t>>> salient_tokens;
   std::vector<std::string> texts;  // processed captions
   Tensor low_res;                  // [B, 3, low, low] f32
   Tensor selection;                // [B, 3, sel, sel] f32 (undefined when sel = 0)
@@ -64,6 +67,10 @@ struct Batch {
   Tensor gt_map(int64_t out) const;
   // The same for salient_boxes.
   Tensor salient_map(int64_t out) const;
+  // Every row's salient regions in row order: [R, ctx] i32 tokens, the row of each region, and
+  // (region_maps) each region's own [R, out, out] GT map.
+  Tensor region_tokens(std::vector<int64_t>& rows) const;
+  Tensor region_maps(int64_t out) const;
   // [n, 3, 14, 14] f32 patches of sample b at `scale` (flat grid indices).
   Tensor patches(int64_t b, int64_t scale, const std::vector<int64_t>& indices) const;
 };

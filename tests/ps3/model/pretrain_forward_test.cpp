@@ -59,6 +59,49 @@ TEST(PretrainForward, FiniteLossWithGradientsEverywhere) {
   }
 }
 
+// posterior_target = all_regions: each region's caption is a prompt against its own box. With a
+// batch whose only region per local row is the row's own caption and box, the posterior BCE is
+// the reference's; a second region on a row changes it, and its gradient reaches the text tower.
+TEST(PretrainForward, PosteriorOverAllRegions) {
+  PS3CLIP model(micro_config());
+  model.initialize(5);
+  data::Batch batch = micro_batch(0, 4);  // rows 0, 1, 3 local; row 2 global
+  const int64_t ctx = batch.tokens.size(1);
+  auto row_tokens = [&](int64_t b) {
+    const int32_t* t = batch.tokens.data<int32_t>() + b * ctx;
+    return std::vector<int32_t>(t, t + ctx);
+  };
+  batch.salient_boxes.assign(4, {});
+  batch.salient_tokens.assign(4, {});
+  for (int64_t b : {0, 1, 3}) {
+    batch.salient_boxes[size_t(b)] = batch.boxes[size_t(b)];
+    batch.salient_tokens[size_t(b)] = {row_tokens(b)};
+  }
+  PretrainOptions reference, regions;
+  regions.posterior_all_regions = true;
+  const PretrainResult a = pretrain_forward(model, batch, reference, nullptr);
+  const PretrainResult b = pretrain_forward(model, batch, regions, nullptr);
+  EXPECT_NEAR(b.bce_posterior, a.bce_posterior, 1e-5 * a.bce_posterior);
+  EXPECT_NEAR(b.bce_prior, a.bce_prior, 1e-5 * a.bce_prior);
+  EXPECT_NEAR(b.contrastive, a.contrastive, 1e-5 * a.contrastive);
+
+  // Row 0's image also holds row 3's region: now 4 regions, one more term in the mean.
+  batch.salient_boxes[0].push_back(batch.boxes[3][0]);
+  batch.salient_tokens[0].push_back(row_tokens(3));
+  std::vector<int64_t> rows;
+  EXPECT_EQ(batch.region_tokens(rows).size(0), 4);
+  EXPECT_EQ(rows, (std::vector<int64_t>{0, 0, 1, 3}));
+  PretrainResult c = pretrain_forward(model, batch, regions, nullptr);
+  EXPECT_GT(std::abs(c.bce_posterior - a.bce_posterior), 1e-6);
+  c.loss.backward();
+  for (const char* name : {"text_model.prompt_proj.fc2.weight", "text_model.token_embedding.weight",
+                           "vision_model.prompt_proj_for_highres.weight"})
+    EXPECT_GT(grad_norm(model, name), 0.0) << name;
+  // Without a tokenizer's region tokens the option is an error naming what is missing.
+  batch.salient_tokens.clear();
+  EXPECT_THROW(pretrain_forward(model, batch, regions, nullptr), std::exception);
+}
+
 TEST(PretrainForward, SameSeedSameBits) {
   auto run = [] {
     PS3CLIP model(micro_config());

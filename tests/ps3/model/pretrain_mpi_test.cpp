@@ -38,22 +38,48 @@ constexpr uint64_t kSeed = 21;
 const AdamWOptions kAdam{2e-3, 0.9, 0.95, 1e-4};
 constexpr double kDecay = 1e-4;
 
-PretrainOptions options() {
+PretrainOptions options(bool all_regions = false) {
   PretrainOptions o;
   o.look_close_steps = 2;
+  o.posterior_all_regions = all_regions;
+  o.prior_all_regions = all_regions;
   return o;
+}
+
+// Rows [first, first + n) of the global batch, with salient regions as a pure function of the
+// global index: a local row's own caption and box, plus (every fourth index, global rows too)
+// a second region, so ranks hold different region counts (the all_regions weighting's case).
+data::Batch batch_of(int64_t first, int64_t n, bool all_regions) {
+  data::Batch b = testing::micro_batch(first, n);
+  if (!all_regions) return b;
+  const PS3Config c = testing::micro_config();
+  b.salient_boxes.assign(size_t(n), {});
+  b.salient_tokens.assign(size_t(n), {});
+  for (int64_t i = 0; i < n; ++i) {
+    testing::MicroSample s = testing::micro_sample(first + i, c.vision.image_size(),
+                                                   c.text.context, c.text.vocab);
+    if (!s.is_global) b.salient_boxes[size_t(i)].push_back(s.box), b.salient_tokens[size_t(i)].push_back(s.tokens);
+    if ((first + i) % 4 == 0) {
+      testing::MicroSample o = testing::micro_sample(first + i + 1, c.vision.image_size(),
+                                                     c.text.context, c.text.vocab);
+      b.salient_boxes[size_t(i)].push_back(data::Box{5, 7, 40, 33});
+      b.salient_tokens[size_t(i)].push_back(o.tokens);
+    }
+  }
+  return b;
 }
 
 struct Reference {
   PS3CLIP model{testing::micro_config()};
   std::unique_ptr<AdamW> opt;
-  Reference() {
+  bool all_regions;
+  explicit Reference(bool regions) : all_regions(regions) {
     model.initialize(kSeed);
     opt = std::make_unique<AdamW>(param_groups(model, kDecay), kAdam);
   }
   double step(int s) {
-    PretrainResult r = pretrain_forward(model, testing::micro_batch(s * kGlobalBatch, kGlobalBatch),
-                                        options(), nullptr);
+    PretrainResult r = pretrain_forward(model, batch_of(s * kGlobalBatch, kGlobalBatch, all_regions),
+                                        options(all_regions), nullptr);
     r.loss.backward();
     opt->step();
     opt->zero_grad();
@@ -73,7 +99,8 @@ struct Sharded {
   PS3CLIP model{testing::micro_config()};
   std::unique_ptr<parallel::FSDP> fsdp;
   std::unique_ptr<AdamW> opt;
-  explicit Sharded(bool reshard) {
+  bool all_regions;
+  explicit Sharded(bool reshard, bool regions = false) : all_regions(regions) {
     model.initialize(kSeed);
     fsdp = shard_ps3(model, world_ptr(), parallel::FSDPOptions{reshard, {}});
     opt = std::make_unique<AdamW>(fsdp->param_groups(kDecay), kAdam);
@@ -82,8 +109,9 @@ struct Sharded {
   double step(int s) {
     const int n = world().world_size(), rank = world().rank();
     const int64_t per = kGlobalBatch / n;
-    PretrainResult r = pretrain_forward(
-        model, testing::micro_batch(s * kGlobalBatch + rank * per, per), options(), &world());
+    PretrainResult r =
+        pretrain_forward(model, batch_of(s * kGlobalBatch + rank * per, per, all_regions),
+                         options(all_regions), &world());
     r.loss.backward();
     fsdp->finish_backward();
     opt->step();
@@ -97,12 +125,12 @@ struct Sharded {
   }
 };
 
-void check_parity(bool reshard) {
+void check_parity(bool reshard, bool all_regions = false) {
   if (kGlobalBatch % world().world_size() != 0)
     GTEST_SKIP() << "global batch " << kGlobalBatch << " does not split over "
                  << world().world_size() << " ranks";
-  Reference ref;
-  Sharded sharded(reshard);
+  Reference ref(all_regions);
+  Sharded sharded(reshard, all_regions);
   for (int s = 0; s < kSteps; ++s) {
     double want = ref.step(s), got = sharded.step(s);
     ASSERT_TRUE(std::isfinite(want)) << "step " << s;
@@ -137,6 +165,10 @@ TEST(PretrainSharded, MatchesWholeBatchTrainingReshardAfterForward) {
 }
 TEST(PretrainSharded, MatchesWholeBatchTrainingKeepUnsharded) {
   check_parity(false);
+}
+// train.prior_target / posterior_target = all_regions: region counts differ between ranks.
+TEST(PretrainSharded, MatchesWholeBatchTrainingAllRegionTargets) {
+  check_parity(true, true);
 }
 
 TEST(PretrainSharded, SameSeedSameLosses) {
