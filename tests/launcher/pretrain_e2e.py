@@ -11,9 +11,12 @@ h5dump, the JSON-lines metrics files and the /metrics endpoint. Cases:
   signal        SIGTERM to rank 0 alone mid-run: every rank stops at the same step, a
                 checkpoint is written, mpirun exits 0, /metrics answered while it ran, and a
                 restart resumes from that checkpoint
-  signal_mpirun SIGTERM to mpirun itself (what a scheduler or Ctrl-C does), launched with
-                --mca odls_base_sigkill_timeout 10 as scripts/demo.sh does: OpenMPI forwards
-                SIGTERM to the ranks and waits before SIGKILL, so they checkpoint and stop
+  signal_mpirun SIGTERM to the job's launcher (what a scheduler or Ctrl-C does), launched with
+                scripts/hdrun as scripts/demo.sh does: every rank checkpoints at the next step
+                and the job exits 0 within seconds (mpirun alone delivers SIGTERM only after
+                odls_base_sigkill_timeout); the delay is printed and bounded
+  abnormal_exit  a bad config, a rank that cannot start (its /metrics port taken) and a rank
+                killed with -9 mid-run end the job under hdrun in seconds, not at a kill timeout
   nonfinite     a poisoned loss at step 2: skipped (null in the log), counted, training goes on
   nonfinite_limit  poisoned steps 1 and 2 with max_nonfinite_in_a_row 2: a clear error, exit != 0
   bad_config    typo in a --set, typo in a file (file:line:col), wrong world size, missing
@@ -33,6 +36,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MICRO = os.path.join(HERE, "micro.textproto")
+HDRUN = os.path.join(HERE, "..", "..", "scripts", "hdrun")
 
 
 def fail(msg):
@@ -52,6 +56,14 @@ class Env:
         self.mpirun = a.mpirun.split()
         self.work = a.work
         self.data = os.path.join(a.work, "data")
+
+    def hdrun_env(self):
+        """Environment for HDRUN: it runs this test's mpirun."""
+        return dict(os.environ, HD_MPIRUN=self.mpirun[0])
+
+    def hdrun_cmd(self, run_dir, sets=()):
+        """The command line of cmd() launched through scripts/hdrun."""
+        return [HDRUN] + self.cmd(run_dir, sets)[1:]
 
     def cmd(self, run_dir, sets=(), np=2, config=MICRO):
         c = self.mpirun + ["-np", str(np), self.hdtrain, "pretrain", "--config", config,
@@ -214,30 +226,45 @@ def free_port_base():
     fail("no free port pair")
 
 
-def rank_pids(mpirun_pid):
-    """{rank: pid} of mpirun's hdtrain children, from their environment."""
-    out = {}
+def rank_pids(launcher_pid):
+    """{rank: pid} of the hdtrain processes below launcher_pid (mpirun, or hdrun -> mpirun),
+    from their environment."""
+    parent = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open("/proc/%s/stat" % pid) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != mpirun_pid:
-                continue
-            with open("/proc/%s/environ" % pid, "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-            if b"OMPI_COMM_WORLD_RANK" in env:
-                out[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(pid)
+                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
+            pass
+
+    def below(pid):
+        while pid in parent and pid > 1:
+            pid = parent[pid]
+            if pid == launcher_pid:
+                return True
+        return False
+
+    out = {}
+    for pid in parent:
+        if not below(pid):
+            continue
+        try:
+            with open("/proc/%d/environ" % pid, "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            if b"OMPI_COMM_WORLD_RANK" in env and os.path.basename(
+                    os.readlink("/proc/%d/exe" % pid)) == "hdtrain":
+                out[int(env[b"OMPI_COMM_WORLD_RANK"])] = pid
+        except (OSError, ValueError):
             pass
     return out
 
 
-def start_training(c, run_dir):
+def start_training(c, run_dir, env=None):
     """Starts command c in the background and returns once rank 0 has logged 2 steps."""
     print("$ " + " ".join(c), flush=True)
-    p = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     log = os.path.join(run_dir, "metrics_rank0.jsonl")
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
@@ -279,20 +306,69 @@ def case_signal(env):
 
 def case_signal_mpirun(env):
     d = fresh(env, "sig_mpirun")
-    c = env.cmd(d, ["train.steps=100000", "checkpoint.every_steps=0", "eval.at_end=false"])
-    c = c[:1] + ["--mca", "odls_base_sigkill_timeout", "10"] + c[1:]
-    p = start_training(c, d)
+    c = env.hdrun_cmd(d, ["train.steps=100000", "checkpoint.every_steps=0", "eval.at_end=false"])
+    p = start_training(c, d, env.hdrun_env())
+    sent = time.time()
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
+    delay = time.time() - sent
     sys.stdout.write(out[-3000:])
-    # OpenMPI 4.1 exits non-zero after forwarding a SIGTERM, whatever the ranks returned; what
-    # matters is the checkpoint and the ranks' own clean stop.
+    print("SIGTERM to the launcher -> checkpoint written and job exited: %.2f s" % delay)
+    check(p.returncode == 0, "the job exits 0 after SIGTERM (rc %d)" % p.returncode)
     dirs = step_dirs(d)
     check(len(dirs) == 1, "exactly one checkpoint (the signal's): %s" % dirs)
     step = int(dirs[0][5:])
     check("[stop] a stop signal reached a rank: checkpoint at step %d" % step in out,
           "rank 0 reports the stop and its checkpoint")
     check(max(losses(d, 0)) == max(losses(d, 1)) == step - 1, "both ranks stopped after the same step")
+    # A micro step and its checkpoint take well under a second; mpirun's own SIGTERM path would
+    # not even signal the ranks before odls_base_sigkill_timeout (1 s default: SIGKILL follows at
+    # once, no checkpoint; demo.sh used 30 s). 15 s leaves room for a loaded machine.
+    check(delay < 15, "stopped %.2f s after SIGTERM (< 15 s)" % delay)
+
+
+def timed_run(env, c):
+    print("$ " + " ".join(c), flush=True)
+    t = time.time()
+    p = subprocess.run(c, capture_output=True, text=True, timeout=240, env=env.hdrun_env())
+    return p, time.time() - t
+
+
+def case_abnormal_exit(env):
+    d = fresh(env, "abnormal")
+    p, secs = timed_run(env, env.hdrun_cmd(d, ["train.stpes=3"]))
+    print("bad config under hdrun: exit %d after %.2f s" % (p.returncode, secs))
+    check(p.returncode == 2, "a bad config exits 2 under hdrun (rc %d)" % p.returncode)
+    check("unknown field 'stpes'" in p.stderr, "and names the field")
+    check(secs < 10, "within seconds (%.2f s < 10 s)" % secs)
+    # Rank 1's /metrics port is taken: rank 1 cannot start, rank 0 would wait in a collective.
+    port = free_port_base()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port + 1))
+    blocker.listen(1)
+    try:
+        p, secs = timed_run(env, env.hdrun_cmd(d, ["monitoring.serve=true",
+                                                   "monitoring.port_base=%d" % port]))
+    finally:
+        blocker.close()
+    print("rank 1 cannot start under hdrun: exit %d after %.2f s" % (p.returncode, secs))
+    sys.stdout.write((p.stdout + p.stderr)[-2000:])
+    check(p.returncode != 0, "a rank that cannot start fails the job (rc %d)" % p.returncode)
+    check(str(port + 1) in p.stdout + p.stderr, "the message names the taken port %d" % (port + 1))
+    check(secs < 20, "within seconds (%.2f s < 20 s)" % secs)
+    # A dead peer: rank 1 killed mid-run; rank 0 must not wait for the watchdog.
+    d = fresh(env, "dead_peer")
+    p = start_training(env.hdrun_cmd(d, ["train.steps=100000", "checkpoint.every_steps=0",
+                                         "eval.at_end=false"]), d, env.hdrun_env())
+    pids = rank_pids(p.pid)
+    check(sorted(pids) == [0, 1], "found both rank processes: %s" % pids)
+    t = time.time()
+    os.kill(pids[1], signal.SIGKILL)
+    out, _ = p.communicate(timeout=120)
+    secs = time.time() - t
+    print("rank 1 killed (-9) under hdrun: exit %d after %.2f s" % (p.returncode, secs))
+    check(p.returncode != 0, "a dead rank fails the job (rc %d)" % p.returncode)
+    check(secs < 20, "within seconds (%.2f s < 20 s)" % secs)
 
 
 def case_nonfinite(env):
