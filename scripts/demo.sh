@@ -16,7 +16,8 @@ build="${HD_BUILD_DIR:-$root/build}"
 cd "$root"
 # --bind-to none: OpenMPI binds each rank to one core at np <= 2 (docs/parallel.md).
 # scripts/hdrun is mpirun with Ctrl-C / SIGTERM turned into an at-once stop: every rank
-# checkpoints at the next step and exits 0 (docs/training.md, "Signals").
+# checkpoints at the next step and exits 0 (docs/training.md, "Signals"); --local keeps MPI on
+# shared memory and the loopback (docs/training.md, "Network").
 mpirun_args=(--oversubscribe --bind-to none -np 2)
 if [ "$(id -u)" = 0 ]; then mpirun_args=(--allow-run-as-root "${mpirun_args[@]}"); fi
 # The ranks' stdout is OpenMPI's pseudo-terminal even when ours is a file: tell them which it is.
@@ -24,5 +25,5 @@ if [ -t 1 ]; then export HD_PROGRESS=terminal; else export HD_PROGRESS=plain; fi
 start=$(date +%s)
 # One compute thread per rank: 2 ranks on a 2-core machine.
 HD_NUM_THREADS="${HD_NUM_THREADS:-1}" \
-  "$root/scripts/hdrun" "${mpirun_args[@]}" "$build/launcher/hdtrain" pretrain --config configs/demo.textproto "$@"
+  "$root/scripts/hdrun" --local "${mpirun_args[@]}" "$build/launcher/hdtrain" pretrain --config configs/demo.textproto "$@"
 echo "demo: $(( $(date +%s) - start )) s (checkpoints and metrics in runs/demo/)"

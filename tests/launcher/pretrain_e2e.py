@@ -15,6 +15,9 @@ h5dump, the JSON-lines metrics files and the /metrics endpoint. Cases:
                 scripts/hdrun as scripts/demo.sh does: every rank checkpoints at the next step
                 and the job exits 0 within seconds (mpirun alone delivers SIGTERM only after
                 odls_base_sigkill_timeout); the delay is printed and bounded
+  listen        under `hdrun --local` (the demo's launch) no rank listens on a non-loopback
+                address: /metrics on 127.0.0.1, no MPI TCP transport (by default every rank
+                listens on 0.0.0.0 and [::]); mpirun's own listeners are printed
   abnormal_exit  a bad config, a rank that cannot start (its /metrics port taken) and a rank
                 killed with -9 mid-run end the job under hdrun in seconds, not at a kill timeout
   nonfinite     a poisoned loss at step 2: skipped (null in the log), counted, training goes on
@@ -325,6 +328,61 @@ def case_signal_mpirun(env):
     # not even signal the ranks before odls_base_sigkill_timeout (1 s default: SIGKILL follows at
     # once, no checkpoint; demo.sh used 30 s). 15 s leaves room for a loaded machine.
     check(delay < 15, "stopped %.2f s after SIGTERM (< 15 s)" % delay)
+
+
+def listening(pid):
+    """[(address, port)] of the TCP sockets process pid listens on (IPv4 and IPv6)."""
+    inodes = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    out = []
+    for table in ("tcp", "tcp6"):
+        with open("/proc/%d/net/%s" % (pid, table)) as f:
+            for line in f.read().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                    continue
+                addr, port = cols[1].split(":")
+                if table == "tcp":
+                    ip = ".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0))
+                else:
+                    ip = "::1" if addr == "0" * 24 + "01000000" else (
+                        "::" if addr == "0" * 32 else addr)
+                out.append((ip, int(port, 16)))
+    return out
+
+
+def case_listen(env):
+    d = fresh(env, "listen")
+    port = free_port_base()
+    c = [HDRUN, "--local"] + env.cmd(d, ["train.steps=100000", "checkpoint.every_steps=0",
+                                          "eval.at_end=false", "monitoring.serve=true",
+                                          "monitoring.port_base=%d" % port])[1:]
+    p = start_training(c, d, env.hdrun_env())
+    try:
+        pids = rank_pids(p.pid)
+        check(sorted(pids) == [0, 1], "found both rank processes: %s" % pids)
+        for rank, pid in sorted(pids.items()):
+            socks = listening(pid)
+            print("rank %d listens on %s" % (rank, socks))
+            check((("127.0.0.1", port + rank)) in socks, "rank %d serves /metrics on 127.0.0.1" % rank)
+            exposed = [s for s in socks if s[0] not in ("127.0.0.1", "::1")]
+            check(not exposed, "rank %d listens on no other address (%s)" % (rank, exposed))
+        launcher = [int(x) for x in os.listdir("/proc") if x.isdigit() and
+                    os.path.exists("/proc/%s/exe" % x) and
+                    os.path.basename(os.readlink("/proc/%s/exe" % x)).startswith("orterun")]
+        for pid in launcher:
+            print("mpirun (pid %d) listens on %s (OpenMPI 4.1: one wildcard out-of-band listener"
+                  " is not configurable)" % (pid, listening(pid)))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=120)
+    check(p.returncode == 0, "and stops cleanly on SIGTERM (rc %d)" % p.returncode)
 
 
 def timed_run(env, c):
