@@ -7,14 +7,23 @@
 
 namespace hd::parallel {
 
+int shard_dim_of(const Shape& global_shape) {
+  for (size_t d = 0; d < global_shape.size(); ++d)
+    if (global_shape[d] != 1) return int(d);
+  return 0;
+}
+
+int64_t ShardInfo::global_rows() const {
+  return global_shape.empty() ? 1 : global_shape[size_t(shard_dim)];
+}
+
 int64_t ShardInfo::valid_rows(int r) const {
-  const int64_t d0 = global_shape.empty() ? 1 : global_shape[0];
-  return std::clamp<int64_t>(d0 - int64_t(r) * rows_per_rank, 0, rows_per_rank);
+  return std::clamp<int64_t>(global_rows() - int64_t(r) * rows_per_rank, 0, rows_per_rank);
 }
 
 Shape ShardInfo::shard_shape() const {
   Shape s = global_shape.empty() ? Shape{1} : global_shape;
-  s[0] = rows_per_rank;
+  s[size_t(shard_dim)] = rows_per_rank;
   return s;
 }
 
@@ -27,12 +36,14 @@ ShardInfo make_shard_info(const std::string& name, const Shape& global_shape, in
   s.global_shape = global_shape;
   s.rank = rank;
   s.world_size = world_size;
-  const int64_t d0 = global_shape.empty() ? 1 : global_shape[0];
-  HD_CHECK(d0 > 0, "shard: parameter '", name, "' has an empty dim 0 ", global_shape);
-  s.row_numel = global_shape.empty() ? 1 : shape_numel(global_shape) / d0;
-  s.rows_per_rank = (d0 + world_size - 1) / world_size;
+  s.shard_dim = shard_dim_of(global_shape);
+  const int64_t rows = s.global_rows();
+  HD_CHECK(rows > 0, "shard: parameter '", name, "' has an empty dim ", s.shard_dim, " ",
+           global_shape);
+  s.row_numel = global_shape.empty() ? 1 : shape_numel(global_shape) / rows;
+  s.rows_per_rank = (rows + world_size - 1) / world_size;
   s.padded_length = s.rows_per_rank * s.row_numel;
-  s.offset = std::min<int64_t>(int64_t(rank) * s.rows_per_rank, d0) * s.row_numel;
+  s.offset = std::min<int64_t>(int64_t(rank) * s.rows_per_rank, rows) * s.row_numel;
   s.length = s.valid_rows(rank) * s.row_numel;
   return s;
 }

@@ -3,8 +3,10 @@
 //
 // [Note: layout] DIR/step_NNNNNNNN/ holds rank_XXXXX.h5 (one per saving rank) and manifest.pb.
 // In each HDF5 file a parameter "blocks.0.attn.weight" is the dataset /blocks/0/attn/weight
-// holding this rank's valid dim-0 rows (no padding; empty shards are not written), with
-// attributes global_shape and offset (first row), so `h5dump -H` reads like the model.
+// holding this rank's valid rows (no padding; empty shards are not written), with attributes
+// global_shape and offset (first row), so `h5dump -H` reads like the model. Rows run along the
+// tensor's shard dim (parallel/shard.h [Note: shard dim]): dim 0, or for a [1, N, W] table dim 1,
+// whose dataset is then [1, rows, W] with a shard_dim attribute.
 // One file per rank with serial HDF5 avoids the MPI-IO locking and collective hangs of a shared
 // parallel file (anchors E.7).
 //
@@ -19,10 +21,14 @@
 // they are renamed to step_N.invalid-<UTC time> (move_aside) with a warning: out of the way of
 // saves, resume and retention, and still there for a person to look at. Only rank 0 renames.
 //
-// [Note: resharding] Saved chunks are rows [row_offset, row_offset + rows) of the global tensor.
-// A loading rank intersects its own rows (from its ShardInfo, any world size) with every chunk
-// and reads just those hyperslabs, widened to the checksum blocks they touch so that every byte
-// read is verified (anchors C.5, E.1). No communication is needed to load.
+// [Note: resharding] Saved chunks are rows [row_offset, row_offset + rows) of the global tensor
+// along its saved shard dim. Since every dim before that one has size 1, a chunk is one
+// contiguous range of the flattened tensor, and so is what a loading rank owns (from its
+// ShardInfo, any world size, any shard dim): the reader intersects the two element ranges and
+// reads just the chunk rows that hold the intersection, widened to the checksum blocks they touch
+// so that every byte read is verified (anchors C.5, E.1). No communication is needed to load, and
+// a format 1 checkpoint (a [1, N, W] table saved as one dim-0 row) loads into today's dim-1
+// shards, and back, through the same arithmetic.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -40,9 +46,14 @@ class Manifest;
 
 namespace hd::parallel::ckpt {
 
-// Format of what save_checkpoint writes; load_checkpoint rejects any other. The optional
-// TrainerState of the manifest was added compatibly (see proto/checkpoint.proto), so it is still 1.
-inline constexpr uint32_t kFormatVersion = 1;
+// Formats (manifest.format_version). 1: every tensor's chunks are dim-0 rows. 2: a tensor may be
+// split along a later dim (TensorEntry.shard_dim, all dims before it of size 1; issue 19 item 7).
+// save_checkpoint writes 1 when every tensor is split on dim 0 (so older builds still read it)
+// and 2 otherwise; load_checkpoint reads both and rejects any other (a build older than format 2
+// names the version instead of misreading the chunks). The optional TrainerState of the
+// manifest was added compatibly to format 1 (see proto/checkpoint.proto).
+inline constexpr uint32_t kFormatVersionDim0 = 1;
+inline constexpr uint32_t kFormatVersion = 2;  // the newest this build writes and reads
 inline constexpr const char* kManifestName = "manifest.pb";
 
 // One tensor's local shard: `info` describes this rank's rows in the current layout, `shard` is

@@ -73,7 +73,9 @@ std::string describe_checkpoint(const fs::path& step_path) {
   o << "  tensors (" << man.tensors_size() << "):\n";
   for (const auto& t : man.tensors()) {
     const Shape shape = shape_of(t);
-    const int64_t d0 = shape.empty() ? 1 : shape[0];
+    // Rows along the entry's shard dim (dim 0 in format 1; parallel/shard.h [Note: shard dim]).
+    const int k = t.shard_dim();
+    const int64_t d0 = shape.empty() ? 1 : size_t(k) < shape.size() ? shape[size_t(k)] : 0;
     int64_t rows = 0;
     for (const auto& c : t.chunks()) rows += c.rows();
     const int64_t bytes = shape_numel(shape) * 4;

@@ -46,6 +46,10 @@ struct RankOutcome {
 std::vector<RankOutcome> exchange_outcomes(ProcessGroup& pg, int64_t status,
                                            const std::string& message);
 
+// The HDF5 dataspace of a chunk of `rows` rows along `shard_dim`: the global shape with that
+// dim replaced ({rows} for a 0-d tensor).
+std::vector<unsigned long long> chunk_dims(const Shape& global_shape, int shard_dim, int64_t rows);
+
 // Rows held by `rank` of `info.world_size` (its valid rows) and the first of them.
 inline int64_t first_row(const ShardInfo& info, int rank) {
   return int64_t(rank) * info.rows_per_rank;

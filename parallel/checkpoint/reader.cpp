@@ -73,14 +73,42 @@ Shape dataset_dims(hid_t ds) {
   return Shape(dims.begin(), dims.end());
 }
 
-// Copies the rows of `chunk` that overlap [lo, hi) (global rows) into `dst` (the shard's first
-// valid element is global row lo). Reads whole checksum blocks and verifies each one.
+// How one saved tensor is cut: the dim its chunks' rows run along and the elements per row.
+struct SavedRows {
+  int dim = 0;
+  int64_t row_numel = 1;
+};
+
+// Checks the entry's shard dim against its format and shape (a bad one is manifest damage).
+SavedRows saved_rows(const proto::TensorEntry& t, uint32_t version, const fs::path& dir) {
+  const Shape g(t.global_shape().begin(), t.global_shape().end());
+  const int k = t.shard_dim();
+  bool ok = k == 0 || (version >= 2 && k > 0 && size_t(k) < g.size());
+  for (int d = 0; ok && d < k; ++d) ok = g[size_t(d)] == 1;
+  HD_CHECK(ok, "checkpoint ", dir.string(), ": manifest entry '", t.name(), "' of shape ", g,
+           " has shard_dim ", k, ", which format ", version,
+           " does not allow (format 2: a dim after only dims of size 1)");
+  SavedRows s;
+  s.dim = k;
+  const int64_t rows = g.empty() ? 1 : g[size_t(k)];
+  s.row_numel = rows > 0 ? shape_numel(g) / rows : 0;
+  return s;
+}
+
+// Copies the elements of `chunk` that overlap [lo, hi) (elements of the flattened global tensor;
+// dst[0] is element lo) into `dst`. A chunk and a rank's shard are both contiguous ranges of the
+// flattened tensor whatever their shard dims ([Note: resharding]), so this works between any two
+// layouts. Reads the chunk rows holding the overlap, widened to whole checksum blocks, and
+// verifies each block. Returns the elements copied.
 int64_t read_overlap(FileCache& files, const fs::path& dir, const proto::TensorEntry& t,
-                     const proto::Chunk& c, const ShardInfo& info, int64_t lo, int64_t hi,
+                     const SavedRows& saved, const proto::Chunk& c, int64_t lo, int64_t hi,
                      float* dst) {
-  const int64_t a = std::max(lo, c.row_offset()) - c.row_offset();
-  const int64_t b = std::min(hi, c.row_offset() + c.rows()) - c.row_offset();
-  if (a >= b) return 0;
+  const int64_t rn = saved.row_numel;
+  const int64_t c_lo = c.row_offset() * rn, c_hi = (c.row_offset() + c.rows()) * rn;
+  const int64_t ea = std::max(lo, c_lo), eb = std::min(hi, c_hi);
+  if (ea >= eb) return 0;
+  // Chunk rows [a, b) hold the overlap (rn > 0 here: the overlap is not empty).
+  const int64_t a = (ea - c_lo) / rn, b = (eb - c_lo + rn - 1) / rn;
   const std::string where = concat(dir.string(), "/", c.file(), ":", c.dataset());
   const int64_t block = c.checksum_block_rows();
   HD_CHECK(block > 0 && c.crc32c_size() == internal::num_blocks(c.rows(), block),
@@ -94,8 +122,9 @@ int64_t read_overlap(FileCache& files, const fs::path& dir, const proto::TensorE
   HD_CHECK(H5Tequal(type, H5T_IEEE_F32LE) > 0, "checkpoint: dtype mismatch for '", t.name(),
            "' in ", where, ": the manifest says f32 (a 32-bit float), the dataset holds ",
            describe_type(type));
-  Shape expect{c.rows()};
-  for (int d = 1; d < t.global_shape_size(); ++d) expect.push_back(t.global_shape(d));
+  const std::vector<hsize_t> dims = internal::chunk_dims(
+      Shape(t.global_shape().begin(), t.global_shape().end()), saved.dim, c.rows());
+  const Shape expect(dims.begin(), dims.end());
   const Shape found = dataset_dims(ds);
   HD_CHECK(found == expect, "checkpoint: shape mismatch for '", t.name(), "' in ", where,
            ": expected ", expect, ", found ", found);
@@ -103,11 +132,10 @@ int64_t read_overlap(FileCache& files, const fs::path& dir, const proto::TensorE
   // Widen [a, b) to whole checksum blocks so every byte we use is verified.
   const int64_t ba = a / block * block;
   const int64_t bb = std::min(c.rows(), (b + block - 1) / block * block);
-  const int64_t rn = info.row_numel;
   std::vector<float> buf(size_t((bb - ba) * rn));
   std::vector<hsize_t> start(found.size(), 0), count(found.begin(), found.end());
-  start[0] = hsize_t(ba);
-  count[0] = hsize_t(bb - ba);
+  start[size_t(saved.dim)] = hsize_t(ba);
+  count[size_t(saved.dim)] = hsize_t(bb - ba);
   h5::Handle fspace(H5Dget_space(ds), H5Sclose);
   h5::check(
       H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr),
@@ -122,9 +150,9 @@ int64_t read_overlap(FileCache& files, const fs::path& dir, const proto::TensorE
     HD_CHECK(got == want, "checkpoint: checksum mismatch in dataset ", where, " rows [", r, ", ",
              r + n, ") of '", t.name(), "': expected crc32c ", hex(want), ", computed ", hex(got));
   }
-  std::copy(buf.begin() + (a - ba) * rn, buf.begin() + (b - ba) * rn,
-            dst + (c.row_offset() + a - lo) * rn);
-  return b - a;
+  const int64_t first = ea - c_lo - ba * rn;  // element ea's index in buf
+  std::copy(buf.begin() + first, buf.begin() + first + (eb - ea), dst + (ea - lo));
+  return eb - ea;
 }
 
 }  // namespace
@@ -141,9 +169,10 @@ internal::ManifestState internal::check_manifest(const fs::path& step_path, prot
     why = concat("corrupt ", kManifestName);
     return ManifestState::corrupt;
   }
-  if (man.format_version() != kFormatVersion) {
+  if (man.format_version() < kFormatVersionDim0 || man.format_version() > kFormatVersion) {
     why = concat("incompatible format version ", man.format_version(), " (this build reads ",
-                 kFormatVersion, ", written by hdtrain ", man.library_version(), ")");
+                 kFormatVersionDim0, " to ", kFormatVersion, ", written by hdtrain ",
+                 man.library_version(), ")");
     return ManifestState::other_format;
   }
   return ManifestState::ok;
@@ -218,14 +247,18 @@ LoadResult load_checkpoint(const fs::path& step_path, const std::vector<ShardRef
       if (it == saved.end()) continue;
       const proto::TensorEntry& t = *it->second;
       const ShardInfo& info = s.info;
+      const SavedRows saved_layout = saved_rows(t, man.format_version(), step_path);
       float* dst = s.shard.data<float>();
       std::fill(dst, dst + info.padded_length, 0.0f);  // padding rows stay zero, as FSDP expects
+      // This rank's rows in its own layout, as a range of the flattened tensor.
       const int64_t lo = internal::first_row(info, info.rank);
       const int64_t rows = info.valid_rows(info.rank);
-      int64_t covered = 0;
+      int64_t covered = 0;  // elements
       for (const proto::Chunk& c : t.chunks())
-        covered += read_overlap(files, step_path, t, c, info, lo, lo + rows, dst);
-      HD_CHECK(covered == rows, "checkpoint: '", info.name, "': saved chunks cover ", covered,
+        covered += read_overlap(files, step_path, t, saved_layout, c, lo * info.row_numel,
+                                (lo + rows) * info.row_numel, dst);
+      HD_CHECK(covered == rows * info.row_numel, "checkpoint: '", info.name,
+               "': saved chunks cover ", info.row_numel > 0 ? covered / info.row_numel : rows,
                " of the ", rows, " rows [", lo, ", ", lo + rows, ") this rank owns");
     }
   } catch (const CorruptCheckpoint&) {

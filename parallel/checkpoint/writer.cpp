@@ -115,8 +115,8 @@ std::vector<std::vector<uint32_t>> write_rank_file(const fs::path& file,
                                "cannot create group ", g, " in ", file.string()),
                      H5Gclose);
     }
-    std::vector<hsize_t> dims{hsize_t(rows)};
-    for (size_t d = 1; d < info.global_shape.size(); ++d) dims.push_back(info.global_shape[d]);
+    // The global shape with the shard dim cut to this rank's rows ([Note: layout]).
+    const std::vector<hsize_t> dims = internal::chunk_dims(info.global_shape, info.shard_dim, rows);
     h5::Handle space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
     // Contiguous layout (the default): hyperslab reads are then plain seeks and reads.
     h5::Handle ds(h5::check(H5Dcreate2(f, path.c_str(), H5T_IEEE_F32LE, space, H5P_DEFAULT,
@@ -129,6 +129,8 @@ std::vector<std::vector<uint32_t>> write_rank_file(const fs::path& file,
     write_attr_i64(ds, "global_shape",
                    std::vector<int64_t>(info.global_shape.begin(), info.global_shape.end()));
     write_attr_i64(ds, "offset", {internal::first_row(info, info.rank)});
+    // Format 1 files (dim 0) stay exactly as they were; only a later shard dim is spelled out.
+    if (info.shard_dim != 0) write_attr_i64(ds, "shard_dim", {info.shard_dim});
     const int64_t block = internal::block_rows(info, requested_block_rows);
     for (int64_t r = 0; r < rows; r += block) {
       const int64_t n = std::min(block, rows - r) * info.row_numel;
@@ -291,7 +293,11 @@ fs::path internal::save_checkpoint_with(const fs::path& dir, int64_t step,
   if (rank == 0) {
     try {
       proto::Manifest man;
-      man.set_format_version(kFormatVersion);
+      // The oldest format that describes these chunks, so that a checkpoint without a tensor
+      // split past dim 0 stays readable by builds that know format 1 only.
+      bool later_dim = false;
+      for (const ShardRef& s : shards) later_dim = later_dim || s.info.shard_dim != 0;
+      man.set_format_version(later_dim ? kFormatVersion : kFormatVersionDim0);
       man.set_library_version(HD_VERSION);
       man.set_step(step);
       man.set_world_size(world);
@@ -302,6 +308,7 @@ fs::path internal::save_checkpoint_with(const fs::path& dir, int64_t step,
         t->set_name(s.info.name);
         t->set_dtype(dtype_name(DType::f32));
         for (int64_t d : s.info.global_shape) t->add_global_shape(d);
+        t->set_shard_dim(s.info.shard_dim);
         const int64_t block = internal::block_rows(s.info, options.checksum_block_rows);
         for (int r = 0; r < world; ++r) {
           const int64_t rows = s.info.valid_rows(r);

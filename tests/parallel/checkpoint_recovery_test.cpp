@@ -201,7 +201,7 @@ TEST(Recovery, ANewerFormatIsNeitherMovedNorSkipped) {
   Trainer t;
   for (int64_t s = 1; s <= 2; ++s)
     t.step(), save_training_checkpoint(dir, s, t.shards(), t.st, world());
-  if (world().rank() == 0) {  // as a later hdtrain with format 2 would have written it
+  if (world().rank() == 0) {  // as a later hdtrain with a newer format would have written it
     proto::Manifest man = read_manifest(step_dir(dir, 2));
     man.set_format_version(kFormatVersion + 1);
     std::ofstream out(step_dir(dir, 2) / kManifestName, std::ios::binary | std::ios::trunc);
@@ -212,7 +212,8 @@ TEST(Recovery, ANewerFormatIsNeitherMovedNorSkipped) {
   const std::string msg = error_of([&] { resume_training(dir, fresh.shards(), world()); });
   EXPECT_HAS(msg, world().rank() == 0
                       ? "newer checkpoints of another format: " + step_dir(dir, 2).string() +
-                            ": incompatible format version 2"
+                            ": incompatible format version " +
+                            std::to_string(kFormatVersion + 1)
                       : "rank 0 could not prepare it");
   world().barrier().wait();
   EXPECT_TRUE(fs::exists(step_dir(dir, 2)));

@@ -25,15 +25,20 @@ struct Spec {
   Shape shape;
 };
 // Uneven dim-0 sizes on purpose (anchors E.1): 7 and 10 rows split unevenly over 2-4 ranks,
-// 3 rows leaves the 4th rank empty, a single-row tensor and a 0-d tensor.
+// 3 rows leaves the 4th rank empty, a 0-d tensor; and tensors whose dim 0 is 1, split along
+// their first dim that is not (parallel/shard.h [Note: shard dim]): a [1, 4] head, a [1, 7, 3]
+// position table (PS3's pos_emb_residual shape) with its moment, a [1, 1, 5] latent.
 std::vector<Spec> model_specs() {
   return {{"embed.weight", {7, 5}},
           {"blocks.0.attn.qkv.weight", {10, 3}},
           {"blocks.0.norm.bias", {3}},
           {"blocks.1.mlp.weight", {5, 2, 3}},
           {"head.weight", {1, 4}},
+          {"pos.residual", {1, 7, 3}},
+          {"pool.latent", {1, 1, 5}},
           {"scale", {}},
-          {"optim.exp_avg.embed.weight", {7, 5}}};
+          {"optim.exp_avg.embed.weight", {7, 5}},
+          {"optim.exp_avg.pos.residual", {1, 7, 3}}};
 }
 
 // Distinct, exactly representable values per tensor and element.
@@ -234,7 +239,8 @@ TEST(Checkpoint, MissingAndUnexpectedParametersAreListed) {
   expect_values(with_new);
 
   specs = model_specs();
-  specs.erase(specs.begin() + 4, specs.begin() + 6);  // head.weight, scale
+  specs.erase(specs.begin() + 7);  // scale
+  specs.erase(specs.begin() + 4);  // head.weight
   auto fewer = make_shards(specs, world().rank(), world().world_size(), false);
   msg = error_of([&] { load_checkpoint(p, fewer); });
   EXPECT_NE(msg.find("unexpected parameters (in the checkpoint, not in the model): head.weight, "
@@ -274,9 +280,117 @@ TEST(Checkpoint, IncompatibleFormatVersion) {
   world().barrier().wait();
   auto shards = fresh();
   const std::string msg = error_of([&] { load_checkpoint(p, shards); });
-  EXPECT_NE(msg.find("incompatible format version 99 (this build reads 1"), std::string::npos)
+  EXPECT_NE(msg.find("incompatible format version 99 (this build reads 1 to 2"), std::string::npos)
       << msg;
   EXPECT_FALSE(latest_complete(dir).has_value());
+}
+
+// Format versions (issue 19 item 7): a save whose tensors all split on dim 0 is format 1, as
+// before, so older builds still read it; one with a tensor split past dim 0 is format 2 and
+// records the dim per tensor, and its datasets keep the tensor's rank ([1, rows, 3]).
+TEST(Checkpoint, FormatFollowsShardDims) {
+  const fs::path dir = scratch("format");
+  std::vector<Spec> dim0_only;
+  for (const Spec& s : model_specs())
+    if (shard_dim_of(s.shape) == 0) dim0_only.push_back(s);
+  const fs::path p1 = save_checkpoint(
+      dir, 1, make_shards(dim0_only, world().rank(), world().world_size(), true), world());
+  EXPECT_EQ(read_manifest(p1).format_version(), 1u);
+  const fs::path p2 = save(dir, 2);
+  const proto::Manifest man = read_manifest(p2);
+  EXPECT_EQ(man.format_version(), 2u);
+  for (const auto& t : man.tensors()) {
+    const Shape g(t.global_shape().begin(), t.global_shape().end());
+    EXPECT_EQ(t.shard_dim(), shard_dim_of(g)) << t.name();
+    if (t.name() != "pos.residual") continue;
+    ASSERT_GE(t.chunks_size(), 1);
+    int64_t rows = 0;
+    for (const auto& c : t.chunks()) rows += c.rows();
+    EXPECT_EQ(rows, 7);
+    EXPECT_EQ(t.chunks_size(), std::min(7, world().world_size()));
+    if (world().rank() == 0) {
+      hid_t file = H5Fopen((p2 / t.chunks(0).file()).c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+      hid_t ds = H5Dopen2(file, "/pos/residual", H5P_DEFAULT);
+      hid_t space = H5Dget_space(ds);
+      hsize_t dims[3] = {0, 0, 0};
+      EXPECT_EQ(H5Sget_simple_extent_ndims(space), 3);
+      H5Sget_simple_extent_dims(space, dims, nullptr);
+      EXPECT_EQ(dims[0], 1u);
+      EXPECT_EQ(dims[1], hsize_t(t.chunks(0).rows()));
+      EXPECT_EQ(dims[2], 3u);
+      H5Sclose(space);
+      H5Dclose(ds);
+      H5Fclose(file);
+    }
+  }
+  auto shards = fresh();
+  load_checkpoint(p2, shards);
+  expect_values(shards);
+}
+
+// A manifest claiming a shard dim that its format or shape does not allow is damage.
+TEST(Checkpoint, ShardDimOutsideFormatIsCorrupt) {
+  const fs::path dir = scratch("bad_shard_dim");
+  const fs::path p = save(dir, 1);
+  if (world().rank() == 0) {
+    proto::Manifest man = read_manifest(p);
+    man.set_format_version(1);  // format 1 knows dim-0 chunks only
+    std::ofstream out(p / kManifestName, std::ios::binary | std::ios::trunc);
+    ASSERT_TRUE(man.SerializeToOstream(&out));
+  }
+  world().barrier().wait();
+  auto shards = fresh();
+  bool corrupt = false;
+  std::string msg;
+  try {
+    load_checkpoint(p, shards);
+  } catch (const CorruptCheckpoint& e) {
+    corrupt = true;
+    msg = e.what();
+  }
+  EXPECT_TRUE(corrupt);
+  EXPECT_NE(msg.find("manifest entry 'head.weight' of shape [1, 4] has shard_dim 1, which format 1 "
+                     "does not allow"),
+            std::string::npos)
+      << msg;
+}
+
+// A format 1 checkpoint written before the shard-dim change (by hdtrain at commit 5760c6b, 2
+// ranks, checksum blocks of 2 rows): its [1, 6, 4] table and moment are one dim-0 row on rank 0,
+// its [1, 1, 3] latent one row too. They load into today's dim-1/dim-2 shards at 1, 2 and 3
+// ranks (this binary's np) with every value in place; the dim-0 tensors load as before.
+TEST(Checkpoint, Format1CheckpointLoadsIntoLaterShardDims) {
+  const fs::path p = fs::path(HD_FIXTURE_DIR) / "ckpt_format1_dim0" / "step_00000003";
+  const proto::Manifest man = read_manifest(p);
+  ASSERT_EQ(man.format_version(), 1u);
+  ASSERT_EQ(man.world_size(), 2);
+  const std::vector<Spec> specs = {{"pos.residual", {1, 6, 4}},
+                                   {"embed.weight", {7, 5}},
+                                   {"latent", {1, 1, 3}},
+                                   {"scale", {}},
+                                   {"optim.exp_avg.pos.residual", {1, 6, 4}}};
+  std::vector<ShardRef> shards;
+  for (const Spec& s : specs) {
+    ShardRef ref{make_shard_info(s.name, s.shape, world().rank(), world().world_size()), {}};
+    ref.shard = Tensor::empty({ref.info.padded_length});
+    std::fill_n(ref.shard.data<float>(), ref.info.padded_length, -1.0f);
+    shards.push_back(std::move(ref));
+  }
+  EXPECT_EQ(shards[0].info.shard_dim, 1);
+  EXPECT_EQ(shards[2].info.shard_dim, 2);
+  const LoadResult r = load_checkpoint(p, shards);
+  EXPECT_EQ(r.step, 3);
+  EXPECT_EQ(r.config_text, "legacy: v1\n");
+  for (const ShardRef& s : shards) {
+    const float* d = s.shard.data<float>();
+    const float base = float(crc32c(s.info.name.data(), s.info.name.size()) % 997);
+    for (int64_t i = 0; i < s.info.padded_length; ++i) {
+      const float want = i < s.info.length ? base + float(s.info.offset + i) * 0.125f : 0.0f;
+      ASSERT_EQ(std::bit_cast<uint32_t>(d[i]), std::bit_cast<uint32_t>(want))
+          << s.info.name << " element " << i << " on rank " << s.info.rank << " of "
+          << s.info.world_size;
+    }
+  }
 }
 
 }  // namespace

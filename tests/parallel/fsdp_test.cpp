@@ -48,7 +48,7 @@ Tensor rows(const Tensor& t, int64_t begin, int64_t n) {
 struct Reference {
   TinyTransformer model;
   AdamW opt{param_groups(model, kDecay), AdamWOptions{kLr, 0.9, 0.999, kEps}};
-  Reference() { model.initialize(7); }
+  explicit Reference(int64_t pos_tokens = 0) : model(2, pos_tokens) { model.initialize(7); }
   double step(int s) {
     auto [x, y] = global_batch(s);
     Tensor loss =
@@ -69,8 +69,8 @@ struct Sharded {
   std::vector<FSDPUnit*> blocks;
   FSDPUnit* root;
   std::unique_ptr<AdamW> opt;
-  Sharded(bool reshard, bool reshard_root)
-      : fsdp((model.initialize(7), model), testing::world_ptr()) {
+  Sharded(bool reshard, bool reshard_root, int64_t pos_tokens = 0)
+      : model(2, pos_tokens), fsdp((model.initialize(7), model), testing::world_ptr()) {
     for (size_t i = 0; i < model.blocks->size(); ++i) {
       blocks.push_back(&fsdp.fully_shard((*model.blocks)[i], FSDPOptions{reshard, {}}));
     }
@@ -136,6 +136,39 @@ TEST_P(FSDPParity, TenStepsMatchSingleProcess) {
     expect_params_match(fs.fsdp.full_parameters(), ref.model, s);
   }
   EXPECT_LE(fs.fsdp.max_unsharded_units(), 3);  // root + current + one prefetched
+}
+
+// Issue 19 item 7: a [1, N, D] parameter (PS3's pos_emb_residual shape) is split along dim 1,
+// and training still equals the single-process run. Its per-rank state is even (N = 4 tokens
+// over 1-4 ranks: 4, 2, 2/1/1 (padded to 2), 1 rows), where a dim-0 split left it on rank 0.
+TEST(FSDPPositionTable, SplitAlongDimOneMatchesSingleProcess) {
+  Reference ref(kTokens);
+  Sharded fs(true, true, kTokens);
+  const int N = world().world_size();
+  bool found = false;
+  for (const ShardInfo& s : fs.fsdp.shard_infos()) {
+    if (s.name != "pos") continue;
+    found = true;
+    EXPECT_EQ(s.shard_dim, 1);
+    EXPECT_EQ(s.rows_per_rank, (kTokens + N - 1) / N);
+    EXPECT_EQ(s.shard_shape(), (Shape{1, (kTokens + N - 1) / N, 15}));
+    EXPECT_EQ(s.length, s.valid_rows(world().rank()) * 15);
+  }
+  ASSERT_TRUE(found);
+  for (int s = 0; s < 10; ++s) {
+    double expected = ref.step(s);
+    double got = fs.step(s, 1);
+    ASSERT_NEAR(got, expected, 1e-5) << "loss at step " << s;
+    expect_params_match(fs.fsdp.full_parameters(), ref.model, s);
+  }
+  // The table trained (the comparison is not between two untouched copies).
+  TinyTransformer init(2, kTokens);
+  init.initialize(7);
+  const Tensor trained = fs.fsdp.full_parameters().at("pos");
+  double moved = 0;
+  for (int64_t i = 0; i < trained.numel(); ++i)
+    moved = std::max(moved, double(std::abs(trained.data<float>()[i] - init.pos.data<float>()[i])));
+  EXPECT_GT(moved, 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Schedules, FSDPParity,
@@ -223,7 +256,8 @@ TEST(FSDPCommunication, BytesPerStepFollowZeroThree) {
 
 TEST(FSDPShards, MetadataCoversEveryRowOnce) {
   for (int N : {1, 2, 3, 4, 5}) {
-    for (Shape shape : {Shape{7, 15}, Shape{15, 3}, Shape{3}, Shape{}, Shape{1, 4}}) {
+    for (Shape shape : {Shape{7, 15}, Shape{15, 3}, Shape{3}, Shape{}, Shape{1, 4}, Shape{1, 5, 3},
+                        Shape{1, 1, 6}, Shape{1, 1}, Shape{1}, Shape{2, 1, 3}}) {
       int64_t covered = 0;
       for (int r = 0; r < N; ++r) {
         ShardInfo s = make_shard_info("p", shape, r, N);
@@ -233,6 +267,25 @@ TEST(FSDPShards, MetadataCoversEveryRowOnce) {
       }
       EXPECT_EQ(covered, shape_numel(shape)) << shape_str(shape) << " N=" << N;
     }
+  }
+}
+
+// [Note: shard dim]: leading dims of size 1 are skipped, nothing else changes.
+TEST(FSDPShards, ShardDimSkipsLeadingOnes) {
+  struct Case {
+    Shape shape;
+    int dim;
+    int64_t rows_per_rank_at_2, row_numel;
+  };
+  for (const Case& c : {Case{{7, 15}, 0, 4, 15}, Case{{}, 0, 1, 1}, Case{{1}, 0, 1, 1},
+                        Case{{1, 1}, 0, 1, 1}, Case{{1, 4}, 1, 2, 1}, Case{{1, 729, 64}, 1, 365, 64},
+                        Case{{1, 1, 64}, 2, 32, 1}, Case{{2, 1, 3}, 0, 1, 3}}) {
+    const ShardInfo s = make_shard_info("p", c.shape, 1, 2);
+    EXPECT_EQ(s.shard_dim, c.dim) << shape_str(c.shape);
+    EXPECT_EQ(s.rows_per_rank, c.rows_per_rank_at_2) << shape_str(c.shape);
+    EXPECT_EQ(s.row_numel, c.row_numel) << shape_str(c.shape);
+    EXPECT_EQ(shape_numel(s.shard_shape()), s.padded_length) << shape_str(c.shape);
+    EXPECT_EQ(s.shard_shape().size(), std::max<size_t>(1, c.shape.size())) << shape_str(c.shape);
   }
 }
 

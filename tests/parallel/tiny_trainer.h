@@ -23,9 +23,11 @@ using ckpt::TrainerState;
 constexpr int64_t kBatch = 12, kTokens = 4, kDataset = 24;  // 2 batches per epoch
 constexpr double kEps = 1e-6;  // see fsdp_test.cpp: the key bias has an analytically zero grad
 
-// The trainer under test: its whole position is TrainerState + the checkpoint entries.
+// The trainer under test: its whole position is TrainerState + the checkpoint entries. The model
+// has a [1, kTokens, 15] position table, so N -> M resume also covers a parameter (and its
+// moments) sharded along dim 1.
 struct Trainer {
-  TinyTransformer model;
+  TinyTransformer model{2, kTokens};
   FSDP fsdp;
   std::vector<FSDPUnit*> blocks;
   FSDPUnit* root;
