@@ -5,6 +5,8 @@
 
 #include "autograd/error.h"
 #include "launcher/command.h"
+#include "ps3/data/geometry.h"
+#include "ps3/data/image.h"
 #include "ps3/data/records.h"
 #include "ps3/data/synth.h"
 #include "ps3/data/text.h"
@@ -23,9 +25,10 @@ constexpr const char* kUsage =
     "  hdtrain data tokenizer --data DIR [--out PREFIX] [--vocab V]\n"
     "      a SentencePiece model (PREFIX.model, default DIR/tokenizer) trained on the captions,\n"
     "      cleaned like the tokenizer cleans them (docs/data.md)\n"
-    "  hdtrain data check --data DIR [--strict]\n"
-    "      reads every record of a dataset folder and counts images, boxes and bad inputs\n"
-    "      (--strict: the first bad input is an error)\n";
+    "  hdtrain data check --data DIR [--strict] [--no-decode]\n"
+    "      reads a dataset folder as training does: every record, every image decoded (skip\n"
+    "      with --no-decode), every box checked against its image; counts images, boxes and\n"
+    "      bad inputs, exit 1 if there is any (--strict: the first bad input is an error)\n";
 
 // --help or -h anywhere: the caller prints the usage (a subcommand's parser would reject it).
 bool wants_help(const std::vector<std::string>& args) {
@@ -85,15 +88,47 @@ int tokenizer(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// Reads a dataset the way training does: every record parsed, every image read and decoded
+// (a truncated JPEG or random bytes named .jpg are found here, not at the step that draws them),
+// every box checked against its image (entirely outside: skipped in training too).
 int check(const std::vector<std::string>& argv) {
-  Args a(argv, {"data"}, {"strict"});
+  Args a(argv, {"data"}, {"strict", "no-decode"});
   data::BadInputLog log(a.flag("strict"));
   auto ds = data::open_dataset(a.require("data"), log);
-  size_t boxes = 0;
-  for (const auto& r : ds.records) boxes += r.boxes.size();
-  std::printf("hdtrain data check: %zu images, %zu boxes, %lld bad inputs skipped\n",
-              ds.records.size(), boxes, static_cast<long long>(log.count()));
-  return 0;
+  const bool decode = !a.flag("no-decode");
+  size_t boxes = 0, usable_boxes = 0, images_ok = 0;
+  for (const auto& r : ds.records) {
+    boxes += r.boxes.size();
+    if (!decode) continue;
+    const std::string where = r.source.describe();
+    data::Image img;
+    try {
+      img = data::decode_image(data::read_image_bytes(r.source), where);
+    } catch (const std::exception& e) {
+      log.report(where, e.what());
+      continue;
+    }
+    ++images_ok;
+    const data::Crop whole{0, 0, img.height, img.width};
+    for (size_t k = 0; k < r.boxes.size(); ++k) {
+      std::string why;
+      if (data::transform_box(r.boxes[k], whole, img.width, why))
+        ++usable_boxes;
+      else
+        log.report(r.json_where + " box " + std::to_string(k),
+                   why + " (" + std::to_string(img.width) + " x " + std::to_string(img.height) +
+                       " image)");
+    }
+  }
+  if (decode)
+    std::printf(
+        "hdtrain data check: %zu images (%zu decode), %zu boxes (%zu inside their image), %lld "
+        "bad inputs\n",
+        ds.records.size(), images_ok, boxes, usable_boxes, static_cast<long long>(log.count()));
+  else
+    std::printf("hdtrain data check: %zu images (not decoded), %zu boxes, %lld bad inputs\n",
+                ds.records.size(), boxes, static_cast<long long>(log.count()));
+  return log.count() > 0 ? 1 : 0;
 }
 
 int run(const std::vector<std::string>& args) {

@@ -56,6 +56,7 @@ void train_tokenizer_for(const proto::RunConfig& c) {
   HD_CHECK(model.extension() == ".model", "data.tokenizer '", model.string(),
            "' does not exist and cannot be trained there: the name must end in .model");
   data::BadInputLog log;
+  log.set_quiet(true);  // the trainer opens the dataset next and reports what it drops, once
   std::vector<std::string> texts;
   for (const auto& r : data::open_dataset(c.data().train_dir(), log).records) {
     for (const auto& t : r.texts) texts.push_back(t);

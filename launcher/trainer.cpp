@@ -95,7 +95,10 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
 
   // ---- data -------------------------------------------------------------------------------
   data::BadInputLog bad_log(c.data().strict());
+  // Every rank parses every record alike: rank 0 alone prints what it drops (once per job).
+  bad_log.set_quiet(rank != 0);
   data::Dataset train_set = data::open_dataset(c.data().train_dir(), bad_log);
+  bad_log.set_quiet(false);  // from here on a rank reports the samples it loads itself
   // Records every rank dropped while opening the dataset (counted once, on rank 0, below).
   const int64_t bad_records = bad_log.count();
   HD_CHECK(!train_set.records.empty(), "data.train_dir '", c.data().train_dir(),

@@ -132,6 +132,7 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
   // ---- data (the same on every rank) -------------------------------------------------------
   const vilahd::BpeTokenizer tok = vilahd::BpeTokenizer::load(tokenizer_json);
   data::BadInputLog bad_log;
+  bad_log.set_quiet(rank != 0);  // every rank reads every record: rank 0 alone prints the drops
   const std::vector<data::SftRecord> records = data::read_sft(o.sft.string(), bad_log);
   VilaStageOutcome out;
   out.records_dropped = bad_log.count();

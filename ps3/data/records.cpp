@@ -45,6 +45,32 @@ bool is_image_ext(std::string ext) {
   return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
 }
 
+// "malformed JSON at line L, column C: <the parser's reason>" for text that does not parse
+// (without "line L" when `with_line` is false: a JSON-lines record, whose line is in `where`).
+std::string json_syntax_error(const std::string& text, bool with_line = true) {
+  try {
+    (void)json::parse(text);
+    return "malformed JSON";
+  } catch (const json::parse_error& e) {
+    // e.byte: 1-based offset of the character the parser stopped at.
+    const size_t at = std::min(text.size(), e.byte > 0 ? size_t(e.byte - 1) : size_t(0));
+    int64_t line = 1, column = 1;
+    for (size_t i = 0; i < at; ++i) {
+      if (text[i] == '\n')
+        ++line, column = 1;
+      else
+        ++column;
+    }
+    std::string why = e.what();
+    // nlohmann's text: "[json.exception.parse_error.101] parse error at line 1, column 5: why".
+    if (size_t colon = why.find(": "); colon != std::string::npos) why = why.substr(colon + 2);
+    return "malformed JSON at " + (with_line ? "line " + std::to_string(line) + ", " : "") +
+           "column " + std::to_string(column) + ": " + why;
+  } catch (const std::exception& e) {
+    return std::string("malformed JSON: ") + e.what();
+  }
+}
+
 // Both JSON (one array) and JSON lines; each element goes to fn with its index for messages.
 void for_each_json_record(const std::string& path, BadInputLog& log,
                           const std::function<void(const json&, const std::string&)>& fn) {
@@ -60,7 +86,7 @@ void for_each_json_record(const std::string& path, BadInputLog& log,
   if (first != std::string::npos && text[first] == '[') {
     json all = json::parse(text, nullptr, false);
     if (all.is_discarded()) {
-      log.report(path, "malformed JSON");
+      log.report(path, json_syntax_error(text));
       return;
     }
     for (size_t i = 0; i < all.size(); ++i) fn(all[i], path + " record " + std::to_string(i));
@@ -73,7 +99,7 @@ void for_each_json_record(const std::string& path, BadInputLog& log,
     std::string where = path + " line " + std::to_string(n);
     json j = json::parse(line, nullptr, false);
     if (j.is_discarded()) {
-      log.report(where, "malformed JSON");
+      log.report(where, json_syntax_error(line, false));
       continue;
     }
     fn(j, where);
@@ -85,8 +111,12 @@ void for_each_json_record(const std::string& path, BadInputLog& log,
 std::optional<ImageRecord> parse_ps3_json(const std::string& text, const std::string& where,
                                           BadInputLog& log) {
   json j = json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) {
-    log.report(where, "malformed JSON");
+  if (j.is_discarded()) {
+    log.report(where, json_syntax_error(text));
+    return std::nullopt;
+  }
+  if (!j.is_object()) {
+    log.report(where, "malformed JSON: expected an object, got " + std::string(j.type_name()));
     return std::nullopt;
   }
   ImageRecord r;

@@ -22,6 +22,10 @@ micro config come from pretrain_e2e.py; the dataset is the launcher_e2e_data fix
   disk_full     run_dir/checkpoints on a 512 KiB tmpfs: "No space left on device", no .tmp left;
                 with async saves the failure stops the run at the next step, not the next save
                 (needs root for the mount; exits 77 = skipped otherwise)
+  data_check    `hdtrain data check` finds what training would skip: a truncated JPEG, random
+                bytes named .jpg, a box outside its image, a JSON syntax error (named with line
+                and column); exit 1. A 2-rank run prints the bad record's warning once, not once
+                per rank
 """
 import argparse
 import glob
@@ -212,6 +216,57 @@ def case_skipped(env):
     m = re.search(r"\[train\] (\d+) sample\(s\) skipped for bad input", out)
     check(m is not None and int(m.group(1)) >= 1, "the run's summary counts it")
     shutil.rmtree(data, ignore_errors=True)
+
+
+def case_data_check(env):
+    root = os.path.join(env.work, "data_check")
+    data = os.path.join(root, "train")
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(os.path.join(env.data, "train"), data)
+    jpgs = sorted(glob.glob(os.path.join(data, "*.jpg")))
+    jsons = sorted(glob.glob(os.path.join(data, "*.json")))
+    truncated, noise = jpgs[0], jpgs[1]
+    with open(truncated, "r+b") as f:
+        f.truncate(os.path.getsize(truncated) // 3)
+    with open(noise, "wb") as f:
+        f.write(os.urandom(5000))
+    outside = jsons[2]
+    rec = json.load(open(outside))
+    rec["box"][0] = [1e6, 1e6, 1e6 + 10, 1e6 + 10]
+    json.dump(rec, open(outside, "w"))
+    broken = jsons[3]
+    with open(broken, "w") as f:
+        f.write('{"text": ["a sign"],\n "box": [[1, 2, 3, 4]]\n "global_text": "x"}\n')
+    c = [env.hdtrain, "data", "check", "--data", data]
+    print("$ " + " ".join(c), flush=True)
+    p = subprocess.run(c, capture_output=True, text=True, timeout=240)
+    out = p.stdout + p.stderr
+    sys.stdout.write(out[-3000:])
+    check(p.returncode == 1, "exit 1 when there are bad inputs (rc %d)" % p.returncode)
+    for path, what in ((truncated, "truncated JPEG"), (noise, "random bytes"),
+                       (outside, "box outside the image"), (broken, "JSON syntax error")):
+        check(os.path.basename(path) in out, "%s named (%s)" % (what, os.path.basename(path)))
+    check("box entirely outside the image" in out, "the box's reason given")
+    # The missing comma ends line 2; the parser stops after the unexpected string on line 3.
+    check(re.search(r"malformed JSON at line 3, column 14: syntax error", out) is not None,
+          "the JSON error's line and column given")
+    m = re.search(r"(\d+) bad inputs", out)
+    check(m is not None and int(m.group(1)) == 4, "4 bad inputs counted: %s" % (m and m.group(1)))
+    clean = subprocess.run([env.hdtrain, "data", "check", "--data", os.path.join(env.data, "train")],
+                           capture_output=True, text=True, timeout=240)
+    check(clean.returncode == 0 and " 0 bad inputs" in clean.stdout,
+          "the intact dataset checks clean: " + clean.stdout.strip())
+
+    # Once per job: both ranks parse every record; the broken one is reported once.
+    os.remove(truncated), os.remove(noise)  # keep the run itself short and quiet
+    d = fresh(env, "warn_once")
+    # data.dir has no tokenizer yet: the setup trains one on the same records (quietly).
+    p = env.run(d, ["train.steps=2", "eval.at_end=false", "data.dir=" + root])
+    lines = [l for l in (p.stdout + p.stderr).splitlines() if os.path.basename(broken) in l]
+    print("\n".join(lines))
+    warnings = len(lines)
+    check(warnings == 1, "the broken record is reported once in the job's output (%d)" % warnings)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def kill_job(job):
