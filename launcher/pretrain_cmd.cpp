@@ -58,33 +58,21 @@ bool lock_run_dir(const std::string& run_dir, parallel::ProcessGroup& pg,
 }
 
 int run(const std::vector<std::string>& args) {
-  std::string config_path;
-  std::vector<std::string> overrides;
+  const ConfigArgs parsed = split_config_args(args);
+  if (parsed.help) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
   bool print_only = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (a == "--print-config") {
-      print_only = true;
-      continue;
-    }
-    if ((a == "--config" || a == "--set") && i + 1 < args.size()) {
-      (a == "--config" ? config_path : overrides.emplace_back()) = args[++i];
-      continue;
-    }
-    std::fprintf(stderr, "hdtrain pretrain: error: %s\n%s",
-                 (a == "--config" || a == "--set") ? ("option " + a + " needs a value").c_str()
-                                                   : ("unexpected argument '" + a + "'").c_str(),
-                 kUsage);
+  try {
+    print_only = Args(parsed.rest, {}, {"print-config"}).flag("print-config");
+    HD_CHECK(!parsed.config_path.empty(), "missing required option --config");
+  } catch (const Error& e) {
+    std::fprintf(stderr, "hdtrain pretrain: error: %s\n%s", e.what(), kUsage);
     return 2;
   }
-  if (config_path.empty()) {
-    std::fprintf(stderr, "hdtrain pretrain: error: missing required option --config\n%s", kUsage);
-    return 2;
-  }
+  const std::string& config_path = parsed.config_path;
+  const std::vector<std::string>& overrides = parsed.overrides;
 
   // The config is checked on every rank before MPI starts: the same file gives the same answer
   // everywhere, so every rank exits 2 without any collective, and rank 0 says why.

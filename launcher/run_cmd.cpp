@@ -200,44 +200,24 @@ bool run_stage(const proto::RunConfig& c, const std::string& text, int i,
 }
 
 int run(const std::vector<std::string>& args) {
-  std::string config_path;
-  std::vector<std::string> overrides;
+  const ConfigArgs parsed = split_config_args(args);
+  if (parsed.help) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
   bool print_only = false;
   int stop_after = -1;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (a == "--print-config") {
-      print_only = true;
-      continue;
-    }
-    if ((a == "--config" || a == "--set" || a == "--stop-after-stage") && i + 1 < args.size()) {
-      if (a == "--stop-after-stage") {
-        try {
-          stop_after = std::stoi(args[++i]);
-        } catch (const std::exception&) {
-          std::fprintf(stderr, "hdtrain run: error: --stop-after-stage '%s' is not a number\n",
-                       args[i].c_str());
-          return 2;
-        }
-        continue;
-      }
-      (a == "--config" ? config_path : overrides.emplace_back()) = args[++i];
-      continue;
-    }
-    std::fprintf(stderr, "hdtrain run: error: %s\n%s",
-                 a.rfind("--", 0) == 0 ? ("option " + a + " is unknown or needs a value").c_str()
-                                       : ("unexpected argument '" + a + "'").c_str(),
-                 kUsage);
+  try {
+    const Args a(parsed.rest, {"stop-after-stage"}, {"print-config"});
+    print_only = a.flag("print-config");
+    stop_after = int(a.get_int("stop-after-stage", -1));
+    HD_CHECK(!parsed.config_path.empty(), "missing required option --config");
+  } catch (const Error& e) {
+    std::fprintf(stderr, "hdtrain run: error: %s\n%s", e.what(), kUsage);
     return 2;
   }
-  if (config_path.empty()) {
-    std::fprintf(stderr, "hdtrain run: error: missing required option --config\n%s", kUsage);
-    return 2;
-  }
+  const std::string& config_path = parsed.config_path;
+  const std::vector<std::string>& overrides = parsed.overrides;
   const parallel::LaunchInfo li = parallel::launch_info_from_env();
   proto::RunConfig config;
   try {
