@@ -25,8 +25,8 @@ TEST(StageConfig, ShippedPipelinesValidate) {
   proto::RunConfig demo = load_staged_config(kConfigs + "pipeline-demo.textproto", {}, 2);
   ASSERT_EQ(demo.stages_size(), 4);
   EXPECT_EQ(demo.stages(1).trainable(), "projector,top_down_selection");  // align's default
-  EXPECT_EQ(demo.stages(1).sft(), "data/synth/sft.jsonl");
-  EXPECT_EQ(demo.stages(3).mc(), "data/synth/eval_mc.jsonl");
+  EXPECT_EQ(demo.stages(1).sft(), "data/synth_boards/sft.jsonl");
+  EXPECT_EQ(demo.stages(3).mc(), "data/synth_boards/eval_mc.jsonl");
   EXPECT_EQ(stage_dir(demo, 2).string(), "runs/pipeline-demo/stages/02_vilahd_sft");
   proto::RunConfig paper = load_staged_config(kConfigs + "vilahd-4k.textproto", {}, 0);
   EXPECT_EQ(paper.stages(0).global_batch(), 4096);

@@ -52,6 +52,7 @@ class SelectionLearning : public ::testing::Test {
     data::SynthOptions o;
     o.out = dir.string(), o.images = 400, o.eval_images = 12, o.resolution = kSide, o.seed = 11;
     o.png = true;
+    o.layout = layout();
     data::synth_dataset(o);
     data::BadInputLog log;
     train = data::open_dataset((dir / "train").string(), log);
@@ -70,6 +71,7 @@ class SelectionLearning : public ::testing::Test {
     loader_options.threads = 1;
   }
   void TearDown() override { std::filesystem::remove_all(dir); }
+  virtual data::SynthLayout layout() const { return data::SynthLayout::kBoards; }
 
   EvalResult evaluate(const PS3CLIP& model) {
     EvalOptions eo;
@@ -125,10 +127,16 @@ void print(const char* what, const EvalResult& r) {
   std::printf("%s:\n%s", what, eval_table(r).c_str());
 }
 
+// The first generator's tiny signs (data.synthesize.layout tiny_signs), where the collapse was
+// measured (docs/training.md, "Selection").
+class SelectionLearningTinySigns : public SelectionLearning {
+  data::SynthLayout layout() const override { return data::SynthLayout::kTinySigns; }
+};
+
 // The reference recipe (plain BCE over every cell, caption-box targets) on boxes that fill
 // ~0.1 % of a map: the cheapest descent turns every cosine to -1, where its gradient vanishes,
 // and the maps stay at the sigmoid(-5) floor inside the boxes and out (docs/training.md).
-TEST_F(SelectionLearning, ReferenceBceCollapsesToSelectNothing) {
+TEST_F(SelectionLearningTinySigns, ReferenceBceCollapsesToSelectNothing) {
   PS3CLIP model(config);
   model.initialize(3);
   train_model(model, SelectionLoss::bce, /*prior_all_regions=*/false, 120);
