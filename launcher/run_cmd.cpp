@@ -143,7 +143,7 @@ bool run_stage(const proto::RunConfig& c, const std::string& text, int i,
     if (p.checkpoint().init_from().empty() && i > 0 && c.stages(i - 1).kind() == "ps3_pretrain")
       throw AgreedError("stages[" + std::to_string(i) +
                         "]: two ps3_pretrain stages in a row need init_from on the second");
-    TrainOutcome out = run_pretrain(p, to_text(p), pg);
+    TrainOutcome out = run_pretrain(p, to_text(p), pg, "ps3_pretrain");
     return out.stop_signal == 0 && !out.stopped_at_step && out.steps_done == s.steps();
   }
   if (s.kind() == "eval") {

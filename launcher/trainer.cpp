@@ -88,7 +88,8 @@ enum Slot {
 }  // namespace
 
 TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_text,
-                          const std::shared_ptr<parallel::ProcessGroup>& pg) {
+                          const std::shared_ptr<parallel::ProcessGroup>& pg,
+                          const std::string& stage) {
   const int rank = pg->rank(), world = pg->world_size();
   const auto& tc = c.train();
   const fs::path ckpt_dir = fs::path(c.run_dir()) / "checkpoints";
@@ -173,7 +174,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
 
   // ---- monitoring --------------------------------------------------------------------------
   monitoring::MonitorConfig mc;
-  mc.labels = {.run = c.name(), .rank = rank, .stage = "pretrain"};
+  mc.labels = {.run = c.name(), .rank = rank, .stage = stage};
   mc.info.world_size = world;
   mc.info.local_rank = pg->local_rank();
   mc.info.total_steps = tc.steps();

@@ -39,7 +39,9 @@ class AgreedError : public std::runtime_error {
 
 // Runs the whole job on this rank (collective over `pg`). `config` must be resolved and
 // validated for pg.world_size(); `config_text` is stored in checkpoints.
+// `stage` is the metrics' stage label ("pretrain"; `hdtrain run` passes "ps3_pretrain").
 TrainOutcome run_pretrain(const proto::RunConfig& config, const std::string& config_text,
-                          const std::shared_ptr<parallel::ProcessGroup>& pg);
+                          const std::shared_ptr<parallel::ProcessGroup>& pg,
+                          const std::string& stage = "pretrain");
 
 }  // namespace hd::launcher

@@ -131,6 +131,11 @@ def case_full(env):
     ev = json.load(open(os.path.join(ref, "eval.json")))
     check(ev == json.load(open(os.path.join(ref, "stages", STAGES[3], "eval.json"))),
           "eval.json in the run folder (and the eval stage's folder)")
+    # Metrics carry the stage they came from (the JSON lines mirror the Prometheus labels).
+    for s, label in zip(STAGES[:3], ("ps3_pretrain", "vilahd_align", "vilahd_sft")):
+        with open(os.path.join(ref, "stages", s, "metrics_rank0.jsonl")) as f:
+            labels = {json.loads(line)["stage"] for line in f if line.strip()}
+        check(labels == {label}, "%s metrics labelled stage=%s (%s)" % (s, label, labels))
     # Stage 1 starts from the PS3 stage's final weights (exported from its checkpoint).
     ps3 = os.path.join(env.work, "ps3_final.safetensors")
     subprocess.run([env.hdtrain, "ckpt", "export",
