@@ -400,14 +400,16 @@ void validate_config(const proto::RunConfig& c, int world_size) {
     invalid("train.look_close_steps", "= " + str(t.look_close_steps()) + " must be >= 1");
   if (t.selection_loss() != "bce" && t.selection_loss() != "balanced" &&
       t.selection_loss() != "balanced_rank")
-    invalid("train.selection_loss", "= '" + t.selection_loss() +
-                                        "' is not one of bce (the reference), balanced, balanced_rank");
+    invalid("train.selection_loss",
+            "= '" + t.selection_loss() +
+                "' is not one of bce (the reference), balanced, balanced_rank");
   if (t.prior_target() != "caption_box" && t.prior_target() != "all_regions")
     invalid("train.prior_target",
             "= '" + t.prior_target() + "' is not one of caption_box (the reference), all_regions");
   if (t.posterior_target() != "caption_box" && t.posterior_target() != "all_regions")
-    invalid("train.posterior_target", "= '" + t.posterior_target() +
-                                          "' is not one of caption_box (the reference), all_regions");
+    invalid(
+        "train.posterior_target",
+        "= '" + t.posterior_target() + "' is not one of caption_box (the reference), all_regions");
   if (!(t.selection_lr_scale() > 0))
     invalid("train.selection_lr_scale", "= " + str(t.selection_lr_scale()) + " must be > 0");
   if (t.prior_weight() < 0)

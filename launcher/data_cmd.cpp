@@ -38,7 +38,8 @@ bool wants_help(const std::vector<std::string>& args) {
 }
 
 int synth(const std::vector<std::string>& argv) {
-  Args a(argv, {"out", "images", "eval-images", "resolution", "seed", "threads", "shard-size", "layout"},
+  Args a(argv,
+         {"out", "images", "eval-images", "resolution", "seed", "threads", "shard-size", "layout"},
          {"tar", "png"});
   data::SynthOptions o;
   o.out = a.require("out");

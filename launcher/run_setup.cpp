@@ -72,7 +72,7 @@ void train_tokenizer_for(const proto::RunConfig& c) {
   fs::rename(tmp + ".vocab", stem.string() + ".vocab");
   std::error_code ec;
   fs::remove(tmp + ".corpus.txt", ec);  // train_tokenizer's input file, not needed after
-  fs::rename(tmp + ".model", model);  // last: its presence means "ready"
+  fs::rename(tmp + ".model", model);    // last: its presence means "ready"
   std::printf("[setup] tokenizer trained on %zu captions -> %s\n", texts.size(),
               model.string().c_str());
 }

@@ -249,10 +249,9 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   po.pool_gt_only = tc.pool_gt_only();
   po.prior_weight = tc.prior_weight();
   po.posterior_weight = tc.posterior_weight();
-  po.selection_loss =
-      tc.selection_loss() == "balanced"        ? ps3::SelectionLoss::balanced
-      : tc.selection_loss() == "balanced_rank" ? ps3::SelectionLoss::balanced_rank
-                                               : ps3::SelectionLoss::bce;
+  po.selection_loss = tc.selection_loss() == "balanced"        ? ps3::SelectionLoss::balanced
+                      : tc.selection_loss() == "balanced_rank" ? ps3::SelectionLoss::balanced_rank
+                                                               : ps3::SelectionLoss::bce;
   po.prior_all_regions = tc.prior_target() == "all_regions";
   po.posterior_all_regions = tc.posterior_target() == "all_regions";
   std::vector<int64_t> poison(tc.debug_nonfinite_steps().begin(), tc.debug_nonfinite_steps().end());

@@ -97,7 +97,8 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
   if (options.posterior_all_regions) {
     Tensor region_tokens = batch.region_tokens(region_rows);
     const int64_t R = int64_t(region_rows.size());
-    TextOutputs both = model.text().forward(R > 0 ? cat({batch.tokens, region_tokens}, 0) : batch.tokens);
+    TextOutputs both =
+        model.text().forward(R > 0 ? cat({batch.tokens, region_tokens}, 0) : batch.tokens);
     text.features = narrow(both.features, 0, 0, B);
     text.prompt = narrow(both.prompt, 0, 0, B);
     if (R > 0) region_prompts = narrow(both.prompt, 0, B, R);
@@ -167,8 +168,8 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
         posterior = mul(sum(v.posterior_probs[0]), 0.0);  // still reaches the selection modules
       }
     } else {
-      posterior =
-          selection_bce(v.posterior_probs, in.gt_maps, is_local, row_weight, options.selection_loss);
+      posterior = selection_bce(v.posterior_probs, in.gt_maps, is_local, row_weight,
+                                options.selection_loss);
     }
     std::tie(r.posterior_in_box, r.posterior_outside) =
         box_probability(v.posterior_probs[0], in.gt_maps[0], is_local);

@@ -139,10 +139,11 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
   };
   out.low_res_tokens = rows(low.hidden.back());
   const int64_t depth = int64_t(low.hidden.size());
-  const int64_t feature_block = in.feature_layer < 0 ? depth + in.feature_layer : in.feature_layer - 1;
+  const int64_t feature_block =
+      in.feature_layer < 0 ? depth + in.feature_layer : in.feature_layer - 1;
   HD_CHECK(feature_block >= 0 && feature_block < depth, "PS3 vision: feature_layer ",
-           in.feature_layer, " is outside the ", depth, " blocks (use 1..", depth, " or -1..-", depth,
-           ")");
+           in.feature_layer, " is outside the ", depth, " blocks (use 1..", depth, " or -1..-",
+           depth, ")");
   out.low_res_features = rows(low.hidden[size_t(feature_block)]);
   out.low_res_pooled = rows(p.trunk->pool(low.hidden.back()));
 
@@ -173,8 +174,8 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
     Tensor idx = from_vector<int64_t>(in.region_rows, {R});
     SelectionFeatures of_rows{index_select(features.lowres, 0, idx),
                               index_select(features.highres, 0, idx)};
-    out.region_probs = per_scale(
-        c, selection_probability(of_rows, in.region_prompts, *p.prompt_proj_for_highres));
+    out.region_probs =
+        per_scale(c, selection_probability(of_rows, in.region_prompts, *p.prompt_proj_for_highres));
   }
   const std::vector<Tensor>& ranking = in.prompt.defined() ? out.posterior_probs : out.prior_probs;
 
@@ -189,8 +190,8 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
   PatchSelector selector(grids, B);
   const std::vector<int64_t> budget =
       in.select_per_scale.empty() ? split_budget(c.scales, c.max_select) : in.select_per_scale;
-  HD_CHECK(budget.size() == ns, "PS3 vision: select_per_scale has ", budget.size(),
-           " entries for ", ns, " scales");
+  HD_CHECK(budget.size() == ns, "PS3 vision: select_per_scale has ", budget.size(), " entries for ",
+           ns, " scales");
   for (int64_t n : budget) HD_CHECK(n >= 0, "PS3 vision: select_per_scale entries must be >= 0");
   const Tensor& embed_w = p.trunk->patch_embed->proj->weight;
   const Tensor& embed_b = p.trunk->patch_embed->proj->bias;

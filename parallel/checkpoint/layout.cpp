@@ -36,8 +36,7 @@ int64_t block_rows(const ShardInfo& info, int64_t requested) {
   return std::max<int64_t>(1, (int64_t(1) << 20) / row_bytes);
 }
 
-std::vector<unsigned long long> chunk_dims(const Shape& global_shape, int shard_dim,
-                                           int64_t rows) {
+std::vector<unsigned long long> chunk_dims(const Shape& global_shape, int shard_dim, int64_t rows) {
   std::vector<unsigned long long> dims(global_shape.begin(), global_shape.end());
   if (dims.empty()) return {static_cast<unsigned long long>(rows)};
   dims.at(size_t(shard_dim)) = static_cast<unsigned long long>(rows);

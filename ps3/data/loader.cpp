@@ -241,7 +241,8 @@ void Loader::load_sample(Pending& p, int64_t i) {
       b.salient_boxes[size_t(i)].push_back(*box);
       // records.cpp keeps texts and boxes aligned (a caption per box).
       if (tok_)
-        b.salient_tokens[size_t(i)].push_back(tok_->encode(process_caption(rec.texts[k], false, 0)));
+        b.salient_tokens[size_t(i)].push_back(
+            tok_->encode(process_caption(rec.texts[k], false, 0)));
     }
     const std::string& caption = spec.is_global ? rec.global_text : rec.texts[size_t(spec.box)];
     b.texts[size_t(i)] = process_caption(caption, opt_.sentence_masking, spec.key);

@@ -212,8 +212,7 @@ TEST(Recovery, ANewerFormatIsNeitherMovedNorSkipped) {
   const std::string msg = error_of([&] { resume_training(dir, fresh.shards(), world()); });
   EXPECT_HAS(msg, world().rank() == 0
                       ? "newer checkpoints of another format: " + step_dir(dir, 2).string() +
-                            ": incompatible format version " +
-                            std::to_string(kFormatVersion + 1)
+                            ": incompatible format version " + std::to_string(kFormatVersion + 1)
                       : "rank 0 could not prepare it");
   world().barrier().wait();
   EXPECT_TRUE(fs::exists(step_dir(dir, 2)));

@@ -130,7 +130,8 @@ TEST(Reshard, DISABLED_Save) {
 TEST(Reshard, DISABLED_Load) {
   const char* dir = std::getenv("HD_CKPT_DIR");
   const char* saved_np = std::getenv("HD_CKPT_SAVED_NP");
-  ASSERT_TRUE(dir && saved_np) << "HD_CKPT_DIR and HD_CKPT_SAVED_NP must be set (run through CTest)";
+  ASSERT_TRUE(dir && saved_np)
+      << "HD_CKPT_DIR and HD_CKPT_SAVED_NP must be set (run through CTest)";
   const auto latest = latest_complete(dir);
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(*latest, step_dir(dir, 7));

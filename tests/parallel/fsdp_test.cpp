@@ -277,9 +277,10 @@ TEST(FSDPShards, ShardDimSkipsLeadingOnes) {
     int dim;
     int64_t rows_per_rank_at_2, row_numel;
   };
-  for (const Case& c : {Case{{7, 15}, 0, 4, 15}, Case{{}, 0, 1, 1}, Case{{1}, 0, 1, 1},
-                        Case{{1, 1}, 0, 1, 1}, Case{{1, 4}, 1, 2, 1}, Case{{1, 729, 64}, 1, 365, 64},
-                        Case{{1, 1, 64}, 2, 32, 1}, Case{{2, 1, 3}, 0, 1, 3}}) {
+  for (const Case& c :
+       {Case{{7, 15}, 0, 4, 15}, Case{{}, 0, 1, 1}, Case{{1}, 0, 1, 1}, Case{{1, 1}, 0, 1, 1},
+        Case{{1, 4}, 1, 2, 1}, Case{{1, 729, 64}, 1, 365, 64}, Case{{1, 1, 64}, 2, 32, 1},
+        Case{{2, 1, 3}, 0, 1, 3}}) {
     const ShardInfo s = make_shard_info("p", c.shape, 1, 2);
     EXPECT_EQ(s.shard_dim, c.dim) << shape_str(c.shape);
     EXPECT_EQ(s.rows_per_rank, c.rows_per_rank_at_2) << shape_str(c.shape);

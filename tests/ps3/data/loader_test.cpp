@@ -157,7 +157,8 @@ struct LoaderFixture : ::testing::Test {
       texts.insert(texts.end(), r.texts.begin(), r.texts.end());
       texts.push_back(r.global_text);
     }
-    texts.push_back("a red sign reading 47");  // TokenizerRoundTrip's sentence: every character seen
+    texts.push_back(
+        "a red sign reading 47");  // TokenizerRoundTrip's sentence: every character seen
     train_tokenizer(texts, dir + "/tok", 120);
   }
   LoaderOptions small() {

@@ -106,10 +106,11 @@ TEST(FSDPBalance, DemoModelStateAndCheckpointAreEvenAcrossRanks) {
   for (int64_t x : v) sum += x;
   EXPECT_EQ(sum, total) << "every element is owned by exactly one rank";
   if (rank == 0) {
-    std::printf("demo PS3 (%lld parameters) at %d rank(s): state %s (max/min %.3f); allocated "
-                "with padding %s (ideal %.2f MB each)\n",
-                static_cast<long long>(psi), n, mb_list(v).c_str(), ratio(v), mb_list(a).c_str(),
-                double(total) / n / 1e6);
+    std::printf(
+        "demo PS3 (%lld parameters) at %d rank(s): state %s (max/min %.3f); allocated "
+        "with padding %s (ideal %.2f MB each)\n",
+        static_cast<long long>(psi), n, mb_list(v).c_str(), ratio(v), mb_list(a).c_str(),
+        double(total) / n / 1e6);
   }
   EXPECT_LE(ratio(v), 1.1) << mb_list(v);
   EXPECT_LE(double(*std::max_element(a.begin(), a.end())), 1.1 * double(total) / n)
@@ -155,10 +156,11 @@ void expect_balanced_plan(const std::string& what,
     std::vector<int64_t> state, padded;
     for (const Counts& c : p) state.push_back(3 * 4 * c.valid), padded.push_back(3 * 4 * c.padded);
     if (world().rank() == 0 && n == 2)
-      std::printf("%s (%lld parameters), plan at %d ranks: state %s (max/min %.3f), allocated "
-                  "%.2f MB each (ideal %.2f MB)\n",
-                  what.c_str(), static_cast<long long>(psi), n, mb_list(state).c_str(),
-                  ratio(state), double(padded[0]) / 1e6, 12.0 * double(psi) / n / 1e6);
+      std::printf(
+          "%s (%lld parameters), plan at %d ranks: state %s (max/min %.3f), allocated "
+          "%.2f MB each (ideal %.2f MB)\n",
+          what.c_str(), static_cast<long long>(psi), n, mb_list(state).c_str(), ratio(state),
+          double(padded[0]) / 1e6, 12.0 * double(psi) / n / 1e6);
     EXPECT_LE(ratio(state), 1.1) << what << " at " << n << " ranks: " << mb_list(state);
     EXPECT_LE(double(padded[0]), 1.1 * 12.0 * double(psi) / n) << what << " at " << n << " ranks";
   }

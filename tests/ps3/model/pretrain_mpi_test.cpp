@@ -56,12 +56,13 @@ data::Batch batch_of(int64_t first, int64_t n, bool all_regions) {
   b.salient_boxes.assign(size_t(n), {});
   b.salient_tokens.assign(size_t(n), {});
   for (int64_t i = 0; i < n; ++i) {
-    testing::MicroSample s = testing::micro_sample(first + i, c.vision.image_size(),
-                                                   c.text.context, c.text.vocab);
-    if (!s.is_global) b.salient_boxes[size_t(i)].push_back(s.box), b.salient_tokens[size_t(i)].push_back(s.tokens);
+    testing::MicroSample s =
+        testing::micro_sample(first + i, c.vision.image_size(), c.text.context, c.text.vocab);
+    if (!s.is_global)
+      b.salient_boxes[size_t(i)].push_back(s.box), b.salient_tokens[size_t(i)].push_back(s.tokens);
     if ((first + i) % 4 == 0) {
-      testing::MicroSample o = testing::micro_sample(first + i + 1, c.vision.image_size(),
-                                                     c.text.context, c.text.vocab);
+      testing::MicroSample o =
+          testing::micro_sample(first + i + 1, c.vision.image_size(), c.text.context, c.text.vocab);
       b.salient_boxes[size_t(i)].push_back(data::Box{5, 7, 40, 33});
       b.salient_tokens[size_t(i)].push_back(o.tokens);
     }
@@ -78,8 +79,9 @@ struct Reference {
     opt = std::make_unique<AdamW>(param_groups(model, kDecay), kAdam);
   }
   double step(int s) {
-    PretrainResult r = pretrain_forward(model, batch_of(s * kGlobalBatch, kGlobalBatch, all_regions),
-                                        options(all_regions), nullptr);
+    PretrainResult r =
+        pretrain_forward(model, batch_of(s * kGlobalBatch, kGlobalBatch, all_regions),
+                         options(all_regions), nullptr);
     r.loss.backward();
     opt->step();
     opt->zero_grad();
