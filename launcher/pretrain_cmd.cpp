@@ -36,27 +36,6 @@ constexpr const char* kUsage =
     "job exits 2 naming the holder). SIGTERM or SIGUSR1 on any rank: checkpoint at the next step\n"
     "boundary, then exit 0 on every rank.\n";
 
-// Collective: rank 0 takes the run-folder lock (held in `lock` until the job ends) and every rank
-// learns whether it got it. False: another job holds run_dir, or it cannot be created (rank 0 has
-// said which).
-bool lock_run_dir(const std::string& run_dir, parallel::ProcessGroup& pg,
-                  std::unique_ptr<RunLock>& lock) {
-  Tensor ok = Tensor::empty({1}, DType::i64);
-  ok.data<int64_t>()[0] = 1;
-  if (pg.rank() == 0) {
-    try {
-      std::string notice;
-      lock = RunLock::acquire(run_dir, &notice);
-      if (!notice.empty()) std::fprintf(stderr, "hdtrain: warning: %s\n", notice.c_str());
-    } catch (const Error& e) {  // busy, or run_dir cannot be created: every rank exits 2
-      std::fprintf(stderr, "hdtrain pretrain: error: %s\n", e.what());
-      ok.data<int64_t>()[0] = 0;
-    }
-  }
-  pg.broadcast(ok, 0).wait();
-  return ok.data<int64_t>()[0] == 1;
-}
-
 int run(const std::vector<std::string>& args) {
   const ConfigArgs parsed = split_config_args(args);
   if (parsed.help) {
@@ -98,7 +77,7 @@ int run(const std::vector<std::string>& args) {
                   config.name().c_str(), pg->world_size(), config_path.c_str(),
                   config.run_dir().c_str());
     std::unique_ptr<RunLock> lock;  // released when the job ends (after the last checkpoint)
-    if (!lock_run_dir(config.run_dir(), *pg, lock)) return 2;
+    if (!lock_run_dir(config.run_dir(), *pg, lock, "pretrain")) return 2;
     prepare_run(config, text, *pg);
     try {
       TrainOutcome out = run_pretrain(config, text, pg);

@@ -54,25 +54,6 @@ constexpr const char* kUsage =
     "SIGTERM or SIGUSR1 on any rank: checkpoint at the next step boundary (or stop at the next\n"
     "stage boundary), then exit 0 on every rank.\n";
 
-// Collective: rank 0 takes the run-folder lock; every rank learns whether it got it.
-bool lock_run_dir(const std::string& run_dir, parallel::ProcessGroup& pg,
-                  std::unique_ptr<RunLock>& lock) {
-  Tensor ok = Tensor::empty({1}, DType::i64);
-  ok.data<int64_t>()[0] = 1;
-  if (pg.rank() == 0) {
-    try {
-      std::string notice;
-      lock = RunLock::acquire(run_dir, &notice);
-      if (!notice.empty()) std::fprintf(stderr, "hdtrain: warning: %s\n", notice.c_str());
-    } catch (const Error& e) {
-      std::fprintf(stderr, "hdtrain run: error: %s\n", e.what());
-      ok.data<int64_t>()[0] = 0;
-    }
-  }
-  pg.broadcast(ok, 0).wait();
-  return ok.data<int64_t>()[0] == 1;
-}
-
 // Every rank: has any rank seen a stop signal? (one all-reduce, at a stage boundary)
 bool stop_agreed(parallel::ProcessGroup& pg) {
   Tensor f = Tensor::empty({1}, DType::f64);
@@ -241,7 +222,7 @@ int run(const std::vector<std::string>& args) {
                   config.name().c_str(), n, pg->world_size(), config_path.c_str(),
                   config.run_dir().c_str());
     std::unique_ptr<RunLock> lock;
-    if (!lock_run_dir(config.run_dir(), *pg, lock)) return 2;
+    if (!lock_run_dir(config.run_dir(), *pg, lock, "run")) return 2;
     prepare_run(config, text, *pg);
     try {
       for (int i = 0; i < n; ++i) {

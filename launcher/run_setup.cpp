@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "autograd/error.h"
+#include "autograd/tensor.h"
 #include "ps3/data/records.h"
 #include "ps3/data/synth.h"
 #include "ps3/data/text.h"
@@ -115,6 +116,24 @@ void prepare_run(const proto::RunConfig& c, const std::string& config_text,
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   pg.barrier().wait();
+}
+
+bool lock_run_dir(const std::string& run_dir, parallel::ProcessGroup& pg,
+                  std::unique_ptr<RunLock>& lock, const std::string& command) {
+  Tensor ok = Tensor::empty({1}, DType::i64);
+  ok.data<int64_t>()[0] = 1;
+  if (pg.rank() == 0) {
+    try {
+      std::string notice;
+      lock = RunLock::acquire(run_dir, &notice);
+      if (!notice.empty()) std::fprintf(stderr, "hdtrain: warning: %s\n", notice.c_str());
+    } catch (const Error& e) {  // busy, or run_dir cannot be created: every rank exits 2
+      std::fprintf(stderr, "hdtrain %s: error: %s\n", command.c_str(), e.what());
+      ok.data<int64_t>()[0] = 0;
+    }
+  }
+  pg.broadcast(ok, 0).wait();
+  return ok.data<int64_t>()[0] == 1;
 }
 
 }  // namespace hd::launcher

@@ -12,6 +12,9 @@
 
 #include <string>
 
+#include <memory>
+
+#include "launcher/run_lock.h"
 #include "parallel/process_group.h"
 #include "proto/run_config.pb.h"
 
@@ -24,5 +27,11 @@ namespace hd::launcher {
 // the missing path when data.train_dir is absent and synthesis is off.
 void prepare_run(const proto::RunConfig& config, const std::string& config_text,
                  parallel::ProcessGroup& pg);
+
+// Collective: rank 0 takes the run-folder lock (held in `lock` until the job ends) and every rank
+// learns whether it got it. False: another job holds run_dir, or it cannot be created (rank 0
+// has said which, as "hdtrain <command>: error: ...").
+bool lock_run_dir(const std::string& run_dir, parallel::ProcessGroup& pg,
+                  std::unique_ptr<RunLock>& lock, const std::string& command);
 
 }  // namespace hd::launcher
