@@ -139,6 +139,8 @@ bool run_stage(const proto::RunConfig& c, const std::string& text, int i,
       HD_CHECK(rc == 0, "stages[", i, "] (eval): hdtrain vilahd eval failed (exit ", rc, ")");
       fs::copy_file(report, fs::path(c.run_dir()) / "eval.json",
                     fs::copy_options::overwrite_existing);
+      fs::copy_file(dir / "eval.png", fs::path(c.run_dir()) / "eval.png",
+                    fs::copy_options::overwrite_existing);
       write_atomically(dir / "evaluated", "ok\n");
     } else {
       wait_for_file(dir / "evaluated");  // may take longer than a collective's timeout
@@ -162,6 +164,7 @@ bool run_stage(const proto::RunConfig& c, const std::string& text, int i,
   o.weight_decay = s.weight_decay();
   o.grad_clip = s.grad_clip();
   o.selection_weight = s.has_selection_weight() ? s.selection_weight() : -1;
+  o.train_w_gt_selection_map = s.train_w_gt_selection_map();
   o.max_length = s.max_length();
   o.seed = c.seed() + uint64_t(i);
   o.checkpoint_every = s.checkpoint_every();

@@ -8,6 +8,7 @@
 #include "launcher/command.h"
 #include "launcher/vilahd_tools.h"
 #include "ps3/data/bad_input.h"
+#include "vilahd/eval_plot.h"
 #include "vilahd/mc_eval.h"
 #include "vilahd/vila_checkpoint.h"
 
@@ -18,13 +19,15 @@ namespace fs = std::filesystem;
 
 constexpr const char* kEvalUsage =
     "usage: hdtrain vilahd eval --checkpoint DIR --data DIR [--mc FILE] [--max-questions N]\n"
-    "                           [--max-look-close N] [--out FILE.json]\n"
+    "                           [--max-look-close N] [--out FILE.json] [--plot FILE.png]\n"
     "  Multiple-choice questions about held-out images (default DATA/eval_mc.jsonl; images\n"
     "  relative to DATA), in every mode of one report: low-res only, bottom-up, top-down with\n"
     "  look-close 1..N (default 2), and the resolution sweep 756/1512/3780 at the same budget.\n"
     "  Per mode: accuracy by the options' likelihood, exact match of the greedy answer, the share\n"
     "  of the question's GT-box patches selected (and a random pick's share), image tokens.\n"
-    "  Chance is 25 %. --out writes the report as JSON (default: no file).\n";
+    "  Chance is the mean of 1 / options. --out writes the report as JSON (default: no file);\n"
+    "  --plot draws accuracy against resolution, one line per swept mode, low-res only and\n"
+    "  chance as flat lines (default: --out with .png for .json; none without --out).\n";
 
 }  // namespace
 
@@ -37,14 +40,15 @@ int vilahd_eval(const std::vector<std::string>& args) {
   std::unique_ptr<vilahd::VilaHdModel> model;
   std::unique_ptr<vilahd::BpeTokenizer> tokenizer;
   std::vector<data::McRecord> records;
-  fs::path data_dir, out;
+  fs::path data_dir, out, plot;
   int64_t max_look_close = 2;
   try {
-    Args a(args, {"checkpoint", "data", "mc", "max-questions", "max-look-close", "out"}, {});
+    Args a(args, {"checkpoint", "data", "mc", "max-questions", "max-look-close", "out", "plot"}, {});
     const fs::path dir = a.require("checkpoint");
     data_dir = a.require("data");
     const fs::path mc = a.get("mc", (data_dir / "eval_mc.jsonl").string());
     out = a.get("out", "");
+    plot = a.get("plot", out.empty() ? "" : fs::path(out).replace_extension(".png").string());
     const int64_t max_q = a.get_int("max-questions", 0);
     max_look_close = a.get_int("max-look-close", 2);
     HD_CHECK(max_q >= 0 && max_look_close >= 1, "--max-questions >= 0 and --max-look-close >= 1");
@@ -75,12 +79,28 @@ int vilahd_eval(const std::vector<std::string>& args) {
     std::fprintf(stderr, "  %s: %.1f%% (%.0f s)\n", mode.name.c_str(),
                  100 * results.back().accuracy, results.back().seconds);
   }
-  std::printf("%zu questions, chance 25.0%%\n%s", records.size(),
+  const double chance = vilahd::mc_chance(records);
+  std::printf("%zu questions, chance %.1f%%\n%s", records.size(), 100 * chance,
               vilahd::mc_report_table(results).c_str());
-  if (!out.empty()) {
-    if (out.has_parent_path()) fs::create_directories(out.parent_path());
-    std::ofstream(out) << vilahd::mc_report_json(results, int64_t(records.size()));
-    std::printf("report: %s\n", out.c_str());
+  try {
+    if (!out.empty()) {
+      if (out.has_parent_path()) fs::create_directories(out.parent_path());
+      std::ofstream f(out);
+      f << vilahd::mc_report_json(results, int64_t(records.size()), chance);
+      HD_CHECK(f.good(), "cannot write the report '", out.string(), "'");
+      std::printf("report: %s\n", out.c_str());
+    }
+    if (!plot.empty()) {
+      if (plot.has_parent_path()) fs::create_directories(plot.parent_path());
+      vilahd::write_accuracy_plot(
+          results, chance,
+          "multiple choice, " + std::to_string(records.size()) + " held-out questions",
+          plot.string());
+      std::printf("plot: %s\n", plot.c_str());
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "hdtrain vilahd eval: error: %s\n", e.what());
+    return 1;
   }
   return 0;
 }

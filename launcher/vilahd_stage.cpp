@@ -205,6 +205,7 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
            " holds a checkpoint at step ", state.step, " beyond steps = ", o.steps);
   out.start_step = out.steps_done = state.step;
   vilahd::VilaHdModel& model = *net->model;
+  model.set_train_with_gt_selection(o.train_w_gt_selection_map);
   parallel::FSDP& fsdp = *net->fsdp;
   AdamW& opt = *net->opt;
   WarmupCosine schedule{o.lr, o.warmup_steps, o.steps, o.min_lr};

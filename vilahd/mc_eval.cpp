@@ -188,12 +188,22 @@ std::string mc_report_table(const std::vector<McModeResult>& results) {
   return out;
 }
 
-std::string mc_report_json(const std::vector<McModeResult>& results, int64_t questions) {
+double mc_chance(const std::vector<data::McRecord>& records) {
+  double sum = 0;
+  for (const data::McRecord& r : records) sum += r.options.empty() ? 0 : 1.0 / double(r.options.size());
+  return records.empty() ? 0 : sum / double(records.size());
+}
+
+std::string mc_report_json(const std::vector<McModeResult>& results, int64_t questions,
+                           double chance) {
   nlohmann::json modes = nlohmann::json::array();
   for (const McModeResult& r : results) {
-    nlohmann::json chosen = nlohmann::json::array(), generated = nlohmann::json::array();
-    for (const McQuestion& q : r.questions)
-      chosen.push_back(q.chosen), generated.push_back(q.generated);
+    nlohmann::json chosen = nlohmann::json::array(), generated = nlohmann::json::array(),
+                   correct = nlohmann::json::array(), recall = nlohmann::json::array();
+    for (const McQuestion& q : r.questions) {
+      chosen.push_back(q.chosen), generated.push_back(q.generated), correct.push_back(q.correct);
+      recall.push_back(q.gt_recall);  // -1: no box or no selection
+    }
     modes.push_back({{"name", r.mode.name},
                      {"look_close_mode", look_close_mode_name(r.mode.look_close_mode)},
                      {"num_look_close", r.mode.num_look_close},
@@ -205,9 +215,11 @@ std::string mc_report_json(const std::vector<McModeResult>& results, int64_t que
                      {"mean_image_tokens", r.mean_image_tokens},
                      {"seconds", r.seconds},
                      {"chosen", chosen},
+                     {"correct", correct},
+                     {"question_gt_recall", recall},
                      {"generated", generated}});
   }
-  return nlohmann::json({{"questions", questions}, {"chance", 0.25}, {"modes", modes}}).dump(2) +
+  return nlohmann::json({{"questions", questions}, {"chance", chance}, {"modes", modes}}).dump(2) +
          "\n";
 }
 

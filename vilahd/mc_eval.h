@@ -61,6 +61,10 @@ McModeResult evaluate_mc(VilaHdModel& model, const BpeTokenizer& tokenizer,
 std::vector<McMode> default_mc_modes(const VilaHdModel& model, int64_t max_look_close);
 
 std::string mc_report_table(const std::vector<McModeResult>& results);
-std::string mc_report_json(const std::vector<McModeResult>& results, int64_t questions);
+// `chance`: the expected accuracy of a random choice (mc_chance).
+std::string mc_report_json(const std::vector<McModeResult>& results, int64_t questions,
+                           double chance);
+// Mean over the questions of 1 / (number of options).
+double mc_chance(const std::vector<data::McRecord>& records);
 
 }  // namespace hd::vilahd

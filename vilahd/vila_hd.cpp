@@ -100,6 +100,8 @@ ImageLook VilaHdModel::look(const VilaImage& image, const Tensor& prompt,
            in.low_res.defined() ? in.low_res.str() : std::string("no low-res input"));
   in.prompt = prompt;
   in.gt_maps.clear();
+  if (train_with_gt_selection_ && !image.gt_maps.empty())
+    in.gt_maps = image.gt_maps, in.gt_forcing = true;
   in.look_close_steps = num_look_close;
   in.feature_layer = config_.mm_vision_select_layer;
   in.select_per_scale = config_.select_num_each_scale;

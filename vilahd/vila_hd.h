@@ -96,6 +96,10 @@ class VilaHdModel : public Module {
   void set_look_close_mode(LookCloseMode mode);
   void set_num_look_close(int64_t steps);
   void set_select_num_each_scale(const std::vector<int64_t>& per_scale);  // empty: PS3's split
+  // Teacher forcing (train_w_gt_selection_map, §3.7): an image with GT maps gets its box's
+  // patches selected first (probability 1 before top-k, §1.5.9), so the LLM learns to read the
+  // region while the selection is still learning to find it. Images without a box: unchanged.
+  void set_train_with_gt_selection(bool on) { train_with_gt_selection_ = on; }
   Qwen2ForCausalLM& llm() const { return *llm_; }
   MlpDownsampleProjector& projector() const { return *projector_; }
   ps3::PS3VisionModel& vision() const { return *vision_; }
@@ -114,6 +118,7 @@ class VilaHdModel : public Module {
   std::shared_ptr<MlpDownsampleProjector> projector_;
   std::shared_ptr<ps3::PS3VisionModel> vision_;
   nn::UnitRunner runner_;  // forward runs inside the root unit (parallelize.h)
+  bool train_with_gt_selection_ = false;
 };
 
 // §3.7 for one image: mean over scales of BCE(p_s, g_s) + DICE(p_s, g_s).

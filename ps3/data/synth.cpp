@@ -102,7 +102,8 @@ std::vector<std::pair<std::string, std::vector<SynthRegion>>> write_split(const 
 SynthLayout parse_synth_layout(const std::string& name) {
   if (name.empty() || name == "boards") return SynthLayout::kBoards;
   if (name == "tiny_signs") return SynthLayout::kTinySigns;
-  throw Error(detail::concat("synth: unknown layout '", name, "' (boards | tiny_signs)"));
+  if (name == "patterns") return SynthLayout::kPatterns;
+  throw Error(detail::concat("synth: unknown layout '", name, "' (boards | tiny_signs | patterns)"));
 }
 
 void synth_dataset(const SynthOptions& opt) {

@@ -41,8 +41,14 @@ struct SynthImage {
 //  kTinySigns: the first generator: the sign is its text plus a 2-glyph-pixel margin (median
 //    60 x 36 px at 3780, ~4 x 3 px at 378) and shapes are 27-36 px blobs, on a background of any
 //    hue. Kept to reproduce earlier measurements (docs/training.md, "Selection").
-enum class SynthLayout { kBoards, kTinySigns };
-SynthLayout parse_synth_layout(const std::string& name);  // "boards" | "tiny_signs"
+//  kPatterns: the boards scene, but every sign carries a fine two-tone pattern (horizontal,
+//    vertical or diagonal stripes, or a checkerboard; period 6 px at 3780, half ink, half sign
+//    colour). At 378 and 756 every pattern blends into the same flat tint, at 1512 (2.4 px
+//    period) it aliases, at 3780 it is plain: a detail only high res shows, and one the demo's
+//    tiny PS3 can encode after minutes of CPU training, which 5x7 glyphs are not (measured with
+//    linear/MLP probes, docs/pipeline.md). The staged demo (configs/pipeline-demo) uses it.
+enum class SynthLayout { kBoards, kTinySigns, kPatterns };
+SynthLayout parse_synth_layout(const std::string& name);  // "boards" | "tiny_signs" | "patterns"
 
 // Image `index` of the dataset with `seed`: a pure function of its arguments.
 SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed,

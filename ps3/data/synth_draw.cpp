@@ -62,6 +62,7 @@ const std::map<char, std::array<const char*, 7>>& font() {
 const char* kWords[] = {"STOP", "EXIT", "OPEN", "SALE", "CAFE", "BANK", "PARK",
                         "GATE", "FIRE", "LOAN", "BIKE", "TAXI", "PINE", "ROSE"};
 const char* kShapes[] = {"circle", "square", "triangle", "diamond"};
+const char* kPatterns[] = {"horizontal", "vertical", "diagonal", "checkered"};
 struct Colour {
   const char* name;
   uint8_t r, g, b;
@@ -94,6 +95,24 @@ void fill_shape(Image& img, const std::string& shape, int64_t x0, int64_t y0, in
       if (in && x0 + x < img.width && y0 + y < img.height) {
         uint8_t* p = img.row(y0 + y) + (x0 + x) * 3;
         p[0] = c.r, p[1] = c.g, p[2] = c.b;
+      }
+    }
+}
+
+// A two-tone pattern over [x0, x1) x [y0, y1): ink on half the pixels, in bands of `half` px.
+// Every pattern inks the same share, so below its period the sign is the same flat tint.
+void fill_pattern(Image& img, const std::string& pattern, int64_t x0, int64_t y0, int64_t x1,
+                  int64_t y1, int64_t half, uint8_t ink) {
+  for (int64_t y = std::max<int64_t>(y0, 0); y < std::min(y1, img.height); ++y)
+    for (int64_t x = std::max<int64_t>(x0, 0); x < std::min(x1, img.width); ++x) {
+      const int64_t u = (x - x0) / half, v = (y - y0) / half, d = (x - x0 + y - y0) / half;
+      const bool on = pattern == "horizontal" ? v % 2 == 0
+                      : pattern == "vertical" ? u % 2 == 0
+                      : pattern == "diagonal" ? d % 2 == 0
+                                              : (u + v) % 2 == 0;  // checkered
+      if (on) {
+        uint8_t* p = img.row(y) + x * 3;
+        p[0] = p[1] = p[2] = ink;
       }
     }
 }
@@ -178,6 +197,8 @@ void make_options(SynthRegion& r, Rng& rng) {
     for (int i = 10; i < 100; ++i) pool.push_back(std::to_string(i));
   else if (r.kind == "word")
     pool.assign(std::begin(kWords), std::end(kWords));
+  else if (r.kind == "pattern")
+    pool.assign(std::begin(kPatterns), std::end(kPatterns));
   else
     pool.assign(std::begin(kShapes), std::end(kShapes));
   std::vector<std::string> opts = {r.detail};
@@ -197,7 +218,8 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed, SynthLa
   SynthImage out;
   out.image = Image(resolution, resolution);
   Image& img = out.image;
-  const bool boards = layout == SynthLayout::kBoards;
+  const bool patterns = layout == SynthLayout::kPatterns;
+  const bool boards = layout == SynthLayout::kBoards || patterns;
   background(img, rng, boards);
   const int64_t n = resolution;
   int64_t base_px = std::max<int64_t>(1, n / 1260);  // glyph pixel: 3 at 3780, 1 at <= 2519
@@ -231,7 +253,21 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed, SynthLa
     r.colour = c.name;
     int64_t px = base_px + rng.below(2);
     int64_t kind = rng.below(3);
-    if (kind < 2) {
+    if (patterns) {
+      r.kind = "pattern";
+      r.detail = kPatterns[rng.below(4)];
+      auto [bw, bh] = board_size(0, 0, px);
+      Box b = place(bw, bh);
+      if (b.x2 == 0) continue;
+      fill_rect(img, int64_t(b.x1), int64_t(b.y1), int64_t(b.x2), int64_t(b.y2), c.r, c.g, c.b);
+      const int64_t m = std::max<int64_t>(1, n / 1260);  // margin = half period: 3 px at 3780
+      fill_pattern(img, r.detail, int64_t(b.x1) + m, int64_t(b.y1) + m, int64_t(b.x2) - m,
+                   int64_t(b.y2) - m, m, ink);
+      r.box = b;
+      r.caption = std::string("a ") + c.name + " sign with " +
+                  (r.detail == "checkered" ? "a checkered pattern" : r.detail + " stripes");
+      r.question = std::string("What pattern is on the ") + c.name + " sign?";
+    } else if (kind < 2) {
       r.kind = kind == 0 ? "number" : "word";
       r.detail = kind == 0 ? std::to_string(rng.range(10, 99)) : kWords[rng.below(14)];
       int64_t tw = int64_t(r.detail.size()) * 6 * px - px, th = 7 * px, m = 2 * px;

@@ -85,6 +85,62 @@ TEST(Synth, DeterministicBySeedAndIndex) {
   }
 }
 
+// The patterns layout: each sign's inside is half ink in bands of 3 px at 3780, oriented as its
+// caption says; averaged over 10 x 10 blocks (the 378 view) every pattern is the same tint.
+TEST(Synth, PatternsAreFineAndOrientedAsCaptioned) {
+  int seen = 0;
+  for (int64_t index = 0; index < 4; ++index) {
+    SynthImage s = synth_image(index, 3780, 5, SynthLayout::kPatterns);
+    ASSERT_GE(s.regions.size(), 2u);
+    for (const SynthRegion& r : s.regions) {
+      ASSERT_EQ(r.kind, "pattern");
+      EXPECT_NE(r.caption.find(r.detail == "checkered" ? "checkered" : r.detail + " stripes"),
+                std::string::npos)
+          << r.caption;
+      EXPECT_EQ(r.question.rfind("What pattern is on the ", 0), 0u) << r.question;
+      // Inside the 3-px margin; ink and sign colour differ in green for every colour.
+      const int64_t x0 = int64_t(r.box.x1) + 3, y0 = int64_t(r.box.y1) + 3;
+      // Signs are at least 75 x 41 px: the window and its +-3 px neighbours stay inside.
+      const int64_t x1 = x0 + 60, y1 = y0 + 30;
+      auto value = [&](int64_t x, int64_t y) { return int(s.image.row(y)[x * 3 + 1]); };
+      auto ink_at = [&](int64_t x, int64_t y) {
+        return value(x, y) == value(x0, y0);  // (x0, y0) starts an inked band in every pattern
+      };
+      int64_t ink = 0, same_right = 0, same_below = 0, same_diag = 0, n = 0;
+      int darkest = 255, lightest = 0;
+      for (int64_t y = y0 + 6; y < y1; ++y)  // whole periods: 24 rows x 60 columns
+        for (int64_t x = x0; x < x1; ++x, ++n) {
+          ink += ink_at(x, y);
+          darkest = std::min(darkest, value(x, y)), lightest = std::max(lightest, value(x, y));
+          same_right += ink_at(x, y) == ink_at(x + 3, y);
+          same_below += ink_at(x, y) == ink_at(x, y + 3);
+          same_diag += ink_at(x, y) == ink_at(x + 3, y - 3);
+        }
+      EXPECT_NEAR(double(ink) / double(n), 0.5, 0.05) << r.caption;
+      const double right = double(same_right) / double(n), below = double(same_below) / double(n),
+                   diag = double(same_diag) / double(n);
+      if (r.detail == "horizontal") EXPECT_TRUE(right > 0.99 && below < 0.01) << r.caption;
+      if (r.detail == "vertical") EXPECT_TRUE(right < 0.01 && below > 0.99) << r.caption;
+      if (r.detail == "diagonal") EXPECT_TRUE(diag > 0.99 && right < 0.01) << r.caption;
+      if (r.detail == "checkered") EXPECT_TRUE(right < 0.01 && below < 0.01 && diag > 0.99);
+      // The 378 view: 10 x 10 block means over the inside vary by under a quarter of the ink
+      // contrast (the full contrast at 3780).
+      double lo = 255, hi = 0;
+      for (int64_t by = y0; by + 10 <= y1; by += 10)
+        for (int64_t bx = x0; bx + 10 <= x1; bx += 10) {
+          double sum = 0;
+          for (int64_t y = by; y < by + 10; ++y)
+            for (int64_t x = bx; x < bx + 10; ++x) sum += value(x, y);
+          lo = std::min(lo, sum / 100), hi = std::max(hi, sum / 100);
+        }
+      EXPECT_GT(lightest - darkest, 60) << r.caption;
+      EXPECT_LT(hi - lo, 0.25 * (lightest - darkest) + 1) << r.caption;
+      ++seen;
+    }
+  }
+  EXPECT_GE(seen, 8);
+}
+
 TEST(Synth, DatasetIsIndependentOfThreadCount) {
   SynthOptions o;
   o.images = 6, o.eval_images = 2, o.resolution = 256, o.seed = 3;
