@@ -362,9 +362,9 @@ void validate_config(const proto::RunConfig& c, int world_size) {
       invalid("data.synthesize.resolution",
               "= " + str(d.synthesize().resolution()) + " must be >= 128");
     const std::string& layout = d.synthesize().layout();
-    if (!layout.empty() && layout != "boards" && layout != "tiny_signs" &&
-        layout != "patterns")
-      invalid("data.synthesize.layout", "= '" + layout + "' must be boards, tiny_signs or patterns");
+    if (!layout.empty() && layout != "boards" && layout != "tiny_signs" && layout != "patterns")
+      invalid("data.synthesize.layout",
+              "= '" + layout + "' must be boards, tiny_signs or patterns");
   }
 
   const auto& t = c.train();

@@ -96,6 +96,8 @@ fs::path vila_start(const proto::RunConfig& c, int i, parallel::ProcessGroup& pg
     spec.num_look_close = c.vilahd().num_look_close();
     spec.select_num_each_scale.assign(c.vilahd().select_num_each_scale().begin(),
                                       c.vilahd().select_num_each_scale().end());
+    if (c.vilahd().has_high_res_pos_embed())
+      spec.high_res_pos_embed = c.vilahd().high_res_pos_embed();
     if (c.vilahd().has_token_selection_loss_weight())
       spec.selection_weight = c.vilahd().token_selection_loss_weight();
     // After ps3_pretrain: its run folder (the newest complete checkpoint); else vision_from.
@@ -165,6 +167,7 @@ bool run_stage(const proto::RunConfig& c, const std::string& text, int i,
   o.grad_clip = s.grad_clip();
   o.selection_weight = s.has_selection_weight() ? s.selection_weight() : -1;
   o.train_w_gt_selection_map = s.train_w_gt_selection_map();
+  o.memoize_vision = s.memoize_vision();
   o.max_length = s.max_length();
   o.seed = c.seed() + uint64_t(i);
   o.checkpoint_every = s.checkpoint_every();

@@ -92,8 +92,9 @@ void validate_stages(const proto::RunConfig& c, int world) {
       }
     }
     if (!vila) {
-      for (const char* f : {"trainable", "sft", "max_length", "checkpoint_every",
-                            "selection_weight", "grad_clip", "weight_decay"}) {
+      for (const char* f :
+           {"trainable", "sft", "max_length", "checkpoint_every", "selection_weight", "grad_clip",
+            "weight_decay", "train_w_gt_selection_map", "memoize_vision"}) {
         const pb::FieldDescriptor* d = proto::StageConfig::descriptor()->FindFieldByName(f);
         if (proto::StageConfig::GetReflection()->HasField(s, d))
           invalid(i, f, "applies to VILA-HD stages (vilahd_align, vilahd_sft) only, not " + k);
@@ -123,6 +124,10 @@ void validate_stages(const proto::RunConfig& c, int world) {
           invalid(
               i, "trainable",
               "names '" + part + "', not one of llm, projector, top_down_selection, vision_tower");
+        if (s.memoize_vision() && (part == "vision_tower" || part == "top_down_selection"))
+          invalid(i, "memoize_vision",
+                  "needs PS3 frozen, but trainable names '" + part +
+                      "' (its outputs would change from step to step)");
         ++parts;
       }
       if (parts == 0) invalid(i, "trainable", "is empty");
@@ -240,6 +245,9 @@ void apply_run_override(proto::RunConfig& c, const std::string& assignment) {
       break;
     case pb::FieldDescriptor::CPPTYPE_STRING:
       to->SetString(stage, f, from->GetString(patch, f));
+      break;
+    case pb::FieldDescriptor::CPPTYPE_BOOL:
+      to->SetBool(stage, f, from->GetBool(patch, f));
       break;
     default:
       throw Error(where + ": stages[" + std::to_string(index) + "]." + field +

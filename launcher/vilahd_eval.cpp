@@ -43,7 +43,8 @@ int vilahd_eval(const std::vector<std::string>& args) {
   fs::path data_dir, out, plot;
   int64_t max_look_close = 2;
   try {
-    Args a(args, {"checkpoint", "data", "mc", "max-questions", "max-look-close", "out", "plot"}, {});
+    Args a(args, {"checkpoint", "data", "mc", "max-questions", "max-look-close", "out", "plot"},
+           {});
     const fs::path dir = a.require("checkpoint");
     data_dir = a.require("data");
     const fs::path mc = a.get("mc", (data_dir / "eval_mc.jsonl").string());

@@ -52,6 +52,7 @@ vilahd::VilaHdConfig vila_init_config(const VilaInitSpec& s) {
   if (s.selection_weight >= 0) config.token_selection_loss_weight = s.selection_weight;
   if (s.num_look_close > 0) config.num_look_close = s.num_look_close;
   if (!s.select_num_each_scale.empty()) config.select_num_each_scale = s.select_num_each_scale;
+  if (s.high_res_pos_embed) config.high_res_pos_embed = *s.high_res_pos_embed;
   // Only the vision tower is used: the text vocabulary does not matter (1 keeps it valid).
   if (s.ps3_model)
     config.vision = to_ps3_config(*s.ps3_model, 1).vision;

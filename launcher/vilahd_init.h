@@ -33,6 +33,7 @@ struct VilaInitSpec {
   double selection_weight = -1;                // token_selection_loss_weight; < 0: the preset's
   int64_t num_look_close = 0;                  // 0: the preset's (1)
   std::vector<int64_t> select_num_each_scale;  // empty: PS3's split of max_select
+  std::optional<bool> high_res_pos_embed;      // unset: the preset's (off)
   std::string origin = "hdtrain vilahd init";  // names the caller in config errors
 };
 

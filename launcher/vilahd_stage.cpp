@@ -253,6 +253,44 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
   vilahd::ImageCache images(vision, 32);
   const int64_t B = o.global_batch, per_rank = B / world;
   const size_t n_items = items.size();
+  // The memo key of a record's image: the file and its box (forcing is added by the model).
+  auto memo_key = [](const data::SftRecord& r) {
+    std::string key = r.image;
+    if (r.box) key += concat("|", r.box->x1, ",", r.box->y1, ",", r.box->x2, ",", r.box->y2);
+    return key;
+  };
+  std::vector<vilahd::VilaSample> memo_samples;  // per item, when memoizing
+  if (o.memoize_vision) {
+    // Every rank runs PS3 once for every record, in the same order (FSDP's gathers pair up), so
+    // no step ever misses; a batch mixing boxed and unboxed records would miss (another key).
+    size_t boxed = 0;
+    for (const Item& it : items) boxed += it.record.box.has_value();
+    if (boxed != 0 && boxed != n_items)
+      throw AgreedError(concat("stage ", o.stage, ": memoize_vision needs every record of ",
+                               o.sft.string(), " with a box or none (", boxed, " of ", n_items,
+                               " have one)"));
+    try {
+      model.set_vision_memo(std::make_shared<vilahd::VisionMemo>());
+    } catch (const Error& e) {
+      throw AgreedError(concat("stage ", o.stage, ": ", e.what()));
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    for (const Item& it : items) {
+      const data::SftRecord& r = it.record;
+      std::vector<vilahd::VilaSample> one;
+      one.push_back(
+          vilahd::sft_sample(tok, r, images.get(o.data_dir / r.image), vision, r.box.has_value()));
+      one.back().images[0].memo_key = memo_key(r);
+      model.fill_vision_memo(one);
+      // The sample is kept without its PS3 inputs (tens of MB at 3780): the memo replaces them.
+      one.back().images[0].inputs = ps3::VisionInputs{};
+      memo_samples.push_back(std::move(one.back()));
+    }
+    if (rank == 0)
+      std::printf("[memo] stage %s: PS3 outputs of %zu records kept (%.1f s)\n", o.stage.c_str(),
+                  n_items,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
   int64_t cached_epoch = -1;
   std::vector<size_t> order;
   auto item_at = [&](int64_t position) -> const Item& {
@@ -279,8 +317,11 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
       auto p = timer.phase(monitoring::Phase::data_wait);
       for (int64_t i = rank * per_rank; i < (rank + 1) * per_rank; ++i) {
         const data::SftRecord& r = global[size_t(i)]->record;
-        batch.push_back(
-            vilahd::sft_sample(tok, r, images.get(o.data_dir / r.image), vision, all_boxed));
+        if (o.memoize_vision)
+          batch.push_back(memo_samples[size_t(global[size_t(i)] - items.data())]);
+        else
+          batch.push_back(
+              vilahd::sft_sample(tok, r, images.get(o.data_dir / r.image), vision, all_boxed));
       }
     }
     double local[kSlots] = {};

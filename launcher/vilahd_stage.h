@@ -51,10 +51,13 @@ struct VilaStageOptions {
   double lr = 1e-3, min_lr = 0;
   int64_t warmup_steps = 0;
   double weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  double grad_clip = 1.0;        // 0: off
-  double selection_weight = -1;  // < 0: the folder's token_selection_loss_weight
+  double grad_clip = 1.0;                 // 0: off
+  double selection_weight = -1;           // < 0: the folder's token_selection_loss_weight
   bool train_w_gt_selection_map = false;  // teacher forcing of boxed records (vila_hd.h)
-  int64_t max_length = 2048;     // text tokens; longer records are dropped and counted
+  // PS3 runs once per record, before step 0 (vilahd::VisionMemo): needs vision_tower and
+  // top_down_selection frozen; selection is then bottom-up (or forced) in this stage.
+  bool memoize_vision = false;
+  int64_t max_length = 2048;  // text tokens; longer records are dropped and counted
   uint64_t seed = 0;
   int64_t checkpoint_every = 0;  // 0: only at the end / a stop
   int keep_last = 2;

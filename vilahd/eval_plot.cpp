@@ -142,7 +142,8 @@ data::Image draw_accuracy_plot(const std::vector<McModeResult>& results, double 
       if (r.mode.num_look_close == 0) flats.push_back({r.mode.name, r.accuracy});
       continue;
     }
-    auto it = std::find_if(lines.begin(), lines.end(), [&](const auto& l) { return l.first == line; });
+    auto it =
+        std::find_if(lines.begin(), lines.end(), [&](const auto& l) { return l.first == line; });
     if (it == lines.end()) lines.push_back({line, {}}), it = lines.end() - 1;
     it->second[res] = r.accuracy;
     if (std::find(resolutions.begin(), resolutions.end(), res) == resolutions.end())

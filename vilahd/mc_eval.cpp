@@ -190,7 +190,8 @@ std::string mc_report_table(const std::vector<McModeResult>& results) {
 
 double mc_chance(const std::vector<data::McRecord>& records) {
   double sum = 0;
-  for (const data::McRecord& r : records) sum += r.options.empty() ? 0 : 1.0 / double(r.options.size());
+  for (const data::McRecord& r : records)
+    sum += r.options.empty() ? 0 : 1.0 / double(r.options.size());
   return records.empty() ? 0 : sum / double(records.size());
 }
 

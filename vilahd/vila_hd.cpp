@@ -94,18 +94,40 @@ Tensor VilaHdModel::low_res_only_tokens(const VilaImage& image) const {
 ImageLook VilaHdModel::look(const VilaImage& image, const Tensor& prompt,
                             int64_t num_look_close) const {
   const ps3::VisionConfig& vc = config_.vision;
-  ps3::VisionInputs in = image.inputs;
-  HD_CHECK(in.low_res.defined() && in.low_res.size(0) == 1,
-           "VILA-HD: each image must be one row, got ",
-           in.low_res.defined() ? in.low_res.str() : std::string("no low-res input"));
-  in.prompt = prompt;
-  in.gt_maps.clear();
-  if (train_with_gt_selection_ && !image.gt_maps.empty())
-    in.gt_maps = image.gt_maps, in.gt_forcing = true;
-  in.look_close_steps = num_look_close;
-  in.feature_layer = config_.mm_vision_select_layer;
-  in.select_per_scale = config_.select_num_each_scale;
-  ps3::VisionOutputs out = vision_->forward(in);
+  const bool forced = train_with_gt_selection_ && !image.gt_maps.empty();
+  // The memo key names the image and its box; forcing and the step count complete it.
+  const std::string key =
+      memo_ && !prompt.defined() && !image.memo_key.empty()
+          ? image.memo_key + (forced ? "|forced|" : "|free|") + std::to_string(num_look_close)
+          : std::string();
+  const ps3::VisionOutputs* memo_hit = nullptr;
+  if (!key.empty())
+    if (auto it = memo_->outputs.find(key); it != memo_->outputs.end()) memo_hit = &it->second;
+  ps3::VisionOutputs out;
+  if (memo_hit) {
+    out = *memo_hit;  // tensors are shared, not copied
+  } else {
+    ps3::VisionInputs in = image.inputs;
+    HD_CHECK(in.low_res.defined() && in.low_res.size(0) == 1,
+             "VILA-HD: each image must be one row, got ",
+             in.low_res.defined() ? in.low_res.str() : std::string("no low-res input"));
+    in.prompt = prompt;
+    in.gt_maps.clear();
+    if (forced) in.gt_maps = image.gt_maps, in.gt_forcing = true;
+    in.look_close_steps = num_look_close;
+    in.feature_layer = config_.mm_vision_select_layer;
+    in.select_per_scale = config_.select_num_each_scale;
+    out = vision_->forward(in);
+    if (!key.empty()) {
+      ps3::VisionOutputs kept;  // what look() reads; the rest is dropped to save memory
+      kept.low_res_features = out.low_res_features;
+      kept.high_res_features = out.high_res_features;
+      kept.high_res_positions = out.high_res_positions;
+      kept.prior_probs = out.prior_probs;
+      kept.selection_maps = out.selection_maps;
+      memo_->outputs.emplace(key, std::move(kept));
+    }
+  }
 
   ImageLook look;
   look.prompt = prompt;
@@ -168,8 +190,9 @@ Tensor VilaHdModel::embed_sample(const VilaSample& sample, int64_t num_look_clos
   if (num_look_close < 0) num_look_close = config_.num_look_close;
   Tensor prompt;
   // No look-close step, no selection: the prompt pass would be wasted.
+  // With the vision memo, selection is bottom-up or forced (VisionMemo): no prompt pass.
   if (config_.look_close_mode == LookCloseMode::after_prompt && !sample.images.empty() &&
-      num_look_close > 0)
+      num_look_close > 0 && !memo_)
     prompt = top_down_prompt(sample);
 
   std::vector<Tensor> parts;
@@ -211,6 +234,27 @@ Tensor image_selection_loss(const std::vector<Tensor>& probs, const std::vector<
     total = total.defined() ? add(total, term) : term;
   }
   return div(total, double(probs.size()));
+}
+
+void VilaHdModel::set_vision_memo(std::shared_ptr<VisionMemo> memo) {
+  if (memo)
+    for (const auto& [name, p] : vision_->named_parameters())
+      HD_CHECK(!p.requires_grad(),
+               "VILA-HD: the vision memo needs the whole vision tower frozen "
+               "(trainable parts without vision_tower and top_down_selection), but vision_tower.",
+               name, " is trainable");
+  memo_ = std::move(memo);
+}
+
+void VilaHdModel::fill_vision_memo(const std::vector<VilaSample>& batch) const {
+  HD_CHECK(memo_ != nullptr, "VILA-HD: fill_vision_memo without a memo (set_vision_memo)");
+  NoGradGuard no_grad;
+  nn::run_unit(runner_, *this, Tensor(), [&](const Tensor&) {
+    for (const VilaSample& s : batch)
+      for (const VilaImage& image : s.images)
+        if (!image.memo_key.empty()) look(image, Tensor(), config_.num_look_close);
+    return Tensor();
+  });
 }
 
 VilaOutputs VilaHdModel::forward(const std::vector<VilaSample>& batch) const {

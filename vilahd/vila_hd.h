@@ -19,7 +19,9 @@
 // so a VILA-HD folder imports by sub-folder (vila_checkpoint.h).
 #pragma once
 
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "ps3/vision_model.h"
@@ -38,6 +40,16 @@ struct VilaImage {
   ps3::VisionInputs inputs;
   // Selection supervision: per PS3 scale [1, g, g] in {0, 1} (empty: no box for this image).
   std::vector<Tensor> gt_maps;
+  // Identity of (image, box) for the vision memo (VisionMemo); empty: never memoized.
+  std::string memo_key;
+};
+
+// PS3's outputs per image, kept across steps. Valid only while PS3 cannot change them: the vision
+// tower and the selection modules frozen, selection bottom-up or teacher-forced (no prompt). Then
+// a training step costs the projector and the LLM only: on the demo's CPU ~10x cheaper, which
+// buys the LLM the thousands of steps it needs to learn to read (docs/vilahd.md).
+struct VisionMemo {
+  std::map<std::string, ps3::VisionOutputs> outputs;
 };
 
 struct VilaSample {
@@ -100,6 +112,13 @@ class VilaHdModel : public Module {
   // patches selected first (probability 1 before top-k, §1.5.9), so the LLM learns to read the
   // region while the selection is still learning to find it. Images without a box: unchanged.
   void set_train_with_gt_selection(bool on) { train_with_gt_selection_ = on; }
+  // With a memo, images with a memo_key run PS3 once (no prompt: the prompt pass is skipped and
+  // selection is bottom-up, or teacher-forced); later looks reuse the outputs. nullptr: off.
+  // Throws when a vision-tower parameter is trainable.
+  void set_vision_memo(std::shared_ptr<VisionMemo> memo);
+  // Runs PS3 for every memo-keyed image of `batch` not yet in the memo, inside the root unit as
+  // forward does (under FSDP every rank must call it with the same number of images).
+  void fill_vision_memo(const std::vector<VilaSample>& batch) const;
   Qwen2ForCausalLM& llm() const { return *llm_; }
   MlpDownsampleProjector& projector() const { return *projector_; }
   ps3::PS3VisionModel& vision() const { return *vision_; }
@@ -119,6 +138,7 @@ class VilaHdModel : public Module {
   std::shared_ptr<ps3::PS3VisionModel> vision_;
   nn::UnitRunner runner_;  // forward runs inside the root unit (parallelize.h)
   bool train_with_gt_selection_ = false;
+  std::shared_ptr<VisionMemo> memo_;
 };
 
 // §3.7 for one image: mean over scales of BCE(p_s, g_s) + DICE(p_s, g_s).

@@ -103,7 +103,8 @@ SynthLayout parse_synth_layout(const std::string& name) {
   if (name.empty() || name == "boards") return SynthLayout::kBoards;
   if (name == "tiny_signs") return SynthLayout::kTinySigns;
   if (name == "patterns") return SynthLayout::kPatterns;
-  throw Error(detail::concat("synth: unknown layout '", name, "' (boards | tiny_signs | patterns)"));
+  throw Error(
+      detail::concat("synth: unknown layout '", name, "' (boards | tiny_signs | patterns)"));
 }
 
 void synth_dataset(const SynthOptions& opt) {

@@ -357,6 +357,21 @@ def listening(pid):
     return out
 
 
+def mpirun_pids():
+    """Pids of the running orterun processes; processes of other tests come and go meanwhile
+    (ctest -j), so one that vanishes between listing and reading is skipped."""
+    out = []
+    for x in os.listdir("/proc"):
+        if not x.isdigit():
+            continue
+        try:
+            if os.path.basename(os.readlink("/proc/%s/exe" % x)).startswith("orterun"):
+                out.append(int(x))
+        except OSError:
+            continue
+    return out
+
+
 def case_listen(env):
     d = fresh(env, "listen")
     port = free_port_base()
@@ -373,12 +388,12 @@ def case_listen(env):
             check((("127.0.0.1", port + rank)) in socks, "rank %d serves /metrics on 127.0.0.1" % rank)
             exposed = [s for s in socks if s[0] not in ("127.0.0.1", "::1")]
             check(not exposed, "rank %d listens on no other address (%s)" % (rank, exposed))
-        launcher = [int(x) for x in os.listdir("/proc") if x.isdigit() and
-                    os.path.exists("/proc/%s/exe" % x) and
-                    os.path.basename(os.readlink("/proc/%s/exe" % x)).startswith("orterun")]
-        for pid in launcher:
-            print("mpirun (pid %d) listens on %s (OpenMPI 4.1: one wildcard out-of-band listener"
-                  " is not configurable)" % (pid, listening(pid)))
+        for pid in mpirun_pids():
+            try:
+                print("mpirun (pid %d) listens on %s (OpenMPI 4.1: one wildcard out-of-band "
+                      "listener is not configurable)" % (pid, listening(pid)))
+            except OSError:
+                pass  # another test's mpirun that exited meanwhile
     finally:
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=120)

@@ -25,8 +25,8 @@ TEST(StageConfig, ShippedPipelinesValidate) {
   proto::RunConfig demo = load_staged_config(kConfigs + "pipeline-demo.textproto", {}, 2);
   ASSERT_EQ(demo.stages_size(), 4);
   EXPECT_EQ(demo.stages(1).trainable(), "projector,top_down_selection");  // align's default
-  EXPECT_EQ(demo.stages(1).sft(), "data/synth_boards/sft.jsonl");
-  EXPECT_EQ(demo.stages(3).mc(), "data/synth_boards/eval_mc.jsonl");
+  EXPECT_EQ(demo.stages(1).sft(), "data/synth_patterns/sft.jsonl");
+  EXPECT_EQ(demo.stages(3).mc(), "data/synth_patterns/eval_mc.jsonl");
   EXPECT_EQ(stage_dir(demo, 2).string(), "runs/pipeline-demo/stages/02_vilahd_sft");
   proto::RunConfig paper = load_staged_config(kConfigs + "vilahd-4k.textproto", {}, 0);
   EXPECT_EQ(paper.stages(0).global_batch(), 4096);
@@ -47,10 +47,13 @@ TEST(StageConfig, Ps3StageTakesTheStageOverrides) {
 TEST(StageConfig, OverridesSetOneStageAndZeroIsKept) {
   proto::RunConfig c =
       load_staged_config(kConfigs + "pipeline-demo.textproto",
-                         {"stages.2.steps=7", "stages.2.trainable=llm", "stages.2.lr=0.5"}, 2);
+                         {"stages.2.steps=7", "stages.2.warmup_steps=2", "stages.2.trainable=llm",
+                          "stages.2.lr=0.5", "stages.2.train_w_gt_selection_map=false"},
+                         2);
   EXPECT_EQ(c.stages(2).steps(), 7);
   EXPECT_EQ(c.stages(2).trainable(), "llm");
   EXPECT_EQ(c.stages(2).lr(), 0.5);
+  EXPECT_FALSE(c.stages(2).train_w_gt_selection_map());  // a bool override, off
   EXPECT_NE(error_of("pipeline-demo.textproto", {"stages.1.warmup_steps=0", "stages.1.steps=0"}, 2)
                 .find("stages[1].steps = 0 must be >= 1"),
             std::string::npos);
@@ -64,12 +67,18 @@ TEST(StageConfig, ErrorsNameTheField) {
        "stages[2].global_batch = 3 is not divisible by the world size 2"},
       {{"stages.3.lr=1"}, "stages[3].lr is set, but an eval stage does not train"},
       {{"stages.0.sft=x.jsonl"}, "stages[0].sft applies to VILA-HD stages"},
+      {{"stages.3.train_w_gt_selection_map=true"},
+       "stages[3].train_w_gt_selection_map applies to VILA-HD stages"},
+      {{"stages.2.memoize_vision=true"},
+       "stages[2].memoize_vision needs PS3 frozen, but trainable names 'top_down_selection'"},
+      {{"stages.0.memoize_vision=true"}, "stages[0].memoize_vision applies to VILA-HD stages"},
       {{"stages.1.mc=q.jsonl"}, "stages[1].mc applies to eval stages only"},
       {{"stages.0.min_lr=1"}, "stages[0].min_lr = 1 must be in [0, lr"},
       {{"train.micro_batches=3"}, "stages[0] (ps3_pretrain"},
       {{"vilahd.tokenizer="}, "vilahd.tokenizer is empty"},
       {{"vilahd.look_close_mode=sideways"}, "vilahd.look_close_mode = 'sideways'"},
-      {{"stages.2.kind=ps3_pretrain", "stages.2.trainable=", "stages.2.checkpoint_every=0"},
+      {{"stages.2.kind=ps3_pretrain", "stages.2.trainable=", "stages.2.checkpoint_every=0",
+        "stages.2.train_w_gt_selection_map=false"},
        "stages[2].kind = ps3_pretrain comes after"},
       {{"stages.9.steps=1"}, "stage index '9'"},
       {{"stages.1.steps=many"}, "'many' is not a valid value for stages[1].steps"},

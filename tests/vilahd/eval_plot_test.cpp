@@ -35,8 +35,8 @@ TEST(EvalPlot, LinesSitAtTheirAccuracies) {
   // Plot area: x in [64, 500], y = 360 - accuracy * 316; three resolutions at the centres of
   // equal thirds: x = 64 + (i + 0.5) * 436 / 3.
   std::vector<McModeResult> results = {
-      mode("low-res only", 0, 0.30),    mode("bottom-up", 1, 0.5),  // unswept: not drawn
-      mode("top-down @756", 1, 0.25),   mode("top-down @1512", 1, 0.5),
+      mode("low-res only", 0, 0.30),   mode("bottom-up", 1, 0.5),  // unswept: not drawn
+      mode("top-down @756", 1, 0.25),  mode("top-down @1512", 1, 0.5),
       mode("top-down @3780", 1, 0.75),
   };
   const data::Image img = draw_accuracy_plot(results, 0.25, "test");

@@ -96,6 +96,92 @@ TEST(SftData, RecordBecomesAConversationWithAnswerLabelsAndItsBox) {
   fs::remove(file);
 }
 
+// train_w_gt_selection_map: with forcing on, the first look-close step selects exactly the box's
+// GT cells when they fill the budget (4 cells at grid 8, 16 at grid 16); off, the same model
+// selects elsewhere; records without a box are not forced.
+TEST(TeacherForcing, BoxCellsAreSelectedFirst) {
+  const VilaHdConfig c = config();
+  auto model = micro_vila(c, 6);
+  model->set_num_look_close(1);
+  const fs::path file = write_image("hd_sft_forcing.png", 64, 64, 5);
+  ImageCache cache(c.vision, 2);
+  data::SftRecord r{
+      file.string(), data::Box{0, 0, 15, 15}, {{"human", "<image>\nWhat?"}, {"gpt", "red"}}};
+  const VilaSample boxed = sft_sample(tok(), r, cache.get(file), c.vision, true);
+  const std::vector<Tensor>& gt = boxed.images[0].gt_maps;
+  ASSERT_EQ(sum(gt[0]).item<float>(), 4.f);   // 0..52.5 of 224: cells 0..1 of 8, both axes
+  ASSERT_EQ(sum(gt[1]).item<float>(), 16.f);  // cells 0..3 of 16
+  auto selection = [&](const VilaSample& s) {
+    std::vector<ImageLook> looks;
+    NoGradGuard no_grad;
+    model->embed_sample(s, -1, nullptr, &looks);
+    return looks.at(0).selection_maps;
+  };
+  auto equal = [](const Tensor& a, const Tensor& b) {
+    return reshape(a, {-1}).to_vector<float>() == reshape(b, {-1}).to_vector<float>();
+  };
+  const std::vector<Tensor> free_pick = selection(boxed);
+  EXPECT_FALSE(equal(free_pick[0], gt[0]) && equal(free_pick[1], gt[1]))
+      << "the unforced model already picks the box: the test would not see forcing";
+  model->set_train_with_gt_selection(true);
+  const std::vector<Tensor> forced = selection(boxed);
+  EXPECT_TRUE(equal(forced[0], gt[0]));
+  EXPECT_TRUE(equal(forced[1], gt[1]));
+  const VilaSample unboxed = sft_sample(tok(), r, cache.get(file), c.vision, false);
+  const std::vector<Tensor> no_box = selection(unboxed);
+  EXPECT_TRUE(equal(no_box[0], free_pick[0]) && equal(no_box[1], free_pick[1]));
+  fs::remove(file);
+}
+
+// The vision memo: PS3 runs once per (image, box); a step that hits the memo gives the loss and
+// the projector/LLM gradients of a step that runs PS3 bottom-up, even with the sample's PS3
+// inputs dropped; a trainable vision tower is refused.
+TEST(VisionMemo, HitsEqualAFreshBottomUpPass) {
+  const VilaHdConfig c = config();
+  auto fresh = micro_vila(c, 7), memoized = micro_vila(c, 7);
+  fresh->set_look_close_mode(LookCloseMode::after_image);  // what the memo does: no prompt
+  for (VilaHdModel* m : {fresh.get(), memoized.get()}) {
+    freeze_all_but(*m, parse_trainable_parts("llm,projector"));
+    m->set_train_with_gt_selection(true);
+  }
+  auto memo = std::make_shared<VisionMemo>();
+  memoized->set_vision_memo(memo);
+  const fs::path file = write_image("hd_sft_memo.png", 64, 64, 8);
+  ImageCache cache(c.vision, 2);
+  data::SftRecord r{
+      file.string(), data::Box{0, 0, 20, 20}, {{"human", "<image>\nWhat?"}, {"gpt", "blue"}}};
+  VilaSample s = sft_sample(tok(), r, cache.get(file), c.vision, true);
+  s.images[0].memo_key = "hd_sft_memo.png|box";
+  memoized->fill_vision_memo({s});
+  ASSERT_EQ(memo->outputs.size(), 1u);
+  VilaSample stripped = s;
+  stripped.images[0].inputs = ps3::VisionInputs{};  // a hit needs no PS3 input
+  VilaOutputs a = fresh->forward({s}), b = memoized->forward({stripped});
+  EXPECT_EQ(memo->outputs.size(), 1u);
+  EXPECT_EQ(a.lm_loss.item<float>(), b.lm_loss.item<float>());
+  a.loss.backward();
+  b.loss.backward();
+  auto pa = fresh->named_parameters(), pb = memoized->named_parameters();
+  int compared = 0;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    ASSERT_EQ(pa[i].first, pb[i].first);
+    if (!pa[i].second.requires_grad()) continue;
+    ASSERT_TRUE(pb[i].second.grad().defined()) << pb[i].first;
+    EXPECT_EQ(pa[i].second.grad().to_vector<float>(), pb[i].second.grad().to_vector<float>())
+        << pa[i].first;
+    ++compared;
+  }
+  EXPECT_GT(compared, 10);
+  // Another box is another key: a miss, which needs the inputs.
+  stripped.images[0].memo_key = "hd_sft_memo.png|other";
+  hd::testing::expect_error([&] { memoized->forward({stripped}); }, "no low-res input");
+  auto trainable_vision = micro_vila(c, 7);
+  hd::testing::expect_error(
+      [&] { trainable_vision->set_vision_memo(std::make_shared<VisionMemo>()); },
+      "needs the whole vision tower frozen");
+  fs::remove(file);
+}
+
 TEST(TrainableParts, FrozenPartsGetNoGradientAndKeepTheirBits) {
   const VilaHdConfig c = config();
   auto model = micro_vila(c, 4);
