@@ -168,6 +168,7 @@ bool run_stage(const proto::RunConfig& c, const std::string& text, int i,
   o.selection_weight = s.has_selection_weight() ? s.selection_weight() : -1;
   o.train_w_gt_selection_map = s.train_w_gt_selection_map();
   o.memoize_vision = s.memoize_vision();
+  o.prompt_pass_grad = s.prompt_pass_grad();
   o.max_length = s.max_length();
   o.seed = c.seed() + uint64_t(i);
   o.checkpoint_every = s.checkpoint_every();

@@ -131,6 +131,14 @@ void validate_stages(const proto::RunConfig& c, int world) {
         ++parts;
       }
       if (parts == 0) invalid(i, "trainable", "is empty");
+      if (s.prompt_pass_grad() && s.memoize_vision())
+        invalid(i, "prompt_pass_grad", "needs the prompt pass, which memoize_vision skips");
+      if (s.prompt_pass_grad() && (s.trainable().find("llm") == std::string::npos ||
+                                   s.trainable().find("top_down_selection") == std::string::npos))
+        invalid(i, "prompt_pass_grad",
+                "trains the LLM from the selection loss: trainable must name llm and "
+                "top_down_selection, not '" +
+                    s.trainable() + "'");
       if (s.sft().empty()) invalid(i, "sft", "is empty (and data.dir is not set)");
       if (s.max_length() < 1)
         invalid(i, "max_length", "= " + num(s.max_length()) + " must be >= 1");

@@ -206,6 +206,7 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
   out.start_step = out.steps_done = state.step;
   vilahd::VilaHdModel& model = *net->model;
   model.set_train_with_gt_selection(o.train_w_gt_selection_map);
+  model.set_prompt_pass_grad(o.prompt_pass_grad);
   parallel::FSDP& fsdp = *net->fsdp;
   AdamW& opt = *net->opt;
   WarmupCosine schedule{o.lr, o.warmup_steps, o.steps, o.min_lr};

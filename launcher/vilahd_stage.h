@@ -57,7 +57,8 @@ struct VilaStageOptions {
   // PS3 runs once per record, before step 0 (vilahd::VisionMemo): needs vision_tower and
   // top_down_selection frozen; selection is then bottom-up (or forced) in this stage.
   bool memoize_vision = false;
-  int64_t max_length = 2048;  // text tokens; longer records are dropped and counted
+  bool prompt_pass_grad = false;  // the selection loss trains the LLM too (vila_hd.h)
+  int64_t max_length = 2048;      // text tokens; longer records are dropped and counted
   uint64_t seed = 0;
   int64_t checkpoint_every = 0;  // 0: only at the end / a stop
   int keep_last = 2;

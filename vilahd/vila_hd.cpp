@@ -1,6 +1,7 @@
 #include "vilahd/vila_hd.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "autograd/node.h"
 #include "ops/factory.h"
@@ -158,8 +159,9 @@ Tensor VilaHdModel::top_down_prompt(const VilaSample& sample) const {
   Tensor hidden;
   {
     // The prompt pass (§3.2.2): low-res image tokens only, cut right after the prompt position,
-    // no gradient (the LLM does not learn from the selection).
-    NoGradGuard no_grad;
+    // no gradient (the LLM does not learn from the selection) unless prompt_pass_grad is on.
+    std::optional<NoGradGuard> no_grad;
+    if (!prompt_pass_grad_) no_grad.emplace();
     std::vector<Tensor> parts;
     std::vector<int64_t> text;
     size_t image = 0;

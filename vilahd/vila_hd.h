@@ -112,6 +112,10 @@ class VilaHdModel : public Module {
   // patches selected first (probability 1 before top-k, §1.5.9), so the LLM learns to read the
   // region while the selection is still learning to find it. Images without a box: unchanged.
   void set_train_with_gt_selection(bool on) { train_with_gt_selection_ = on; }
+  // A departure from the reference (which runs the prompt pass without gradient): the selection
+  // loss also trains the LLM through the prompt pass, so that a from-scratch LLM learns to put
+  // the question into the hidden state the prompt head reads (docs/vilahd.md). Off by default.
+  void set_prompt_pass_grad(bool on) { prompt_pass_grad_ = on; }
   // With a memo, images with a memo_key run PS3 once (no prompt: the prompt pass is skipped and
   // selection is bottom-up, or teacher-forced); later looks reuse the outputs. nullptr: off.
   // Throws when a vision-tower parameter is trainable.
@@ -138,6 +142,7 @@ class VilaHdModel : public Module {
   std::shared_ptr<ps3::PS3VisionModel> vision_;
   nn::UnitRunner runner_;  // forward runs inside the root unit (parallelize.h)
   bool train_with_gt_selection_ = false;
+  bool prompt_pass_grad_ = false;
   std::shared_ptr<VisionMemo> memo_;
 };
 

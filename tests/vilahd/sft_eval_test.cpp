@@ -182,6 +182,38 @@ TEST(VisionMemo, HitsEqualAFreshBottomUpPass) {
   fs::remove(file);
 }
 
+// prompt_pass_grad: with a box and no answer (selection loss only), the LLM gets a gradient only
+// when the prompt pass keeps its graph; the loss itself is the same either way.
+TEST(PromptPassGrad, SelectionLossReachesTheLlmOnlyWhenOn) {
+  const VilaHdConfig c = config();
+  const fs::path file = write_image("hd_sft_prompt_grad.png", 64, 64, 9);
+  ImageCache cache(c.vision, 2);
+  data::SftRecord r{
+      file.string(), data::Box{0, 0, 30, 30}, {{"human", "<image>\nWhere?"}, {"gpt", "here"}}};
+  VilaSample s = sft_sample(tok(), r, cache.get(file), c.vision, true);
+  s.labels.clear();  // no LM loss: only the selection loss
+  float losses[2];
+  for (int on = 0; on < 2; ++on) {
+    auto model = micro_vila(c, 10);
+    freeze_all_but(*model, parse_trainable_parts("llm,top_down_selection"));
+    model->set_prompt_pass_grad(on == 1);
+    VilaOutputs o = model->forward({s});
+    ASSERT_FALSE(o.lm_loss.defined());
+    losses[on] = o.loss.item<float>();
+    o.loss.backward();
+    double llm_grad = 0;
+    for (auto& [n, p] : model->named_parameters())
+      if (trainable_part_of(n) == "llm" && p.grad().defined())
+        for (float g : p.grad().to_vector<float>()) llm_grad += std::abs(double(g));
+    if (on)
+      EXPECT_GT(llm_grad, 0) << "the selection loss should reach the LLM";
+    else
+      EXPECT_EQ(llm_grad, 0) << "the reference's prompt pass has no gradient";
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+  fs::remove(file);
+}
+
 TEST(TrainableParts, FrozenPartsGetNoGradientAndKeepTheirBits) {
   const VilaHdConfig c = config();
   auto model = micro_vila(c, 4);
