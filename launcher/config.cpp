@@ -362,9 +362,10 @@ void validate_config(const proto::RunConfig& c, int world_size) {
       invalid("data.synthesize.resolution",
               "= " + str(d.synthesize().resolution()) + " must be >= 128");
     const std::string& layout = d.synthesize().layout();
-    if (!layout.empty() && layout != "boards" && layout != "tiny_signs" && layout != "patterns")
+    if (!layout.empty() && layout != "boards" && layout != "tiny_signs" && layout != "patterns" &&
+        layout != "one_pattern")
       invalid("data.synthesize.layout",
-              "= '" + layout + "' must be boards, tiny_signs or patterns");
+              "= '" + layout + "' must be boards, tiny_signs, patterns or one_pattern");
   }
 
   const auto& t = c.train();

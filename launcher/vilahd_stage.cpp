@@ -17,6 +17,7 @@
 #include "autograd/optimizer.h"
 #include "launcher/signals.h"
 #include "launcher/trainer.h"
+#include "launcher/vilahd_memo.h"
 #include "monitoring/monitor.h"
 #include "ops/factory.h"
 #include "parallel/checkpoint/resume.h"
@@ -254,15 +255,9 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
   vilahd::ImageCache images(vision, 32);
   const int64_t B = o.global_batch, per_rank = B / world;
   const size_t n_items = items.size();
-  // The memo key of a record's image: the file and its box (forcing is added by the model).
-  auto memo_key = [](const data::SftRecord& r) {
-    std::string key = r.image;
-    if (r.box) key += concat("|", r.box->x1, ",", r.box->y1, ",", r.box->x2, ",", r.box->y2);
-    return key;
-  };
   std::vector<vilahd::VilaSample> memo_samples;  // per item, when memoizing
   if (o.memoize_vision) {
-    // Every rank runs PS3 once for every record, in the same order (FSDP's gathers pair up), so
+    // PS3 runs once per distinct record image across the job, before step 0 (vilahd_memo.h), so
     // no step ever misses; a batch mixing boxed and unboxed records would miss (another key).
     size_t boxed = 0;
     for (const Item& it : items) boxed += it.record.box.has_value();
@@ -270,23 +265,17 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
       throw AgreedError(concat("stage ", o.stage, ": memoize_vision needs every record of ",
                                o.sft.string(), " with a box or none (", boxed, " of ", n_items,
                                " have one)"));
+    auto memo = std::make_shared<vilahd::VisionMemo>();
     try {
-      model.set_vision_memo(std::make_shared<vilahd::VisionMemo>());
+      model.set_vision_memo(memo);
     } catch (const Error& e) {
       throw AgreedError(concat("stage ", o.stage, ": ", e.what()));
     }
     const auto t0 = std::chrono::steady_clock::now();
-    for (const Item& it : items) {
-      const data::SftRecord& r = it.record;
-      std::vector<vilahd::VilaSample> one;
-      one.push_back(
-          vilahd::sft_sample(tok, r, images.get(o.data_dir / r.image), vision, r.box.has_value()));
-      one.back().images[0].memo_key = memo_key(r);
-      model.fill_vision_memo(one);
-      // The sample is kept without its PS3 inputs (tens of MB at 3780): the memo replaces them.
-      one.back().images[0].inputs = ps3::VisionInputs{};
-      memo_samples.push_back(std::move(one.back()));
-    }
+    std::vector<const data::SftRecord*> records;
+    for (const Item& it : items) records.push_back(&it.record);
+    memo_samples = fill_vision_memo_across_ranks(model, *memo, records, boxed != 0, tok, images,
+                                                 o.data_dir, *pg);
     if (rank == 0)
       std::printf("[memo] stage %s: PS3 outputs of %zu records kept (%.1f s)\n", o.stage.c_str(),
                   n_items,

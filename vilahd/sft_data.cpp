@@ -58,6 +58,13 @@ std::vector<Tensor> box_gt_maps(const ps3::PreparedImage& image, const data::Box
 VilaSample sft_sample(const BpeTokenizer& tokenizer, const data::SftRecord& record,
                       std::shared_ptr<const ps3::PreparedImage> image,
                       const ps3::VisionConfig& vision, bool with_box) {
+  VilaImage v = vila_image(image);
+  if (with_box && record.box) v.gt_maps = box_gt_maps(*image, *record.box, vision);
+  return sft_sample(tokenizer, record, std::move(v));
+}
+
+VilaSample sft_sample(const BpeTokenizer& tokenizer, const data::SftRecord& record,
+                      VilaImage image) {
   std::vector<ChatMessage> turns;
   for (const auto& [from, value] : record.conversations) {
     const std::string role = from == "human" || from == "user"      ? "user"
@@ -66,9 +73,7 @@ VilaSample sft_sample(const BpeTokenizer& tokenizer, const data::SftRecord& reco
     turns.push_back({role, value});
   }
   std::vector<VilaImage> images;
-  VilaImage v = vila_image(image);
-  if (with_box && record.box) v.gt_maps = box_gt_maps(*image, *record.box, vision);
-  images.push_back(std::move(v));
+  images.push_back(std::move(image));
   return conversation_sample(tokenizer, turns, std::move(images));
 }
 

@@ -45,5 +45,9 @@ std::vector<Tensor> box_gt_maps(const ps3::PreparedImage& image, const data::Box
 VilaSample sft_sample(const BpeTokenizer& tokenizer, const data::SftRecord& record,
                       std::shared_ptr<const ps3::PreparedImage> image,
                       const ps3::VisionConfig& vision, bool with_box);
+// The same with the image's view given: a memo hit needs no PS3 inputs, so `image` may hold
+// only its GT maps and memo key (launcher/vilahd_memo.h).
+VilaSample sft_sample(const BpeTokenizer& tokenizer, const data::SftRecord& record,
+                      VilaImage image);
 
 }  // namespace hd::vilahd

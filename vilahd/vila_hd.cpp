@@ -96,11 +96,7 @@ ImageLook VilaHdModel::look(const VilaImage& image, const Tensor& prompt,
                             int64_t num_look_close) const {
   const ps3::VisionConfig& vc = config_.vision;
   const bool forced = train_with_gt_selection_ && !image.gt_maps.empty();
-  // The memo key names the image and its box; forcing and the step count complete it.
-  const std::string key =
-      memo_ && !prompt.defined() && !image.memo_key.empty()
-          ? image.memo_key + (forced ? "|forced|" : "|free|") + std::to_string(num_look_close)
-          : std::string();
+  const std::string key = memo_ && !prompt.defined() ? memo_key(image, num_look_close) : "";
   const ps3::VisionOutputs* memo_hit = nullptr;
   if (!key.empty())
     if (auto it = memo_->outputs.find(key); it != memo_->outputs.end()) memo_hit = &it->second;
@@ -119,15 +115,7 @@ ImageLook VilaHdModel::look(const VilaImage& image, const Tensor& prompt,
     in.feature_layer = config_.mm_vision_select_layer;
     in.select_per_scale = config_.select_num_each_scale;
     out = vision_->forward(in);
-    if (!key.empty()) {
-      ps3::VisionOutputs kept;  // what look() reads; the rest is dropped to save memory
-      kept.low_res_features = out.low_res_features;
-      kept.high_res_features = out.high_res_features;
-      kept.high_res_positions = out.high_res_positions;
-      kept.prior_probs = out.prior_probs;
-      kept.selection_maps = out.selection_maps;
-      memo_->outputs.emplace(key, std::move(kept));
-    }
+    if (!key.empty()) memo_->outputs.emplace(key, memo_entry(out));
   }
 
   ImageLook look;
@@ -253,10 +241,20 @@ void VilaHdModel::fill_vision_memo(const std::vector<VilaSample>& batch) const {
   NoGradGuard no_grad;
   nn::run_unit(runner_, *this, Tensor(), [&](const Tensor&) {
     for (const VilaSample& s : batch)
-      for (const VilaImage& image : s.images)
-        if (!image.memo_key.empty()) look(image, Tensor(), config_.num_look_close);
+      for (const VilaImage& image : s.images) look(image, Tensor(), config_.num_look_close);
     return Tensor();
   });
+}
+
+// The key names the image and its box; forcing and the step count complete it.
+std::string VilaHdModel::memo_key(const VilaImage& image, int64_t num_look_close) const {
+  if (image.memo_key.empty()) return "";
+  const bool forced = train_with_gt_selection_ && !image.gt_maps.empty();
+  return image.memo_key + (forced ? "|forced|" : "|free|") + std::to_string(num_look_close);
+}
+
+std::string VilaHdModel::vision_memo_key(const VilaImage& image) const {
+  return memo_key(image, config_.num_look_close);
 }
 
 VilaOutputs VilaHdModel::forward(const std::vector<VilaSample>& batch) const {

@@ -29,6 +29,7 @@
 #include "vilahd/projector.h"
 #include "vilahd/qwen2.h"
 #include "vilahd/vila_config.h"
+#include "vilahd/vision_memo.h"
 
 namespace hd::vilahd {
 
@@ -42,14 +43,6 @@ struct VilaImage {
   std::vector<Tensor> gt_maps;
   // Identity of (image, box) for the vision memo (VisionMemo); empty: never memoized.
   std::string memo_key;
-};
-
-// PS3's outputs per image, kept across steps. Valid only while PS3 cannot change them: the vision
-// tower and the selection modules frozen, selection bottom-up or teacher-forced (no prompt). Then
-// a training step costs the projector and the LLM only: on the demo's CPU ~10x cheaper, which
-// buys the LLM the thousands of steps it needs to learn to read (docs/vilahd.md).
-struct VisionMemo {
-  std::map<std::string, ps3::VisionOutputs> outputs;
 };
 
 struct VilaSample {
@@ -120,9 +113,13 @@ class VilaHdModel : public Module {
   // selection is bottom-up, or teacher-forced); later looks reuse the outputs. nullptr: off.
   // Throws when a vision-tower parameter is trainable.
   void set_vision_memo(std::shared_ptr<VisionMemo> memo);
-  // Runs PS3 for every memo-keyed image of `batch` not yet in the memo, inside the root unit as
-  // forward does (under FSDP every rank must call it with the same number of images).
+  // Runs PS3 for every image of `batch` not yet in the memo, inside the root unit as forward
+  // does, and keeps the memo-keyed ones; an image without a memo_key runs and is dropped (a
+  // padding pass: under FSDP every rank must run PS3 the same number of times).
   void fill_vision_memo(const std::vector<VilaSample>& batch) const;
+  // The memo's key for `image` with the model's default look-close steps: its memo_key, whether
+  // it is teacher-forced (GT maps and forcing on) and the step count. Empty without a memo_key.
+  std::string vision_memo_key(const VilaImage& image) const;
   Qwen2ForCausalLM& llm() const { return *llm_; }
   MlpDownsampleProjector& projector() const { return *projector_; }
   ps3::PS3VisionModel& vision() const { return *vision_; }
@@ -134,6 +131,7 @@ class VilaHdModel : public Module {
   // Low-res tokens of one image for the prompt pass (no high-res, no gradient).
   Tensor low_res_only_tokens(const VilaImage& image) const;
   ImageLook look(const VilaImage& image, const Tensor& prompt, int64_t num_look_close) const;
+  std::string memo_key(const VilaImage& image, int64_t num_look_close) const;
   void forward_inside_root(const std::vector<VilaSample>& batch, VilaOutputs& out) const;
 
   VilaHdConfig config_;

@@ -103,8 +103,9 @@ SynthLayout parse_synth_layout(const std::string& name) {
   if (name.empty() || name == "boards") return SynthLayout::kBoards;
   if (name == "tiny_signs") return SynthLayout::kTinySigns;
   if (name == "patterns") return SynthLayout::kPatterns;
-  throw Error(
-      detail::concat("synth: unknown layout '", name, "' (boards | tiny_signs | patterns)"));
+  if (name == "one_pattern") return SynthLayout::kOnePattern;
+  throw Error(detail::concat("synth: unknown layout '", name,
+                             "' (boards | tiny_signs | patterns | one_pattern)"));
 }
 
 void synth_dataset(const SynthOptions& opt) {

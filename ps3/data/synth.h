@@ -46,9 +46,16 @@ struct SynthImage {
 //    colour). At 378 and 756 every pattern blends into the same flat tint, at 1512 (2.4 px
 //    period) it aliases, at 3780 it is plain: a detail only high res shows, and one the demo's
 //    tiny PS3 can encode after minutes of CPU training, which 5x7 glyphs are not (measured with
-//    linear/MLP probes, docs/pipeline.md). The staged demo (configs/pipeline-demo) uses it.
-enum class SynthLayout { kBoards, kTinySigns, kPatterns };
-SynthLayout parse_synth_layout(const std::string& name);  // "boards" | "tiny_signs" | "patterns"
+//    linear/MLP probes, docs/pipeline.md).
+//  kOnePattern: kPatterns with a single coloured sign per image (the grey distractors stay),
+//    twice as large (151-222 px at 3780), and half the signs with bands twice as wide (period
+//    12 px: plain at 1512, aliased at 756). A question needs the pattern read at high res but
+//    not told apart from other signs' patterns, which the demo's from-scratch 2-layer LLM
+//    learns in ~600 steps where kPatterns takes it ~3500 (docs/vilahd.md). The staged demo
+//    (configs/pipeline-demo) uses it.
+enum class SynthLayout { kBoards, kTinySigns, kPatterns, kOnePattern };
+// "boards" | "tiny_signs" | "patterns" | "one_pattern"
+SynthLayout parse_synth_layout(const std::string& name);
 
 // Image `index` of the dataset with `seed`: a pure function of its arguments.
 SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed,

@@ -188,7 +188,7 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed, SynthLa
   SynthImage out;
   out.image = Image(resolution, resolution);
   Image& img = out.image;
-  const bool patterns = layout == SynthLayout::kPatterns;
+  const bool patterns = layout == SynthLayout::kPatterns || layout == SynthLayout::kOnePattern;
   const bool boards = layout == SynthLayout::kBoards || patterns;
   background(img, rng, boards);
   const int64_t n = resolution;
@@ -206,8 +206,12 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed, SynthLa
   // Boards: a sign's side is drawn from [n/50, n/34] (75-111 px at 3780: under a low-res patch
   // of 140 px, so the box fits the 3780 budget, yet 7-11 px of colour at 378), never smaller
   // than its content plus a margin.
+  // One-pattern signs are twice that (151-222 px at 3780, 15-22 px at 378): more of the answer's
+  // patches reach the LLM, yet the pattern is still a flat tint below 3780.
+  const bool one_sign = layout == SynthLayout::kOnePattern;
   auto board_size = [&](int64_t content_w, int64_t content_h, int64_t px) {
-    int64_t w = std::max(content_w + 6 * px, rng.range(n / 50, n / 34));
+    int64_t w = std::max(content_w + 6 * px,
+                         one_sign ? rng.range(n / 25, n / 17) : rng.range(n / 50, n / 34));
     int64_t h = std::max(content_h + 6 * px, w * rng.range(55, 85) / 100);
     return std::pair<int64_t, int64_t>{w, h};
   };
@@ -216,6 +220,7 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed, SynthLa
   for (size_t i = colours.size() - 1; i > 0; --i)
     std::swap(colours[i], colours[size_t(rng.below(int64_t(i) + 1))]);
   int64_t count = rng.range(2, 5);
+  if (one_sign) count = 1;
   for (int64_t k = 0; k < count; ++k) {
     SynthRegion r;
     const Colour& c = kColours[colours[size_t(k)]];
@@ -231,8 +236,11 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed, SynthLa
       if (b.x2 == 0) continue;
       fill_rect(img, int64_t(b.x1), int64_t(b.y1), int64_t(b.x2), int64_t(b.y2), c.r, c.g, c.b);
       const int64_t m = std::max<int64_t>(1, n / 1260);  // margin = half period: 3 px at 3780
+      // Half the one-pattern signs have bands twice as wide (period 12 px at 3780: plain at 1512,
+      // aliased at 756, a tint at 378): details of two sizes, as accuracy rises with resolution.
+      const int64_t band = one_sign && rng.below(2) ? 2 * m : m;
       fill_pattern(img, r.detail, int64_t(b.x1) + m, int64_t(b.y1) + m, int64_t(b.x2) - m,
-                   int64_t(b.y2) - m, m, ink);
+                   int64_t(b.y2) - m, band, ink);
       r.box = b;
       r.caption = std::string("a ") + c.name + " sign with " +
                   (r.detail == "checkered" ? "a checkered pattern" : r.detail + " stripes");

@@ -11,6 +11,11 @@ Cases (one per CTest test):
              command again: the result folders and eval.json equal the uninterrupted run's bytes
   boundary   --stop-after-stage at each boundary, and a crash between a stage's result and its
              done marker, then the same command: same bytes; a done stage is never redone
+  kill9      rank 1 SIGKILLed inside the SFT stage (after its first checkpoint), then the same
+             command: the job ends, the rerun resumes the stage and equals an uninterrupted run
+             of the same config, byte for byte
+  reshard    the SFT stage stopped on 2 ranks, resumed on 1 (N -> M): it resumes at the stopped
+             step, and the result equals the 2-rank run's within float tolerance
   bad_config every bad stage field exits 2 before any work, naming stages[i].field
 
 Usage: run_e2e.py CASE --hdtrain PATH --mpirun "mpirun ..." --work DIR
@@ -20,9 +25,11 @@ import filecmp
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "pipeline_micro.textproto")
@@ -46,14 +53,18 @@ class Env:
         self.hdtrain, self.mpirun, self.work = a.hdtrain, a.mpirun.split(), a.work
         self.data = os.path.join(a.work, "data")
 
-    def run(self, run_dir, sets=(), extra=(), expect_rc=0):
-        c = self.mpirun + ["-np", "2", self.hdtrain, "run", "--config", CONFIG,
+    def command(self, run_dir, sets=(), extra=(), np=2):
+        c = self.mpirun + ["-np", str(np), self.hdtrain, "run", "--config", CONFIG,
                            "--set", "run_dir=" + run_dir, "--set", "data.dir=" + self.data,
                            "--set", "vilahd.tokenizer=" + TOKENIZER]
         for s in sets:
             c += ["--set", s]
         c += list(extra)
         print("$ " + " ".join(c), flush=True)
+        return c
+
+    def run(self, run_dir, sets=(), extra=(), expect_rc=0, np=2):
+        c = self.command(run_dir, sets, extra, np)
         p = subprocess.run(c, capture_output=True, text=True, timeout=300)
         sys.stdout.write(p.stdout[-2500:] + p.stderr[-2500:])
         if expect_rc is not None and (p.returncode == 0) != (expect_rc == 0):
@@ -200,6 +211,88 @@ def case_boundary(env):
     check("[resume] stage vilahd_align" in p.stdout, "the crashed stage resumes at its last step")
     bad = same_tree(ref, run)
     check(not bad, "crash at the boundary + rerun == uninterrupted (differs: %s)" % bad)
+
+
+def hdtrain_pids(run_dir):
+    """{rank: pid} of the hdtrain processes whose command line names run_dir."""
+    pids = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                argv = f.read().split(b"\0")
+            if not argv[0].endswith(b"hdtrain") or ("run_dir=" + run_dir).encode() not in argv:
+                continue
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            pids[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(pid)
+        except (OSError, KeyError, ValueError):
+            pass
+    return pids
+
+
+# The kill and reshard cases run a longer SFT stage, so that there is a mid-stage to hit.
+LONG_SFT = ["stages.2.steps=40", "stages.2.checkpoint_every=2"]
+
+
+def reference_long(env):
+    """An uninterrupted run with LONG_SFT, made afresh by each case that needs it."""
+    ref = fresh(env, "reference_long")
+    env.run(ref, LONG_SFT)
+    return ref
+
+
+def case_kill9(env):
+    ref = reference_long(env)
+    run = fresh(env, "kill9")
+    job = subprocess.Popen(env.command(run, LONG_SFT), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    first = os.path.join(run, "stages", STAGES[2], "checkpoints", "step_00000002")
+    deadline = time.time() + 240
+    while not os.path.exists(first) and job.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    pids = hdtrain_pids(run)
+    check(os.path.exists(first) and job.poll() is None and sorted(pids) == [0, 1],
+          "the SFT stage wrote its first checkpoint while both ranks run (%s)" % pids)
+    os.kill(pids[1], signal.SIGKILL)
+    out, _ = job.communicate(timeout=120)
+    sys.stdout.write(out[-1500:])
+    check(job.returncode != 0, "the job fails when rank 1 is killed (rc %d)" % job.returncode)
+    check(not os.path.exists(os.path.join(run, "stages", STAGES[2], "done")),
+          "the killed stage has no done marker")
+    p = env.run(run, LONG_SFT)
+    check("[resume] stage vilahd_sft" in p.stdout and "hdtrain run: done" in p.stdout,
+          "the same command resumes the SFT stage from a checkpoint and finishes")
+    for j in (0, 1):
+        check("[run] stage %d (%s): done, skipped" % (j, STAGES[j][3:]) in p.stdout,
+              "finished stage %d is not redone" % j)
+    bad = same_tree(ref, run)
+    check(not bad, "killed (-9) + rerun == uninterrupted, byte for byte (differs: %s)" % bad)
+
+
+def case_reshard(env):
+    ref = reference_long(env)
+    run = fresh(env, "reshard")
+    p = env.run(run, LONG_SFT + ["stages.2.stop_at_step=10"])
+    check("stopped in stage 2" in p.stdout, "stop_at_step stops the SFT stage on 2 ranks")
+    p = env.run(run, LONG_SFT, np=1)
+    check("[resume] stage vilahd_sft" in p.stdout and "step 10" in p.stdout,
+          "1 rank resumes the 2-rank SFT stage at step 10")
+    check("hdtrain run: done" in p.stdout, "and finishes the run")
+    a, b = vila(ref, STAGES[2]), vila(run, STAGES[2])
+    worst, count = 0.0, 0
+    for part in a:
+        for name, raw in a[part].items():
+            x = struct.unpack("<%df" % (len(raw) // 4), raw)
+            y = struct.unpack("<%df" % (len(raw) // 4), b[part][name])
+            scale = max(1e-3, max(abs(v) for v in x))
+            worst = max(worst, max(abs(u - v) for u, v in zip(x, y)) / scale)
+            count += 1
+    print("N -> M: %d tensors, worst difference %.3g of the tensor's scale" % (count, worst))
+    check(count > 20 and worst < 1e-3,
+          "2 -> 1 rank resume = the 2-rank run within 1e-3 of each tensor's scale (%.3g)" % worst)
+    check(os.path.exists(os.path.join(run, "eval.json")), "the evaluation ran on the result")
 
 
 def case_bad_config(env):

@@ -7,7 +7,10 @@
 //   - stop_at_step k, then the same stage again, equals the uninterrupted run bit for bit
 //     (losses and every byte of the result folder); so does a stop signal seen on one rank;
 //   - frozen parameters (the vision tower) keep their bits and get no optimizer moments in the
-//     checkpoint, trained ones move.
+//     checkpoint, trained ones move;
+//   - the vision memo filled across ranks (each rank runs PS3 on its share, padding passes for
+//     an odd count, entries broadcast) holds, bit for bit, what one unsharded model computes
+//     for every record, and a memoized stage trains alike on 1 and 2 ranks.
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -17,6 +20,7 @@
 #include <sstream>
 
 #include "launcher/signals.h"
+#include "launcher/vilahd_memo.h"
 #include "launcher/vilahd_stage.h"
 #include "parallel/checkpoint/checkpoint.h"
 #include "proto/checkpoint.pb.h"
@@ -24,6 +28,8 @@
 #include "ps3/data/records.h"
 #include "tests/parallel/mpi_main.h"
 #include "tests/vilahd/vila_test_util.h"
+#include "vilahd/parallelize.h"
+#include "vilahd/sft_data.h"
 #include "vilahd/text/bpe_tokenizer.h"
 #include "vilahd/trainable_parts.h"
 #include "vilahd/vila_checkpoint.h"
@@ -48,9 +54,17 @@ fs::path run_dir() {
   return kWork / ("np" + std::to_string(world().world_size()));
 }
 
+vilahd::VilaHdConfig stage_model_config(const vilahd::BpeTokenizer& tok) {
+  vilahd::VilaHdConfig c = vilahd::testing::micro_vila_config();
+  c.llm.vocab_size = tok.max_id_plus_one();
+  c.image_newline_token = tok.encode("\n").at(0);
+  c.vision.low_res = 56;
+  return c;
+}
+
 // Rank 0 writes the data and the start folder once (other rank counts reuse them).
 void prepare() {
-  if (world().rank() == 0 && !fs::exists(kWork / "ready")) {
+  if (world().rank() == 0 && !fs::exists(kWork / "ready_memo")) {
     fs::remove_all(kWork);
     fs::create_directories(data_dir());
     uint64_t x = 12345;
@@ -75,14 +89,23 @@ void prepare() {
       sft << data::sft_to_json(rec) << "\n";
     }
     sft.close();
-    vilahd::VilaHdConfig c = vilahd::testing::micro_vila_config();
+    // For the vision memo: every record boxed, 7 distinct (image, box) keys over 10 records (an
+    // odd count: one rank of two runs a padding pass; repeats: a key filled once).
+    std::ofstream memo_sft(data_dir() / "sft_memo.jsonl");
+    for (int r = 0; r < 10; ++r) {
+      const int key = r % 7, image = key % 4, variant = key / 4;
+      data::SftRecord rec;
+      rec.image = "im" + std::to_string(image) + ".png";
+      rec.box = data::Box{float(30 * image + 5 * variant), 40, float(30 * image + 40), 80};
+      rec.conversations = {{"human", "<image>\nWhat is in the bright patch?"},
+                           {"gpt", answers[r % 6]}};
+      memo_sft << data::sft_to_json(rec) << "\n";
+    }
+    memo_sft.close();
     const vilahd::BpeTokenizer tok = vilahd::BpeTokenizer::load(kTokenizer);
-    c.llm.vocab_size = tok.max_id_plus_one();
-    c.image_newline_token = tok.encode("\n").at(0);
-    c.vision.low_res = 56;
-    auto model = vilahd::testing::micro_vila(c, 7);
+    auto model = vilahd::testing::micro_vila(stage_model_config(tok), 7);
     vilahd::save_vila_folder(*model, init_dir(), kTokenizer);
-    std::ofstream(kWork / "ready") << "ok\n";
+    std::ofstream(kWork / "ready_memo") << "ok\n";
   }
   world().barrier().wait();
   if (world().rank() == 0) fs::remove_all(run_dir());
@@ -236,6 +259,94 @@ TEST_F(VilaStage, NonFiniteLossIsSkippedOnEveryRank) {
   EXPECT_EQ(out.nonfinite_skipped, 1);
   EXPECT_TRUE(std::isnan(out.losses[2]));
   EXPECT_TRUE(std::isfinite(out.losses[3]));
+}
+
+// The memo filled across the job's ranks (FSDP-sharded vision tower) equals, tensor by tensor
+// and bit for bit, what one unsharded model computes for every record; samples keep their text,
+// labels and GT maps and need no PS3 inputs.
+TEST_F(VilaStage, VisionMemoFilledAcrossRanksEqualsOneRankFillingAll) {
+  const vilahd::BpeTokenizer tok = vilahd::BpeTokenizer::load(kTokenizer);
+  const vilahd::VilaHdConfig c = stage_model_config(tok);
+  data::BadInputLog log;
+  const std::vector<data::SftRecord> records =
+      data::read_sft((data_dir() / "sft_memo.jsonl").string(), log);
+  ASSERT_EQ(records.size(), 10u);
+  std::vector<const data::SftRecord*> pointers;
+  for (const auto& r : records) pointers.push_back(&r);
+
+  auto build = [&] {
+    auto m = vilahd::testing::micro_vila(c, 7);
+    vilahd::freeze_all_but(*m, vilahd::parse_trainable_parts("llm,projector"));
+    m->set_train_with_gt_selection(true);
+    return m;
+  };
+  auto sharded = build(), single = build();
+  auto fsdp = vilahd::shard_vila(*sharded, world_ptr());
+  auto memo = std::make_shared<vilahd::VisionMemo>(), ref = std::make_shared<vilahd::VisionMemo>();
+  sharded->set_vision_memo(memo);
+  single->set_vision_memo(ref);
+  vilahd::ImageCache images(c.vision, 4);
+  const std::vector<vilahd::VilaSample> samples = fill_vision_memo_across_ranks(
+      *sharded, *memo, pointers, true, tok, images, data_dir(), world());
+  ASSERT_EQ(samples.size(), records.size());
+  EXPECT_EQ(memo->outputs.size(), 7u);  // every key on every rank, each once
+
+  int compared = 0;
+  for (size_t i = 0; i < records.size(); ++i) {
+    vilahd::VilaSample want = vilahd::sft_sample(
+        tok, records[i], images.get(data_dir() / records[i].image), c.vision, true);
+    want.images[0].memo_key = record_memo_key(records[i]);
+    single->fill_vision_memo({want});
+    const vilahd::VilaSample& got = samples[i];
+    EXPECT_EQ(got.input_ids, want.input_ids) << "record " << i;
+    EXPECT_EQ(got.labels, want.labels) << "record " << i;
+    ASSERT_EQ(got.images.size(), 1u);
+    EXPECT_FALSE(got.images[0].inputs.low_res.defined()) << "record " << i << " kept PS3 inputs";
+    ASSERT_EQ(got.images[0].gt_maps.size(), want.images[0].gt_maps.size());
+    for (size_t s = 0; s < want.images[0].gt_maps.size(); ++s)
+      EXPECT_EQ(got.images[0].gt_maps[s].to_vector<float>(),
+                want.images[0].gt_maps[s].to_vector<float>());
+    const std::string key = sharded->vision_memo_key(got.images[0]);
+    ASSERT_EQ(key, single->vision_memo_key(want.images[0]));
+    const auto a = vilahd::memo_entry_to_tensors(memo->outputs.at(key));
+    const auto b = vilahd::memo_entry_to_tensors(ref->outputs.at(key));
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t t = 0; t < a.size(); ++t) {
+      ASSERT_EQ(a[t].shape(), b[t].shape()) << key << " tensor " << t;
+      ASSERT_EQ(a[t].dtype(), b[t].dtype());
+      EXPECT_EQ(std::memcmp(a[t].raw_data(), b[t].raw_data(), a[t].nbytes()), 0)
+          << key << " tensor " << t << " differs";
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 10 * 7);
+  sharded->set_unit_runner({});
+}
+
+// A memoized stage (PS3 frozen, teacher forcing) on 1 and 2 ranks: the same losses.
+TEST_F(VilaStage, MemoizedStageRanksAgree) {
+  VilaStageOptions o = options("memo");
+  o.sft = data_dir() / "sft_memo.jsonl";
+  o.trainable = {"llm", "projector"};
+  o.memoize_vision = true;
+  o.train_w_gt_selection_map = true;
+  VilaStageOutcome out = run_vila_stage(o, world_ptr());
+  ASSERT_TRUE(out.finished);
+  ASSERT_EQ(out.losses.size(), 6u);
+  const fs::path file = kWork / "memo_losses_np1.txt";
+  if (world().world_size() == 1) {
+    std::ofstream f(file);
+    f.precision(17);
+    for (double l : out.losses) f << l << "\n";
+  } else {
+    ASSERT_TRUE(fs::exists(file)) << "run the np1 test first (its fixture)";
+    std::ifstream f(file);
+    for (size_t i = 0; i < out.losses.size(); ++i) {
+      double want = 0;
+      ASSERT_TRUE(f >> want);
+      EXPECT_NEAR(out.losses[i], want, 1e-5 * std::max(1.0, std::abs(want))) << "step " << i;
+    }
+  }
 }
 
 }  // namespace

@@ -5,7 +5,9 @@
 
 #include <vector>
 
+#include "ops/factory.h"
 #include "ops/shape.h"
+#include "parallel/broadcast_tensors.h"
 #include "parallel/process_group.h"
 #include "tests/parallel/mpi_main.h"
 
@@ -179,6 +181,40 @@ TEST(Collectives, ShapeMismatchIsAnErrorNotAHang) {
   EXPECT_THROW(world().all_gather(in, out), Error);
   Tensor b = Tensor::empty({2}, DType::boolean);
   EXPECT_THROW(world().all_reduce(b, ReduceOp::sum).wait(), Error);
+}
+
+// Every rank in turn sends a list whose shapes only it knows: rank r sends r + 1 tensors of
+// varied dtypes and ranks (an empty one and an undefined one among them); values are formulas in
+// r, so each receiver checks exactly what the root built.
+TEST(Collectives, BroadcastTensorListCarriesShapesFromTheRoot) {
+  const int N = world().world_size();
+  for (int root = 0; root < N; ++root) {
+    std::vector<Tensor> list;
+    if (world().rank() == root) {
+      list.push_back(full({root + 1, 3}, 0.5 + root, DType::f32));
+      list.push_back(arange(0, 5 + root, 1, DType::i64));
+      list.push_back(Tensor());
+      list.push_back(Tensor::empty({0, 4}));
+      list.push_back(full({2, 1, 2}, -root, DType::f64));
+    } else {
+      list.push_back(full({9}, 1.0));  // replaced whole, whatever the receiver held
+    }
+    broadcast_tensor_list(world(), list, root);
+    ASSERT_EQ(list.size(), 5u) << "root " << root;
+    EXPECT_EQ(list[0].shape(), (Shape{root + 1, 3}));
+    for (float v : list[0].to_vector<float>()) EXPECT_EQ(v, 0.5f + float(root));
+    EXPECT_EQ(list[1].dtype(), DType::i64);
+    const std::vector<int64_t> ids = list[1].to_vector<int64_t>();
+    ASSERT_EQ(ids.size(), size_t(5 + root));
+    for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(ids[i], int64_t(i));
+    EXPECT_FALSE(list[2].defined());
+    EXPECT_EQ(list[3].shape(), (Shape{0, 4}));
+    EXPECT_EQ(list[4].dtype(), DType::f64);
+    EXPECT_EQ(list[4].shape(), (Shape{2, 1, 2}));
+    for (double v : list[4].to_vector<double>()) EXPECT_EQ(v, -double(root));
+  }
+  std::vector<Tensor> none;
+  EXPECT_THROW(broadcast_tensor_list(world(), none, N), Error);
 }
 
 TEST(Collectives, LaunchInfoFromOpenMpiEnvironment) {

@@ -141,6 +141,60 @@ TEST(Synth, PatternsAreFineAndOrientedAsCaptioned) {
   EXPECT_GE(seen, 8);
 }
 
+// The one_pattern layout: one coloured sign per image, 151-222 px wide at 3780, its pattern in
+// bands of 3 px or 6 px (both sizes occur), oriented as captioned; the 378 view (10 x 10 block
+// means) is flat to within a quarter of the contrast for both sizes.
+TEST(Synth, OnePatternIsOneLargeSignWithBandsOfTwoSizes) {
+  int bands[2] = {0, 0};
+  for (int64_t index = 0; index < 12; ++index) {
+    SynthImage s = synth_image(index, 3780, 5, SynthLayout::kOnePattern);
+    ASSERT_EQ(s.regions.size(), 1u) << "image " << index;
+    const SynthRegion& r = s.regions[0];
+    ASSERT_EQ(r.kind, "pattern");
+    const float w = r.box.x2 - r.box.x1;
+    EXPECT_GE(w, 3780 / 25) << "image " << index;
+    EXPECT_LT(w, 3780 / 17) << "image " << index;
+    const int64_t x0 = int64_t(r.box.x1) + 3, y0 = int64_t(r.box.y1) + 3;
+    auto value = [&](int64_t x, int64_t y) { return int(s.image.row(y)[x * 3 + 1]); };
+    auto ink_at = [&](int64_t x, int64_t y) { return value(x, y) == value(x0, y0); };
+    // The band b for which the pattern's own test holds (ink changes b px across the bands).
+    int band_found = 0;
+    for (int b : {3, 6}) {
+      int64_t right = 0, below = 0, diag = 0, n = 0;
+      for (int64_t y = y0 + 2 * b; y < y0 + 2 * b + 48; ++y)
+        for (int64_t x = x0; x < x0 + 96; ++x, ++n) {
+          right += ink_at(x, y) == ink_at(x + b, y);
+          below += ink_at(x, y) == ink_at(x, y + b);
+          diag += ink_at(x, y) == ink_at(x + b, y - b);
+        }
+      const double fr = double(right) / double(n), fb = double(below) / double(n),
+                   fd = double(diag) / double(n);
+      const bool ok = r.detail == "horizontal" ? fr > 0.99 && fb < 0.01
+                      : r.detail == "vertical" ? fr < 0.01 && fb > 0.99
+                      : r.detail == "diagonal" ? fd > 0.99 && fr < 0.01
+                                               : fr < 0.01 && fb < 0.01 && fd > 0.99;
+      if (ok) band_found = b;
+    }
+    ASSERT_NE(band_found, 0) << r.caption << " (image " << index << "): no band of 3 or 6 px";
+    ++bands[band_found == 6];
+    double lo = 255, hi = 0;
+    int darkest = 255, lightest = 0;
+    for (int64_t by = y0; by + 10 <= y0 + 70; by += 10)
+      for (int64_t bx = x0; bx + 10 <= x0 + 140; bx += 10) {
+        double sum = 0;
+        for (int64_t y = by; y < by + 10; ++y)
+          for (int64_t x = bx; x < bx + 10; ++x) {
+            sum += value(x, y);
+            darkest = std::min(darkest, value(x, y)), lightest = std::max(lightest, value(x, y));
+          }
+        lo = std::min(lo, sum / 100), hi = std::max(hi, sum / 100);
+      }
+    EXPECT_LT(hi - lo, 0.25 * (lightest - darkest) + 1) << r.caption << " band " << band_found;
+  }
+  EXPECT_GE(bands[0], 2);
+  EXPECT_GE(bands[1], 2);
+}
+
 TEST(Synth, DatasetIsIndependentOfThreadCount) {
   SynthOptions o;
   o.images = 6, o.eval_images = 2, o.resolution = 256, o.seed = 3;
