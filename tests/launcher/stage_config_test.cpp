@@ -25,8 +25,8 @@ TEST(StageConfig, ShippedPipelinesValidate) {
   proto::RunConfig demo = load_staged_config(kConfigs + "pipeline-demo.textproto", {}, 2);
   ASSERT_EQ(demo.stages_size(), 4);
   EXPECT_EQ(demo.stages(1).trainable(), "projector,top_down_selection");  // align's default
-  EXPECT_EQ(demo.stages(1).sft(), "data/synth_patterns/sft.jsonl");
-  EXPECT_EQ(demo.stages(3).mc(), "data/synth_patterns/eval_mc.jsonl");
+  EXPECT_EQ(demo.stages(1).sft(), "data/synth_pipeline/sft.jsonl");
+  EXPECT_EQ(demo.stages(3).mc(), "data/synth_pipeline/eval_mc.jsonl");
   EXPECT_EQ(stage_dir(demo, 2).string(), "runs/pipeline-demo/stages/02_vilahd_sft");
   proto::RunConfig paper = load_staged_config(kConfigs + "vilahd-4k.textproto", {}, 0);
   EXPECT_EQ(paper.stages(0).global_batch(), 4096);
@@ -69,7 +69,7 @@ TEST(StageConfig, ErrorsNameTheField) {
       {{"stages.0.sft=x.jsonl"}, "stages[0].sft applies to VILA-HD stages"},
       {{"stages.3.train_w_gt_selection_map=true"},
        "stages[3].train_w_gt_selection_map applies to VILA-HD stages"},
-      {{"stages.2.memoize_vision=true"},
+      {{"stages.2.trainable=llm,projector,top_down_selection"},  // the demo memoizes
        "stages[2].memoize_vision needs PS3 frozen, but trainable names 'top_down_selection'"},
       {{"stages.0.memoize_vision=true"}, "stages[0].memoize_vision applies to VILA-HD stages"},
       {{"stages.1.prompt_pass_grad=true"},
@@ -83,7 +83,7 @@ TEST(StageConfig, ErrorsNameTheField) {
       {{"vilahd.tokenizer="}, "vilahd.tokenizer is empty"},
       {{"vilahd.look_close_mode=sideways"}, "vilahd.look_close_mode = 'sideways'"},
       {{"stages.2.kind=ps3_pretrain", "stages.2.trainable=", "stages.2.checkpoint_every=0",
-        "stages.2.train_w_gt_selection_map=false"},
+        "stages.2.train_w_gt_selection_map=false", "stages.2.memoize_vision=false"},
        "stages[2].kind = ps3_pretrain comes after"},
       {{"stages.9.steps=1"}, "stage index '9'"},
       {{"stages.1.steps=many"}, "'many' is not a valid value for stages[1].steps"},
