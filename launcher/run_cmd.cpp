@@ -15,6 +15,7 @@
 // Exit codes as `hdtrain pretrain`: 0 done or stopped (run again to resume), 1 an error every
 // rank agreed on, 2 a bad command line or config (checked on every rank before MPI starts, every
 // stage of it) or a locked run_dir.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -160,6 +161,7 @@ bool run_stage(const proto::RunConfig& c, const std::string& text, int i,
   o.trainable = vilahd::parse_trainable_parts(s.trainable());
   o.steps = s.steps();
   o.global_batch = s.global_batch();
+  o.micro_batches = std::max<int64_t>(1, s.micro_batches());
   o.lr = s.lr();
   o.min_lr = s.min_lr();
   o.warmup_steps = s.warmup_steps();

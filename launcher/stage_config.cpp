@@ -83,9 +83,17 @@ void validate_stages(const proto::RunConfig& c, int world) {
         invalid(i, "min_lr", "= " + num(s.min_lr()) + " must be in [0, lr = " + num(s.lr()) + "]");
       if (s.stop_at_step() < 0)
         invalid(i, "stop_at_step", "= " + num(s.stop_at_step()) + " must be >= 0 (0: off)");
+      if (s.micro_batches() < 0)
+        invalid(i, "micro_batches", "= " + num(s.micro_batches()) + " must be >= 0 (0: default)");
+      if (vila && s.micro_batches() > 1 && world > 0 &&
+          s.global_batch() % (world * s.micro_batches()) != 0)
+        invalid(i, "micro_batches",
+                "= " + num(s.micro_batches()) + ": global_batch " + num(s.global_batch()) +
+                    " is not divisible by the world size x micro_batches = " +
+                    num(world * s.micro_batches()));
     } else {
       for (const char* f : {"steps", "global_batch", "lr", "warmup_steps", "min_lr", "stop_at_step",
-                            "checkpoint_every", "trainable", "sft"}) {
+                            "checkpoint_every", "trainable", "sft", "micro_batches"}) {
         const pb::FieldDescriptor* d = proto::StageConfig::descriptor()->FindFieldByName(f);
         if (proto::StageConfig::GetReflection()->HasField(s, d))
           invalid(i, f, "is set, but an eval stage does not train");
@@ -202,6 +210,7 @@ proto::RunConfig ps3_stage_config(const proto::RunConfig& c, int index, const fs
   t->set_warmup_steps(s.warmup_steps());
   t->set_min_lr(s.min_lr());
   t->set_stop_at_step(s.stop_at_step());
+  if (s.micro_batches() > 0) t->set_micro_batches(s.micro_batches());
   out.mutable_monitoring()->set_jsonl((dir / "metrics_rank{rank}.jsonl").string());
   if (!s.init_from().empty()) out.mutable_checkpoint()->set_init_from(s.init_from());
   return out;

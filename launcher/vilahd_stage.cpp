@@ -1,8 +1,9 @@
 // One VILA-HD training stage (see vilahd_stage.h for the design). Order of one step, every rank:
-//   lr <- schedule(step); the global batch from the step; this rank's samples; forward with the
-//   loss terms scaled to the whole batch; backward; finish_backward; all-reduce [non-finite,
-//   stop signal, loss terms]; non-finite anywhere -> zero gradients, count, maybe stop with an
-//   error; else clip, AdamW step; report; checkpoint when due; stop when asked.
+//   lr <- schedule(step); the global batch from the step; this rank's samples; per micro-batch
+//   forward with the loss terms scaled to the whole batch and backward (gradient sync after the
+//   last only); finish_backward; all-reduce [non-finite, stop signal, loss terms]; non-finite
+//   anywhere -> zero gradients, count, maybe stop with an error; else clip, AdamW step; report;
+//   checkpoint when due; stop when asked.
 #include "launcher/vilahd_stage.h"
 
 #include <algorithm>
@@ -119,6 +120,9 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
   HD_CHECK(o.global_batch >= 1 && o.global_batch % world == 0, "stage ", o.stage,
            ": global_batch = ", o.global_batch, " must be a positive multiple of the world size ",
            world);
+  HD_CHECK(o.micro_batches >= 1 && o.global_batch % (world * o.micro_batches) == 0, "stage ",
+           o.stage, ": micro_batches = ", o.micro_batches, " must be >= 1 and divide global_batch ",
+           o.global_batch, " / world size ", world);
   HD_CHECK(o.lr > 0, "stage ", o.stage, ": lr = ", o.lr, " must be > 0");
   HD_CHECK(o.warmup_steps >= 0 && o.warmup_steps < o.steps, "stage ", o.stage,
            ": warmup_steps = ", o.warmup_steps, " must be in [0, steps = ", o.steps, ")");
@@ -253,7 +257,8 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
 
   // ---- the loop ----------------------------------------------------------------------------
   vilahd::ImageCache images(vision, 32);
-  const int64_t B = o.global_batch, per_rank = B / world;
+  const int64_t B = o.global_batch, per_rank = B / world, micro = o.micro_batches,
+                per_micro = per_rank / micro;
   const size_t n_items = items.size();
   std::vector<vilahd::VilaSample> memo_samples;  // per item, when memoizing
   if (o.memoize_vision) {
@@ -296,11 +301,10 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
     std::vector<const Item*> global;
     for (int64_t i = 0; i < B; ++i) global.push_back(&item_at(step * B + i));
     bool all_boxed = true;
-    int64_t tokens_global = 0, tokens_local = 0;
+    int64_t tokens_global = 0;
     for (int64_t i = 0; i < B; ++i) {
       all_boxed = all_boxed && global[size_t(i)]->record.box.has_value();
       tokens_global += global[size_t(i)]->label_tokens;
-      if (i / per_rank == rank) tokens_local += global[size_t(i)]->label_tokens;
     }
     std::vector<vilahd::VilaSample> batch;
     {
@@ -315,24 +319,34 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
       }
     }
     double local[kSlots] = {};
-    {
+    const bool poisoned =
+        rank == 0 && std::find(o.debug_nonfinite_steps.begin(), o.debug_nonfinite_steps.end(),
+                               step) != o.debug_nonfinite_steps.end();
+    for (int64_t m = 0; m < micro; ++m) {
+      // Gradients stay local until the last micro-batch (FSDP accumulates them unsharded).
+      fsdp.set_requires_gradient_sync(m == micro - 1);
+      const std::vector<vilahd::VilaSample> part(batch.begin() + m * per_micro,
+                                                 batch.begin() + (m + 1) * per_micro);
+      int64_t tokens_part = 0;
+      for (int64_t i = 0; i < per_micro; ++i)
+        tokens_part += global[size_t(rank * per_rank + m * per_micro + i)]->label_tokens;
       auto p = timer.phase(monitoring::Phase::forward);
-      vilahd::VilaOutputs res = model.forward(batch);
-      // Scaled so that FSDP's average over ranks is the whole batch's gradient (header).
-      const double lm_scale = double(tokens_local) * world / double(tokens_global);
-      const double sel_scale = 1.0;  // all-boxed batches: per_rank boxed images on every rank
+      vilahd::VilaOutputs res = model.forward(part);
+      // Scaled so that FSDP's average over ranks of the sum over micro-batches is the whole
+      // batch's gradient (header): LM by the part's share of the answer tokens, selection by
+      // 1 / micro (all-boxed batches: per_micro boxed images in every part on every rank).
+      const double lm_scale = double(tokens_part) * world / double(tokens_global);
+      const double sel_scale = 1.0 / double(micro);
       Tensor loss = mul(res.lm_loss, lm_scale);
-      local[kLm] = res.lm_loss.item<double>() * lm_scale / world;
+      local[kLm] += res.lm_loss.item<double>() * lm_scale / world;
       if (all_boxed && res.selection_loss.defined() && sel_weight > 0) {
         loss = add(loss, mul(res.selection_loss, sel_weight * sel_scale));
-        local[kSelection] = res.selection_loss.item<double>() * sel_scale / world;
+        local[kSelection] += res.selection_loss.item<double>() * sel_scale / world;
       }
-      if (rank == 0 && std::find(o.debug_nonfinite_steps.begin(), o.debug_nonfinite_steps.end(),
-                                 step) != o.debug_nonfinite_steps.end())
-        loss = mul(loss, std::numeric_limits<double>::quiet_NaN());
+      if (poisoned) loss = mul(loss, std::numeric_limits<double>::quiet_NaN());
       const double lv = loss.item<double>();
-      local[kNonFinite] = std::isfinite(lv) ? 0 : 1;
-      local[kLoss] = lv / world;
+      local[kNonFinite] += std::isfinite(lv) ? 0 : 1;
+      local[kLoss] += lv / world;
       auto q = timer.phase(monitoring::Phase::backward);
       loss.backward();  // always: FSDP's reduce-scatters are collectives the others wait in
     }

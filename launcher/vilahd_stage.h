@@ -48,6 +48,9 @@ struct VilaStageOptions {
   std::set<std::string> trainable = {"projector", "top_down_selection"};
   int64_t steps = 10;
   int64_t global_batch = 2;
+  // Gradient accumulation: each rank's share runs in this many micro-batches, gradients synced
+  // after the last (FSDP set_requires_gradient_sync); global_batch % (world x micro) == 0.
+  int64_t micro_batches = 1;
   double lr = 1e-3, min_lr = 0;
   int64_t warmup_steps = 0;
   double weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;

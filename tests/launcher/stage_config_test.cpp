@@ -78,6 +78,11 @@ TEST(StageConfig, ErrorsNameTheField) {
         "stages.2.memoize_vision=true"},
        "stages[2].prompt_pass_grad needs the prompt pass"},
       {{"stages.1.mc=q.jsonl"}, "stages[1].mc applies to eval stages only"},
+      {{"stages.2.micro_batches=3"},
+       "stages[2].micro_batches = 3: global_batch 8 is not divisible by the world size x "
+       "micro_batches = 6"},
+      {{"stages.3.micro_batches=2"}, "stages[3].micro_batches is set, but an eval stage"},
+      {{"stages.2.micro_batches=-1"}, "stages[2].micro_batches = -1 must be >= 0"},
       {{"stages.0.min_lr=1"}, "stages[0].min_lr = 1 must be in [0, lr"},
       {{"train.micro_batches=3"}, "stages[0] (ps3_pretrain"},
       {{"vilahd.tokenizer="}, "vilahd.tokenizer is empty"},

@@ -10,7 +10,8 @@
 //     checkpoint, trained ones move;
 //   - the vision memo filled across ranks (each rank runs PS3 on its share, padding passes for
 //     an odd count, entries broadcast) holds, bit for bit, what one unsharded model computes
-//     for every record, and a memoized stage trains alike on 1 and 2 ranks.
+//     for every record, and a memoized stage trains alike on 1 and 2 ranks;
+//   - gradient accumulation (micro_batches 2) trains like the whole batch at once.
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -27,6 +28,7 @@
 #include "ps3/data/image.h"
 #include "ps3/data/records.h"
 #include "tests/parallel/mpi_main.h"
+#include "tests/testing/errors.h"
 #include "tests/vilahd/vila_test_util.h"
 #include "vilahd/parallelize.h"
 #include "vilahd/sft_data.h"
@@ -347,6 +349,35 @@ TEST_F(VilaStage, MemoizedStageRanksAgree) {
       EXPECT_NEAR(out.losses[i], want, 1e-5 * std::max(1.0, std::abs(want))) << "step " << i;
     }
   }
+}
+
+// micro_batches = 2 (each rank's share in two halves, one gradient sync) = the whole batch at
+// once: the same losses and final weights to float rounding, on 1 and 2 ranks.
+TEST_F(VilaStage, MicroBatchesTrainLikeTheWholeBatch) {
+  VilaStageOutcome whole = run_vila_stage(options("whole"), world_ptr());
+  VilaStageOptions o = options("micro");
+  o.micro_batches = 2;
+  VilaStageOutcome micro = run_vila_stage(o, world_ptr());
+  ASSERT_TRUE(whole.finished && micro.finished);
+  ASSERT_EQ(micro.losses.size(), whole.losses.size());
+  for (size_t i = 0; i < whole.losses.size(); ++i)
+    EXPECT_NEAR(micro.losses[i], whole.losses[i], 1e-5 * std::max(1.0, std::abs(whole.losses[i])))
+        << "step " << i;
+  auto a = vilahd::load_vila_folder(whole.result), b = vilahd::load_vila_folder(micro.result);
+  auto pa = a->named_parameters(), pb = b->named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  double worst = 0;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    const std::vector<float> x = pa[i].second.to_vector<float>(),
+                             y = pb[i].second.to_vector<float>();
+    float scale = 1e-3f;
+    for (float v : x) scale = std::max(scale, std::abs(v));
+    for (size_t k = 0; k < x.size(); ++k)
+      worst = std::max(worst, double(std::abs(x[k] - y[k]) / scale));
+  }
+  EXPECT_LT(worst, 1e-4) << "largest parameter difference relative to its tensor's scale";
+  o.micro_batches = 3;  // 4 / (world x 3) is not whole
+  hd::testing::expect_error([&] { run_vila_stage(o, world_ptr()); }, "micro_batches = 3");
 }
 
 }  // namespace
