@@ -1,7 +1,7 @@
 // The multi-rank VILA-HD stage (launcher/vilahd_stage.h) on a micro model and a tiny SFT set
 // written here (PNG images, records with and without boxes, answers of unequal length).
 //
-// Run at 1 rank (fixture: writes its per-step losses) and at 2 ranks under mpirun:
+// Run at 1 rank (fixture: writes its per-step losses) and at 2 and 4 ranks under mpirun:
 //   - N ranks train like one rank: the 2-rank losses equal the 1-rank file within 1e-5 (the
 //     per-rank loss scaling makes unequal token counts per rank exact up to summation order);
 //   - stop_at_step k, then the same stage again, equals the uninterrupted run bit for bit
@@ -354,8 +354,11 @@ TEST_F(VilaStage, MemoizedStageRanksAgree) {
 // micro_batches = 2 (each rank's share in two halves, one gradient sync) = the whole batch at
 // once: the same losses and final weights to float rounding, on 1 and 2 ranks.
 TEST_F(VilaStage, MicroBatchesTrainLikeTheWholeBatch) {
-  VilaStageOutcome whole = run_vila_stage(options("whole"), world_ptr());
-  VilaStageOptions o = options("micro");
+  VilaStageOptions w = options("whole");
+  w.global_batch = 8;  // 2 micro-batches per rank at 1, 2 and 4 ranks
+  VilaStageOutcome whole = run_vila_stage(w, world_ptr());
+  VilaStageOptions o = w;
+  o.stage_dir = run_dir() / "micro";
   o.micro_batches = 2;
   VilaStageOutcome micro = run_vila_stage(o, world_ptr());
   ASSERT_TRUE(whole.finished && micro.finished);
@@ -376,7 +379,7 @@ TEST_F(VilaStage, MicroBatchesTrainLikeTheWholeBatch) {
       worst = std::max(worst, double(std::abs(x[k] - y[k]) / scale));
   }
   EXPECT_LT(worst, 1e-4) << "largest parameter difference relative to its tensor's scale";
-  o.micro_batches = 3;  // 4 / (world x 3) is not whole
+  o.micro_batches = 3;  // 8 / (world x 3) is not whole
   hd::testing::expect_error([&] { run_vila_stage(o, world_ptr()); }, "micro_batches = 3");
 }
 
