@@ -151,6 +151,25 @@ void expect_same_folder(const fs::path& a, const fs::path& b) {
   EXPECT_GE(files, 5);
 }
 
+// 1 rank writes its losses to kWork/name; more ranks compare with them within 1e-5 (the np1
+// test is the others' fixture).
+void expect_losses_like_one_rank(const std::vector<double>& losses, const std::string& name) {
+  const fs::path file = kWork / name;
+  if (world().world_size() == 1) {
+    std::ofstream f(file);
+    f.precision(17);
+    for (double l : losses) f << l << "\n";
+    return;
+  }
+  ASSERT_TRUE(fs::exists(file)) << "run the np1 test first (its fixture)";
+  std::ifstream f(file);
+  for (size_t i = 0; i < losses.size(); ++i) {
+    double want = 0;
+    ASSERT_TRUE(f >> want);
+    EXPECT_NEAR(losses[i], want, 1e-5 * std::max(1.0, std::abs(want))) << "step " << i;
+  }
+}
+
 class VilaStage : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -199,21 +218,7 @@ TEST_F(VilaStage, TrainsFrozenPartsKeepBitsAndRanksAgree) {
   EXPECT_EQ(moments, trained);
   EXPECT_EQ(man.trainer_state().stage(), "vilahd_sft");
 
-  // 1 rank writes its losses; more ranks compare with them (the np1 test is this one's fixture).
-  const fs::path file = kWork / "losses_np1.txt";
-  if (world().world_size() == 1) {
-    std::ofstream f(file);
-    f.precision(17);
-    for (double l : out.losses) f << l << "\n";
-  } else {
-    ASSERT_TRUE(fs::exists(file)) << "run the np1 test first (its fixture)";
-    std::ifstream f(file);
-    for (size_t i = 0; i < out.losses.size(); ++i) {
-      double want = 0;
-      ASSERT_TRUE(f >> want);
-      EXPECT_NEAR(out.losses[i], want, 1e-5 * std::max(1.0, std::abs(want))) << "step " << i;
-    }
-  }
+  expect_losses_like_one_rank(out.losses, "losses_np1.txt");
 }
 
 TEST_F(VilaStage, StopAtStepThenResumeIsBitExact) {
@@ -335,20 +340,7 @@ TEST_F(VilaStage, MemoizedStageRanksAgree) {
   VilaStageOutcome out = run_vila_stage(o, world_ptr());
   ASSERT_TRUE(out.finished);
   ASSERT_EQ(out.losses.size(), 6u);
-  const fs::path file = kWork / "memo_losses_np1.txt";
-  if (world().world_size() == 1) {
-    std::ofstream f(file);
-    f.precision(17);
-    for (double l : out.losses) f << l << "\n";
-  } else {
-    ASSERT_TRUE(fs::exists(file)) << "run the np1 test first (its fixture)";
-    std::ifstream f(file);
-    for (size_t i = 0; i < out.losses.size(); ++i) {
-      double want = 0;
-      ASSERT_TRUE(f >> want);
-      EXPECT_NEAR(out.losses[i], want, 1e-5 * std::max(1.0, std::abs(want))) << "step " << i;
-    }
-  }
+  expect_losses_like_one_rank(out.losses, "memo_losses_np1.txt");
 }
 
 // micro_batches = 2 (each rank's share in two halves, one gradient sync) = the whole batch at
