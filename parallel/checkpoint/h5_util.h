@@ -29,7 +29,9 @@ class Handle {
     return id >= 0 ? close_(id) : 0;
   }
   void reset() {
-    if (id_ >= 0) close_(id_);
+    // A close that fails here (unwinding from an earlier error) is not reported: drop the error
+    // stack it left, which HDF5 would keep allocated (per thread) until the next API call.
+    if (id_ >= 0 && close_(id_) < 0) H5Eclear2(H5E_DEFAULT);
     id_ = H5I_INVALID_HID;
   }
   hid_t get() const { return id_; }
@@ -54,7 +56,9 @@ inline void silence_errors() {
 // The reason at the bottom of HDF5's error stack of this thread, for our messages: the system's
 // text when a read or write system call failed (HDF5's file drivers record "errno = 28, error
 // message = 'No space left on device'"), else the innermost HDF5 description; "" when the stack is
-// empty. Why: "HDF5 write failed" alone does not tell an operator that the disk is full.
+// empty. Why: "HDF5 write failed" alone does not tell an operator that the disk is full. The stack
+// is cleared once read: its strings would otherwise stay allocated (for good on a writer thread
+// that exits; LeakSanitizer reports them).
 inline std::string error_reason() {
   std::string system, innermost;
   auto visit = [](unsigned, const H5E_error2_t* e, void* data) -> herr_t {
@@ -72,6 +76,7 @@ inline std::string error_reason() {
   };
   std::pair<std::string*, std::string*> out{&system, &innermost};
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, visit, &out);
+  H5Eclear2(H5E_DEFAULT);
   return system.empty() ? innermost : system;
 }
 

@@ -237,8 +237,11 @@ void BpeTokenizer::Impl::load_model(const json& model, const Where& w) {
     } else {
       w.fail(key, "expected \"a b\" or [a, b], got " + brief(m));
     }
-    // A repeated pair keeps its last rank, as tokenizers' HashMap collect does.
-    merges[pair_key(id_of(a, key), id_of(b, key))] = {int32_t(rank), id_of(a + b, key)};
+    // A repeated pair keeps its last rank, as tokenizers' HashMap collect does. The lookups are
+    // sequenced (left, right, merged) so that the error names the first missing token on every
+    // compiler: as arguments their order is unspecified (the sanitizer build named "zzzq").
+    const int32_t left = id_of(a, key), right = id_of(b, key), merged = id_of(a + b, key);
+    merges[pair_key(left, right)] = {int32_t(rank), merged};
   }
 }
 
