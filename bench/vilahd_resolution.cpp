@@ -28,16 +28,8 @@ using bench::Clock;
 using bench::median;
 using bench::ms_since;
 
-// Peak resident set of this process in MiB since the last reset_peak_rss() (Linux).
-void reset_peak_rss() {
-  std::ofstream("/proc/self/clear_refs") << "5";
-}
-double peak_rss_mib() {
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);)
-    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
-  return -1;
-}
+using bench::peak_rss_mib;
+using bench::reset_peak_rss;
 
 int main(int argc, char** argv) {
   int runs = 3;

@@ -24,6 +24,7 @@ using bench::ms_since;
 int main(int argc, char** argv) {
   int steps = 10, warmup = 3;
   int64_t batch = 8, width = 192, depth = 6, heads = 3, image = 378;
+  bool activation_checkpointing = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](const char* flag) -> const char* {
@@ -44,11 +45,13 @@ int main(int argc, char** argv) {
       heads = std::atoll(v);
     else if (auto v = value("--image"))
       image = std::atoll(v);
+    else if (a == "--checkpoint")
+      activation_checkpointing = true;
     else {
       std::fprintf(stderr,
                    "hd_bench_vit_step: unknown argument '%s'\n"
                    "usage: hd_bench_vit_step [--steps=N] [--warmup=N] [--batch=B] [--width=D] "
-                   "[--depth=L] [--heads=H] [--image=S]\n",
+                   "[--depth=L] [--heads=H] [--image=S] [--checkpoint]\n",
                    argv[i]);
       return 2;
     }
@@ -60,7 +63,8 @@ int main(int argc, char** argv) {
                          .width = width,
                          .depth = depth,
                          .heads = heads,
-                         .mlp_hidden = 4 * width};
+                         .mlp_hidden = 4 * width,
+                         .activation_checkpointing = activation_checkpointing};
     const int64_t classes = 1000;
     bench::ViTClassifier model(config, classes);
     model.initialize(0);
@@ -96,10 +100,10 @@ int main(int argc, char** argv) {
     double gflop = bench::vit_step_flops(config, batch, classes) / 1e9;
     std::printf(
         "summary: threads=%d params=%.2fM median_step_ms=%.1f fwd=%.1f bwd=%.1f opt=%.1f "
-        "gflop_per_step=%.1f gflops=%.1f peak_host_bytes=%lld\n",
+        "gflop_per_step=%.1f gflops=%.1f peak_host_bytes=%lld peak_rss_mib=%.0f\n",
         cpu_thread_pool().num_threads(), double(model.num_parameters()) / 1e6, median(total),
         median(fwd), median(bwd), median(upd), gflop, gflop / (median(total) / 1e3),
-        (long long)allocator_for(Device::cpu()).stats().peak_bytes);
+        (long long)allocator_for(Device::cpu()).stats().peak_bytes, bench::peak_rss_mib());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hd_bench_vit_step: %s\n", e.what());
     return 1;

@@ -366,6 +366,10 @@ void validate_config(const proto::RunConfig& c, int world_size) {
         layout != "one_pattern")
       invalid("data.synthesize.layout",
               "= '" + layout + "' must be boards, tiny_signs, patterns or one_pattern");
+    const int max_regions = d.synthesize().max_regions();
+    if (max_regions < 0 || max_regions > 5)
+      invalid("data.synthesize.max_regions",
+              "= " + str(max_regions) + " must be in [1, 5] (0: the default, 5)");
   }
 
   const auto& t = c.train();

@@ -18,12 +18,14 @@ constexpr const char* kUsage =
     "usage:\n"
     "  hdtrain data synth --out DIR [--images N] [--eval-images M] [--resolution R] [--seed S]\n"
     "                     [--threads T] [--tar] [--shard-size K] [--png] [--layout L]\n"
+    "                     [--max-regions N]\n"
     "      the synthetic 4K dataset: N training images (DIR/train) and M held-out ones\n"
     "      (DIR/eval) at R x R with captioned boxes, in the PS3 layout (JPEG; --png for PNG;\n"
     "      --tar for webdataset shards of K images); --layout boards (default: details on\n"
     "      coloured signs), tiny_signs (the first generator), patterns (each sign carries a\n"
     "      fine stripe or checker pattern) or one_pattern (one such sign per image: the staged\n"
-    "      demo's questions)\n"
+    "      demo's questions); --max-regions N (1..5, default 5): each image of the multi-sign\n"
+    "      layouts gets min(2, N)..N salient signs\n"
     "  hdtrain data tokenizer --data DIR [--out PREFIX] [--vocab V]\n"
     "      a SentencePiece model (PREFIX.model, default DIR/tokenizer) trained on the captions,\n"
     "      cleaned like the tokenizer cleans them (docs/data.md)\n"
@@ -41,7 +43,8 @@ bool wants_help(const std::vector<std::string>& args) {
 
 int synth(const std::vector<std::string>& argv) {
   Args a(argv,
-         {"out", "images", "eval-images", "resolution", "seed", "threads", "shard-size", "layout"},
+         {"out", "images", "eval-images", "resolution", "seed", "threads", "shard-size", "layout",
+          "max-regions"},
          {"tar", "png"});
   data::SynthOptions o;
   o.out = a.require("out");
@@ -54,6 +57,7 @@ int synth(const std::vector<std::string>& argv) {
   o.tar = a.flag("tar");
   o.png = a.flag("png");
   o.layout = data::parse_synth_layout(a.get("layout", "boards"));
+  o.max_regions = int(a.get_int("max-regions", o.max_regions));
   auto t0 = std::chrono::steady_clock::now();
   data::synth_dataset(o);
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

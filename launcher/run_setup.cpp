@@ -37,6 +37,7 @@ void synthesize(const proto::RunConfig& c) {
   o.seed = s.seed();
   o.threads = s.threads();
   o.layout = data::parse_synth_layout(s.layout());
+  if (s.max_regions() > 0) o.max_regions = s.max_regions();
   auto t0 = std::chrono::steady_clock::now();
   std::printf("[setup] synthesizing %lld + %lld images at %lld^2 into %s ...\n",
               static_cast<long long>(o.images),

@@ -17,6 +17,9 @@ struct ViTConfig {
   int64_t heads = 3;
   int64_t mlp_hidden = 768;
   double ln_eps = 1e-6;
+  // Recompute each block in backward instead of keeping its activations
+  // (autograd/checkpoint.h): memory for one block's activations, one extra forward per block.
+  bool activation_checkpointing = false;
   int64_t grid() const { return image_size / patch; }
   int64_t tokens() const { return grid() * grid(); }
 };

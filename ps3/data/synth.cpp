@@ -31,7 +31,7 @@ std::vector<Encoded> generate(const SynthOptions& opt, int64_t first, int64_t la
   auto work = [&] {
     try {
       for (int64_t i; (i = next.fetch_add(1)) < last;) {
-        SynthImage s = synth_image(i, opt.resolution, opt.seed, opt.layout);
+        SynthImage s = synth_image(i, opt.resolution, opt.seed, opt.layout, opt.max_regions);
         Encoded& e = out[size_t(i - first)];
         e.image = opt.png ? encode_png(s.image, 1) : encode_jpeg(s.image, 92);
         ImageRecord rec;
@@ -113,6 +113,8 @@ void synth_dataset(const SynthOptions& opt) {
   HD_CHECK(opt.images >= 1, "synth: --images must be >= 1, got ", opt.images);
   HD_CHECK(opt.resolution >= 128 && opt.resolution <= kMaxImageSide, "synth: --resolution ",
            opt.resolution, " outside [128, ", kMaxImageSide, "]");
+  HD_CHECK(opt.max_regions >= 1 && opt.max_regions <= 5, "synth: --max-regions ", opt.max_regions,
+           " outside [1, 5]");
   int64_t n_eval = opt.eval_images >= 0 ? opt.eval_images : std::max<int64_t>(4, opt.images / 8);
   fs::create_directories(opt.out);
   auto train = write_split(opt, "train", 0, opt.images);

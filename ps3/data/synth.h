@@ -58,8 +58,11 @@ enum class SynthLayout { kBoards, kTinySigns, kPatterns, kOnePattern };
 SynthLayout parse_synth_layout(const std::string& name);
 
 // Image `index` of the dataset with `seed`: a pure function of its arguments.
+// `max_regions` caps the salient regions of the multi-sign layouts: an image gets
+// min(2, max_regions)..max_regions of them (2-5 by default). Fewer regions per image put more of
+// them within one look-close step's budget (docs/training.md, "Selection").
 SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed,
-                       SynthLayout layout = SynthLayout::kBoards);
+                       SynthLayout layout = SynthLayout::kBoards, int max_regions = 5);
 
 struct SynthOptions {
   std::string out;
@@ -72,6 +75,7 @@ struct SynthOptions {
   bool png = false;         // JPEG (quality 92, 4:4:4) by default: 5x faster to write and read
   int threads = 2;
   SynthLayout layout = SynthLayout::kBoards;
+  int max_regions = 5;  // 1..5; see synth_image
 };
 
 // Writes out/train (PS3 layout), out/eval (held-out images, same layout), out/sft.jsonl (one

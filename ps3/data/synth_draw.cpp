@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 #include "autograd/error.h"
 #include "autograd/random.h"
@@ -183,7 +185,11 @@ void make_options(SynthRegion& r, Rng& rng) {
 
 }  // namespace
 
-SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed, SynthLayout layout) {
+SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed, SynthLayout layout,
+                       int max_regions) {
+  if (max_regions < 1 || max_regions > 5)
+    throw std::invalid_argument("synth_image: max_regions = " + std::to_string(max_regions) +
+                                " must be in [1, 5]");
   Rng rng(seed, 0x53594e5400000000ull + uint64_t(index));  // "SYNT"
   SynthImage out;
   out.image = Image(resolution, resolution);
@@ -219,7 +225,7 @@ SynthImage synth_image(int64_t index, int64_t resolution, uint64_t seed, SynthLa
   std::vector<int> colours = {0, 1, 2, 3, 4, 5, 6, 7};
   for (size_t i = colours.size() - 1; i > 0; --i)
     std::swap(colours[i], colours[size_t(rng.below(int64_t(i) + 1))]);
-  int64_t count = rng.range(2, 5);
+  int64_t count = rng.range(std::min(2, max_regions), max_regions);
   if (one_sign) count = 1;
   for (int64_t k = 0; k < count; ++k) {
     SynthRegion r;

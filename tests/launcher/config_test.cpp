@@ -165,6 +165,9 @@ TEST(Config, ValidationNamesTheField) {
   check({"monitoring.port_base=70000"}, 2,
         "config: monitoring.port_base = 70000 must leave room for one port per rank below 65536");
   check({"data.synthesize.enabled=true"}, 1, "config: data.synthesize.images = 0 must be >= 1");
+  check({"data.synthesize.enabled=true", "data.synthesize.images=4",
+         "data.synthesize.resolution=256", "data.synthesize.max_regions=6"},
+        1, "config: data.synthesize.max_regions = 6 must be in [1, 5] (0: the default, 5)");
   check({"train.selection_loss=focal"}, 1,
         "config: train.selection_loss = 'focal' is not one of bce (the reference), balanced, "
         "balanced_rank");

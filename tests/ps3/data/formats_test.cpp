@@ -1,8 +1,10 @@
 // Codecs, the PS3 folder and tar layouts, SFT / multiple-choice files, and the generator.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 
 #include "autograd/error.h"
 #include "ps3/data/image.h"
@@ -85,6 +87,26 @@ TEST(Synth, DeterministicBySeedAndIndex) {
   }
 }
 
+// max_regions caps the salient signs per image (min(2, N)..N of them); 5 is the default.
+TEST(Synth, MaxRegionsCapsTheSalientSigns) {
+  std::vector<size_t> counts_default, counts_3, counts_1;
+  for (int64_t index = 0; index < 24; ++index) {
+    SynthImage a = synth_image(index, 1260, 3),
+               b = synth_image(index, 1260, 3, SynthLayout::kBoards, 5);
+    EXPECT_EQ(a.image.pixels, b.image.pixels) << index;
+    counts_default.push_back(a.regions.size());
+    counts_3.push_back(synth_image(index, 1260, 3, SynthLayout::kBoards, 3).regions.size());
+    counts_1.push_back(synth_image(index, 1260, 3, SynthLayout::kBoards, 1).regions.size());
+  }
+  auto [lo3, hi3] = std::minmax_element(counts_3.begin(), counts_3.end());
+  EXPECT_EQ(*lo3, 2u);
+  EXPECT_EQ(*hi3, 3u);
+  EXPECT_EQ(*std::max_element(counts_default.begin(), counts_default.end()), 5u);
+  EXPECT_EQ(counts_1, std::vector<size_t>(24, 1u));
+  EXPECT_THROW(synth_image(0, 1260, 3, SynthLayout::kBoards, 0), std::invalid_argument);
+  EXPECT_THROW(synth_image(0, 1260, 3, SynthLayout::kBoards, 6), std::invalid_argument);
+}
+
 // The patterns layout: each sign's inside is half ink in bands of 3 px at 3780, oriented as its
 // caption says; averaged over 10 x 10 blocks (the 378 view) every pattern is the same tint.
 TEST(Synth, PatternsAreFineAndOrientedAsCaptioned) {
@@ -119,10 +141,18 @@ TEST(Synth, PatternsAreFineAndOrientedAsCaptioned) {
       EXPECT_NEAR(double(ink) / double(n), 0.5, 0.05) << r.caption;
       const double right = double(same_right) / double(n), below = double(same_below) / double(n),
                    diag = double(same_diag) / double(n);
-      if (r.detail == "horizontal") EXPECT_TRUE(right > 0.99 && below < 0.01) << r.caption;
-      if (r.detail == "vertical") EXPECT_TRUE(right < 0.01 && below > 0.99) << r.caption;
-      if (r.detail == "diagonal") EXPECT_TRUE(diag > 0.99 && right < 0.01) << r.caption;
-      if (r.detail == "checkered") EXPECT_TRUE(right < 0.01 && below < 0.01 && diag > 0.99);
+      if (r.detail == "horizontal") {
+        EXPECT_TRUE(right > 0.99 && below < 0.01) << r.caption;
+      }
+      if (r.detail == "vertical") {
+        EXPECT_TRUE(right < 0.01 && below > 0.99) << r.caption;
+      }
+      if (r.detail == "diagonal") {
+        EXPECT_TRUE(diag > 0.99 && right < 0.01) << r.caption;
+      }
+      if (r.detail == "checkered") {
+        EXPECT_TRUE(right < 0.01 && below < 0.01 && diag > 0.99);
+      }
       // The 378 view: 10 x 10 block means over the inside vary by under a quarter of the ink
       // contrast (the full contrast at 3780).
       double lo = 255, hi = 0;
