@@ -195,9 +195,16 @@ TEST(VilaHd, WholeModelGradientsF64AgainstFiniteDifferences) {
         EXPECT_TRUE(unused) << name << " got no gradient";
         continue;
       }
-      // A sample of every part, small enough for central differences.
-      if (p.numel() <= 16 || name.find("layers.0.self_attn.q_proj.bias") != std::string::npos ||
-          name.find("high_res_pos_embed") != std::string::npos) {
+      // A sample of every part, small enough for central differences. The second LLM layer and
+      // the second vision block are left out: their parameter gradients are the same code as the
+      // first's, and the first's gradients reach finite differences only through the second's
+      // backward, so they are covered. Leaving them out cut the test from 65 s to 38 s here (it
+      // overran 20 minutes under the sanitizer).
+      const bool repeated_layer = name.find("layers.1.") != std::string::npos ||
+                                  name.find("blocks.1.") != std::string::npos;
+      if (!repeated_layer &&
+          (p.numel() <= 16 || name.find("layers.0.self_attn.q_proj.bias") != std::string::npos ||
+           name.find("high_res_pos_embed") != std::string::npos)) {
         inputs.push_back(p);
         parts.insert(name.substr(0, name.find('.')));
       }
