@@ -6,7 +6,10 @@
 // Prints, for the demo vision config (or --paper-width etc.), one row per max scale: median
 // forward+backward ms and the allocator's peak bytes, with ratios to 756; then analytic
 // training FLOPs of PS3 vs a global pass at that resolution, for the demo and the paper
-// (SO400M, k = 2560) configs. Usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S]
+// (SO400M, k = 2560) configs. With --recompute, each row also runs the same model with
+// activation checkpointing (every block recomputed in backward), alternating with the plain run
+// rep by rep, and prints its time and peak as ratios to the plain run's.
+// Usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S] [--recompute]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -101,6 +104,7 @@ Tensor synthetic_patches(int64_t b, int64_t scale, const std::vector<int64_t>& i
 int main(int argc, char** argv) {
   int reps = 5;
   int64_t batch = 2, steps = 1;
+  bool recompute = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--reps=", 0) == 0)
@@ -109,8 +113,12 @@ int main(int argc, char** argv) {
       batch = std::atoll(a.c_str() + 8);
     else if (a.rfind("--steps=", 0) == 0)
       steps = std::atoll(a.c_str() + 8);
+    else if (a == "--recompute")
+      recompute = true;
     else {
-      std::fprintf(stderr, "usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S]\n");
+      std::fprintf(stderr,
+                   "usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S] "
+                   "[--recompute]\n");
       return 2;
     }
   }
@@ -123,8 +131,11 @@ int main(int argc, char** argv) {
         (long long)demo.width, (long long)demo.depth, (long long)demo.max_select, (long long)steps,
         (long long)batch, reps);
     // cpu_ms (process CPU time, all threads) is the figure to compare on a shared machine.
-    std::printf("%-6s %-14s %9s %9s %7s %10s %7s %9s\n", "max", "k split", "step_ms", "cpu_ms",
+    std::printf("%-6s %-14s %9s %9s %7s %10s %7s %9s", "max", "k split", "step_ms", "cpu_ms",
                 "ratio", "peak_MiB", "ratio", "params_M");
+    if (recompute)
+      std::printf(" | %12s %9s %10s %9s", "recompute_ms", "x plain", "peak_MiB", "x plain");
+    std::printf("\n");
     double base_ms = 0, base_peak = 0;
     for (const auto& scales : scale_sets) {
       ps3::VisionConfig c = demo;
@@ -138,9 +149,12 @@ int main(int argc, char** argv) {
       in.patches = synthetic_patches;
       in.prompt = uniform({batch, c.width}, -1, 1, gen);
       in.look_close_steps = steps;
-      std::vector<double> ms, cpu;
-      int64_t peak = 0;
-      for (int r = 0; r < reps + 1; ++r) {
+      // One training step's forward + backward: wall ms, process CPU ms, allocator peak bytes.
+      struct Sample {
+        std::vector<double> ms, cpu;
+        int64_t peak = 0;
+      };
+      auto run_step = [&](Sample& out, bool keep) {
         model.zero_grad();
         allocator_for(Device::cpu()).reset_peak();
         auto t0 = Clock::now();
@@ -153,19 +167,32 @@ int main(int argc, char** argv) {
         loss.backward();
         double t = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
         double tc = 1000.0 * double(std::clock() - c0) / CLOCKS_PER_SEC;
-        if (r > 0) ms.push_back(t), cpu.push_back(tc);  // first rep warms the allocator cache
-        peak = std::max(peak, allocator_for(Device::cpu()).stats().peak_bytes);
+        if (keep) out.ms.push_back(t), out.cpu.push_back(tc);  // first rep warms the cache
+        out.peak = std::max(out.peak, allocator_for(Device::cpu()).stats().peak_bytes);
+      };
+      Sample plain, recomputed;
+      for (int r = 0; r < reps + 1; ++r) {
+        model.set_activation_checkpointing(false);
+        run_step(plain, r > 0);
+        if (!recompute) continue;
+        model.set_activation_checkpointing(true);
+        run_step(recomputed, r > 0);
       }
-      double m = median(ms), mc = median(cpu), pk = double(peak) / (1 << 20);
+      double m = median(plain.ms), mc = median(plain.cpu), pk = double(plain.peak) / (1 << 20);
       if (base_ms == 0) base_ms = mc, base_peak = pk;
       std::string split;
       for (int64_t k : ps3::split_budget(scales, c.max_select)) {
         if (!split.empty()) split += '/';
         split += std::to_string(k);
       }
-      std::printf("%-6lld %-14s %9.1f %9.1f %7.2f %10.1f %7.2f %9.2f\n", (long long)scales.back(),
+      std::printf("%-6lld %-14s %9.1f %9.1f %7.2f %10.1f %7.2f %9.2f", (long long)scales.back(),
                   split.c_str(), m, mc, mc / base_ms, pk, pk / base_peak,
                   double(model.num_parameters()) / 1e6);
+      if (recompute) {
+        const double rc = median(recomputed.cpu), rp = double(recomputed.peak) / (1 << 20);
+        std::printf(" | %12.1f %9.2f %10.1f %9.2f", rc, rc / mc, rp, rp / pk);
+      }
+      std::printf("\n");
     }
     auto flops_table = [&](const char* title, ps3::VisionConfig c, int64_t flop_steps) {
       std::printf("\n%s: analytic training GFLOPs per image (3x forward matmuls)\n", title);

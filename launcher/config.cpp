@@ -416,6 +416,7 @@ void validate_config(const proto::RunConfig& c, int world_size) {
     invalid(
         "train.posterior_target",
         "= '" + t.posterior_target() + "' is not one of caption_box (the reference), all_regions");
+  parse_activation_checkpointing(t.activation_checkpointing());
   if (!(t.selection_lr_scale() > 0))
     invalid("train.selection_lr_scale", "= " + str(t.selection_lr_scale()) + " must be > 0");
   if (t.prior_weight() < 0)
@@ -451,6 +452,30 @@ void validate_config(const proto::RunConfig& c, int world_size) {
     invalid("eval.max_images", "= " + str(e.max_images()) + " must be >= 0 (0: all)");
   if (e.look_close_steps() < 1)
     invalid("eval.look_close_steps", "= " + str(e.look_close_steps()) + " must be >= 1");
+}
+
+RecomputedTowers parse_activation_checkpointing(const std::string& list) {
+  RecomputedTowers towers;
+  if (list.empty()) return towers;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = list.find(',', start);
+    const std::string name = list.substr(start, comma - start);
+    if (name == "vision") {
+      towers.vision = true;
+    } else if (name == "text") {
+      towers.text = true;
+    } else if (name == "llm") {
+      towers.llm = true;
+    } else {
+      invalid("train.activation_checkpointing",
+              "= '" + list + "': '" + name +
+                  "' is not one of vision, text, llm (a comma list; empty: none)");
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return towers;
 }
 
 std::string to_text(const proto::RunConfig& config) {

@@ -38,6 +38,13 @@ void resolve_defaults(proto::RunConfig& config);
 // it. Expects resolve_defaults to have run.
 void validate_config(const proto::RunConfig& config, int world_size);
 
+// train.activation_checkpointing: which towers recompute their blocks in backward. Throws naming
+// the field and the unknown name.
+struct RecomputedTowers {
+  bool vision = false, text = false, llm = false;
+};
+RecomputedTowers parse_activation_checkpointing(const std::string& list);
+
 // Protobuf text of `config` (what the run stores).
 std::string to_text(const proto::RunConfig& config);
 

@@ -171,6 +171,10 @@ bool run_stage(const proto::RunConfig& c, const std::string& text, int i,
   o.train_w_gt_selection_map = s.train_w_gt_selection_map();
   o.memoize_vision = s.memoize_vision();
   o.prompt_pass_grad = s.prompt_pass_grad();
+  const RecomputedTowers recomputed =
+      parse_activation_checkpointing(c.train().activation_checkpointing());
+  o.recompute_llm = recomputed.llm;
+  o.recompute_vision = recomputed.vision;
   o.max_length = s.max_length();
   o.seed = c.seed() + uint64_t(i);
   o.checkpoint_every = s.checkpoint_every();

@@ -14,6 +14,7 @@
 
 #include "autograd/error.h"
 #include "autograd/optimizer.h"
+#include "launcher/config.h"
 #include "launcher/eval_report.h"
 #include "launcher/model_config.h"
 #include "launcher/signals.h"
@@ -121,6 +122,9 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   // ---- model, FSDP, optimizer --------------------------------------------------------------
   data::Tokenizer probe_tok(c.data().tokenizer());
   ps3::PS3Config mcfg = to_ps3_config(c.model(), probe_tok.vocab_size());
+  const RecomputedTowers recomputed = parse_activation_checkpointing(tc.activation_checkpointing());
+  mcfg.vision.activation_checkpointing = recomputed.vision;
+  mcfg.text.activation_checkpointing = recomputed.text;
   data::Tokenizer tokenizer(c.data().tokenizer(), mcfg.text.context);
   auto build = [&] {
     auto n = std::make_unique<Network>(mcfg);

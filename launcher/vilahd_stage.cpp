@@ -154,6 +154,7 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
   auto build = [&] {
     auto n = std::make_unique<Network>();
     n->model = vilahd::load_vila_folder(o.init);
+    n->model->set_activation_checkpointing(o.recompute_llm, o.recompute_vision);
     vilahd::freeze_all_but(*n->model, o.trainable);
     n->fsdp = vilahd::shard_vila(*n->model, pg);
     std::vector<ParamGroup> groups;

@@ -61,7 +61,9 @@ struct VilaStageOptions {
   // top_down_selection frozen; selection is then bottom-up (or forced) in this stage.
   bool memoize_vision = false;
   bool prompt_pass_grad = false;  // the selection loss trains the LLM too (vila_hd.h)
-  int64_t max_length = 2048;      // text tokens; longer records are dropped and counted
+  // Recompute the LLM's decoder layers / PS3's blocks in backward (train.activation_checkpointing)
+  bool recompute_llm = false, recompute_vision = false;
+  int64_t max_length = 2048;  // text tokens; longer records are dropped and counted
   uint64_t seed = 0;
   int64_t checkpoint_every = 0;  // 0: only at the end / a stop
   int keep_last = 2;

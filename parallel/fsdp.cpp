@@ -6,6 +6,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "autograd/checkpoint.h"
 #include "autograd/error.h"
 #include "autograd/node.h"
 #include "ops/shape.h"
@@ -117,6 +118,11 @@ Tensor FSDPUnit::forward(const Tensor& input, const std::function<Tensor(const T
   if (options_.reshard_after_forward) reshard();
   if (out.defined() && out.requires_grad() && out.grad_fn()) {
     out.grad_fn()->add_pre_hook([this](std::vector<Tensor>&) { pre_backward(); });
+    if (is_recomputed_in_backward(out)) {
+      ++recomputed_runs_;
+    } else {
+      plain_run_ = true;
+    }
   }
   owner_.on_post_forward(*this);
   return out;
@@ -138,11 +144,15 @@ void FSDPUnit::on_grad_arrival() {
   grads_pending_ = true;
   int expected = 0;
   for (const FSDPParam& p : params_) expected += p.param.requires_grad();
+  // [Note: recomputed units]: one firing per recomputed run, one for all plain runs together.
+  expected *= std::max(1, recomputed_runs_ + (plain_run_ ? 1 : 0));
   if (++arrivals_ == expected) post_backward();
 }
 
 void FSDPUnit::post_backward() {
   arrivals_ = 0;
+  recomputed_runs_ = 0;
+  plain_run_ = false;
   backward_done_ = true;
   reshard();
   if (!owner_.sync_grads_ || !grads_pending_) return;  // accumulate full grads locally
@@ -268,7 +278,8 @@ void FSDP::track_unsharded(int delta) {
 void FSDP::finish_backward() {
   for (auto& u : units_) {
     if (u->grads_pending_ && sync_grads_) u->post_backward();
-    u->arrivals_ = 0;
+    u->arrivals_ = u->recomputed_runs_ = 0;
+    u->plain_run_ = false;
     u->reshard();
   }
   if (pending_reduce_) pending_reduce_->finish_reduce();

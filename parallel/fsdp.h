@@ -24,6 +24,16 @@
 // arrivals; the last one issues the reduce-scatter. finish_backward() waits for it and covers
 // parameters that received no gradient this step.
 //
+// [Note: recomputed units] A unit body wrapped in activation checkpointing (nn::recomputed) runs
+// inside FSDPUnit::forward, so its recompute happens in the checkpoint node's backward, after
+// the pre-hook's all-gather: the parameters are there. Each recompute is a nested backward pass
+// of its own, in which every parameter's post-accumulate hook fires once, while all plain runs
+// of the unit share one firing in the outer pass. A unit run several times per step (PS3's
+// blocks: the low-res pass and each look-close step) would otherwise reach its arrival count
+// after its first recomputed run and reduce-scatter a partial gradient (correct once summed, but
+// one reduce-scatter and one all-gather more per extra run). So forward counts the recomputed
+// runs, and the expected arrivals are (recomputed runs + 1 if any plain run) per parameter.
+//
 // [Note: storage] A parameter's TensorImpl and Storage objects are created once (by the module)
 // and never replaced: resharding frees the bytes with Storage::resize(0) and unsharding
 // re-creates them, so the module, views and tensors saved for backward all stay valid (FSDP2's
@@ -113,6 +123,8 @@ class FSDPUnit {
   Work reduce_work_;
   Tensor reduce_in_, reduce_out_;
   int arrivals_ = 0;
+  int recomputed_runs_ = 0;     // forwards since the last post_backward whose backward is nested
+  bool plain_run_ = false;      // a forward since the last post_backward with an ordinary graph
   bool grads_pending_ = false;  // full gradients arrived since the last post_backward
   bool backward_done_ = false;  // post_backward ran since this unit's last forward
 };

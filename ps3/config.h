@@ -27,6 +27,9 @@ struct VisionConfig {
   int64_t convnext_depth = 3;
   int64_t convnext_stem = 28;  // kernel = stride of the ConvNeXt stem
   double ln_eps = 1e-6;
+  // Recompute each block's activations in backward (autograd/checkpoint.h): the low-res and
+  // high-res passes keep one block input per block instead of every block's activations.
+  bool activation_checkpointing = false;
 
   int64_t low_grid() const { return low_res / patch; }
   int64_t grid(size_t scale_index) const { return scales.at(scale_index) / patch; }
@@ -45,6 +48,7 @@ struct TextConfig {
   int64_t mlp_hidden = 4304;
   bool gelu_tanh = false;  // SigLIP2's text tower uses the tanh approximation
   double ln_eps = 1e-6;
+  bool activation_checkpointing = false;  // recompute each block in backward
 };
 
 struct PS3Config {

@@ -193,7 +193,9 @@ Tensor TextTower::encode(const Tensor& tokens) const {
   Tensor x = add(embedding(token_embedding_, tokens), positional_embedding_);  // [B, ctx, W]
   for (const auto& block : blocks_) {
     const text_detail::TextBlock* b = block.get();
-    x = nn::run_unit(runner_, *b, x, [b](const Tensor& h) { return b->forward(h); });
+    x = nn::run_unit(runner_, *b, x,
+                     nn::recomputed(config_.activation_checkpointing,
+                                    [b](const Tensor& h) { return b->forward(h); }));
   }
   // Pool the last position after the final norm (OpenCLIP text_pool_type "last").
   Tensor pooled = select(ln_final_->forward(x), 1, config_.context - 1);  // [B, W]

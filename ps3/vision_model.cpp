@@ -48,6 +48,11 @@ class PosEmbResidual : public Module {
 
 }  // namespace
 
+void PS3VisionModel::set_activation_checkpointing(bool on) {
+  config_.activation_checkpointing = on;
+  parts_->trunk->config.activation_checkpointing = on;
+}
+
 PS3VisionModel::PS3VisionModel(const VisionConfig& config)
     : config_(config), parts_(std::make_shared<Parts>()) {
   config_.validate();

@@ -78,6 +78,8 @@ class PS3VisionModel : public Module {
   VisionOutputs forward(const VisionInputs& inputs) const;
   // Every transformer block call goes through this (FSDP installs one); see unit_runner.h.
   void set_unit_runner(nn::UnitRunner runner) { runner_ = std::move(runner); }
+  // Recompute each transformer block in backward (VisionConfig::activation_checkpointing).
+  void set_activation_checkpointing(bool on);
   // Modules that are their own FSDP units (the transformer blocks), in forward order.
   std::vector<const Module*> sharding_units() const;
   const VisionConfig& config() const { return config_; }

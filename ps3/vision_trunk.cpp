@@ -37,13 +37,16 @@ LowResPass VisionTrunk::forward_low_res(const Tensor& images, const nn::UnitRunn
   LowResPass out;
   for (const auto& block : *blocks) {
     // [out ; K ; V] along the sequence axis, so the cache travels through the unit's output.
-    Tensor packed = nn::run_unit(runner, *block, x, [&](const Tensor& in) {
+    const nn::TransformerBlock* b = block.get();
+    auto body = [b, B, N, W](const Tensor& in) {
       nn::SelfAttention::KV kv;
-      Tensor y = block->forward(in, {}, &kv);
+      Tensor y = b->forward(in, {}, &kv);
       Tensor k = reshape(transpose(kv.k, 1, 2), {B, N, W});
       Tensor v = reshape(transpose(kv.v, 1, 2), {B, N, W});
       return cat({y, k, v}, 1);
-    });
+    };
+    Tensor packed =
+        nn::run_unit(runner, *block, x, nn::recomputed(config.activation_checkpointing, body));
     x = narrow(packed, 1, 0, N);
     auto heads_of = [&](int64_t start) {
       return contiguous(permute(reshape(narrow(packed, 1, start, N), {B, N, H, Dh}), {0, 2, 1, 3}));
@@ -64,11 +67,16 @@ Tensor VisionTrunk::forward_high_res(const Tensor& tokens, const LowResPass& low
   Tensor x = tokens;
   for (size_t l = 0; l < blocks->size(); ++l) {
     const nn::TransformerBlock& block = (*blocks)[l];
-    AttentionOptions options;
-    options.prefix_k = low.kv[l].k;
-    options.prefix_v = low.kv[l].v;
-    x = nn::run_unit(runner, block, x,
-                     [&](const Tensor& in) { return block.forward(in, options); });
+    // The low-res cache needs gradients (it comes out of the low-res pass): a side input.
+    auto body = [b = &block](const Tensor& in, const std::vector<Tensor>& prefix) {
+      AttentionOptions options;
+      options.prefix_k = prefix[0];
+      options.prefix_v = prefix[1];
+      return b->forward(in, options);
+    };
+    x = nn::run_unit(
+        runner, block, x,
+        nn::recomputed(config.activation_checkpointing, {low.kv[l].k, low.kv[l].v}, body));
     if (hidden_out) hidden_out->push_back(x);
   }
   return x;

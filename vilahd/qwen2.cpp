@@ -237,9 +237,13 @@ Tensor Qwen2ForCausalLM::hidden_states(const Qwen2Inputs& in) const {
     const Qwen2DecoderLayer& layer = (*model->layers)[i];
     Tensor* ck = in.cache ? &in.cache->k[i] : nullptr;
     Tensor* cv = in.cache ? &in.cache->v[i] : nullptr;
-    x = nn::run_unit(runner_, layer, x, [&](const Tensor& h) {
-      return layer.forward(h, rope.cos, rope.sin, key_mask, ck, cv);
-    });
+    // Recomputation is for training; a KV cache (generation) would be appended to twice.
+    const bool recompute = config_.activation_checkpointing && !in.cache;
+    x = nn::run_unit(runner_, layer, x,
+                     nn::recomputed(recompute, [l = &layer, cos = rope.cos, sin = rope.sin,
+                                                key_mask, ck, cv](const Tensor& h) {
+                       return l->forward(h, cos, sin, key_mask, ck, cv);
+                     }));
   }
   if (in.cache && key_mask.defined()) in.cache->key_mask = key_mask;
   return model->norm->forward(x);

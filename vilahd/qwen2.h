@@ -105,6 +105,8 @@ class Qwen2ForCausalLM : public Module {
   // Every decoder layer is an FSDP unit; the root holds embeddings, the final norm and lm_head.
   std::vector<const Module*> sharding_units() const;
   void set_unit_runner(nn::UnitRunner runner) { runner_ = std::move(runner); }
+  // Recompute each decoder layer in backward (a training choice; see Qwen2Config).
+  void set_activation_checkpointing(bool on) { config_.activation_checkpointing = on; }
 
   std::shared_ptr<Qwen2Model> model;
   std::shared_ptr<nn::Linear> lm_head;  // null when tied

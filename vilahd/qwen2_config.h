@@ -31,6 +31,9 @@ struct Qwen2Config {
   std::optional<int64_t> bos_token_id, eos_token_id, pad_token_id;
   // Init of the linear and embedding weights: N(0, initializer_range) as HF's _init_weights.
   double initializer_range = 0.02;
+  // Recompute each decoder layer's activations in backward (autograd/checkpoint.h). Not part of
+  // the HF config: a training choice, set from the run config.
+  bool activation_checkpointing = false;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   int64_t kv_groups() const { return num_attention_heads / num_key_value_heads; }

@@ -56,6 +56,13 @@ void VilaHdModel::set_look_close_mode(LookCloseMode mode) {
   config_.look_close_mode = mode;
 }
 
+void VilaHdModel::set_activation_checkpointing(bool llm, bool vision) {
+  config_.llm.activation_checkpointing = llm;
+  config_.vision.activation_checkpointing = vision;
+  llm_->set_activation_checkpointing(llm);
+  vision_->set_activation_checkpointing(vision);
+}
+
 void VilaHdModel::set_num_look_close(int64_t steps) {
   HD_CHECK(steps >= 0, "VILA-HD: num_look_close must be >= 0, got ", steps);
   config_.num_look_close = steps;

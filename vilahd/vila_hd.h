@@ -101,6 +101,9 @@ class VilaHdModel : public Module {
   void set_look_close_mode(LookCloseMode mode);
   void set_num_look_close(int64_t steps);
   void set_select_num_each_scale(const std::vector<int64_t>& per_scale);  // empty: PS3's split
+  // Recompute the LLM's decoder layers / PS3's blocks in backward (autograd/checkpoint.h): the
+  // same gradients for about one more forward of those parts.
+  void set_activation_checkpointing(bool llm, bool vision);
   // Teacher forcing (train_w_gt_selection_map, §3.7): an image with GT maps gets its box's
   // patches selected first (probability 1 before top-k, §1.5.9), so the LLM learns to read the
   // region while the selection is still learning to find it. Images without a box: unchanged.

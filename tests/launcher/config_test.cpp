@@ -175,12 +175,28 @@ TEST(Config, ValidationNamesTheField) {
         "config: train.prior_target = 'box' is not one of caption_box (the reference), "
         "all_regions");
   check({"train.selection_lr_scale=0"}, 1, "config: train.selection_lr_scale = 0 must be > 0");
+  check({"train.activation_checkpointing=vision,txt"}, 1,
+        "config: train.activation_checkpointing = 'vision,txt': 'txt' is not one of vision, text, "
+        "llm (a comma list; empty: none)");
   check({"checkpoint.on_corrupt=ignore"}, 1,
         "config: checkpoint.on_corrupt = 'ignore' is not one of fallback, error");
   EXPECT_EQ(resolved({}).checkpoint().on_corrupt(), "fallback");  // the unattended default
   // The same batch is fine on 2 ranks.
   proto::RunConfig ok = resolved({"train.global_batch=6"});
   validate_config(ok, 2);
+}
+
+TEST(Config, ActivationCheckpointingNamesTowers) {
+  RecomputedTowers none = parse_activation_checkpointing("");
+  EXPECT_FALSE(none.vision || none.text || none.llm);
+  RecomputedTowers some = parse_activation_checkpointing("llm,vision");
+  EXPECT_TRUE(some.vision && some.llm);
+  EXPECT_FALSE(some.text);
+  RecomputedTowers all = parse_activation_checkpointing("vision,text,llm");
+  EXPECT_TRUE(all.vision && all.text && all.llm);
+  EXPECT_EQ(error_of([] { parse_activation_checkpointing("vision,"); }),
+            "config: train.activation_checkpointing = 'vision,': '' is not one of vision, text, "
+            "llm (a comma list; empty: none)");
 }
 
 // The shipped configs parse, resolve and validate at the world sizes they are meant for.

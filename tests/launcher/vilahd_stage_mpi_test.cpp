@@ -345,6 +345,38 @@ TEST_F(VilaStage, MemoizedStageRanksAgree) {
 
 // micro_batches = 2 (each rank's share in two halves, one gradient sync) = the whole batch at
 // once: the same losses and final weights to float rounding, on 1 and 2 ranks.
+// train.activation_checkpointing = llm,vision: every LLM layer and PS3 block recomputed in
+// backward, the vision tower trained too so its recompute matters. Same training to rounding.
+TEST_F(VilaStage, RecomputedLayersTrainLikeThePlainStage) {
+  VilaStageOptions p = options("plain");
+  p.trainable = {"llm", "projector", "top_down_selection", "vision_tower"};
+  p.steps = 3;
+  VilaStageOutcome plain = run_vila_stage(p, world_ptr());
+  VilaStageOptions o = p;
+  o.stage_dir = run_dir() / "recomputed";
+  o.recompute_llm = o.recompute_vision = true;
+  VilaStageOutcome recomputed = run_vila_stage(o, world_ptr());
+  ASSERT_TRUE(plain.finished && recomputed.finished);
+  ASSERT_EQ(recomputed.losses.size(), plain.losses.size());
+  for (size_t i = 0; i < plain.losses.size(); ++i)
+    EXPECT_NEAR(recomputed.losses[i], plain.losses[i],
+                1e-5 * std::max(1.0, std::abs(plain.losses[i])))
+        << "step " << i;
+  auto a = vilahd::load_vila_folder(plain.result), b = vilahd::load_vila_folder(recomputed.result);
+  auto pa = a->named_parameters(), pb = b->named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  double worst = 0;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    const std::vector<float> x = pa[i].second.to_vector<float>(),
+                             y = pb[i].second.to_vector<float>();
+    float scale = 1e-3f;
+    for (float v : x) scale = std::max(scale, std::abs(v));
+    for (size_t k = 0; k < x.size(); ++k)
+      worst = std::max(worst, double(std::abs(x[k] - y[k]) / scale));
+  }
+  EXPECT_LT(worst, 1e-4) << "largest parameter difference relative to its tensor's scale";
+}
+
 TEST_F(VilaStage, MicroBatchesTrainLikeTheWholeBatch) {
   VilaStageOptions w = options("whole");
   w.global_batch = 8;  // 2 micro-batches per rank at 1, 2 and 4 ranks

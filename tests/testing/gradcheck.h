@@ -17,6 +17,10 @@ struct GradcheckOptions {
   double eps = 1e-6;
   double atol = 1e-6;
   double rtol = 1e-5;
+  // 0 checks every element. Otherwise at most this many elements of each input, spread evenly
+  // over it (first and last included): for whole-model checks, where every element costs two
+  // forward passes of the model and a sample of each tensor finds the same bugs.
+  int64_t max_elements_per_input = 0;
 };
 
 using TensorFn = std::function<Tensor(const std::vector<Tensor>&)>;

@@ -6,7 +6,9 @@
 // reference loss, and afterwards every full parameter equals the reference's. The samples hold
 // the same number of label tokens and one boxed image each, so the mean of per-rank losses is
 // the whole batch's loss. Top-down mode: the LLM layers run twice per step (the no-grad prompt
-// pass, then the real forward) and the PS3 blocks four times. Run at 1, 2 and 4 ranks.
+// pass, then the real forward) and the PS3 blocks four times. Run at 1, 2 and 4 ranks; again with
+// every LLM layer and PS3 block recomputed in backward (train.activation_checkpointing), where
+// each unit must still reduce-scatter once per step (fsdp.h, [Note: recomputed units]).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -41,7 +43,7 @@ std::vector<ParamGroup> groups(const Module& m) {
   return param_groups(m, 1e-4);
 }
 
-TEST(VilaSharded, MatchesWholeBatchTraining) {
+void check_parity(bool recompute) {
   const int n = world().world_size(), rank = world().rank();
   constexpr int kGlobal = 4;
   if (kGlobal % n != 0)
@@ -50,6 +52,7 @@ TEST(VilaSharded, MatchesWholeBatchTraining) {
   auto ref = micro_vila(c, kSeed);
   AdamW ref_opt(groups(*ref), kAdam);
   auto model = micro_vila(c, kSeed);
+  model->set_activation_checkpointing(recompute, recompute);
   auto fsdp = shard_vila(*model, world_ptr());
   AdamW opt(fsdp->param_groups(1e-4), kAdam);
   for (int step = 0; step < 2; ++step) {
@@ -63,9 +66,13 @@ TEST(VilaSharded, MatchesWholeBatchTraining) {
     std::vector<VilaSample> mine;
     for (int i = rank * (kGlobal / n); i < (rank + 1) * (kGlobal / n); ++i)
       mine.push_back(all[size_t(i)]);
+    const int64_t scatters = world().stats()[parallel::Collective::reduce_scatter].calls;
     VilaOutputs o = model->forward(mine);
     o.loss.backward();
     fsdp->finish_backward();
+    EXPECT_EQ(world().stats()[parallel::Collective::reduce_scatter].calls - scatters,
+              int64_t(fsdp->units().size()))
+        << "step " << step << ": one reduce-scatter per unit";
     opt.step();
     opt.zero_grad();
     Tensor sum = Tensor::empty({1}, DType::f64);
@@ -96,6 +103,14 @@ TEST(VilaSharded, MatchesWholeBatchTraining) {
   EXPECT_EQ(compared, int(full.size()));
   EXPECT_GT(moved, 1e-3);
   model->set_unit_runner({});
+}
+
+TEST(VilaSharded, MatchesWholeBatchTraining) {
+  check_parity(false);
+}
+
+TEST(VilaSharded, MatchesWholeBatchTrainingWithRecomputedLayers) {
+  check_parity(true);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 // equal to full recompute, and errors that name what is wrong.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <set>
 
 #include "autograd/node.h"
@@ -152,6 +154,12 @@ TEST(VilaHd, AfterImageUsesThePriorAndNeedsNoPromptPosition) {
   EXPECT_EQ(out.looks[0][0].ranking[1].to_vector<float>(), v.prior_probs[1].to_vector<float>());
 }
 
+// Every parameter the losses reach, each at a few elements spread over it (first and last
+// included): each element costs two forward passes of the whole model, and checking every element
+// took over an hour under the sanitizer.
+constexpr hd::testing::GradcheckOptions kSampledGradcheck{
+    .eps = 1e-6, .atol = 1e-7, .rtol = 1e-5, .max_elements_per_input = 3};
+
 TEST(VilaHd, WholeModelGradientsF64AgainstFiniteDifferences) {
   // LM loss + selection loss through LLM, projector (with position embeddings), prompt head and
   // PS3. The prompt pass runs without gradient on purpose (§3.2: the LLM, and the low-res path
@@ -195,24 +203,71 @@ TEST(VilaHd, WholeModelGradientsF64AgainstFiniteDifferences) {
         EXPECT_TRUE(unused) << name << " got no gradient";
         continue;
       }
-      // A sample of every part, small enough for central differences. The second LLM layer and
-      // the second vision block are left out: their parameter gradients are the same code as the
-      // first's, and the first's gradients reach finite differences only through the second's
-      // backward, so they are covered. Leaving them out cut the test from 65 s to 38 s here (it
-      // overran 20 minutes under the sanitizer).
-      const bool repeated_layer = name.find("layers.1.") != std::string::npos ||
-                                  name.find("blocks.1.") != std::string::npos;
-      if (!repeated_layer &&
-          (p.numel() <= 16 || name.find("layers.0.self_attn.q_proj.bias") != std::string::npos ||
-           name.find("high_res_pos_embed") != std::string::npos)) {
-        inputs.push_back(p);
-        parts.insert(name.substr(0, name.find('.')));
-      }
+      inputs.push_back(p);
+      parts.insert(name.substr(0, name.find('.')));
     }
     EXPECT_EQ(parts.size(), k.head_only ? 1u : 3u);  // llm, mm_projector, vision_tower
     hd::testing::check_gradients(
         [&](const std::vector<Tensor>&) { return model->forward(batch).loss; }, inputs,
-        {1e-6, 1e-7, 1e-5});
+        kSampledGradcheck);
+  }
+}
+
+TEST(VilaHd, RecomputedLayersGiveThePlainGradients) {
+  // train.activation_checkpointing = llm,vision: every LLM decoder layer and PS3 block is
+  // recomputed in backward (the PS3 blocks run for the low-res pass and the look-close step,
+  // the high-res ones reading the low-res cache as a side input). Same loss, same gradients.
+  for (LookCloseMode mode : {LookCloseMode::after_prompt, LookCloseMode::after_image}) {
+    VilaHdConfig c = micro_vila_config();
+    c.look_close_mode = mode;
+    c.token_selection_loss_weight = 1.0;
+    auto grads = [&](bool recompute, double* loss) {
+      auto model = micro_vila(c, 9, DType::f64);
+      model->set_activation_checkpointing(recompute, recompute);
+      std::vector<VilaSample> batch = {sample(c, 1, 50, true, DType::f64),
+                                       sample(c, 2, 60, true, DType::f64)};
+      Tensor l = model->forward(batch).loss;
+      // The recomputed graph really is in use: one checkpoint node per layer and block run.
+      std::set<const Node*> seen;
+      std::vector<const Node*> stack = {l.grad_fn().get()};
+      int checkpoint_nodes = 0;
+      while (!stack.empty()) {
+        const Node* n = stack.back();
+        stack.pop_back();
+        if (!n || !seen.insert(n).second) continue;
+        checkpoint_nodes += n->name() == "CheckpointBackward";
+        for (const Edge& e : n->next_edges) stack.push_back(e.node.get());
+      }
+      EXPECT_EQ(checkpoint_nodes > 0, recompute) << checkpoint_nodes;
+      l.backward();
+      *loss = l.item<double>();
+      std::map<std::string, std::vector<double>> out;
+      for (const auto& [name, p] : model->named_parameters()) {
+        if (p.grad().defined()) out[name] = p.grad().to_vector<double>();
+      }
+      return out;
+    };
+    double plain_loss = 0, recomputed_loss = 0;
+    const auto plain = grads(false, &plain_loss);
+    const auto recomputed = grads(true, &recomputed_loss);
+    EXPECT_EQ(plain_loss, recomputed_loss);
+    ASSERT_EQ(plain.size(), recomputed.size());
+    int llm = 0, vision = 0;
+    for (const auto& [name, g] : plain) {
+      ASSERT_TRUE(recomputed.count(name)) << name;
+      const std::vector<double>& r = recomputed.at(name);
+      ASSERT_EQ(g.size(), r.size()) << name;
+      double worst = 0, scale = 0;
+      for (size_t i = 0; i < g.size(); ++i) {
+        worst = std::max(worst, std::abs(g[i] - r[i]));
+        scale = std::max(scale, std::abs(g[i]));
+      }
+      EXPECT_LE(worst, 1e-12 * std::max(1.0, scale)) << name;
+      llm += name.find("llm.model.layers.") != std::string::npos;
+      vision += name.find("trunk.blocks.") != std::string::npos;
+    }
+    EXPECT_GT(llm, 0);
+    EXPECT_GT(vision, 0);
   }
 }
 

@@ -8,7 +8,9 @@
 // different numbers of local rows (the global normalisers must make that invisible), and the
 // vision blocks run three times per step (stage 1 and two look-close steps, the stage-1 K/V
 // feeding both): the multi-call FSDP path. Run at 1 and 2 ranks; with reshard after forward on
-// and off.
+// and off; and with activation checkpointing in both towers against the plain reference, where
+// each recomputed block run is a nested backward pass (fsdp.h, [Note: recomputed units]) and
+// every unit must still reduce-scatter exactly once per step.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -97,12 +99,19 @@ Tensor shard_of(parallel::FSDP& fsdp, const std::string& name) {
   return Tensor();
 }
 
+PS3Config micro_config_recomputed(bool recompute) {
+  PS3Config c = testing::micro_config();
+  c.vision.activation_checkpointing = c.text.activation_checkpointing = recompute;
+  return c;
+}
+
 struct Sharded {
-  PS3CLIP model{testing::micro_config()};
+  PS3CLIP model;
   std::unique_ptr<parallel::FSDP> fsdp;
   std::unique_ptr<AdamW> opt;
   bool all_regions;
-  explicit Sharded(bool reshard, bool regions = false) : all_regions(regions) {
+  explicit Sharded(bool reshard, bool regions = false, bool recompute = false)
+      : model(micro_config_recomputed(recompute)), all_regions(regions) {
     model.initialize(kSeed);
     fsdp = shard_ps3(model, world_ptr(), parallel::FSDPOptions{reshard, {}});
     opt = std::make_unique<AdamW>(fsdp->param_groups(kDecay), kAdam);
@@ -127,14 +136,29 @@ struct Sharded {
   }
 };
 
-void check_parity(bool reshard, bool all_regions = false) {
+void check_parity(bool reshard, bool all_regions = false, bool recompute = false) {
   if (kGlobalBatch % world().world_size() != 0)
     GTEST_SKIP() << "global batch " << kGlobalBatch << " does not split over "
                  << world().world_size() << " ranks";
   Reference ref(all_regions);
-  Sharded sharded(reshard, all_regions);
+  Sharded sharded(reshard, all_regions, recompute);
+  // With recomputed blocks, a plain sharded twin: the same collectives must run (one
+  // reduce-scatter per unit and step, however often the unit ran and was recomputed).
+  std::unique_ptr<Sharded> plain =
+      recompute ? std::make_unique<Sharded>(reshard, all_regions) : nullptr;
+  auto scatters = [] { return world().stats()[parallel::Collective::reduce_scatter].calls; };
   for (int s = 0; s < kSteps; ++s) {
+    int64_t before = scatters();
     double want = ref.step(s), got = sharded.step(s);
+    if (plain) {
+      const int64_t recomputed_scatters = scatters() - before;
+      before = scatters();
+      // Equal to rounding: a block run three times sums its parameter gradients in another
+      // order when each run's recompute accumulates on its own.
+      EXPECT_NEAR(plain->step(s), got, 1e-6 * std::abs(got)) << "step " << s;
+      EXPECT_EQ(recomputed_scatters, scatters() - before) << "step " << s;
+      EXPECT_GE(recomputed_scatters, int64_t(sharded.fsdp->units().size())) << "step " << s;
+    }
     ASSERT_TRUE(std::isfinite(want)) << "step " << s;
     EXPECT_NEAR(got, want, 1e-5 * std::max(1.0, std::abs(want))) << "step " << s;
   }
@@ -171,6 +195,11 @@ TEST(PretrainSharded, MatchesWholeBatchTrainingKeepUnsharded) {
 // train.prior_target / posterior_target = all_regions: region counts differ between ranks.
 TEST(PretrainSharded, MatchesWholeBatchTrainingAllRegionTargets) {
   check_parity(true, true);
+}
+
+// train.activation_checkpointing = vision,text: every block recomputed in backward.
+TEST(PretrainSharded, MatchesWholeBatchTrainingWithRecomputedBlocks) {
+  check_parity(true, false, true);
 }
 
 TEST(PretrainSharded, SameSeedSameLosses) {
