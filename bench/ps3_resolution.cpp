@@ -8,8 +8,10 @@
 // training FLOPs of PS3 vs a global pass at that resolution, for the demo and the paper
 // (SO400M, k = 2560) configs. With --recompute, each row also runs the same model with
 // activation checkpointing (every block recomputed in backward), alternating with the plain run
-// rep by rep, and prints its time and peak as ratios to the plain run's.
-// Usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S] [--recompute]
+// rep by rep, and prints its time and peak as ratios to the plain run's; with --bf16, a bf16
+// copy of the model (train.precision bf16: bf16 weights and activations, ops computing in f32
+// where they must, ops/cpu_half.h) the same way.
+// Usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S] [--recompute] [--bf16]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,6 +25,7 @@
 #include "ops/elementwise.h"
 #include "ops/factory.h"
 #include "ops/reduce.h"
+#include "ops/shape.h"
 #include "ps3/config.h"
 #include "ps3/vision_model.h"
 
@@ -104,7 +107,7 @@ Tensor synthetic_patches(int64_t b, int64_t scale, const std::vector<int64_t>& i
 int main(int argc, char** argv) {
   int reps = 5;
   int64_t batch = 2, steps = 1;
-  bool recompute = false;
+  bool recompute = false, bf16 = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--reps=", 0) == 0)
@@ -115,10 +118,12 @@ int main(int argc, char** argv) {
       steps = std::atoll(a.c_str() + 8);
     else if (a == "--recompute")
       recompute = true;
+    else if (a == "--bf16")
+      bf16 = true;
     else {
       std::fprintf(stderr,
                    "usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S] "
-                   "[--recompute]\n");
+                   "[--recompute] [--bf16]\n");
       return 2;
     }
   }
@@ -135,13 +140,18 @@ int main(int argc, char** argv) {
                 "ratio", "peak_MiB", "ratio", "params_M");
     if (recompute)
       std::printf(" | %12s %9s %10s %9s", "recompute_ms", "x plain", "peak_MiB", "x plain");
+    if (bf16) std::printf(" | %9s %9s %10s %9s", "bf16_ms", "x plain", "peak_MiB", "x plain");
     std::printf("\n");
     double base_ms = 0, base_peak = 0;
     for (const auto& scales : scale_sets) {
       ps3::VisionConfig c = demo;
       c.scales = scales;
-      ps3::PS3VisionModel model(c);
+      ps3::PS3VisionModel model(c), model_bf16(c);
       model.initialize(0);
+      if (bf16) {
+        model_bf16.initialize(0);
+        model_bf16.to_(Device::cpu(), DType::bf16);
+      }
       Generator gen(1, "bench-images");
       ps3::VisionInputs in;
       in.low_res = uniform({batch, 3, c.low_res, c.low_res}, -1, 1, gen);
@@ -154,7 +164,7 @@ int main(int argc, char** argv) {
         std::vector<double> ms, cpu;
         int64_t peak = 0;
       };
-      auto run_step = [&](Sample& out, bool keep) {
+      auto run_step = [&](ps3::PS3VisionModel& model, Sample& out, bool keep) {
         model.zero_grad();
         allocator_for(Device::cpu()).reset_peak();
         auto t0 = Clock::now();
@@ -164,19 +174,20 @@ int main(int argc, char** argv) {
         for (size_t s = 0; s < scales.size(); ++s) {
           loss = add(loss, add(mean(o.prior_probs[s]), mean(o.posterior_probs[s])));
         }
-        loss.backward();
+        to(loss, DType::f32).backward();
         double t = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
         double tc = 1000.0 * double(std::clock() - c0) / CLOCKS_PER_SEC;
         if (keep) out.ms.push_back(t), out.cpu.push_back(tc);  // first rep warms the cache
         out.peak = std::max(out.peak, allocator_for(Device::cpu()).stats().peak_bytes);
       };
-      Sample plain, recomputed;
+      Sample plain, recomputed, half;
       for (int r = 0; r < reps + 1; ++r) {
         model.set_activation_checkpointing(false);
-        run_step(plain, r > 0);
+        run_step(model, plain, r > 0);
+        if (bf16) run_step(model_bf16, half, r > 0);
         if (!recompute) continue;
         model.set_activation_checkpointing(true);
-        run_step(recomputed, r > 0);
+        run_step(model, recomputed, r > 0);
       }
       double m = median(plain.ms), mc = median(plain.cpu), pk = double(plain.peak) / (1 << 20);
       if (base_ms == 0) base_ms = mc, base_peak = pk;
@@ -191,6 +202,10 @@ int main(int argc, char** argv) {
       if (recompute) {
         const double rc = median(recomputed.cpu), rp = double(recomputed.peak) / (1 << 20);
         std::printf(" | %12.1f %9.2f %10.1f %9.2f", rc, rc / mc, rp, rp / pk);
+      }
+      if (bf16) {
+        const double hc = median(half.cpu), hp = double(half.peak) / (1 << 20);
+        std::printf(" | %9.1f %9.2f %10.1f %9.2f", hc, hc / mc, hp, hp / pk);
       }
       std::printf("\n");
     }

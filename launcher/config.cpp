@@ -303,6 +303,7 @@ void resolve_defaults(proto::RunConfig& c) {
   if (!t->has_pool_gt_only()) t->set_pool_gt_only(true);
   if (!t->has_prior_weight()) t->set_prior_weight(1.0);
   if (t->selection_loss().empty()) t->set_selection_loss("bce");
+  if (t->precision().empty()) t->set_precision("fp32");
   if (t->posterior_target().empty()) t->set_posterior_target("caption_box");
   if (!t->has_selection_lr_scale()) t->set_selection_lr_scale(1.0);
   if (t->prior_target().empty()) t->set_prior_target("caption_box");
@@ -417,6 +418,8 @@ void validate_config(const proto::RunConfig& c, int world_size) {
         "train.posterior_target",
         "= '" + t.posterior_target() + "' is not one of caption_box (the reference), all_regions");
   parse_activation_checkpointing(t.activation_checkpointing());
+  if (t.precision() != "fp32" && t.precision() != "bf16")
+    invalid("train.precision", "= '" + t.precision() + "' is not one of fp32, bf16");
   if (!(t.selection_lr_scale() > 0))
     invalid("train.selection_lr_scale", "= " + str(t.selection_lr_scale()) + " must be > 0");
   if (t.prior_weight() < 0)

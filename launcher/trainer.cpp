@@ -129,7 +129,9 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   auto build = [&] {
     auto n = std::make_unique<Network>(mcfg);
     n->model.initialize(c.seed());  // identical on every rank (parameter streams keyed by name)
-    n->fsdp = ps3::shard_ps3(n->model, pg, parallel::FSDPOptions{});
+    parallel::FSDPOptions fsdp_options;
+    if (tc.precision() == "bf16") fsdp_options.mixed_precision.param_dtype = DType::bf16;
+    n->fsdp = ps3::shard_ps3(n->model, pg, fsdp_options);
     n->opt = std::make_unique<AdamW>(
         split_param_groups(n->fsdp->param_groups(tc.weight_decay(), DecayRule{}),
                            ps3::is_selection_parameter, "selection", tc.selection_lr_scale()),

@@ -4,6 +4,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/attention.h"
+#include "ops/cpu_half.h"
 #include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
@@ -39,10 +40,11 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Atten
   check_same_device(kOp, {&q, &k, &v, &o.prefix_k, &o.prefix_v, &o.key_mask});
   check_same_dtype(kOp, q, k);
   check_same_dtype(kOp, q, v);
-  // bf16/f16 only on CUDA (the fused kernel computes them in f32).
+  // bf16/f16 only on CUDA (the fused kernel computes them in f32); the public op converts 16-bit
+  // CPU inputs before they get here (ops/cpu_half.h).
   const bool half = q.dtype() == DType::bf16 || q.dtype() == DType::f16;
-  HD_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64 || (half && !q.device().is_cpu()), kOp,
-           ": expected f32 or f64 tensors, got ", q.str());
+  HD_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64 || (half && !q.device().is_cpu()),
+           kOp, ": expected f32 or f64 tensors, got ", q.str());
   const int64_t B = q.size(0), H = q.size(1), Dh = q.size(3), Nk = k.size(2), Dv = v.size(3);
   HD_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == Dh, kOp, ": q ", q.shape(), " and k ",
            k.shape(), " must agree in batch, heads and head dim");
@@ -122,7 +124,8 @@ struct AttentionBackward final : Node {
 }  // namespace
 
 namespace detail {
-Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
+Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v,
+                          const AttentionOptions& o) {
   const int64_t Nq = q.size(2), Nk = k.size(2);
   const int64_t Np = o.prefix_k.defined() ? o.prefix_k.size(2) : 0, Nt = Np + Nk;
   Tensor keys = Np > 0 ? cat({o.prefix_k, k}, 2) : k;
@@ -191,6 +194,13 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const A
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const AttentionOptions& options) {
+  if (is_cpu_half(q)) {  // ops/cpu_half.h: f32 scores, softmax statistics and products
+    AttentionOptions o = options;
+    o.prefix_k = half_to_f32(o.prefix_k);
+    o.prefix_v = half_to_f32(o.prefix_v);
+    return to(scaled_dot_product_attention(half_to_f32(q), half_to_f32(k), half_to_f32(v), o),
+              q.dtype());
+  }
   return attention_impl(q, k, v, options, cpu::AttentionBlocks{});
 }
 

@@ -7,18 +7,19 @@
 namespace hd {
 
 struct AttentionOptions {
-  double scale = 0;            // 0 -> 1/sqrt(head_dim)
-  bool causal = false;         // query i sees own keys j <= i (+ offset, see below)
+  double scale = 0;     // 0 -> 1/sqrt(head_dim)
+  bool causal = false;  // query i sees own keys j <= i (+ offset, see below)
   // Keys/values prefix: queries attend to [prefix_k ; k] (PS3's low-res KV cache). Causality
   // applies to own keys only: the whole prefix is visible to every query.
-  Tensor prefix_k, prefix_v;   // [B, H, Np, Dh] or undefined
+  Tensor prefix_k, prefix_v;  // [B, H, Np, Dh] or undefined
   // Boolean key mask [B, Nk_total] (prefix keys first): false keys are ignored. A query whose
   // keys are all masked gets zeros (and zero gradient), not NaN.
   Tensor key_mask;
 };
 
 // q [B, H, Nq, Dh], k and v [B, H, Nk, Dh] (v may have another head dim Dv) -> [B, H, Nq, Dv].
-// Gradients flow to q, k, v and the prefix k/v. f32 and f64; bf16/f16 on CUDA (computed in f32).
+// Gradients flow to q, k, v and the prefix k/v. f32 and f64; bf16/f16 computed in f32 (on the
+// CPU through converted copies, ops/cpu_half.h).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const AttentionOptions& options = {});
 

@@ -9,6 +9,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/conv.h"
+#include "ops/cpu_half.h"
 #include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
@@ -128,8 +129,8 @@ Tensor unfold2d(const Tensor& x, int64_t kh, int64_t kw, int64_t stride, int64_t
   cpu::Conv2dGeometry g = geometry("unfold2d", x.shape(), kh, kw, stride, padding);
   Tensor xc = contiguous(x.detach());
   Tensor cols = Tensor::empty({g.batch, g.channels * kh * kw, g.oh * g.ow}, x.dtype(), x.device());
-  dispatch(x, "unfold2d", [&] { cpu::im2col(xc, g, cols); },
-           HD_CUDA_KERNEL(cuda::im2col(xc, g, cols)));
+  dispatch(
+      x, "unfold2d", [&] { cpu::im2col(xc, g, cols); }, HD_CUDA_KERNEL(cuda::im2col(xc, g, cols)));
   if (auto node = make_grad_node<UnfoldBackward>({&x})) {
     node->in_shape = x.shape();
     node->kh = kh;
@@ -149,8 +150,8 @@ Tensor fold2d(const Tensor& cols, const Shape& input_shape, int64_t kh, int64_t 
            " for input ", input_shape);
   Tensor cc = contiguous(cols.detach());
   Tensor out = Tensor::empty(input_shape, cols.dtype(), cols.device());
-  dispatch(cols, "fold2d", [&] { cpu::col2im(cc, g, out); },
-           HD_CUDA_KERNEL(cuda::col2im(cc, g, out)));
+  dispatch(
+      cols, "fold2d", [&] { cpu::col2im(cc, g, out); }, HD_CUDA_KERNEL(cuda::col2im(cc, g, out)));
   return out;
 }
 
@@ -163,8 +164,9 @@ Tensor depthwise_conv2d_forward(const Tensor& x, const Tensor& weight, int64_t s
   check_same_dtype("depthwise_conv2d", x, weight);
   Tensor xc = contiguous(x.detach()), wc = contiguous(weight.detach());
   Tensor out = Tensor::empty({g.batch, g.channels, g.oh, g.ow}, x.dtype(), x.device());
-  dispatch(x, "depthwise_conv2d", [&] { cpu::depthwise_forward(xc, wc, g, out); },
-           HD_CUDA_KERNEL(cuda::depthwise_forward(xc, wc, g, out)));
+  dispatch(
+      x, "depthwise_conv2d", [&] { cpu::depthwise_forward(xc, wc, g, out); },
+      HD_CUDA_KERNEL(cuda::depthwise_forward(xc, wc, g, out)));
   return out;
 }
 
@@ -177,9 +179,10 @@ Tensor depthwise_conv2d_backward_input(const Tensor& grad_out, const Tensor& wei
            input_shape);
   Tensor gc = contiguous(grad_out.detach()), wc = contiguous(weight.detach());
   Tensor gx = Tensor::empty(input_shape, grad_out.dtype(), grad_out.device());
-  dispatch(grad_out, "depthwise_conv2d_backward_input",
-           [&] { cpu::depthwise_backward_input(gc, wc, g, gx); },
-           HD_CUDA_KERNEL(cuda::depthwise_backward_input(gc, wc, g, gx)));
+  dispatch(
+      grad_out, "depthwise_conv2d_backward_input",
+      [&] { cpu::depthwise_backward_input(gc, wc, g, gx); },
+      HD_CUDA_KERNEL(cuda::depthwise_backward_input(gc, wc, g, gx)));
   return gx;
 }
 
@@ -195,15 +198,21 @@ Tensor depthwise_conv2d_backward_weight(const Tensor& grad_out, const Tensor& x,
            " does not match input ", x.shape());
   Tensor gc = contiguous(grad_out.detach()), xc = contiguous(x.detach());
   Tensor gw = Tensor::empty(weight_shape, grad_out.dtype(), grad_out.device());
-  dispatch(grad_out, "depthwise_conv2d_backward_weight",
-           [&] { cpu::depthwise_backward_weight(gc, xc, g, gw); },
-           HD_CUDA_KERNEL(cuda::depthwise_backward_weight(gc, xc, g, gw)));
+  dispatch(
+      grad_out, "depthwise_conv2d_backward_weight",
+      [&] { cpu::depthwise_backward_weight(gc, xc, g, gw); },
+      HD_CUDA_KERNEL(cuda::depthwise_backward_weight(gc, xc, g, gw)));
   return gw;
 }
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
               int64_t padding, int64_t groups) {
   HD_CHECK(x.defined() && weight.defined(), "conv2d: input and weight must be defined");
+  if (is_cpu_half(x) && x.dtype() == weight.dtype()) {  // ops/cpu_half.h
+    return to(
+        conv2d(half_to_f32(x), half_to_f32(weight), half_to_f32(bias), stride, padding, groups),
+        x.dtype());
+  }
   HD_CHECK(x.dim() == 4, "conv2d: input must be [B, C, H, W], got ", x.str());
   HD_CHECK(weight.dim() == 4, "conv2d: weight must be [Cout, Cin/groups, kh, kw], got ",
            weight.str());

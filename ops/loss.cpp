@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "autograd/node.h"
+#include "ops/cpu_half.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
@@ -77,6 +78,9 @@ struct BinaryCrossEntropyBackward final : Node {
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index,
                      Reduction reduction) {
+  if (is_cpu_half(logits)) {  // ops/cpu_half.h: losses compute in f32
+    return to(cross_entropy(half_to_f32(logits), target, ignore_index, reduction), logits.dtype());
+  }
   const char* op = "cross_entropy";
   check_same_device(op, {&logits, &target});
   HD_CHECK(target.dtype() == DType::i64, op, ": target must hold i64 class indices, got ",
@@ -117,6 +121,10 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
 }
 
 Tensor binary_cross_entropy(const Tensor& probs, const Tensor& target, Reduction reduction) {
+  if (is_cpu_half(probs) && probs.dtype() == target.dtype()) {  // ops/cpu_half.h
+    return to(binary_cross_entropy(half_to_f32(probs), half_to_f32(target), reduction),
+              probs.dtype());
+  }
   const char* op = "binary_cross_entropy";
   check_pair(op, probs, target);
   check_range(op, "input", probs);
@@ -137,6 +145,10 @@ Tensor binary_cross_entropy(const Tensor& probs, const Tensor& target, Reduction
 
 Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& target,
                                         Reduction reduction) {
+  if (is_cpu_half(logits) && logits.dtype() == target.dtype()) {  // in f32, as every loss
+    return to(binary_cross_entropy_with_logits(half_to_f32(logits), half_to_f32(target), reduction),
+              logits.dtype());
+  }
   check_pair("binary_cross_entropy_with_logits", logits, target);
   // softplus(x) - x y == max(x,0) - x y + log(1 + exp(-|x|)) (softplus is the stable form), and
   // its gradient sigmoid(x) - y is right at x = 0, where relu/abs composites would give -y.
@@ -144,6 +156,9 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
 }
 
 Tensor dice_loss(const Tensor& probs, const Tensor& target, double eps) {
+  if (is_cpu_half(probs) && probs.dtype() == target.dtype()) {
+    return to(dice_loss(half_to_f32(probs), half_to_f32(target), eps), probs.dtype());
+  }
   const char* op = "dice_loss";
   check_pair(op, probs, target);
   HD_CHECK(probs.dim() >= 1 && probs.size(0) > 0, op, ": expects [B, ...] with B > 0, got ",
@@ -158,6 +173,11 @@ Tensor dice_loss(const Tensor& probs, const Tensor& target, double eps) {
 
 Tensor siglip_loss(const Tensor& image_emb, const Tensor& text_emb, const Tensor& logit_scale,
                    const Tensor& logit_bias, bool positives_on_diagonal) {
+  if (is_cpu_half(image_emb)) {
+    return to(siglip_loss(half_to_f32(image_emb), half_to_f32(text_emb), half_to_f32(logit_scale),
+                          half_to_f32(logit_bias), positives_on_diagonal),
+              image_emb.dtype());
+  }
   const char* op = "siglip_loss";
   check_same_device(op, {&image_emb, &text_emb, &logit_scale, &logit_bias});
   HD_CHECK(image_emb.dim() == 2 && text_emb.dim() == 2 && image_emb.size(1) == text_emb.size(1), op,

@@ -2,6 +2,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/norm.h"
+#include "ops/cpu_half.h"
 #include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/shape.h"
@@ -17,7 +18,8 @@ void check_param(const char* op, const char* what, const Tensor& p, const Tensor
 }
 
 int64_t check_input(const char* op, const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
-  // The CUDA kernels also take bf16/f16 (computed in f32); the CPU ones f32/f64 only.
+  // The CUDA kernels also take bf16/f16 (computed in f32); the CPU ones f32/f64 only, and the
+  // public ops convert 16-bit CPU inputs before they get here (ops/cpu_half.h).
   const bool half = x.dtype() == DType::bf16 || x.dtype() == DType::f16;
   HD_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64 || (half && !x.device().is_cpu()), op,
            ": expects a f32 or f64 input, got ", x.str(), " (convert with hd::to)");
@@ -64,8 +66,9 @@ Tensor norm_impl(bool center, const Tensor& x, const Tensor& weight, const Tenso
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor mean = center ? Tensor::empty({rows}, x.dtype(), x.device()) : Tensor();
   Tensor rstd = Tensor::empty({rows}, x.dtype(), x.device());
-  dispatch(x, op, [&] { cpu::norm_forward(center, xc, wc, bc, eps, y, mean, rstd); },
-           HD_CUDA_KERNEL(cuda::norm_forward(center, xc, wc, bc, eps, y, mean, rstd)));
+  dispatch(
+      x, op, [&] { cpu::norm_forward(center, xc, wc, bc, eps, y, mean, rstd); },
+      HD_CUDA_KERNEL(cuda::norm_forward(center, xc, wc, bc, eps, y, mean, rstd)));
   std::shared_ptr<NormBackward> node =
       center ? make_grad_node<NormBackward>({&x, &weight, &bias}, center)
              : make_grad_node<NormBackward>({&x, &weight}, center);
@@ -100,20 +103,31 @@ NormGrads backward_impl(bool center, const Tensor& gy, const Tensor& x, const Te
   const int64_t C = x.size(-1);
   if (need_w) g.gw = Tensor::empty({C}, x.dtype(), x.device());
   if (need_b) g.gb = Tensor::empty({C}, x.dtype(), x.device());
-  dispatch(x, op, [&] { cpu::norm_backward(center, gc, xc, mc, rc, wc, g.gx, need_w ? &g.gw : nullptr,
-                       need_b ? &g.gb : nullptr); },
-           HD_CUDA_KERNEL(cuda::norm_backward(center, gc, xc, mc, rc, wc, g.gx, need_w ? &g.gw : nullptr,
-                       need_b ? &g.gb : nullptr)));
+  dispatch(
+      x, op,
+      [&] {
+        cpu::norm_backward(center, gc, xc, mc, rc, wc, g.gx, need_w ? &g.gw : nullptr,
+                           need_b ? &g.gb : nullptr);
+      },
+      HD_CUDA_KERNEL(cuda::norm_backward(center, gc, xc, mc, rc, wc, g.gx, need_w ? &g.gw : nullptr,
+                                         need_b ? &g.gb : nullptr)));
   return g;
 }
 
 }  // namespace
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  if (is_cpu_half(x)) {  // ops/cpu_half.h
+    return to(norm_impl(true, half_to_f32(x), half_to_f32(weight), half_to_f32(bias), eps),
+              x.dtype());
+  }
   return norm_impl(true, x, weight, bias, eps);
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  if (is_cpu_half(x)) {
+    return to(norm_impl(false, half_to_f32(x), half_to_f32(weight), Tensor(), eps), x.dtype());
+  }
   return norm_impl(false, x, weight, Tensor(), eps);
 }
 

@@ -9,6 +9,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/resample.h"
+#include "ops/cpu_half.h"
 #include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/factory.h"
@@ -195,10 +196,13 @@ Tensor interpolate(const Tensor& x, int64_t out_h, int64_t out_w, ResampleMode m
   Tensor out = x;
   auto apply_w = [&] {
     if (do_w)
-      out = matmul(out, transpose(to(resample_weights(w, out_w, mode, antialias, x.dtype()), x.device()), 0, 1));
+      out = matmul(
+          out,
+          transpose(to(resample_weights(w, out_w, mode, antialias, x.dtype()), x.device()), 0, 1));
   };
   auto apply_h = [&] {
-    if (do_h) out = matmul(to(resample_weights(h, out_h, mode, antialias, x.dtype()), x.device()), out);
+    if (do_h)
+      out = matmul(to(resample_weights(h, out_h, mode, antialias, x.dtype()), x.device()), out);
   };
   // Contract the axis that shrinks the tensor most first (fewer flops in the second matmul).
   double cost_w_first = double(h) * w * out_w + double(out_h) * h * out_w;
@@ -220,6 +224,10 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
 }
 
 ValuesIndices adaptive_max_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
+  if (is_cpu_half(x)) {  // ops/cpu_half.h (a max is exact in f32; the kernel is f32/f64)
+    ValuesIndices r = adaptive_max_pool2d(half_to_f32(x), out_h, out_w);
+    return {to(r.values, x.dtype()), r.indices};
+  }
   check_resample_input("adaptive_max_pool2d", x, out_h, out_w);
   int64_t h = x.size(-2), w = x.size(-1);
   int64_t planes = x.numel() / (h * w);
@@ -229,9 +237,10 @@ ValuesIndices adaptive_max_pool2d(const Tensor& x, int64_t out_h, int64_t out_w)
   out_shape.back() = out_w;
   Tensor values = Tensor::empty(out_shape, x.dtype(), x.device());
   Tensor indices = Tensor::empty(out_shape, DType::i64, x.device());
-  dispatch(x, "adaptive_max_pool2d",
-           [&] { cpu::adaptive_max_pool2d(xc, planes, h, w, out_h, out_w, values, indices); },
-           HD_CUDA_KERNEL(cuda::adaptive_max_pool2d(xc, planes, h, w, out_h, out_w, values, indices)));
+  dispatch(
+      x, "adaptive_max_pool2d",
+      [&] { cpu::adaptive_max_pool2d(xc, planes, h, w, out_h, out_w, values, indices); },
+      HD_CUDA_KERNEL(cuda::adaptive_max_pool2d(xc, planes, h, w, out_h, out_w, values, indices)));
   if (auto node = make_grad_node<AdaptiveMaxPoolBackward>({&x})) {
     node->in_shape = x.shape();
     node->indices = SavedTensor(indices.as_strided({planes, out_h * out_w}, {out_h * out_w, 1}, 0));

@@ -2,6 +2,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/softmax.h"
+#include "ops/cpu_half.h"
 #include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/shape.h"
@@ -25,7 +26,8 @@ Geometry geometry(const char* op, const Tensor& x, int64_t dim) {
 }
 
 void check_float(const char* op, const Tensor& x) {
-  // The CUDA kernels also take bf16/f16 (computed in f32); the CPU ones f32/f64 only.
+  // The CUDA kernels also take bf16/f16 (computed in f32); the CPU ones f32/f64 only, and the
+  // public ops convert 16-bit CPU inputs before they get here (ops/cpu_half.h).
   const bool half = x.dtype() == DType::bf16 || x.dtype() == DType::f16;
   HD_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64 || (half && !x.device().is_cpu()), op,
            ": expects a f32 or f64 tensor, got ", x.str(), " (convert with hd::to)");
@@ -36,8 +38,9 @@ Tensor forward_raw(const char* op, const Tensor& x, int64_t dim, bool log) {
   Geometry g = geometry(op, x, dim);
   Tensor xc = contiguous(x.detach());
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  dispatch(x, op, [&] { cpu::softmax_forward(xc, y, g.outer, g.n, g.inner, log); },
-           HD_CUDA_KERNEL(cuda::softmax_forward(xc, y, g.outer, g.n, g.inner, log)));
+  dispatch(
+      x, op, [&] { cpu::softmax_forward(xc, y, g.outer, g.n, g.inner, log); },
+      HD_CUDA_KERNEL(cuda::softmax_forward(xc, y, g.outer, g.n, g.inner, log)));
   return y;
 }
 
@@ -51,8 +54,9 @@ Tensor backward_raw(const char* op, const Tensor& y, const Tensor& gy, int64_t d
   // The incoming gradient is often an expanded (stride-0) view, e.g. from sum's backward.
   Tensor yc = contiguous(y.detach()), gc = contiguous(gy.detach());
   Tensor gx = Tensor::empty(y.shape(), y.dtype(), y.device());
-  dispatch(y, op, [&] { cpu::softmax_backward(yc, gc, gx, g.outer, g.n, g.inner, log); },
-           HD_CUDA_KERNEL(cuda::softmax_backward(yc, gc, gx, g.outer, g.n, g.inner, log)));
+  dispatch(
+      y, op, [&] { cpu::softmax_backward(yc, gc, gx, g.outer, g.n, g.inner, log); },
+      HD_CUDA_KERNEL(cuda::softmax_backward(yc, gc, gx, g.outer, g.n, g.inner, log)));
   return gx;
 }
 
@@ -81,9 +85,11 @@ Tensor softmax_impl(const char* op, const Tensor& x, int64_t dim, bool log) {
 }  // namespace
 
 Tensor softmax(const Tensor& x, int64_t dim) {
+  if (is_cpu_half(x)) return to(softmax(half_to_f32(x), dim), x.dtype());  // ops/cpu_half.h
   return softmax_impl("softmax", x, dim, false);
 }
 Tensor log_softmax(const Tensor& x, int64_t dim) {
+  if (is_cpu_half(x)) return to(log_softmax(half_to_f32(x), dim), x.dtype());
   return softmax_impl("log_softmax", x, dim, true);
 }
 

@@ -120,6 +120,18 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
   in.region_prompts = region_prompts;
   if (region_prompts.defined()) in.region_rows = region_rows;
   VisionOutputs v = model.vision().forward(in);
+  // Losses in f32 (train.precision bf16: the towers compute in bf16, the losses and their
+  // statistics do not), as autocast runs them; f32 and f64 models are unchanged.
+  auto widened = [](const Tensor& t) {
+    return t.defined() && (t.dtype() == DType::bf16 || t.dtype() == DType::f16) ? to(t, DType::f32)
+                                                                                : t;
+  };
+  for (auto* maps : {&v.prior_probs, &v.posterior_probs, &v.region_probs, &v.selection_maps}) {
+    for (Tensor& m : *maps) m = widened(m);
+  }
+  v.low_res_pooled = widened(v.low_res_pooled);
+  v.high_res_pooled = widened(v.high_res_pooled);
+  text.features = widened(text.features);
 
   PretrainResult r;
   std::vector<bool> is_local(static_cast<size_t>(B), false);
@@ -131,8 +143,8 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
   }
   Tensor use_low = from_vector(global_mask, {B, 1});
   Tensor image = l2_normalize(where(use_low, v.low_res_pooled, v.high_res_pooled), -1);
-  Tensor contrastive =
-      distributed_sigmoid_loss(image, text.features, model.logit_scale, model.logit_bias, pg);
+  Tensor contrastive = distributed_sigmoid_loss(image, text.features, widened(model.logit_scale),
+                                                widened(model.logit_bias), pg);
 
   const int64_t n = pg ? pg->world_size() : 1;
   const int64_t local_global = pg ? parallel::all_reduce_count(r.local_rows, *pg) : r.local_rows;

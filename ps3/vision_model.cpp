@@ -122,10 +122,36 @@ std::vector<Tensor> per_scale(const VisionConfig& c, const Tensor& prob) {
 
 }  // namespace
 
-VisionOutputs PS3VisionModel::forward(const VisionInputs& in) const {
+namespace {
+
+// The model computes in its parameters' dtype: bf16 under FSDP's param_dtype (train.precision),
+// f64 in gradient checks. Float inputs (images, patches, prompts, GT maps) enter in that dtype.
+VisionInputs in_compute_dtype(const VisionInputs& raw, DType dt) {
+  auto cast = [dt](const Tensor& t) {
+    return t.defined() && is_floating(t.dtype()) && t.dtype() != dt ? to(t, dt) : t;
+  };
+  VisionInputs in = raw;
+  in.low_res = cast(raw.low_res);
+  in.selection = cast(raw.selection);
+  in.prompt = cast(raw.prompt);
+  in.region_prompts = cast(raw.region_prompts);
+  for (Tensor& m : in.gt_maps) m = cast(m);
+  if (raw.patches) {
+    in.patches = [source = raw.patches, cast](int64_t b, int64_t scale,
+                                              const std::vector<int64_t>& idx) {
+      return cast(source(b, scale, idx));
+    };
+  }
+  return in;
+}
+
+}  // namespace
+
+VisionOutputs PS3VisionModel::forward(const VisionInputs& raw_inputs) const {
   const VisionConfig& c = config_;
   const Parts& p = *parts_;
-  HD_CHECK(in.low_res.defined(), "PS3 vision: low_res input is undefined");
+  HD_CHECK(raw_inputs.low_res.defined(), "PS3 vision: low_res input is undefined");
+  const VisionInputs in = in_compute_dtype(raw_inputs, p.prior_prompt.dtype());
   // One image with B prompts (an evaluation ranking every caption on every image): stage 1 and
   // the selection features are computed once and broadcast to the B rows.
   const int64_t B_img = in.low_res.size(0), W = c.width, G = c.low_grid();

@@ -178,9 +178,11 @@ TEST(Config, ValidationNamesTheField) {
   check({"train.activation_checkpointing=vision,txt"}, 1,
         "config: train.activation_checkpointing = 'vision,txt': 'txt' is not one of vision, text, "
         "llm (a comma list; empty: none)");
+  check({"train.precision=fp16"}, 1, "config: train.precision = 'fp16' is not one of fp32, bf16");
   check({"checkpoint.on_corrupt=ignore"}, 1,
         "config: checkpoint.on_corrupt = 'ignore' is not one of fallback, error");
   EXPECT_EQ(resolved({}).checkpoint().on_corrupt(), "fallback");  // the unattended default
+  EXPECT_EQ(resolved({}).train().precision(), "fp32");
   // The same batch is fine on 2 ranks.
   proto::RunConfig ok = resolved({"train.global_batch=6"});
   validate_config(ok, 2);

@@ -482,6 +482,23 @@ def case_recompute(env):
               "the resolved config records the switch")
 
 
+def case_precision(env):
+    """train.precision=bf16 end to end: bf16 towers, f32 losses and masters; tracks fp32."""
+    plain, a, b = fresh(env, "prec_fp32"), fresh(env, "prec_bf16_a"), fresh(env, "prec_bf16_b")
+    env.run(plain)
+    env.run(a, ["train.precision=bf16"])
+    env.run(b, ["train.precision=bf16"])
+    lp, la, lb = losses(plain), losses(a), losses(b)
+    check(sorted(la) == list(range(6)) and all(v is not None and v == v for v in la.values()),
+          "the bf16 run logged 6 finite losses: %s" % la)
+    check(la == lb, "bf16: same seed -> identical losses")
+    check(la != lp, "bf16 really ran (its losses are not fp32's)")
+    worst = max(abs(la[k] - lp[k]) / lp[k] for k in lp)
+    check(worst < 0.05, "bf16 losses within 5%% of fp32's at every step (worst %.4f): %s vs %s" %
+          (worst, la, lp))
+    check(la[5] < 0.5 * la[0], "bf16 training lowers the loss: %s" % la)
+
+
 def case_bad_config(env):
     d = fresh(env, "bad")
     p = env.run(d, ["train.stpes=3"], expect_rc=2)
@@ -500,6 +517,9 @@ def case_bad_config(env):
     p = env.run(d, ["train.activation_checkpointing=vision,txt"], expect_rc=2)
     check("train.activation_checkpointing = 'vision,txt': 'txt' is not one of vision, text, llm"
           in p.stderr, "unknown tower named: %s" % p.stderr.strip()[-300:])
+    p = env.run(d, ["train.precision=fp16"], expect_rc=2)
+    check("train.precision = 'fp16' is not one of fp32, bf16" in p.stderr,
+          "unknown precision named: %s" % p.stderr.strip()[-300:])
     p = env.run(d, ["train.global_batch=3"], expect_rc=2)
     check("train.global_batch = 3 is not divisible by world size 2" in p.stderr,
           "wrong world size named")

@@ -108,11 +108,11 @@ struct Guarded {
   Tensor view;    // the data, contiguous, shaped like host
 };
 
-Guarded guard_on_device(const Tensor& host) {
+Guarded guard_on_device(const Tensor& host, Device target = kGpu) {
   const int64_t n = host.numel();
   Guarded g;
-  g.buffer = full({kPad + n + kPad}, kCanary, host.dtype(), kGpu);
-  Tensor dev = to(contiguous(host), kGpu);
+  g.buffer = full({kPad + n + kPad}, kCanary, host.dtype(), target);
+  Tensor dev = to(contiguous(host), target);
   g.view = g.buffer.as_strided(host.shape(), contiguous_strides(host.shape()), kPad);
   NoGradGuard no_grad;
   copy_(g.view, dev);
@@ -148,7 +148,8 @@ void expect_close(const Tensor& gpu, const Tensor& cpu_ref, Tol tol, const std::
   EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << a.size() << " elements out of tolerance";
 }
 
-void run_case(const OpCase& c, DType dt, uint64_t seed) {
+// `target`: the GPU, or the CPU itself for its bf16 path (then "gpu" in messages is the bf16 run).
+void run_case(const OpCase& c, DType dt, uint64_t seed, Device target = kGpu) {
   const std::string tag = c.name + " [" + dtype_name(dt) + "]";
   const bool half = dt == DType::bf16 || dt == DType::f16;
   const DType ref_dt = half ? DType::f32 : dt;  // the CPU reference's dtype
@@ -168,7 +169,7 @@ void run_case(const OpCase& c, DType dt, uint64_t seed) {
       host = to(uniform(stored, s.lo, s.hi, gen, DType::f64), dt);  // rounded to dt here
       differentiable = s.grad && c.backward;
     }
-    Guarded g = guard_on_device(host);
+    Guarded g = guard_on_device(host, target);
     Tensor cpu_leaf = is_floating(host.dtype()) && host.dtype() == dt ? to(host, ref_dt) : host;
     cpu_leaf = cpu_leaf.detach();
     Tensor gpu_leaf = g.view.detach();
@@ -185,7 +186,11 @@ void run_case(const OpCase& c, DType dt, uint64_t seed) {
 
   Tensor out_cpu = c.f(cpu_in);
   Tensor out_gpu = c.f(gpu_in);
-  ASSERT_EQ(out_gpu.device(), kGpu) << tag << ": output left the GPU";
+  ASSERT_EQ(out_gpu.device(), target) << tag << ": output left the device";
+  if (is_floating(out_gpu.dtype()) && c.backward) {
+    EXPECT_EQ(out_gpu.dtype(), dt)
+        << tag << ": a " << dtype_name(dt) << " op must answer in " << dtype_name(dt);
+  }
   Tol tol = tolerance(dt, c.tol_scale);
   if (is_floating(out_gpu.dtype())) {
     expect_close(out_gpu, out_cpu, tol, tag + " forward");
@@ -199,12 +204,12 @@ void run_case(const OpCase& c, DType dt, uint64_t seed) {
     Tensor w = uniform(out_cpu.shape(), -1.0, 1.0, gen, DType::f64);
     Tensor w_dt = to(w, dt);
     sum(mul(out_cpu, to(w_dt, ref_dt))).backward();
-    sum(mul(out_gpu, to(w_dt, kGpu))).backward();
+    sum(mul(out_gpu, to(w_dt, target))).backward();
     for (size_t i = 0; i < cpu_leaves.size(); ++i) {
       if (!cpu_leaves[i].requires_grad()) continue;
       Tensor gc = cpu_leaves[i].grad(), gg = gpu_leaves[i].grad();
       ASSERT_TRUE(gc.defined() && gg.defined()) << tag << ": missing gradient for input " << i;
-      ASSERT_EQ(gg.device(), kGpu) << tag << ": gradient of input " << i << " left the GPU";
+      ASSERT_EQ(gg.device(), target) << tag << ": gradient of input " << i << " left the device";
       // Gradients go through more rounding steps than the forward: twice the tolerance.
       expect_close(gg, gc, tolerance(dt, 2 * c.tol_scale),
                    tag + " grad of input " + std::to_string(i));
@@ -538,6 +543,14 @@ TEST_P(CudaBackendOps, MatchesCpuForwardAndBackward) {
     SCOPED_TRACE(c.name + " " + dtype_name(dt));
     run_case(c, dt, seed++);
   }
+}
+
+// The CPU's bf16 path, on every case of the table: bf16 inputs in, a bf16 answer out, computed in
+// f32 inside the op where precision needs it, against the CPU in f32 on the same rounded inputs
+// with the bf16 tolerances (issue 15: bf16 as a compute type on the CPU).
+TEST_P(CudaBackendOps, CpuBf16MatchesCpuF32) {
+  const OpCase& c = GetParam();
+  run_case(c, DType::bf16, 7, Device::cpu());
 }
 
 // The table itself runs here on any machine: every case's CPU side (the reference the GPU is

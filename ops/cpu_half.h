@@ -1,0 +1,29 @@
+// 16-bit floats (bf16, f16) in the CPU kernels that compute in f32 only.
+//
+// The CPU kernels of normalisation, softmax, attention, convolution and the losses are written
+// for f32/f64: on CPUs without bf16 arithmetic (AVX2, AVX-512 without BF16) converting is all
+// bf16 could do anyway, and their statistics (means, variances, softmax sums, log-sum-exps) need
+// f32. So an op given 16-bit CPU tensors runs its f32 path on converted copies and rounds its
+// answer back to the input's dtype. The conversions are ops with autograd: backward converts the
+// incoming gradient up, runs the f32 backward and rounds the input gradients down, as the CUDA
+// kernels do inside. Elementwise ops and reductions load and store 16-bit values directly, and
+// matmul converts inside linalg.cpp. (On AVX-512-BF16/AMX machines the GEMMs are where bf16
+// pays; that path is issue 15's oneDNN work.)
+#pragma once
+
+#include "autograd/tensor.h"
+#include "ops/shape.h"
+
+namespace hd {
+
+inline bool is_cpu_half(const Tensor& t) {
+  return t.defined() && t.device().is_cpu() &&
+         (t.dtype() == DType::bf16 || t.dtype() == DType::f16);
+}
+
+// t in f32 (undefined stays undefined; non-16-bit tensors are returned as they are).
+inline Tensor half_to_f32(const Tensor& t) {
+  return is_cpu_half(t) ? to(t, DType::f32) : t;
+}
+
+}  // namespace hd
