@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <string>
 #include <thread>
 
 #include "launcher/command.h"
@@ -21,7 +23,25 @@ namespace {
 constexpr const char* kUsage =
     "usage: hdtrain info\n"
     "  Prints the version, build type, CUDA devices (or why there are none), the MPI library,\n"
-    "  the rank/world size when started by mpirun/srun, and the configs in configs/.\n";
+    "  the rank/world size when started by mpirun/srun, the CPU's vector extensions (and so how\n"
+    "  train.precision bf16 computes here), and the configs in configs/.\n";
+
+// The CPU flags that decide how bf16 computes (Linux /proc/cpuinfo; empty elsewhere).
+std::string cpu_vector_flags() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::string found;
+    for (const char* f : {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}) {
+      if ((" " + line + " ").find(std::string(" ") + f + " ") != std::string::npos) {
+        found += found.empty() ? f : std::string(" ") + f;
+      }
+    }
+    return found;
+  }
+  return "";
+}
 
 std::vector<std::string> configs_in(const std::filesystem::path& dir) {
   std::vector<std::string> out;
@@ -62,6 +82,14 @@ int run(const std::vector<std::string>& args) {
     std::printf("launch: rank %d of %d (from %s)\n", li.rank, li.world_size, li.source.c_str());
   std::printf("cpu threads: %u hardware, HD_NUM_THREADS=%s\n", std::thread::hardware_concurrency(),
               std::getenv("HD_NUM_THREADS") ? std::getenv("HD_NUM_THREADS") : "(unset: all)");
+  const std::string flags = cpu_vector_flags();
+  const bool native_bf16 =
+      flags.find("avx512_bf16") != std::string::npos || flags.find("amx_bf16") != std::string::npos;
+  std::printf("cpu vector extensions: %s; bf16 compute: %s\n",
+              flags.empty() ? "(unknown)" : flags.c_str(),
+              native_bf16 ? "the CPU has bf16 arithmetic, but the kernels still convert to f32 "
+                            "(ops/cpu_half.h; oneDNN bf16 GEMMs are issue 15)"
+                          : "converted to f32 in the kernels (no bf16 arithmetic on this CPU)");
   auto configs = configs_in("configs");
   if (configs.empty()) configs = configs_in(std::filesystem::path(HD_SOURCE_DIR) / "configs");
   std::printf("configs:%s\n",

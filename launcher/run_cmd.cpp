@@ -175,6 +175,7 @@ bool run_stage(const proto::RunConfig& c, const std::string& text, int i,
       parse_activation_checkpointing(c.train().activation_checkpointing());
   o.recompute_llm = recomputed.llm;
   o.recompute_vision = recomputed.vision;
+  o.param_dtype = c.train().precision() == "bf16" ? DType::bf16 : DType::f32;
   o.max_length = s.max_length();
   o.seed = c.seed() + uint64_t(i);
   o.checkpoint_every = s.checkpoint_every();

@@ -156,7 +156,9 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
     n->model = vilahd::load_vila_folder(o.init);
     n->model->set_activation_checkpointing(o.recompute_llm, o.recompute_vision);
     vilahd::freeze_all_but(*n->model, o.trainable);
-    n->fsdp = vilahd::shard_vila(*n->model, pg);
+    parallel::FSDPOptions fsdp_options;
+    fsdp_options.mixed_precision.param_dtype = o.param_dtype;
+    n->fsdp = vilahd::shard_vila(*n->model, pg, fsdp_options);
     std::vector<ParamGroup> groups;
     for (ParamGroup g : n->fsdp->param_groups(o.weight_decay)) {
       ParamGroup kept{g.label, {}, {}, g.weight_decay, g.lr_scale};

@@ -63,6 +63,8 @@ struct VilaStageOptions {
   bool prompt_pass_grad = false;  // the selection loss trains the LLM too (vila_hd.h)
   // Recompute the LLM's decoder layers / PS3's blocks in backward (train.activation_checkpointing)
   bool recompute_llm = false, recompute_vision = false;
+  // train.precision: the model computes in this dtype (FSDP param_dtype; f32 masters and losses)
+  DType param_dtype = DType::f32;
   int64_t max_length = 2048;  // text tokens; longer records are dropped and counted
   uint64_t seed = 0;
   int64_t checkpoint_every = 0;  // 0: only at the end / a stop

@@ -26,4 +26,11 @@ inline Tensor half_to_f32(const Tensor& t) {
   return is_cpu_half(t) ? to(t, DType::f32) : t;
 }
 
+// The same on any device: what a model applies to its outputs before a loss, so a bf16 model
+// (train.precision) gets f32 losses, as autocast runs them; f32 and f64 pass unchanged.
+inline Tensor widen_16bit(const Tensor& t) {
+  return t.defined() && (t.dtype() == DType::bf16 || t.dtype() == DType::f16) ? to(t, DType::f32)
+                                                                              : t;
+}
+
 }  // namespace hd

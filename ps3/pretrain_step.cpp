@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "autograd/error.h"
+#include "ops/cpu_half.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
 #include "ops/reduce.h"
@@ -122,10 +123,7 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
   VisionOutputs v = model.vision().forward(in);
   // Losses in f32 (train.precision bf16: the towers compute in bf16, the losses and their
   // statistics do not), as autocast runs them; f32 and f64 models are unchanged.
-  auto widened = [](const Tensor& t) {
-    return t.defined() && (t.dtype() == DType::bf16 || t.dtype() == DType::f16) ? to(t, DType::f32)
-                                                                                : t;
-  };
+  const auto widened = widen_16bit;  // ops/cpu_half.h
   for (auto* maps : {&v.prior_probs, &v.posterior_probs, &v.region_probs, &v.selection_maps}) {
     for (Tensor& m : *maps) m = widened(m);
   }

@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "autograd/node.h"
+#include "ops/cpu_half.h"
 #include "ops/factory.h"
 #include "ops/loss.h"
 #include "ops/shape.h"
@@ -310,7 +311,8 @@ void VilaHdModel::forward_inside_root(const std::vector<VilaSample>& batch,
       in.attention_mask = to(in.attention_mask, device);
       label_tensor = to(label_tensor, device);
     }
-    out.lm_loss = causal_lm_loss(llm_->forward(in), label_tensor);
+    // Losses in f32 (a bf16 model under train.precision; ops/cpu_half.h).
+    out.lm_loss = causal_lm_loss(widen_16bit(llm_->forward(in)), label_tensor);
   }
   // Selection supervision over every image with a box (§3.7), averaged over those images.
   Tensor selection_total;

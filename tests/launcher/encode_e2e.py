@@ -176,6 +176,12 @@ def case_info(env):
           "hdtrain info prints the version: %s" % p.stdout.splitlines()[0])
     check(re.search(r"^cuda: ", p.stdout, re.M | re.I) is not None and "CUDA" in p.stdout.upper(),
           "hdtrain info prints the CUDA line")
+    flags = open("/proc/cpuinfo").read()
+    native = " avx512_bf16 " in flags.replace("\n", " ") or " amx_bf16 " in flags.replace("\n", " ")
+    m = re.search(r"^cpu vector extensions: (.*); bf16 compute: (.*)$", p.stdout, re.M)
+    check(m is not None and ("avx2" in m.group(1)) == (" avx2 " in flags.replace("\n", " ")) and
+          ("has bf16 arithmetic" in m.group(2)) == native,
+          "hdtrain info says how bf16 computes on this CPU: %s" % (m.group(0) if m else p.stdout))
     check(run([env.hdtrain, "info", "--help"]).stdout.startswith("usage: hdtrain info"),
           "hdtrain info --help")
 

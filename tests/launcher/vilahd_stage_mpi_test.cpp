@@ -377,6 +377,40 @@ TEST_F(VilaStage, RecomputedLayersTrainLikeThePlainStage) {
   EXPECT_LT(worst, 1e-4) << "largest parameter difference relative to its tensor's scale";
 }
 
+// train.precision = bf16: the LLM, projector and PS3 compute in bf16 (FSDP param_dtype), the
+// masters, AdamW and losses in f32. It must track the fp32 stage and stay deterministic.
+TEST_F(VilaStage, Bf16TracksTheFp32Stage) {
+  VilaStageOptions p = options("fp32");
+  p.trainable = {"llm", "projector", "top_down_selection", "vision_tower"};
+  p.steps = 4;
+  VilaStageOutcome fp32 = run_vila_stage(p, world_ptr());
+  VilaStageOptions o = p;
+  o.param_dtype = DType::bf16;
+  o.stage_dir = run_dir() / "bf16_a";
+  VilaStageOutcome a = run_vila_stage(o, world_ptr());
+  o.stage_dir = run_dir() / "bf16_b";
+  VilaStageOutcome b = run_vila_stage(o, world_ptr());
+  ASSERT_TRUE(fp32.finished && a.finished && b.finished);
+  ASSERT_EQ(a.losses.size(), fp32.losses.size());
+  EXPECT_EQ(a.losses, b.losses) << "bf16: same seed, same losses";
+  bool differs = false;
+  for (size_t i = 0; i < fp32.losses.size(); ++i) {
+    EXPECT_TRUE(std::isfinite(a.losses[i])) << "step " << i;
+    EXPECT_NEAR(a.losses[i], fp32.losses[i], 0.05 * std::abs(fp32.losses[i])) << "step " << i;
+    differs = differs || a.losses[i] != fp32.losses[i];
+  }
+  std::printf("losses fp32 / bf16:");
+  for (size_t i = 0; i < a.losses.size(); ++i)
+    std::printf(" %.5f/%.5f", fp32.losses[i], a.losses[i]);
+  std::printf("\n");
+  EXPECT_TRUE(differs) << "the bf16 stage gave fp32's losses bit for bit: did it run in bf16?";
+  // The result folder holds fp32 weights (the masters), loadable as any VILA-HD folder.
+  auto model = vilahd::load_vila_folder(a.result);
+  for (const auto& [name, t] : model->named_parameters()) {
+    ASSERT_EQ(t.dtype(), DType::f32) << name;
+  }
+}
+
 TEST_F(VilaStage, MicroBatchesTrainLikeTheWholeBatch) {
   VilaStageOptions w = options("whole");
   w.global_batch = 8;  // 2 micro-batches per rank at 1, 2 and 4 ranks
