@@ -10,10 +10,12 @@ resident memory (the whole process: VmHWM for hdtrain, ru_maxrss for PyTorch).
 --image S sets the image side (714: 51 x 51 = 2601 tokens, the long-sequence case);
 --checkpoint recomputes every block in backward on both sides (hdtrain: autograd/checkpoint.h;
 PyTorch: torch.utils.checkpoint), --hd-checkpoint on hdtrain's side only (against PyTorch's
-default eager step).
+default eager step). --precision bf16 runs PyTorch under torch.autocast("cpu", bfloat16) (its best
+CPU mode where the CPU has bf16 arithmetic) and hdtrain with bf16 weights and activations over
+fp32 masters (hd_bench_vit_step --precision=bf16).
 
 Usage: /usr/bin/python3 bench/vit_step_compare.py --hd build/bench/hd_bench_vit_step [--rounds 5]
-           [--image 714] [--checkpoint | --hd-checkpoint]
+           [--image 714] [--checkpoint | --hd-checkpoint] [--precision fp32|bf16]
 """
 import argparse
 import os
@@ -25,7 +27,7 @@ import time
 TORCH_CHILD = r'''
 import resource, sys, time, torch, torch.utils.checkpoint
 threads = int(sys.argv[1]); steps = int(sys.argv[2]); warmup = int(sys.argv[3])
-S = int(sys.argv[4]); recompute = sys.argv[5] == "1"
+S = int(sys.argv[4]); recompute = sys.argv[5] == "1"; bf16 = sys.argv[6] == "bf16"
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 D, depth, H, P, B, C = 192, 6, 3, 14, 8, 1000
@@ -68,7 +70,9 @@ y = torch.arange(B) * 37 % C
 for s in range(warmup + steps):
     t0 = time.perf_counter()
     opt.zero_grad()
-    loss = torch.nn.functional.cross_entropy(model(x), y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits.float(), y)
     loss.backward()
     opt.step()
     t = (time.perf_counter() - t0) * 1e3
@@ -99,6 +103,8 @@ def main():
     ap.add_argument("--image", type=int, default=378, help="image side (a multiple of 14)")
     ap.add_argument("--checkpoint", action="store_true", help="activation checkpointing, both sides")
     ap.add_argument("--hd-checkpoint", action="store_true", help="activation checkpointing, hdtrain only")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: PyTorch autocast, hdtrain bf16 over fp32 masters")
     args = ap.parse_args()
     if args.image % 14:
         sys.exit(f"vit_step_compare: --image {args.image} is not a multiple of the patch (14)")
@@ -107,12 +113,14 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads), HD_NUM_THREADS=str(args.threads))
     torch_ms, hd_ms, torch_rss, hd_rss = [], [], [], []
-    hd_args = [f"--steps={args.steps}", f"--warmup={args.warmup}", f"--image={args.image}"]
+    hd_args = [f"--steps={args.steps}", f"--warmup={args.warmup}", f"--image={args.image}",
+               f"--precision={args.precision}"]
     if args.checkpoint or args.hd_checkpoint:
         hd_args.append("--checkpoint")
     for r in range(args.rounds):
         t = subprocess.run(["/usr/bin/python3", "-c", TORCH_CHILD, str(args.threads), str(args.steps),
-                            str(args.warmup), str(args.image), "1" if args.checkpoint else "0"],
+                            str(args.warmup), str(args.image), "1" if args.checkpoint else "0",
+                            args.precision],
                            env=env, capture_output=True, text=True)
         if t.returncode != 0:
             sys.exit(f"vit_step_compare: PyTorch child failed:\n{t.stderr}")
@@ -129,7 +137,8 @@ def main():
     print(f"PyTorch median step: {mt:.0f} ms ({len(torch_ms)} steps)")
     print(f"hdtrain median step: {mh:.0f} ms ({len(hd_ms)} steps)")
     tokens = (args.image // 14) ** 2
-    print(f"setup: {tokens} tokens, batch 8, {args.threads} threads, activation checkpointing: "
+    print(f"setup: {tokens} tokens, batch 8, {args.threads} threads, {args.precision}, "
+          f"activation checkpointing: "
           f"PyTorch {'on' if args.checkpoint else 'off'}, hdtrain "
           f"{'on' if args.checkpoint or args.hd_checkpoint else 'off'}")
     print(f"ratio hdtrain/PyTorch: {mh / mt:.2f} (issue 15 targets: fp32 <= 0.50, bf16 <= 0.80)")

@@ -132,6 +132,33 @@ VilaStageOptions options(const std::string& name) {
   return o;
 }
 
+// The largest difference between two VILA-HD folders' parameters, each relative to its tensor's
+// largest magnitude (at least 1e-3).
+double largest_parameter_difference(const fs::path& first, const fs::path& second) {
+  auto a = vilahd::load_vila_folder(first), b = vilahd::load_vila_folder(second);
+  auto pa = a->named_parameters(), pb = b->named_parameters();
+  EXPECT_EQ(pa.size(), pb.size());
+  double worst = 0;
+  for (size_t i = 0; i < std::min(pa.size(), pb.size()); ++i) {
+    const std::vector<float> x = pa[i].second.to_vector<float>(),
+                             y = pb[i].second.to_vector<float>();
+    EXPECT_EQ(x.size(), y.size()) << pa[i].first;
+    float scale = 1e-3f;
+    for (float v : x) scale = std::max(scale, std::abs(v));
+    for (size_t k = 0; k < std::min(x.size(), y.size()); ++k)
+      worst = std::max(worst, double(std::abs(x[k] - y[k]) / scale));
+  }
+  return worst;
+}
+
+// The stage with the vision tower trained too (so recomputation and bf16 reach every part).
+VilaStageOptions every_part_trained(const std::string& name, int64_t steps) {
+  VilaStageOptions o = options(name);
+  o.trainable = {"llm", "projector", "top_down_selection", "vision_tower"};
+  o.steps = steps;
+  return o;
+}
+
 std::string bytes_of(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   std::stringstream s;
@@ -343,14 +370,10 @@ TEST_F(VilaStage, MemoizedStageRanksAgree) {
   expect_losses_like_one_rank(out.losses, "memo_losses_np1.txt");
 }
 
-// micro_batches = 2 (each rank's share in two halves, one gradient sync) = the whole batch at
-// once: the same losses and final weights to float rounding, on 1 and 2 ranks.
 // train.activation_checkpointing = llm,vision: every LLM layer and PS3 block recomputed in
 // backward, the vision tower trained too so its recompute matters. Same training to rounding.
 TEST_F(VilaStage, RecomputedLayersTrainLikeThePlainStage) {
-  VilaStageOptions p = options("plain");
-  p.trainable = {"llm", "projector", "top_down_selection", "vision_tower"};
-  p.steps = 3;
+  VilaStageOptions p = every_part_trained("plain", 3);
   VilaStageOutcome plain = run_vila_stage(p, world_ptr());
   VilaStageOptions o = p;
   o.stage_dir = run_dir() / "recomputed";
@@ -362,27 +385,14 @@ TEST_F(VilaStage, RecomputedLayersTrainLikeThePlainStage) {
     EXPECT_NEAR(recomputed.losses[i], plain.losses[i],
                 1e-5 * std::max(1.0, std::abs(plain.losses[i])))
         << "step " << i;
-  auto a = vilahd::load_vila_folder(plain.result), b = vilahd::load_vila_folder(recomputed.result);
-  auto pa = a->named_parameters(), pb = b->named_parameters();
-  ASSERT_EQ(pa.size(), pb.size());
-  double worst = 0;
-  for (size_t i = 0; i < pa.size(); ++i) {
-    const std::vector<float> x = pa[i].second.to_vector<float>(),
-                             y = pb[i].second.to_vector<float>();
-    float scale = 1e-3f;
-    for (float v : x) scale = std::max(scale, std::abs(v));
-    for (size_t k = 0; k < x.size(); ++k)
-      worst = std::max(worst, double(std::abs(x[k] - y[k]) / scale));
-  }
-  EXPECT_LT(worst, 1e-4) << "largest parameter difference relative to its tensor's scale";
+  EXPECT_LT(largest_parameter_difference(plain.result, recomputed.result), 1e-4)
+      << "largest parameter difference relative to its tensor's scale";
 }
 
 // train.precision = bf16: the LLM, projector and PS3 compute in bf16 (FSDP param_dtype), the
 // masters, AdamW and losses in f32. It must track the fp32 stage and stay deterministic.
 TEST_F(VilaStage, Bf16TracksTheFp32Stage) {
-  VilaStageOptions p = options("fp32");
-  p.trainable = {"llm", "projector", "top_down_selection", "vision_tower"};
-  p.steps = 4;
+  VilaStageOptions p = every_part_trained("fp32", 4);
   VilaStageOutcome fp32 = run_vila_stage(p, world_ptr());
   VilaStageOptions o = p;
   o.param_dtype = DType::bf16;
@@ -411,6 +421,8 @@ TEST_F(VilaStage, Bf16TracksTheFp32Stage) {
   }
 }
 
+// micro_batches = 2 (each rank's share in two halves, one gradient sync) = the whole batch at
+// once: the same losses and final weights to float rounding, on 1 and 2 ranks.
 TEST_F(VilaStage, MicroBatchesTrainLikeTheWholeBatch) {
   VilaStageOptions w = options("whole");
   w.global_batch = 8;  // 2 micro-batches per rank at 1, 2 and 4 ranks
@@ -424,19 +436,8 @@ TEST_F(VilaStage, MicroBatchesTrainLikeTheWholeBatch) {
   for (size_t i = 0; i < whole.losses.size(); ++i)
     EXPECT_NEAR(micro.losses[i], whole.losses[i], 1e-5 * std::max(1.0, std::abs(whole.losses[i])))
         << "step " << i;
-  auto a = vilahd::load_vila_folder(whole.result), b = vilahd::load_vila_folder(micro.result);
-  auto pa = a->named_parameters(), pb = b->named_parameters();
-  ASSERT_EQ(pa.size(), pb.size());
-  double worst = 0;
-  for (size_t i = 0; i < pa.size(); ++i) {
-    const std::vector<float> x = pa[i].second.to_vector<float>(),
-                             y = pb[i].second.to_vector<float>();
-    float scale = 1e-3f;
-    for (float v : x) scale = std::max(scale, std::abs(v));
-    for (size_t k = 0; k < x.size(); ++k)
-      worst = std::max(worst, double(std::abs(x[k] - y[k]) / scale));
-  }
-  EXPECT_LT(worst, 1e-4) << "largest parameter difference relative to its tensor's scale";
+  EXPECT_LT(largest_parameter_difference(whole.result, micro.result), 1e-4)
+      << "largest parameter difference relative to its tensor's scale";
   o.micro_batches = 3;  // 8 / (world x 3) is not whole
   hd::testing::expect_error([&] { run_vila_stage(o, world_ptr()); }, "micro_batches = 3");
 }
