@@ -10,7 +10,8 @@ if [ "${1:-}" = "--sanitize" ]; then
   "$root/scripts/build.sh" -DHD_SANITIZE=ON -DHD_BUILD_BENCH=OFF
   # OpenMPI keeps allocations until exit by design: suppress those (scripts/lsan.supp). The slow
   # unwinder gives full stacks through libraries built without frame pointers, so the
-  # suppressions can match; keeping MPI components loaded keeps their frames named.
+  # suppressions can match; keeping MPI components loaded keeps their frames named. Tests that
+  # never start MPI override it with the fast unwinder (tests/CMakeLists.txt).
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0
   export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp:fast_unwind_on_malloc=0"
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
