@@ -120,16 +120,27 @@ double WarmupCosine::at(int64_t step) const {
          (peak_lr - min_lr) * 0.5 * (1.0 + std::cos(std::numbers::pi * e / double(decay_steps)));
 }
 
-double grad_norm_squared(const std::vector<Tensor>& params) {
+Tensor grad_norm_squared_tensor(const std::vector<Tensor>& params, Device device) {
   NoGradGuard no_grad;
-  double total = 0;
+  Tensor total = zeros({1}, DType::f64, device);
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
     Tensor g64 = to(g, DType::f64);
-    total += sum(mul(g64, g64)).item<double>();
+    add_(total, sum(mul(g64, g64)));
   }
   return total;
+}
+
+double grad_norm_squared(const std::vector<Tensor>& params) {
+  Device device = Device::cpu();
+  for (const Tensor& p : params) {
+    if (p.grad().defined()) {
+      device = p.grad().device();
+      break;
+    }
+  }
+  return grad_norm_squared_tensor(params, device).item<double>();
 }
 
 void scale_grads(const std::vector<Tensor>& params, double factor) {

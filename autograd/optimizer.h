@@ -103,6 +103,9 @@ struct WarmupCosine {
 
 // Sum of squared gradient entries (f64) over `params`; the FSDP version all-reduces this.
 double grad_norm_squared(const std::vector<Tensor>& params);
+// The same as a [1] f64 tensor on `device` (where the gradients live), summed there: one host
+// read for the whole model instead of one per tensor when the caller finally reads it.
+Tensor grad_norm_squared_tensor(const std::vector<Tensor>& params, Device device);
 // Scales gradients by min(1, max_norm / (total_norm + 1e-6)) (PyTorch's rule) and returns
 // total_norm = sqrt(grad_norm_squared). Non-finite norms are returned without scaling so the
 // caller can skip the step.

@@ -37,6 +37,8 @@ class Storage {
   }
   uint64_t version() const { return version_; }
   void bump_version() { ++version_; }
+  // Only for PreserveVersion below.
+  void restore_version(uint64_t v) { version_ = v; }
 
  private:
   void* data_ = nullptr;
@@ -44,6 +46,22 @@ class Storage {
   Device device_;
   Allocator* allocator_;
   uint64_t version_ = 0;
+};
+
+// Keeps a storage's version counter across writes that put back the values it had when tensors
+// saved for backward recorded it (PyTorch's _unsafe_preserve_version_counter, which FSDP2 uses
+// for the same purpose): FSDP's all-gather before a unit's backward refills the parameter bytes
+// that forward saved, and that must not read as "modified by an in-place operation".
+class PreserveVersion {
+ public:
+  explicit PreserveVersion(Storage& s) : storage_(s), version_(s.version()) {}
+  ~PreserveVersion() { storage_.restore_version(version_); }
+  PreserveVersion(const PreserveVersion&) = delete;
+  PreserveVersion& operator=(const PreserveVersion&) = delete;
+
+ private:
+  Storage& storage_;
+  uint64_t version_;
 };
 
 }  // namespace hd

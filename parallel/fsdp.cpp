@@ -3,12 +3,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <type_traits>
 
 #include "autograd/checkpoint.h"
 #include "autograd/error.h"
 #include "autograd/node.h"
+#include "ops/elementwise.h"
+#include "ops/factory.h"
 #include "ops/shape.h"
 
 namespace hd::parallel {
@@ -16,31 +16,6 @@ namespace {
 
 bool is_16bit(DType t) {
   return t == DType::bf16 || t == DType::f16;
-}
-
-// dst[i] = round(src[i]) in `t` (f32, bf16 or f16): a shard entering the all-gather buffer.
-void store_from_f32(const float* src, void* dst, DType t, int64_t n) {
-  visit_dtype(t, "fsdp: pack shard", [&]<class T>() {
-    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t> ||
-                  std::is_same_v<T, f16_t>) {
-      T* d = static_cast<T*>(dst);
-      for (int64_t i = 0; i < n; ++i) d[i] = ElementTraits<T>::store(src[i]);
-    }
-  });
-}
-
-// dst[i] (+)= f32(src[i]): a reduced gradient (in the reduce dtype) into the fp32 shard gradient.
-void accumulate_to_f32(const void* src, DType t, float* dst, int64_t n, bool add) {
-  visit_dtype(t, "fsdp: unpack gradient", [&]<class T>() {
-    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t> ||
-                  std::is_same_v<T, f16_t>) {
-      const T* s = static_cast<const T*>(src);
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = ElementTraits<T>::load(s[i]);
-        dst[i] = add ? dst[i] + v : v;
-      }
-    }
-  });
 }
 
 void check_policy(const MixedPrecisionPolicy& mp) {
@@ -59,15 +34,9 @@ void FSDPUnit::unshard_async() {
   if (state_ != State::sharded) return;
   const int n = owner_.pg_->world_size();
   const DType dt = options_.mixed_precision.param_dtype;
-  const size_t elem = dtype_size(dt);
   // The fp32 masters are rounded here, before the gather: the wire carries param_dtype.
-  Tensor in = Tensor::empty({shard_numel_}, dt);
-  char* dst = static_cast<char*>(in.raw_data());
-  for (const FSDPParam& p : params_) {
-    store_from_f32(p.shard.data<float>(), dst + size_t(p.unit_offset) * elem, dt,
-                   p.info.padded_length);
-  }
-  gather_out_ = Tensor::empty({shard_numel_ * n}, dt);
+  Tensor in = pack_shards(params_, shard_numel_, dt, device_);
+  gather_out_ = Tensor::empty({shard_numel_ * n}, dt, device_);
   gather_work_ = owner_.pg_->all_gather(in, gather_out_);
   state_ = State::gathering;
   owner_.track_unsharded(+1);
@@ -77,16 +46,7 @@ void FSDPUnit::wait_unshard() {
   if (state_ == State::sharded) unshard_async();
   if (state_ != State::gathering) return;
   gather_work_.wait();
-  const int n = owner_.pg_->world_size();
-  const size_t elem = dtype_size(gather_out_.dtype());
-  const char* src = static_cast<const char*>(gather_out_.raw_data());
-  for (FSDPParam& p : params_) {
-    p.param.storage()->resize(size_t(p.info.global_numel()) * elem);
-    for (int r = 0; r < n; ++r) {
-      copy_rows_in(p.info, r, src + size_t(int64_t(r) * shard_numel_ + p.unit_offset) * elem,
-                   p.param.raw_data(), elem);
-    }
-  }
+  unpack_gathered(gather_out_, params_, shard_numel_);
   gather_out_ = Tensor();
   gather_work_ = Work();
   state_ = State::unsharded;
@@ -164,23 +124,9 @@ void FSDPUnit::post_backward() {
   if (reduce_work_.valid()) finish_reduce();
   const int n = owner_.pg_->world_size();
   const DType dt = options_.mixed_precision.reduce_dtype;
-  const size_t elem = dtype_size(dt);
-  reduce_in_ = Tensor::empty({shard_numel_ * n}, dt);
-  char* buf = static_cast<char*>(reduce_in_.raw_data());
-  for (FSDPParam& p : params_) {
-    Tensor g = p.param.grad();  // in param_dtype
-    if (g.defined()) g = contiguous(g.dtype() == dt ? g : to(g, dt));
-    for (int r = 0; r < n; ++r) {
-      char* dst = buf + size_t(int64_t(r) * shard_numel_ + p.unit_offset) * elem;
-      if (g.defined()) {
-        copy_rows_out(p.info, r, g.raw_data(), dst, elem);
-      } else {
-        std::memset(dst, 0, size_t(p.info.padded_length) * elem);
-      }
-    }
-    p.param.zero_grad();  // the full gradient is not needed any more
-  }
-  reduce_out_ = Tensor::empty({shard_numel_}, dt);
+  reduce_in_ = pack_grads(params_, shard_numel_, n, dt, device_);
+  for (FSDPParam& p : params_) p.param.zero_grad();  // the full gradients are not needed any more
+  reduce_out_ = Tensor::empty({shard_numel_}, dt, device_);
   reduce_work_ = owner_.pg_->reduce_scatter(reduce_in_, reduce_out_, ReduceOp::avg);
   owner_.pending_reduce_ = this;
 }
@@ -188,16 +134,7 @@ void FSDPUnit::post_backward() {
 void FSDPUnit::finish_reduce() {
   if (!reduce_work_.valid()) return;
   reduce_work_.wait();
-  const DType dt = reduce_out_.dtype();
-  const char* src = static_cast<const char*>(reduce_out_.raw_data());
-  for (FSDPParam& p : params_) {
-    Tensor g = p.shard.grad();
-    const bool add = g.defined();
-    if (!add) g = Tensor::empty(p.info.shard_shape());
-    accumulate_to_f32(src + size_t(p.unit_offset) * dtype_size(dt), dt, g.data<float>(),
-                      p.info.padded_length, add);
-    if (!add) p.shard.set_grad(g);
-  }
+  accumulate_reduced(reduce_out_, params_);
   reduce_work_ = Work();
   reduce_in_ = reduce_out_ = Tensor();
   if (owner_.pending_reduce_ == this) owner_.pending_reduce_ = nullptr;
@@ -217,16 +154,18 @@ FSDPUnit& FSDP::fully_shard(const Module& module, FSDPOptions options) {
     if (m == &module) unit_name = path.empty() ? "<root>" : path;
   }
   HD_CHECK(unit_name != "?", "fully_shard: the module is not part of the root module");
-  auto unit = std::unique_ptr<FSDPUnit>(new FSDPUnit(*this, unit_name, options));
+  auto unit = std::unique_ptr<FSDPUnit>(new FSDPUnit(*this, unit_name, options, pg_->device()));
   const int rank = pg_->rank(), n = pg_->world_size();
   for (auto& [local, t] : module.named_parameters()) {
     const TensorImpl* key = t.impl_ptr().get();
     if (owner_of_.count(key)) continue;  // sharded by an inner unit already
     const std::string& full = names_.at(key);
-    // The unit buffers are staged through host memory (memcpy); device parameters need the
-    // device-buffer path (NCCL + device copies), which is not written yet (docs/parallel.md).
-    HD_CHECK(t.device().is_cpu(), "fully_shard: parameter '", full, "' is on ", t.device().str(),
-             "; FSDP shards host (CPU) parameters only in this version");
+    // [Note: devices]: the collectives move tensors of one device kind; the unit's buffers live
+    // where its parameters do.
+    HD_CHECK(t.device() == pg_->device(), "fully_shard: parameter '", full, "' is on ",
+             t.device().str(), " but the ", pg_->backend(), " process group moves tensors on ",
+             pg_->device().str(), " (move the model there first, or use ",
+             t.device().is_cpu() ? "the MPI group" : "the NCCL group", ")");
     HD_CHECK(t.dtype() == DType::f32 && t.is_contiguous() && t.offset() == 0 &&
                  t.storage()->nbytes() == t.nbytes(),
              "fully_shard: parameter '", full, "' ", t.str(),
@@ -235,8 +174,12 @@ FSDPUnit& FSDP::fully_shard(const Module& module, FSDPOptions options) {
     FSDPParam p;
     p.info = make_shard_info(full, t.shape(), rank, n);
     p.param = t;
-    p.shard = Tensor::empty(p.info.shard_shape());
-    copy_rows_out(p.info, rank, t.data<float>(), p.shard.data<float>());
+    p.shard = zeros(p.info.shard_shape(), DType::f32, t.device());  // padding rows stay 0
+    if (p.info.length > 0) {
+      NoGradGuard no_grad;
+      Tensor valid = narrow(view(p.shard, {p.info.padded_length}), 0, 0, p.info.length);
+      copy_(valid, narrow(view(t.detach(), {t.numel()}), 0, p.info.offset, p.info.length));
+    }
     p.shard.requires_grad_(true).set_name(full);
     p.unit_offset = unit->shard_numel_;
     unit->shard_numel_ += p.info.padded_length;
@@ -312,10 +255,11 @@ std::vector<ParamGroup> FSDP::param_groups(double weight_decay, const DecayRule&
 
 double FSDP::clip_grad_norm(double max_norm) {
   std::vector<Tensor> s = shards();
-  Tensor total = Tensor::empty({1}, DType::f64);
-  total.data<double>()[0] = grad_norm_squared(s);  // padding rows hold zero gradients
+  // f64 on the shards' device: one all-reduce and one host read per step (padding rows hold zero
+  // gradients).
+  Tensor total = grad_norm_squared_tensor(s, pg_->device());
   pg_->all_reduce(total, ReduceOp::sum).wait();
-  double norm = std::sqrt(total.data<double>()[0]);
+  double norm = std::sqrt(total.item<double>());
   if (!std::isfinite(norm)) return norm;
   double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0) scale_grads(s, coef);
@@ -326,19 +270,12 @@ std::map<std::string, Tensor> FSDP::full_parameters() {
   std::map<std::string, Tensor> out;
   const int n = pg_->world_size();
   for (auto& u : units_) {
-    Tensor in = Tensor::empty({u->shard_numel_});
-    for (auto& p : u->params_) {
-      std::memcpy(in.data<float>() + p.unit_offset, p.shard.data<float>(),
-                  size_t(p.info.padded_length) * sizeof(float));
-    }
-    Tensor all = Tensor::empty({u->shard_numel_ * n});
+    Tensor in = pack_shards(u->params_, u->shard_numel_, DType::f32, u->device_);
+    Tensor all = Tensor::empty({u->shard_numel_ * n}, DType::f32, u->device_);
     pg_->all_gather(in, all).wait();
     for (auto& p : u->params_) {
-      Tensor full = Tensor::empty(p.info.global_shape);
-      for (int r = 0; r < n; ++r) {
-        copy_rows_in(p.info, r, all.data<float>() + int64_t(r) * u->shard_numel_ + p.unit_offset,
-                     full.data<float>());
-      }
+      Tensor full = Tensor::empty(p.info.global_shape, DType::f32, u->device_);
+      copy_gathered_rows(all, p, u->shard_numel_, full);
       out[p.info.name] = full;
     }
   }

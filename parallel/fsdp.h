@@ -51,8 +51,16 @@
 // traffic again. The reduced shard is added to the fp32 shard gradient. Communication per step is
 // then Psi (N-1)/N x (2 or 1 gathers x sizeof(param_dtype) + sizeof(reduce_dtype)) bytes. On the
 // CPU the bf16 kernels compute in f32 and round on store (as GPUs do), so the same policy runs
-// and is tested here (tests/parallel/fsdp_mixed_precision_test.cpp). fully_shard rejects device
-// parameters: the device-buffer path (NCCL, device packing kernels) is not written yet.
+// and is tested here (tests/parallel/fsdp_mixed_precision_test.cpp).
+//
+// [Note: devices] One code path for host and device parameters: the unit buffers are packed and
+// unpacked with tensor ops that run on the parameters' device (unit_buffers.h explains the
+// stream ordering on a GPU), the shards live on the same device, and clipping reduces the squared
+// norm on the device with one host read per step (not per tensor). So the CPU tests of this file's
+// logic cover the device path; fully_shard only checks that the parameters are on the device the
+// process group moves (host for MPI, the rank's GPU for NCCL). Prefetch overlap on a GPU: the
+// next unit's all-gather is issued before this unit's forward, NCCL runs it on its own stream
+// while the compute stream works, and the wait happens only when the next unit starts.
 #pragma once
 #include <functional>
 #include <map>
@@ -64,6 +72,7 @@
 #include "autograd/optimizer.h"
 #include "parallel/process_group.h"
 #include "parallel/shard.h"
+#include "parallel/unit_buffers.h"
 
 namespace hd::parallel {
 
@@ -81,15 +90,6 @@ struct FSDPOptions {
 
 class FSDP;
 
-// One parameter of a unit: the module's tensor (full shape, bytes only while unsharded) and the
-// rank's fp32 shard (the optimizer's master copy; its .grad() is the sharded gradient).
-struct FSDPParam {
-  ShardInfo info;
-  Tensor param;
-  Tensor shard;
-  int64_t unit_offset = 0;  // offset of this shard in the unit's per-rank flat buffer
-};
-
 class FSDPUnit {
  public:
   // Runs `body` (the module's forward) with the unit's parameters unsharded.
@@ -102,8 +102,8 @@ class FSDPUnit {
  private:
   friend class FSDP;
   enum class State { sharded, gathering, unsharded };
-  FSDPUnit(FSDP& owner, std::string name, FSDPOptions options)
-      : owner_(owner), name_(std::move(name)), options_(options) {}
+  FSDPUnit(FSDP& owner, std::string name, FSDPOptions options, Device device)
+      : owner_(owner), name_(std::move(name)), options_(options), device_(device) {}
   void unshard_async();
   void wait_unshard();
   void reshard();
@@ -115,6 +115,7 @@ class FSDPUnit {
   FSDP& owner_;
   std::string name_;
   FSDPOptions options_;
+  Device device_;  // where the parameters, shards and unit buffers live (the group's device)
   std::vector<FSDPParam> params_;
   int64_t shard_numel_ = 0;
   State state_ = State::sharded;

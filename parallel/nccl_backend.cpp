@@ -5,8 +5,9 @@
 // Collectives are enqueued on a dedicated stream that first waits (device-side, through an
 // event) for the device's current compute stream, where the tensors were produced
 // (ops/cuda/runtime.h); a Work waits on a CUDA event recorded after the collective. Buffers must
-// stay alive until the Work has been waited on (the allocator frees on the compute stream). The communicator is non-blocking (config.blocking = 0) so the watchdog can
-// poll ncclCommGetAsyncError and call ncclCommAbort: NCCL has no timeout of its own (E.4).
+// stay alive until the Work has been waited on (the allocator frees on the compute stream). The
+// communicator is non-blocking (config.blocking = 0) so the watchdog can poll ncclCommGetAsyncError
+// and call ncclCommAbort: NCCL has no timeout of its own (E.4).
 //
 // Built only with HD_CUDA (HD_PARALLEL_NCCL); make_nccl_group throws otherwise.
 #include "parallel/process_group.h"
@@ -136,6 +137,7 @@ class NcclProcessGroup final : public ProcessGroup {
   }
 
   std::string backend() const override { return "nccl"; }
+  Device device() const override { return Device::cuda(device_); }
 
   Work all_reduce(const Tensor& t, ReduceOp op) override {
     check(t, "all_reduce");

@@ -87,6 +87,8 @@ class ProcessGroup {
   int world_size() const { return world_size_; }
   int local_rank() const { return local_rank_; }
   virtual std::string backend() const = 0;
+  // Where the tensors this group moves live: the host (MPI) or the rank's GPU (NCCL).
+  virtual Device device() const = 0;
 
   virtual Work all_reduce(const Tensor& t, ReduceOp op) = 0;
   virtual Work all_gather(const Tensor& in, const Tensor& out) = 0;

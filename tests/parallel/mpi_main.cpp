@@ -6,7 +6,11 @@
 
 #include <cstdlib>
 
+#include "ops/factory.h"
 #include "tests/parallel/mpi_main.h"
+#ifdef HD_HAVE_CUDA
+#include "ops/cuda/runtime.h"
+#endif
 
 namespace hd::parallel::testing {
 namespace {
@@ -17,6 +21,25 @@ ProcessGroup& world() {
 }
 std::shared_ptr<ProcessGroup> world_ptr() {
   return g_world;
+}
+
+std::string no_device_reason() {
+#ifdef HD_HAVE_CUDA
+  int64_t missing = 0;
+  if (!cuda::available() || world().local_rank() >= cuda::device_count()) missing = 1;
+  Tensor flag = full({1}, double(missing), DType::i64);
+  world().all_reduce(flag, ReduceOp::max).wait();
+  if (flag.item<int64_t>() == 0) return "";
+  if (!cuda::available()) return "no CUDA device: " + cuda::unavailable_reason();
+  return "no CUDA device: a rank has no GPU of its own (local rank >= device count)";
+#else
+  return "no CUDA device: this build has HD_CUDA=OFF";
+#endif
+}
+
+std::shared_ptr<ProcessGroup> nccl_ptr() {
+  static std::shared_ptr<ProcessGroup> group = make_nccl_group(world_ptr());
+  return group;
 }
 }  // namespace hd::parallel::testing
 

@@ -13,7 +13,20 @@ namespace hd::parallel::testing {
 ProcessGroup& world();
 std::shared_ptr<ProcessGroup> world_ptr();
 
+// "" when every rank has a GPU of its own (device = local rank), else the reason, the same on
+// every rank: the ranks agree through the MPI group first, so a rank without a device never
+// leaves the others waiting in NCCL.
+std::string no_device_reason();
+// The binary's NCCL group over the world (created on first use; needs no_device_reason() == "").
+std::shared_ptr<ProcessGroup> nccl_ptr();
+
 }  // namespace hd::parallel::testing
+
+#define HD_REQUIRE_NCCL()                                          \
+  do {                                                             \
+    std::string why = ::hd::parallel::testing::no_device_reason(); \
+    if (!why.empty()) GTEST_SKIP() << why;                         \
+  } while (0)
 
 #define HD_REQUIRE_RANKS(n)                                                                      \
   do {                                                                                           \

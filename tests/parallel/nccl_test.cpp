@@ -3,8 +3,8 @@
 // world size N). Sizes are uneven on purpose (1, 7, 1001 elements); f32, f64 and bf16 (every
 // value involved is exactly representable in bf16).
 //
-// Every rank needs its own GPU (device = local rank). Ranks agree on skipping through the MPI
-// world group first, so a rank without a device never leaves the others waiting in NCCL.
+// Every rank needs its own GPU (device = local rank); HD_REQUIRE_NCCL (mpi_main.h) skips
+// otherwise, on every rank alike.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -12,9 +12,6 @@
 #include "ops/factory.h"
 #include "parallel/process_group.h"
 #include "tests/parallel/mpi_main.h"
-#ifdef HD_HAVE_CUDA
-#include "ops/cuda/runtime.h"
-#endif
 
 namespace hd::parallel {
 namespace {
@@ -24,31 +21,9 @@ using testing::world;
 const std::vector<int64_t> kSizes = {1, 7, 1001};
 const DType kDtypes[] = {DType::f32, DType::f64, DType::bf16};
 
-// "" when every rank has a device, else the reason (the same on every rank).
-std::string no_device_reason() {
-#ifdef HD_HAVE_CUDA
-  int64_t missing = 0;
-  if (!cuda::available() || world().local_rank() >= cuda::device_count()) missing = 1;
-  Tensor flag = full({1}, double(missing), DType::i64);
-  world().all_reduce(flag, ReduceOp::max).wait();
-  if (flag.item<int64_t>() == 0) return "";
-  if (!cuda::available()) return "no CUDA device: " + cuda::unavailable_reason();
-  return "no CUDA device: a rank has no GPU of its own (local rank >= device count)";
-#else
-  return "no CUDA device: this build has HD_CUDA=OFF";
-#endif
-}
-
 ProcessGroup& nccl() {
-  static std::shared_ptr<ProcessGroup> group = make_nccl_group(testing::world_ptr());
-  return *group;
+  return *testing::nccl_ptr();
 }
-
-#define HD_REQUIRE_NCCL()                  \
-  do {                                     \
-    std::string why = no_device_reason();  \
-    if (!why.empty()) GTEST_SKIP() << why; \
-  } while (0)
 
 Device my_device() {
   return Device::cuda(world().local_rank());
