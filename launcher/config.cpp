@@ -292,6 +292,8 @@ void resolve_defaults(proto::RunConfig& c) {
   if (!d->has_global_caption_prob()) d->set_global_caption_prob(0.25);
   if (d->synthesize().threads() == 0) d->mutable_synthesize()->set_threads(2);
 
+  if (c.model().device().empty()) c.mutable_model()->set_device("cpu");
+
   auto* t = c.mutable_train();
   if (!t->has_micro_batches()) t->set_micro_batches(1);
   if (!t->has_weight_decay()) t->set_weight_decay(3e-4);
@@ -338,6 +340,9 @@ void validate_config(const proto::RunConfig& c, int world_size) {
   static const std::vector<std::string> presets = {"demo", "ps3-1.5k", "ps3-4k"};
   if (std::find(presets.begin(), presets.end(), c.model().preset()) == presets.end())
     invalid("model.preset", "= '" + c.model().preset() + "' is not one of demo, ps3-1.5k, ps3-4k");
+  const std::string& device = c.model().device();
+  if (device != "cpu" && device != "cuda" && device != "auto")
+    invalid("model.device", "= '" + device + "' is not one of cpu, cuda, auto");
 
   const auto& d = c.data();
   if (d.train_dir().empty()) invalid("data.dir", "is empty (and data.train_dir is not set)");

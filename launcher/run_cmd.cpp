@@ -25,6 +25,7 @@
 #include "autograd/error.h"
 #include "launcher/command.h"
 #include "launcher/config.h"
+#include "launcher/device_choice.h"
 #include "launcher/run_lock.h"
 #include "launcher/run_setup.h"
 #include "launcher/signals.h"
@@ -221,6 +222,10 @@ int run(const std::vector<std::string>& args) {
     if (li.rank == 0) std::fprintf(stderr, "hdtrain run: error: %s\n", e.what());
     return 2;
   }
+  DeviceChoice device;
+  if (!choose_device_or_report("run", config.model().device(), li.rank, li.local_rank,
+                               li.local_world_size, /*host_only=*/true, device))
+    return 2;
   const std::string text = to_text(config);
   if (print_only) {
     if (li.rank == 0) std::fputs(text.c_str(), stdout);

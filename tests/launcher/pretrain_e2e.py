@@ -22,7 +22,8 @@ h5dump, the JSON-lines metrics files and the /metrics endpoint. Cases:
                 killed with -9 mid-run end the job under hdrun in seconds, not at a kill timeout
   nonfinite     a poisoned loss at step 2: skipped (null in the log), counted, training goes on
   nonfinite_limit  poisoned steps 1 and 2 with max_nonfinite_in_a_row 2: a clear error, exit != 0
-  bad_config    typo in a --set, typo in a file (file:line:col), wrong world size, missing
+  bad_config    typo in a --set, typo in a file (file:line:col), model.device that cannot
+                be used, wrong world size, missing
                 dataset: exit code, message naming the thing, nothing written
 """
 import argparse
@@ -520,6 +521,16 @@ def case_bad_config(env):
     p = env.run(d, ["train.precision=fp16"], expect_rc=2)
     check("train.precision = 'fp16' is not one of fp32, bf16" in p.stderr,
           "unknown precision named: %s" % p.stderr.strip()[-300:])
+    p = env.run(d, ["model.device=gpu"], expect_rc=2)
+    check("model.device = 'gpu' is not one of cpu, cuda, auto" in p.stderr,
+          "unknown device named: %s" % p.stderr.strip()[-300:])
+    # Issue 18: on this machine (no GPU, or the host-only trainer) cuda is refused before MPI
+    # starts, by every rank, naming the setting; auto trains on the CPU.
+    p = env.run(d, ["model.device=cuda"], expect_rc=2)
+    check("error (rank 1): model.device = 'cuda'" in p.stderr and
+          "set model.device: cpu or auto" in p.stderr,
+          "cuda without a usable GPU named: %s" % p.stderr.strip()[-400:])
+    check(not os.path.exists(d), "nothing written for a device that cannot be used")
     p = env.run(d, ["train.global_batch=3"], expect_rc=2)
     check("train.global_batch = 3 is not divisible by world size 2" in p.stderr,
           "wrong world size named")

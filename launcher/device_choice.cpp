@@ -1,0 +1,46 @@
+#include "launcher/device_choice.h"
+
+#include "autograd/error.h"
+
+namespace hd::launcher {
+
+DeviceChoice choose_device(const std::string& setting, const cuda::DeviceProbe& probe,
+                           int local_rank, int local_world_size, bool host_only) {
+  const std::string s = setting.empty() ? "cpu" : setting;
+  HD_CHECK(s == "cpu" || s == "cuda" || s == "auto", "model.device = '", setting,
+           "' is not one of cpu, cuda, auto");
+  if (s == "cpu") return {Device::cpu(), ""};
+  if (local_rank < 0) local_rank = 0;
+  if (local_world_size < 1) local_world_size = local_rank + 1;
+  // Why this rank cannot have a GPU of its own ("" when it can).
+  std::string missing;
+  if (probe.device_count == 0) {
+    missing = "no CUDA device is usable on this host (" +
+              (probe.reason.empty() ? std::string("no device found") : probe.reason) + ")";
+  } else if (local_world_size > probe.device_count) {
+    missing = detail::concat(
+        local_world_size, " ranks run on this host but it has ", probe.device_count,
+        " GPU(s); hdtrain runs one process per GPU (local rank r on GPU r): "
+        "start at most ",
+        probe.device_count, " ranks per host (mpirun --map-by ppr:", probe.device_count, ":node)");
+  }
+  if (s == "cuda") {
+    HD_CHECK(missing.empty(), "model.device = 'cuda' on local rank ", local_rank, ": ", missing,
+             "; set model.device: cpu or auto");
+    HD_CHECK(!host_only,
+             "model.device = 'cuda': this command trains on the host only in this "
+             "version (FSDP moves device tensors, but the trainer's batches, losses "
+             "and checkpoints are host tensors); set model.device: cpu or auto");
+    return {Device::cuda(local_rank), ""};
+  }
+  if (!missing.empty()) return {Device::cpu(), "model.device = 'auto': the CPU, " + missing};
+  if (host_only)
+    return {Device::cpu(), detail::concat("model.device = 'auto': the CPU although this host has ",
+                                          probe.device_count,
+                                          " GPU(s): this command trains on the host only in this "
+                                          "version")};
+  return {Device::cuda(local_rank),
+          detail::concat("model.device = 'auto': GPU ", local_rank, " of ", probe.device_count)};
+}
+
+}  // namespace hd::launcher
