@@ -1,4 +1,11 @@
-// A device is a kind plus an index. Every tensor names one; kernels dispatch on it.
+// A device is a kind plus an index. Every tensor names one; kernels dispatch on its kind.
+//
+// [Note: a second host device] cpu:1 (any cpu index > 0) is host memory and runs the host
+// kernels, but it is a different device for every same-device check (ops refuse to mix cpu:0
+// and cpu:1 tensors) and `to` copies between them. Tests put a model on cpu:1 and feed it
+// host (cpu:0) inputs: every tensor a model creates on the wrong device, and every input it
+// forgets to move, is then an error on the CPU machines, which is what a GPU would find first
+// (tests/ps3/model/device_placement_test.cpp). Real code only ever uses cpu (index 0) and cuda:N.
 #pragma once
 
 #include <string>
@@ -16,7 +23,8 @@ struct Device {
   bool is_cpu() const { return type == DeviceType::cpu; }
   bool operator==(const Device&) const = default;
   std::string str() const {
-    return type == DeviceType::cpu ? "cpu" : "cuda:" + std::to_string(index);
+    if (type == DeviceType::cpu) return index == 0 ? "cpu" : "cpu:" + std::to_string(index);
+    return "cuda:" + std::to_string(index);
   }
 };
 

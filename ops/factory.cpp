@@ -17,16 +17,28 @@ Tensor empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor full(const Shape& shape, double value, DType dtype, Device device) {
   Tensor t = Tensor::empty(shape, dtype, device);
-  dispatch(t, "full", [&] { cpu::fill(t, value); },
-           HD_CUDA_KERNEL(cuda::fill(t, value)));
+  dispatch(
+      t, "full", [&] { cpu::fill(t, value); }, HD_CUDA_KERNEL(cuda::fill(t, value)));
   return t;
 }
-Tensor zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0.0, dtype, device); }
-Tensor ones(const Shape& shape, DType dtype, Device device) { return full(shape, 1.0, dtype, device); }
-Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); }
-Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype(), t.device()); }
-Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.dtype(), t.device()); }
-Tensor full_like(const Tensor& t, double value) { return full(t.shape(), value, t.dtype(), t.device()); }
+Tensor zeros(const Shape& shape, DType dtype, Device device) {
+  return full(shape, 0.0, dtype, device);
+}
+Tensor ones(const Shape& shape, DType dtype, Device device) {
+  return full(shape, 1.0, dtype, device);
+}
+Tensor empty_like(const Tensor& t) {
+  return Tensor::empty(t.shape(), t.dtype(), t.device());
+}
+Tensor zeros_like(const Tensor& t) {
+  return zeros(t.shape(), t.dtype(), t.device());
+}
+Tensor ones_like(const Tensor& t) {
+  return ones(t.shape(), t.dtype(), t.device());
+}
+Tensor full_like(const Tensor& t, double value) {
+  return full(t.shape(), value, t.dtype(), t.device());
+}
 
 Tensor arange(double start, double end, double step, DType dtype, Device device) {
   HD_CHECK(step != 0, "arange: step must be non-zero");
@@ -53,19 +65,22 @@ Tensor from_vector(const std::vector<T>& values, const Shape& shape, DType dtype
     cpu::copy(host, converted);
     host = converted;
   }
-  return device.is_cpu() ? host : to(host, device);  // built on the host, then moved
+  return device == Device::cpu() ? host : to(host, device);  // built on the host, then moved
 }
 template Tensor from_vector(const std::vector<float>&, const Shape&, DType, Device);
 template Tensor from_vector(const std::vector<double>&, const Shape&, DType, Device);
 template Tensor from_vector(const std::vector<int32_t>&, const Shape&, DType, Device);
 template Tensor from_vector(const std::vector<int64_t>&, const Shape&, DType, Device);
 
-Tensor from_vector(const std::vector<bool>& values, const Shape& shape, DType dtype, Device device) {
+Tensor from_vector(const std::vector<bool>& values, const Shape& shape, DType dtype,
+                   Device device) {
   std::vector<int32_t> v(values.begin(), values.end());
   return from_vector(v, shape, dtype, device);
 }
 
-Tensor scalar_tensor(double value, DType dtype, Device device) { return full({}, value, dtype, device); }
+Tensor scalar_tensor(double value, DType dtype, Device device) {
+  return full({}, value, dtype, device);
+}
 
 namespace {
 // Random fills of device tensors draw on the host with the same Philox stream and copy the
@@ -84,8 +99,10 @@ void uniform_(Tensor& t, double lo, double hi, Generator& gen) {
   HD_CHECK(t.is_contiguous(), "uniform_: needs a contiguous tensor, got ", t.str());
   uint64_t per_block = t.dtype() == DType::f64 ? 2 : 4;
   uint64_t first = gen.advance((uint64_t(t.numel()) + per_block - 1) / per_block);
-  dispatch(t, "uniform_", [&] { cpu::fill_uniform(t, lo, hi, gen, first); },
-           HD_CUDA_KERNEL(fill_via_host(t, [&](Tensor& h) { cpu::fill_uniform(h, lo, hi, gen, first); })));
+  dispatch(
+      t, "uniform_", [&] { cpu::fill_uniform(t, lo, hi, gen, first); },
+      HD_CUDA_KERNEL(
+          fill_via_host(t, [&](Tensor& h) { cpu::fill_uniform(h, lo, hi, gen, first); })));
   t.bump_version();
 }
 
@@ -93,12 +110,15 @@ void normal_(Tensor& t, double mean, double stddev, Generator& gen) {
   HD_CHECK(t.is_contiguous(), "normal_: needs a contiguous tensor, got ", t.str());
   uint64_t per_block = t.dtype() == DType::f64 ? 1 : 2;
   uint64_t first = gen.advance((uint64_t(t.numel()) + per_block - 1) / per_block);
-  dispatch(t, "normal_", [&] { cpu::fill_normal(t, mean, stddev, gen, first); },
-           HD_CUDA_KERNEL(fill_via_host(t, [&](Tensor& h) { cpu::fill_normal(h, mean, stddev, gen, first); })));
+  dispatch(
+      t, "normal_", [&] { cpu::fill_normal(t, mean, stddev, gen, first); },
+      HD_CUDA_KERNEL(
+          fill_via_host(t, [&](Tensor& h) { cpu::fill_normal(h, mean, stddev, gen, first); })));
   t.bump_version();
 }
 
-Tensor uniform(const Shape& shape, double lo, double hi, Generator& gen, DType dtype, Device device) {
+Tensor uniform(const Shape& shape, double lo, double hi, Generator& gen, DType dtype,
+               Device device) {
   Tensor t = Tensor::empty(shape, dtype, device);
   uniform_(t, lo, hi, gen);
   return t;

@@ -35,42 +35,52 @@ static void split_dims(const Shape& shape, int64_t d, int64_t& outer, int64_t& n
   for (size_t i = size_t(d) + 1; i < shape.size(); ++i) inner *= shape[i];
 }
 
+// [Note: index placement] index_select and index_add read their indices on the host (the CUDA
+// kernels take a host array and copy it), gather and scatter_add read them in the kernel, on
+// x's device. Each moves an index given on another device where it needs it, so callers may
+// build indices on the host (from_vector) whatever device the data is on.
 Tensor index_select_raw(const Tensor& x_in, int64_t d, const Tensor& idx) {
   Tensor x = contiguous(x_in.detach());
-  Tensor ic = contiguous(idx);
+  Tensor ic = contiguous(to(idx, Device::cpu()));
   int64_t outer, n, inner;
   split_dims(x.shape(), d, outer, n, inner);
   Shape out_shape = x.shape();
   out_shape[size_t(d)] = ic.numel();
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
-  dispatch(x, "index_select",
-           [&] { cpu::index_select(x, outer, n, inner, ic.data<int64_t>(), ic.numel(), out); },
-           HD_CUDA_KERNEL(cuda::index_select(x, outer, n, inner, ic.data<int64_t>(), ic.numel(), out)));
+  dispatch(
+      x, "index_select",
+      [&] { cpu::index_select(x, outer, n, inner, ic.data<int64_t>(), ic.numel(), out); },
+      HD_CUDA_KERNEL(cuda::index_select(x, outer, n, inner, ic.data<int64_t>(), ic.numel(), out)));
   return out;
 }
 
 void index_add_into(Tensor& out, int64_t d, const Tensor& idx, const Tensor& src_in) {
   Tensor src = contiguous(src_in.detach());
-  Tensor ic = contiguous(idx);
+  Tensor ic = contiguous(to(idx, Device::cpu()));
   int64_t outer, n, inner;
   split_dims(out.shape(), d, outer, n, inner);
-  dispatch(out, "index_add",
-           [&] { cpu::index_add(out, outer, n, inner, ic.data<int64_t>(), ic.numel(), src); },
-           HD_CUDA_KERNEL(cuda::index_add(out, outer, n, inner, ic.data<int64_t>(), ic.numel(), src)));
+  dispatch(
+      out, "index_add",
+      [&] { cpu::index_add(out, outer, n, inner, ic.data<int64_t>(), ic.numel(), src); },
+      HD_CUDA_KERNEL(cuda::index_add(out, outer, n, inner, ic.data<int64_t>(), ic.numel(), src)));
 }
 
-Tensor gather_raw(const Tensor& x, int64_t d, const Tensor& idx) {
+Tensor gather_raw(const Tensor& x, int64_t d, const Tensor& idx_in) {
+  const Tensor idx = to(idx_in, x.device());  // [Note: index placement]
   Tensor out = Tensor::empty(idx.shape(), x.dtype(), x.device());
   Tensor xd = x.detach();
-  dispatch(x, "gather", [&] { cpu::gather(xd, d, idx, out); },
-           HD_CUDA_KERNEL(cuda::gather(xd, d, idx, out)));
+  dispatch(
+      x, "gather", [&] { cpu::gather(xd, d, idx, out); },
+      HD_CUDA_KERNEL(cuda::gather(xd, d, idx, out)));
   return out;
 }
 
-void scatter_add_into(Tensor& out, int64_t d, const Tensor& idx, const Tensor& src) {
+void scatter_add_into(Tensor& out, int64_t d, const Tensor& idx_in, const Tensor& src) {
+  const Tensor idx = to(idx_in, out.device());  // [Note: index placement]
   Tensor sd = src.detach();
-  dispatch(out, "scatter_add", [&] { cpu::scatter_add(out, d, idx, sd); },
-           HD_CUDA_KERNEL(cuda::scatter_add(out, d, idx, sd)));
+  dispatch(
+      out, "scatter_add", [&] { cpu::scatter_add(out, d, idx, sd); },
+      HD_CUDA_KERNEL(cuda::scatter_add(out, d, idx, sd)));
 }
 
 }  // namespace indexing

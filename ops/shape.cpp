@@ -1,6 +1,7 @@
 #include "ops/shape.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 
 #include "autograd/node.h"
@@ -276,19 +277,21 @@ Tensor unsqueeze(const Tensor& x, int64_t dim) {
 
 Tensor clone(const Tensor& x) {
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  dispatch(x, "clone", [&] { cpu::copy(x, out); },
-           HD_CUDA_KERNEL(cuda::copy(x, out)));
+  dispatch(
+      x, "clone", [&] { cpu::copy(x, out); }, HD_CUDA_KERNEL(cuda::copy(x, out)));
   if (auto node = make_grad_node<IdentityBackward>({&x}, "CloneBackward")) set_history(out, node);
   return out;
 }
 
-Tensor contiguous(const Tensor& x) { return x.is_contiguous() ? x : clone(x); }
+Tensor contiguous(const Tensor& x) {
+  return x.is_contiguous() ? x : clone(x);
+}
 
 Tensor to(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
   Tensor out = Tensor::empty(x.shape(), dtype, x.device());
-  dispatch(x, "to", [&] { cpu::copy(x, out); },
-           HD_CUDA_KERNEL(cuda::copy(x, out)));
+  dispatch(
+      x, "to", [&] { cpu::copy(x, out); }, HD_CUDA_KERNEL(cuda::copy(x, out)));
   if (is_floating(dtype)) {
     if (auto node = make_grad_node<ToDTypeBackward>({&x})) {
       node->in_dtype = x.dtype();
@@ -302,19 +305,25 @@ Tensor to(const Tensor& x, Device device) {
   if (x.device() == device) return x;
   Tensor src = contiguous(x.detach());
   Tensor out = Tensor::empty(x.shape(), x.dtype(), device);  // throws without a CUDA device
-#ifdef HD_HAVE_CUDA
-  const size_t n = src.nbytes();
-  if (src.device().is_cpu()) {
-    cuda::copy_host_to_device(out.raw_data(), src.raw_data(), n, device.index);
-  } else if (device.is_cpu()) {
-    cuda::copy_device_to_host(out.raw_data(), src.raw_data(), n, src.device().index);
+  if (src.device().is_cpu() && device.is_cpu()) {
+    // Between host devices ([Note: a second host device], autograd/device.h).
+    if (src.nbytes() > 0) std::memcpy(out.raw_data(), src.raw_data(), src.nbytes());
   } else {
-    cuda::copy_device_to_device(out.raw_data(), device.index, src.raw_data(), src.device().index, n);
-  }
+#ifdef HD_HAVE_CUDA
+    const size_t n = src.nbytes();
+    if (src.device().is_cpu()) {
+      cuda::copy_host_to_device(out.raw_data(), src.raw_data(), n, device.index);
+    } else if (device.is_cpu()) {
+      cuda::copy_device_to_host(out.raw_data(), src.raw_data(), n, src.device().index);
+    } else {
+      cuda::copy_device_to_device(out.raw_data(), device.index, src.raw_data(), src.device().index,
+                                  n);
+    }
 #else
-  throw Error(detail::concat("to: cannot move ", x.str(), " to ", device.str(),
-                             " (this build has no CUDA backend)"));
+    throw Error(detail::concat("to: cannot move ", x.str(), " to ", device.str(),
+                               " (this build has no CUDA backend)"));
 #endif
+  }
   if (is_floating(x.dtype())) {
     if (auto node = make_grad_node<ToDeviceBackward>({&x})) {
       node->in_device = x.device();
@@ -365,8 +374,8 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
     Shape sub_shape = shape;
     sub_shape[size_t(d)] = len;
     Tensor window = out.as_strided(sub_shape, out.strides(), start * out.strides()[size_t(d)]);
-    dispatch(x, "cat", [&] { cpu::copy(x, window); },
-           HD_CUDA_KERNEL(cuda::copy(x, window)));
+    dispatch(
+        x, "cat", [&] { cpu::copy(x, window); }, HD_CUDA_KERNEL(cuda::copy(x, window)));
     start += len;
   }
   bool any = false;
@@ -478,8 +487,8 @@ Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value) {
     offset += pads[2 * k] * out.strides()[d];
   }
   Tensor window = out.as_strided(x.shape(), out.strides(), offset);
-  dispatch(x, "pad", [&] { cpu::copy(x, window); },
-           HD_CUDA_KERNEL(cuda::copy(x, window)));
+  dispatch(
+      x, "pad", [&] { cpu::copy(x, window); }, HD_CUDA_KERNEL(cuda::copy(x, window)));
   if (auto node = make_grad_node<PadBackward>({&x})) {
     node->pads = pads;
     node->in_shape = x.shape();

@@ -162,10 +162,13 @@ FSDPUnit& FSDP::fully_shard(const Module& module, FSDPOptions options) {
     const std::string& full = names_.at(key);
     // [Note: devices]: the collectives move tensors of one device kind; the unit's buffers live
     // where its parameters do.
-    HD_CHECK(t.device() == pg_->device(), "fully_shard: parameter '", full, "' is on ",
-             t.device().str(), " but the ", pg_->backend(), " process group moves tensors on ",
-             pg_->device().str(), " (move the model there first, or use ",
-             t.device().is_cpu() ? "the MPI group" : "the NCCL group", ")");
+    HD_CHECK(pg_->moves(t.device()) && (unit->params_.empty() || unit->device_ == t.device()),
+             "fully_shard: parameter '", full, "' is on ", t.device().str(), " but the ",
+             pg_->backend(), " process group moves tensors on ", pg_->device().str(),
+             " (move the model there first, or use ",
+             t.device().is_cpu() ? "the MPI group" : "the NCCL group",
+             "; every parameter of a unit on one device)");
+    if (unit->params_.empty()) unit->device_ = t.device();
     HD_CHECK(t.dtype() == DType::f32 && t.is_contiguous() && t.offset() == 0 &&
                  t.storage()->nbytes() == t.nbytes(),
              "fully_shard: parameter '", full, "' ", t.str(),
@@ -257,7 +260,8 @@ double FSDP::clip_grad_norm(double max_norm) {
   std::vector<Tensor> s = shards();
   // f64 on the shards' device: one all-reduce and one host read per step (padding rows hold zero
   // gradients).
-  Tensor total = grad_norm_squared_tensor(s, pg_->device());
+  Tensor total =
+      grad_norm_squared_tensor(s, units_.empty() ? pg_->device() : units_.front()->device_);
   pg_->all_reduce(total, ReduceOp::sum).wait();
   double norm = std::sqrt(total.item<double>());
   if (!std::isfinite(norm)) return norm;

@@ -209,6 +209,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   std::string backend() const override { return "mpi"; }
   Device device() const override { return Device::cpu(); }
+  bool moves(Device d) const override { return d.is_cpu(); }
 
   Work all_reduce(const Tensor& t, ReduceOp op) override {
     int n = count_of(t, "all_reduce");

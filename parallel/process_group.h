@@ -89,6 +89,9 @@ class ProcessGroup {
   virtual std::string backend() const = 0;
   // Where the tensors this group moves live: the host (MPI) or the rank's GPU (NCCL).
   virtual Device device() const = 0;
+  // Whether it can move tensors on `d`: the MPI group takes any host device, including the
+  // second host device tests use (autograd/device.h); NCCL only its own GPU.
+  virtual bool moves(Device d) const { return d == device(); }
 
   virtual Work all_reduce(const Tensor& t, ReduceOp op) = 0;
   virtual Work all_gather(const Tensor& in, const Tensor& out) = 0;

@@ -40,7 +40,7 @@ Tensor selective_pos_embed(const Tensor& pos_embed, int64_t grid, const Tensor& 
   HD_CHECK(positions.dim() == 1 && positions.dtype() == DType::i64,
            "selective_pos_embed: positions must be i64 [n], got ", positions.str());
   const int64_t n = positions.size(0);
-  if (n == 0) return zeros({0, W}, pos_embed.dtype());
+  if (n == 0) return zeros({0, W}, pos_embed.dtype(), pos_embed.device());
   Tensor rows = indexing::index_i64("selective_pos_embed", positions);
   std::vector<int64_t> pos = rows.to_vector<int64_t>();
   std::vector<int64_t> iy(static_cast<size_t>(n)), ix(static_cast<size_t>(n));
@@ -50,7 +50,8 @@ Tensor selective_pos_embed(const Tensor& pos_embed, int64_t grid, const Tensor& 
     iy[size_t(t)] = pos[size_t(t)] / grid;
     ix[size_t(t)] = pos[size_t(t)] % grid;
   }
-  Tensor R = resample_weights(G, grid, ResampleMode::bicubic, true, pos_embed.dtype());  // [g, G]
+  Tensor R = to(resample_weights(G, grid, ResampleMode::bicubic, true, pos_embed.dtype()),
+                pos_embed.device());                              // [g, G]
   Tensor Ry = index_select(R, 0, from_vector<int64_t>(iy, {n}));  // [n, G] weights over rows a
   Tensor Rx = index_select(R, 0, from_vector<int64_t>(ix, {n}));  // [n, G] weights over cols b
   // T^(b): [b, a * W] so one GEMM contracts the column axis for every token.

@@ -89,6 +89,10 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
   check_batch(c, batch);
   const int64_t B = batch.batch_size();
   const size_t ns = c.vision.scales.size();
+  // The batch is made on the host (the loader); the model and its losses live on the model's
+  // device, where the targets and masks below are moved (the vision model moves its own inputs).
+  const Device device = model.logit_scale.device();
+  auto on_device = [device](const Tensor& t) { return to(t, device); };
 
   // posterior_all_regions: the regions' captions go through the text tower in the same call as
   // the rows' (one pass per FSDP unit), rows first; rows are independent in the tower.
@@ -114,7 +118,7 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
     return batch.patches(b, scale, idx);
   };
   in.prompt = text.prompt;
-  for (size_t s = 0; s < ns; ++s) in.gt_maps.push_back(batch.gt_map(c.vision.grid(s)));
+  for (size_t s = 0; s < ns; ++s) in.gt_maps.push_back(on_device(batch.gt_map(c.vision.grid(s))));
   in.gt_forcing = options.gt_forcing;
   in.pool_gt_only = options.pool_gt_only;
   in.look_close_steps = options.look_close_steps;
@@ -139,7 +143,7 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
     is_local[size_t(b)] = !batch.is_global[size_t(b)];
     (is_local[size_t(b)] ? r.local_rows : r.global_rows) += 1;
   }
-  Tensor use_low = from_vector(global_mask, {B, 1});
+  Tensor use_low = on_device(from_vector(global_mask, {B, 1}));
   Tensor image = l2_normalize(where(use_low, v.low_res_pooled, v.high_res_pooled), -1);
   Tensor contrastive = distributed_sigmoid_loss(image, text.features, widened(model.logit_scale),
                                                 widened(model.logit_bias), pg);
@@ -153,7 +157,8 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
     HD_CHECK(int64_t(batch.salient_boxes.size()) == B,
              "pretrain_forward: prior_all_regions needs the batch's salient_boxes (", B,
              " rows, got ", batch.salient_boxes.size(), ")");
-    for (size_t s = 0; s < ns; ++s) prior_targets[s] = batch.salient_map(c.vision.grid(s));
+    for (size_t s = 0; s < ns; ++s)
+      prior_targets[s] = on_device(batch.salient_map(c.vision.grid(s)));
   }
   Tensor prior =
       selection_bce(v.prior_probs, prior_targets, is_local, row_weight, options.selection_loss);
@@ -171,7 +176,8 @@ PretrainResult forward_body(const PS3CLIP& model, const data::Batch& batch,
       const double region_weight = R_global > 0 ? double(R) * double(n) / double(R_global) : 0.0;
       if (R > 0) {
         std::vector<Tensor> region_maps;
-        for (size_t s = 0; s < ns; ++s) region_maps.push_back(batch.region_maps(c.vision.grid(s)));
+        for (size_t s = 0; s < ns; ++s)
+          region_maps.push_back(on_device(batch.region_maps(c.vision.grid(s))));
         posterior = selection_bce(v.region_probs, region_maps, std::vector<bool>(size_t(R), true),
                                   region_weight, options.selection_loss);
       } else {

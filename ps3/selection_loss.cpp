@@ -31,7 +31,7 @@ Tensor balanced_weights(const Tensor& target) {
     for (int64_t k = 0; k < cells; ++k)
       w[size_t(r * cells + k)] = (gr[k] > 0.5 ? wp : wn) / double(n);
   }
-  return from_vector<double>(w, target.shape(), target.dtype());
+  return from_vector<double>(w, target.shape(), target.dtype(), target.device());
 }
 
 // Mean over `rows` with box cells of logsumexp(z) - logsumexp(z over box cells), z = logit(p):
@@ -52,11 +52,12 @@ Tensor box_rank_loss(const Tensor& p_rows, const Tensor& g_rows) {
   }
   Tensor flat = reshape(clamp(p_rows, 1e-6, 1.0 - 1e-6), {n, cells});
   Tensor z = sub(log(flat), log(rsub(flat, 1.0)));
-  Tensor mask = from_vector(std::vector<bool>(outside.begin(), outside.end()), {n, cells});
+  Tensor mask = from_vector(std::vector<bool>(outside.begin(), outside.end()), {n, cells},
+                            DType::boolean, p_rows.device());
   Tensor rank = sub(logsumexp(z, 1), logsumexp(masked_fill(z, mask, -1e4), 1));
   if (with_box == 0) return mul(sum(rank), 0.0);
   for (double& w : row_weight) w /= double(with_box);
-  return sum(mul(rank, from_vector<double>(row_weight, {n}, rank.dtype())));
+  return sum(mul(rank, from_vector<double>(row_weight, {n}, rank.dtype(), rank.device())));
 }
 
 }  // namespace

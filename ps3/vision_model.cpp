@@ -124,11 +124,15 @@ std::vector<Tensor> per_scale(const VisionConfig& c, const Tensor& prob) {
 
 namespace {
 
-// The model computes in its parameters' dtype: bf16 under FSDP's param_dtype (train.precision),
-// f64 in gradient checks. Float inputs (images, patches, prompts, GT maps) enter in that dtype.
-VisionInputs in_compute_dtype(const VisionInputs& raw, DType dt) {
-  auto cast = [dt](const Tensor& t) {
-    return t.defined() && is_floating(t.dtype()) && t.dtype() != dt ? to(t, dt) : t;
+// The model computes in its parameters' dtype (bf16 under FSDP's param_dtype, train.precision;
+// f64 in gradient checks) and on their device. Float inputs (images, patches, prompts, GT maps)
+// enter in that dtype, and every input on that device: the loader makes host tensors, and the
+// patches are cut on the host from the uint8 image (only the selected ones cross to a GPU).
+VisionInputs in_compute_dtype(const VisionInputs& raw, DType dt, Device device) {
+  auto cast = [dt, device](const Tensor& t) {
+    if (!t.defined()) return t;
+    Tensor on = to(t, device);
+    return is_floating(on.dtype()) && on.dtype() != dt ? to(on, dt) : on;
   };
   VisionInputs in = raw;
   in.low_res = cast(raw.low_res);
@@ -151,7 +155,8 @@ VisionOutputs PS3VisionModel::forward(const VisionInputs& raw_inputs) const {
   const VisionConfig& c = config_;
   const Parts& p = *parts_;
   HD_CHECK(raw_inputs.low_res.defined(), "PS3 vision: low_res input is undefined");
-  const VisionInputs in = in_compute_dtype(raw_inputs, p.prior_prompt.dtype());
+  const VisionInputs in =
+      in_compute_dtype(raw_inputs, p.prior_prompt.dtype(), p.prior_prompt.device());
   // One image with B prompts (an evaluation ranking every caption on every image): stage 1 and
   // the selection features are computed once and broadcast to the B rows.
   const int64_t B_img = in.low_res.size(0), W = c.width, G = c.low_grid();

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <functional>
+#include <optional>
 
 #include "autograd/allocator.h"
 #include "autograd/optimizer.h"
@@ -70,13 +71,14 @@ struct Sharded {
   std::vector<FSDPUnit*> blocks;
   FSDPUnit* root;
   std::unique_ptr<AdamW> opt;
-  // `group` moves tensors on `device` (MPI: the host; NCCL: this rank's GPU), where the model is
-  // moved after its host initialisation, so every device starts from the same weights.
+  // The model is moved to `on` (default: the group's device; MPI: the host, NCCL: this rank's
+  // GPU) after its host initialisation, so every device starts from the same weights.
   Sharded(bool reshard, bool reshard_root, int64_t pos_tokens = 0,
-          std::shared_ptr<ProcessGroup> group = testing::world_ptr())
+          std::shared_ptr<ProcessGroup> group = testing::world_ptr(),
+          std::optional<Device> on = std::nullopt)
       : model(2, pos_tokens),
-        device(group->device()),
-        fsdp((model.initialize(7), model.to_(group->device(), DType::f32), model), group) {
+        device(on.value_or(group->device())),
+        fsdp((model.initialize(7), model.to_(device, DType::f32), model), group) {
     for (size_t i = 0; i < model.blocks->size(); ++i) {
       blocks.push_back(&fsdp.fully_shard((*model.blocks)[i], FSDPOptions{reshard, {}}));
     }
@@ -184,6 +186,27 @@ INSTANTIATE_TEST_SUITE_P(Schedules, FSDPParity,
                            return std::string(info.param.reshard ? "Reshard" : "Keep") + "Micro" +
                                   std::to_string(info.param.micro);
                          });
+
+// Issue 18, tested without a GPU: the model on the second host device cpu:1 (autograd/device.h),
+// which the MPI group also moves. Every unit buffer, shard and gradient FSDP makes must be on the
+// parameters' device (ops refuse to mix cpu and cpu:1), and training equals the host reference.
+TEST_P(FSDPParity, TenStepsOnASecondHostDeviceMatchSingleProcess) {
+  const Device other{DeviceType::cpu, 1};
+  Reference ref;
+  Sharded fs(GetParam().reshard, GetParam().reshard, 0, testing::world_ptr(), other);
+  for (int s = 0; s < 10; ++s) {
+    double expected = ref.step(s);
+    double got = fs.step(s, GetParam().micro);
+    ASSERT_NEAR(got, expected, 1e-5) << "loss at step " << s;
+    expect_params_match(fs.fsdp.full_parameters(), ref.model, s);
+  }
+  for (const auto& u : fs.fsdp.units()) {
+    for (const FSDPParam& p : u->params()) {
+      ASSERT_EQ(p.shard.device(), other) << p.info.name;  // (gradients: cleared by zero_grad)
+    }
+  }
+  for (const auto& [name, t] : fs.fsdp.full_parameters()) EXPECT_EQ(t.device(), other) << name;
+}
 
 // Issue 18: the same schedules with the parameters, shards and unit buffers on this rank's GPU
 // and the NCCL group ([Note: devices] in fsdp.h): 10 steps against the host's unsharded
