@@ -341,7 +341,7 @@ void validate_config(const proto::RunConfig& c, int world_size) {
   if (std::find(presets.begin(), presets.end(), c.model().preset()) == presets.end())
     invalid("model.preset", "= '" + c.model().preset() + "' is not one of demo, ps3-1.5k, ps3-4k");
   const std::string& device = c.model().device();
-  if (device != "cpu" && device != "cuda" && device != "auto")
+  if (device != "cpu" && device != "cuda" && device != "auto" && device != "cpu:1")
     invalid("model.device", "= '" + device + "' is not one of cpu, cuda, auto");
 
   const auto& d = c.data();

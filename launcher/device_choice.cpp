@@ -7,9 +7,14 @@ namespace hd::launcher {
 DeviceChoice choose_device(const std::string& setting, const cuda::DeviceProbe& probe,
                            int local_rank, int local_world_size, bool host_only) {
   const std::string s = setting.empty() ? "cpu" : setting;
-  HD_CHECK(s == "cpu" || s == "cuda" || s == "auto", "model.device = '", setting,
+  HD_CHECK(s == "cpu" || s == "cuda" || s == "auto" || s == "cpu:1", "model.device = '", setting,
            "' is not one of cpu, cuda, auto");
   if (s == "cpu") return {Device::cpu(), ""};
+  // The second host device of the placement tests (autograd/device.h): host memory and kernels,
+  // a device of its own for every same-device check. Not for real runs: it only costs copies.
+  if (s == "cpu:1")
+    return {Device{DeviceType::cpu, 1},
+            "model.device = 'cpu:1': the second host device (device-placement tests)"};
   if (local_rank < 0) local_rank = 0;
   if (local_world_size < 1) local_world_size = local_rank + 1;
   // Why this rank cannot have a GPU of its own ("" when it can).

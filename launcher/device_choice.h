@@ -1,11 +1,12 @@
 // Which device a rank trains on (model.device), decided before MPI starts so that a wrong
 // setting ends the job at once with a message naming the setting, the host and the rank.
 //
-// Rules: "cpu" -> the host. "cuda" -> GPU local_rank: one process per GPU (NCCL's model and
-// llm.c's), so the host must have at least as many GPUs as ranks on it; no GPU, or fewer GPUs
-// than ranks, is an error. "auto" -> cuda when that would be valid, else cpu with a note.
-// The inputs are plain values (the CUDA probe's answer, the launcher's local rank and size) so
-// the rules are tested on any machine (tests/launcher/device_choice_test.cpp).
+// Rules: "cpu" -> the host ("cpu:1": the second host device of the placement tests). "cuda" -> GPU
+// local_rank: one process per GPU (NCCL's model and llm.c's), so the host must have at least as
+// many GPUs as ranks on it; no GPU, or fewer GPUs than ranks, is an error. "auto" -> cuda when that
+// would be valid, else cpu with a note. The inputs are plain values (the CUDA probe's answer, the
+// launcher's local rank and size) so the rules are tested on any machine
+// (tests/launcher/device_choice_test.cpp).
 //
 // Until the trainers run on devices (issue 18: batches, losses and checkpoints on the GPU;
 // FSDP already moves device tensors, parallel/fsdp.h [Note: devices]), a command that trains

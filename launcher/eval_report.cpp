@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "autograd/error.h"
+#include "ops/shape.h"
 #include "ps3/data/records.h"
 #include "ps3/evaluate.h"
 #include "ps3/pretrain.h"
@@ -27,7 +28,8 @@ void evaluate_and_report(const proto::RunConfig& c, const ps3::PS3Config& mcfg,
     HD_CHECK(it != full.end(), "evaluation: parameter ", name, " missing from the trained model");
     HD_CHECK(it->second.numel() == p.numel(), "evaluation: parameter ", name, " has ",
              it->second.numel(), " elements, the copy ", p.numel());
-    std::memcpy(p.data<float>(), it->second.data<float>(), size_t(p.numel()) * sizeof(float));
+    const Tensor host = to(it->second, Device::cpu());  // the trained shards may be on a device
+    std::memcpy(p.data<float>(), host.data<float>(), size_t(p.numel()) * sizeof(float));
   }
   data::BadInputLog log(c.data().strict());
   data::Dataset eval_set = data::open_dataset(c.data().eval_dir(), log);

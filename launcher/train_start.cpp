@@ -9,6 +9,7 @@
 
 #include "autograd/error.h"
 #include "launcher/trainer.h"
+#include "parallel/checkpoint/host_staging.h"
 #include "parallel/checkpoint/resume.h"
 #include "proto/checkpoint.pb.h"
 
@@ -62,7 +63,9 @@ void init_from(const proto::CheckpointConfig& k, parallel::FSDP& fsdp, int rank)
     throw AgreedError(concat("checkpoint.init_from '", from.string(),
                              "' does not match the model (another architecture?): ", problems));
   try {
-    ckpt::load_checkpoint(from, shards, {.allow_missing = true, .allow_unexpected = true});
+    ckpt::HostStaging staging(shards);  // device shards are read into host copies first
+    ckpt::load_checkpoint(from, staging.host(), {.allow_missing = true, .allow_unexpected = true});
+    staging.to_devices();
   } catch (const ckpt::CorruptCheckpoint&) {
     throw;  // found by one rank's reads: not agreed, the job ends through run_or_abort
   } catch (const Error& e) {
@@ -90,11 +93,13 @@ TrainStart start_training(const proto::RunConfig& c, parallel::FSDP& fsdp, AdamW
   ro.on_corrupt =
       c.checkpoint().on_corrupt() == "error" ? ckpt::OnCorrupt::error : ckpt::OnCorrupt::fallback;
   ckpt::ResumeResult r;
+  ckpt::HostStaging staging(ckpt::training_shards(fsdp, opt));  // host_staging.h
   try {
-    r = ckpt::resume_training(ckpt_dir, ckpt::training_shards(fsdp, opt), pg, ro);
+    r = ckpt::resume_training(ckpt_dir, staging.host(), pg, ro);
   } catch (const ckpt::ResumeError& e) {
     throw AgreedError(e.what());
   }
+  if (r.path) staging.to_devices();
   start.fallbacks = int64_t(r.corrupt.size());
   if (r.path) {
     start.state = r.loaded.state;

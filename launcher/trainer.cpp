@@ -15,6 +15,7 @@
 #include "autograd/error.h"
 #include "autograd/optimizer.h"
 #include "launcher/config.h"
+#include "launcher/device_choice.h"
 #include "launcher/eval_report.h"
 #include "launcher/model_config.h"
 #include "launcher/signals.h"
@@ -22,6 +23,7 @@
 #include "monitoring/monitor.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
+#include "parallel/checkpoint/host_staging.h"
 #include "parallel/checkpoint/train_state.h"
 #include "ps3/data/loader.h"
 #include "ps3/data/records.h"
@@ -126,9 +128,19 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   mcfg.vision.activation_checkpointing = recomputed.vision;
   mcfg.text.activation_checkpointing = recomputed.text;
   data::Tokenizer tokenizer(c.data().tokenizer(), mcfg.text.context);
+  // model.device (launcher/device_choice.h; the command checked it before MPI started). The
+  // model is initialised on the host (the same bits on every device), then moved; the batches
+  // stay host tensors, which the model moves (ps3/pretrain.h).
+  const std::string& device_setting = c.model().device();
+  const bool needs_probe = device_setting == "cuda" || device_setting == "auto";
+  const Device device =
+      choose_device(device_setting, needs_probe ? probe_devices_if_built() : cuda::DeviceProbe{},
+                    pg->local_rank(), -1, /*host_only=*/true)
+          .device;
   auto build = [&] {
     auto n = std::make_unique<Network>(mcfg);
     n->model.initialize(c.seed());  // identical on every rank (parameter streams keyed by name)
+    if (device != Device::cpu()) n->model.to_(device, DType::f32);
     parallel::FSDPOptions fsdp_options;
     if (tc.precision() == "bf16") fsdp_options.mixed_precision.param_dtype = DType::bf16;
     n->fsdp = ps3::shard_ps3(n->model, pg, fsdp_options);
@@ -219,7 +231,10 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   };
   auto save = [&](const TrainerState& st) {
     auto t0 = std::chrono::steady_clock::now();
-    auto shards = training_shards(fsdp, opt);
+    // Shards on a device are copied to the host for the writer (host_staging.h).
+    parallel::ckpt::HostStaging staging(training_shards(fsdp, opt));
+    staging.to_host();
+    const auto& shards = staging.host();
     int64_t bytes = 0;
     for (const auto& s : shards) bytes += s.info.length * int64_t(sizeof(float));
     try {

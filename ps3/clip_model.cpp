@@ -6,6 +6,9 @@
 #include <cmath>
 
 #include "autograd/error.h"
+#include "autograd/node.h"
+#include "autograd/storage.h"
+#include "ops/elementwise.h"
 #include "ps3/pretrain.h"
 #include "ps3/text_tower.h"
 
@@ -34,24 +37,16 @@ std::vector<const Module*> PS3CLIP::sharding_units() const {
 }
 
 void PS3CLIP::clamp_logit_scale(Tensor& logit_scale_storage) {
-  HD_CHECK(logit_scale_storage.defined() && logit_scale_storage.is_contiguous() &&
-               logit_scale_storage.device().is_cpu(),
-           "PS3CLIP::clamp_logit_scale: expected the contiguous host tensor holding logit_scale, "
-           "got ",
+  HD_CHECK(logit_scale_storage.defined() && (logit_scale_storage.dtype() == DType::f32 ||
+                                             logit_scale_storage.dtype() == DType::f64),
+           "PS3CLIP::clamp_logit_scale: expected the f32 or f64 tensor holding logit_scale, got ",
            logit_scale_storage.defined() ? logit_scale_storage.str() : "an undefined tensor");
-  const double hi = std::log(100.0);
-  // An in-place write to optimizer state, outside any graph: no version bump wanted.
-  if (logit_scale_storage.dtype() == DType::f32) {
-    float* p = logit_scale_storage.data<float>();
-    for (int64_t i = 0; i < logit_scale_storage.numel(); ++i)
-      p[i] = std::clamp(p[i], 0.0f, float(hi));
-  } else {
-    HD_CHECK(logit_scale_storage.dtype() == DType::f64,
-             "PS3CLIP::clamp_logit_scale: logit_scale must be f32 or f64, got ",
-             logit_scale_storage.str());
-    double* p = logit_scale_storage.data<double>();
-    for (int64_t i = 0; i < logit_scale_storage.numel(); ++i) p[i] = std::clamp(p[i], 0.0, hi);
-  }
+  // An in-place write to optimizer state, outside any graph: no version bump wanted. Tensor ops,
+  // so it runs where the shard lives (host or device) without reading it on the host.
+  NoGradGuard no_grad;
+  PreserveVersion keep(*logit_scale_storage.storage());
+  Tensor target = logit_scale_storage.detach();
+  copy_(target, clamp(target, 0.0, std::log(100.0)));
 }
 
 bool is_selection_parameter(const std::string& name) {

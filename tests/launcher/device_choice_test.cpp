@@ -82,6 +82,13 @@ TEST(DeviceChoice, HostOnlyCommandsRefuseCudaAndFallBackFromAuto) {
   EXPECT_NE(c.note.find("although this host has 2 GPU(s)"), std::string::npos) << c.note;
 }
 
+TEST(DeviceChoice, TheSecondHostDeviceIsForPlacementTests) {
+  DeviceChoice c = choose_device("cpu:1", host_with(0), 0, 2, true);
+  EXPECT_EQ(c.device, (Device{DeviceType::cpu, 1}));
+  EXPECT_EQ(c.device.str(), "cpu:1");
+  EXPECT_NE(c.note.find("device-placement tests"), std::string::npos) << c.note;
+}
+
 TEST(DeviceChoice, AnUnknownSettingIsRejected) {
   const std::string e = error_of("gpu", 8, 0, 1, false);
   EXPECT_NE(e.find("model.device = 'gpu' is not one of cpu, cuda, auto"), std::string::npos) << e;

@@ -22,6 +22,8 @@ h5dump, the JSON-lines metrics files and the /metrics endpoint. Cases:
                 killed with -9 mid-run end the job under hdrun in seconds, not at a kill timeout
   nonfinite     a poisoned loss at step 2: skipped (null in the log), counted, training goes on
   nonfinite_limit  poisoned steps 1 and 2 with max_nonfinite_in_a_row 2: a clear error, exit != 0
+  device        the model on the second host device cpu:1: the same losses, checkpoint and
+                evaluation as the host run; a host checkpoint resumes on it
   bad_config    typo in a --set, typo in a file (file:line:col), model.device that cannot
                 be used, wrong world size, missing
                 dataset: exit code, message naming the thing, nothing written
@@ -498,6 +500,32 @@ def case_precision(env):
     check(worst < 0.05, "bf16 losses within 5%% of fp32's at every step (worst %.4f): %s vs %s" %
           (worst, la, lp))
     check(la[5] < 0.5 * la[0], "bf16 training lowers the loss: %s" % la)
+
+
+def case_device(env):
+    """Issue 18 without a GPU: the model on the second host device cpu:1 (autograd/device.h),
+    batches made on the host. Every tensor the trainer, model, losses, FSDP, checkpoints or the
+    evaluation put on the wrong device is an error there; the run must equal the host run bit
+    for bit, and a host checkpoint resumes on it (device shards staged through the host)."""
+    host, dev, moved = fresh(env, "dev_host"), fresh(env, "dev_cpu1"), fresh(env, "dev_moved")
+    ph = env.run(host)
+    pd = env.run(dev, ["model.device=cpu:1"])
+    check("model.device = 'cpu:1': the second host device" in pd.stderr,
+          "the device choice is reported: %s" % pd.stderr.strip()[-300:])
+    lh, ld = losses(host), losses(dev)
+    check(sorted(ld) == list(range(6)) and ld == lh,
+          "cpu:1 losses == host losses: %s vs %s" % (ld, lh))
+    check(checkpoint_dump(os.path.join(host, "checkpoints", "step_00000006")) ==
+          checkpoint_dump(os.path.join(dev, "checkpoints", "step_00000006")),
+          "the cpu:1 run's final checkpoint (staged through the host) == the host run's")
+    check(close(json.load(open(os.path.join(dev, "eval.json"))),
+                json.load(open(os.path.join(host, "eval.json")))),
+          "the end-of-run evaluation of the cpu:1 run == the host run's")
+    env.run(moved, ["train.stop_at_step=3"])
+    p = env.run(moved, ["model.device=cpu:1"])
+    check("[resume] from" in p.stdout and losses(moved) == lh,
+          "a host checkpoint resumed on cpu:1 continues as the uninterrupted run: %s" %
+          losses(moved))
 
 
 def case_bad_config(env):
