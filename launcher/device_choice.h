@@ -8,10 +8,9 @@
 // launcher's local rank and size) so the rules are tested on any machine
 // (tests/launcher/device_choice_test.cpp).
 //
-// Until the trainers run on devices (issue 18: batches, losses and checkpoints on the GPU;
-// FSDP already moves device tensors, parallel/fsdp.h [Note: devices]), a command that trains
-// on the host only passes host_only = true: "cuda" is then an error that says so, and "auto"
-// falls back to the host with a note.
+// A command whose training is host-only (`hdtrain run`: the VILA-HD stages) passes
+// host_only = true: "cuda" is then an error that says so, and "auto" falls back to the host with
+// a note. `hdtrain pretrain` trains on devices (launcher/trainer.cpp, issue 18).
 #pragma once
 #include <cstdio>
 #include <string>

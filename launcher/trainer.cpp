@@ -135,15 +135,27 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   const bool needs_probe = device_setting == "cuda" || device_setting == "auto";
   const Device device =
       choose_device(device_setting, needs_probe ? probe_devices_if_built() : cuda::DeviceProbe{},
-                    pg->local_rank(), -1, /*host_only=*/true)
+                    pg->local_rank(), -1, /*host_only=*/false)
           .device;
+  // Device tensors travel over NCCL (FSDP's gathers and reduce-scatters, the cross-rank text
+  // exchange of the contrastive loss); host values (the per-step agreement, resume metadata,
+  // checkpoint commits) stay on the MPI group.
+  std::shared_ptr<parallel::ProcessGroup> tensor_group = pg;
+  if (device.type == DeviceType::cuda) {
+    tensor_group = parallel::make_nccl_group(pg);
+    if (rank == 0)
+      std::fprintf(stderr,
+                   "hdtrain pretrain: note: training on GPUs (cuda:local rank, NCCL). This path "
+                   "is tested on the CPU with a second host device and by docs/cuda.md's GPU "
+                   "script; report what fails.\n");
+  }
   auto build = [&] {
     auto n = std::make_unique<Network>(mcfg);
     n->model.initialize(c.seed());  // identical on every rank (parameter streams keyed by name)
     if (device != Device::cpu()) n->model.to_(device, DType::f32);
     parallel::FSDPOptions fsdp_options;
     if (tc.precision() == "bf16") fsdp_options.mixed_precision.param_dtype = DType::bf16;
-    n->fsdp = ps3::shard_ps3(n->model, pg, fsdp_options);
+    n->fsdp = ps3::shard_ps3(n->model, tensor_group, fsdp_options);
     n->opt = std::make_unique<AdamW>(
         split_param_groups(n->fsdp->param_groups(tc.weight_decay(), DecayRule{}),
                            ps3::is_selection_parameter, "selection", tc.selection_lr_scale()),
@@ -301,7 +313,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
         Tensor loss;
         {
           auto p = timer.phase(monitoring::Phase::forward);
-          res = ps3::pretrain_forward(model, batch, po, pg.get());
+          res = ps3::pretrain_forward(model, batch, po, tensor_group.get());
           loss = micro > 1 ? res.loss * (1.0 / double(micro)) : res.loss;
           if (rank == 0 && std::find(poison.begin(), poison.end(), step) != poison.end())
             loss = loss * std::numeric_limits<double>::quiet_NaN();

@@ -2,10 +2,11 @@
 #include "parallel/autograd_collectives.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "autograd/error.h"
 #include "autograd/node.h"
+#include "ops/elementwise.h"
+#include "ops/factory.h"
 #include "ops/shape.h"
 
 namespace hd::parallel {
@@ -17,26 +18,37 @@ int64_t row_numel(const Shape& shape) {
   return n;
 }
 
-// [counts[r] rows of rank r, ...] <-> [N * max_rows] padded slots, as raw row copies: these are
-// buffers for the collectives, not part of any graph.
+// [counts[r] rows of rank r, ...] <-> [N * max_rows] padded slots. Buffers for the collectives,
+// not part of any graph; copies by tensor ops (narrow + copy_ on flat views), so host and device
+// rows (MPI and NCCL groups) take the same path, as FSDP's unit buffers do.
 void unpad(const Tensor& padded, const std::vector<int64_t>& counts, int64_t max_rows,
-           int64_t row_bytes, Tensor& out) {
-  const char* src = static_cast<const char*>(padded.raw_data());
-  char* dst = static_cast<char*>(out.raw_data());
+           int64_t per_row, Tensor& out) {
+  NoGradGuard no_grad;
+  Tensor flat_out = view(out, {out.numel()});
+  int64_t at = 0;
   for (size_t r = 0; r < counts.size(); ++r) {
-    std::memcpy(dst, src + int64_t(r) * max_rows * row_bytes, size_t(counts[r] * row_bytes));
-    dst += counts[r] * row_bytes;
+    const int64_t n = counts[r] * per_row;
+    if (n > 0) {
+      Tensor dst = narrow(flat_out, 0, at, n);
+      copy_(dst, narrow(padded, 0, int64_t(r) * max_rows * per_row, n));
+    }
+    at += n;
   }
 }
 
 void pad(const Tensor& rows, const std::vector<int64_t>& counts, int64_t max_rows,
-         int64_t row_bytes, Tensor& padded) {
-  const char* src = static_cast<const char*>(rows.raw_data());
-  char* dst = static_cast<char*>(padded.raw_data());
-  std::memset(dst, 0, padded.nbytes());
+         int64_t per_row, Tensor& padded) {
+  NoGradGuard no_grad;
+  zero_(padded);
+  Tensor flat_rows = view(rows, {rows.numel()});
+  int64_t at = 0;
   for (size_t r = 0; r < counts.size(); ++r) {
-    std::memcpy(dst + int64_t(r) * max_rows * row_bytes, src, size_t(counts[r] * row_bytes));
-    src += counts[r] * row_bytes;
+    const int64_t n = counts[r] * per_row;
+    if (n > 0) {
+      Tensor dst = narrow(padded, 0, int64_t(r) * max_rows * per_row, n);
+      copy_(dst, narrow(flat_rows, 0, at, n));
+    }
+    at += n;
   }
 }
 
@@ -50,15 +62,14 @@ class AllGatherRowsBackward final : public Node {
     Tensor g = contiguous(grad_outputs.at(0));
     const int64_t max_rows = *std::max_element(counts_.begin(), counts_.end());
     const int64_t per_row = row_numel(g.shape());
-    const int64_t row_bytes = per_row * int64_t(dtype_size(g.dtype()));
     const int64_t n = pg_.world_size();
     Tensor padded = Tensor::empty({n * max_rows * per_row}, g.dtype(), g.device());
-    pad(g, counts_, max_rows, row_bytes, padded);
+    pad(g, counts_, max_rows, per_row, padded);
     Tensor mine = Tensor::empty({max_rows * per_row}, g.dtype(), g.device());
     pg_.reduce_scatter(padded, mine, ReduceOp::sum).wait();
-    Tensor out = Tensor::empty(local_shape_, g.dtype(), g.device());
-    std::memcpy(out.raw_data(), mine.raw_data(), out.nbytes());
-    return {out};
+    NoGradGuard no_grad;
+    const int64_t local = shape_numel(local_shape_);
+    return {reshape(clone(narrow(mine, 0, 0, local)), local_shape_)};
   }
 
  private:
@@ -78,10 +89,9 @@ int64_t GatheredRows::offset(int rank) const {
 }
 
 int64_t all_reduce_count(int64_t value, ProcessGroup& pg) {
-  Tensor t = Tensor::empty({1}, DType::i64);
-  t.data<int64_t>()[0] = value;
+  Tensor t = from_vector<int64_t>({value}, {1}, DType::i64, pg.device());  // the group's device
   pg.all_reduce(t, ReduceOp::sum).wait();
-  return t.data<int64_t>()[0];
+  return t.item<int64_t>();
 }
 
 GatheredRows all_gather_rows(const Tensor& x, ProcessGroup& pg) {
@@ -89,13 +99,12 @@ GatheredRows all_gather_rows(const Tensor& x, ProcessGroup& pg) {
            x.defined() ? x.str() : std::string("an undefined tensor"));
   HD_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64,
            "all_gather_rows: rows must be f32 or f64, got ", x.str());
-  // The padding copies below are host memcpys; device rows need the NCCL path's copies.
-  HD_CHECK(x.device().is_cpu(), "all_gather_rows: host tensors only for now, got ", x.str());
   const int n = pg.world_size();
   GatheredRows out;
   {
-    Tensor mine = Tensor::empty({1}, DType::i64), all = Tensor::empty({n}, DType::i64);
-    mine.data<int64_t>()[0] = x.size(0);
+    // The row counts travel on the group's device (the host for MPI, the GPU for NCCL).
+    Tensor mine = from_vector<int64_t>({x.size(0)}, {1}, DType::i64, pg.device());
+    Tensor all = Tensor::empty({n}, DType::i64, pg.device());
     pg.all_gather(mine, all).wait();
     out.counts = all.to_vector<int64_t>();
   }
@@ -103,19 +112,21 @@ GatheredRows all_gather_rows(const Tensor& x, ProcessGroup& pg) {
   int64_t total = 0;
   for (int64_t c : out.counts) total += c;
   const int64_t per_row = row_numel(x.shape());
-  const int64_t row_bytes = per_row * int64_t(dtype_size(x.dtype()));
 
   Tensor local = contiguous(x.detach());
-  Tensor send = Tensor::empty({max_rows * per_row}, x.dtype(), x.device());
-  std::memset(send.raw_data(), 0, send.nbytes());
-  std::memcpy(send.raw_data(), local.raw_data(), local.nbytes());
+  Tensor send = zeros({max_rows * per_row}, x.dtype(), x.device());
+  if (local.numel() > 0) {
+    NoGradGuard no_grad;
+    Tensor dst = narrow(send, 0, 0, local.numel());
+    copy_(dst, view(local, {local.numel()}));
+  }
   Tensor recv = Tensor::empty({int64_t(n) * max_rows * per_row}, x.dtype(), x.device());
   pg.all_gather(send, recv).wait();
 
   Shape shape = x.shape();
   shape[0] = total;
   Tensor all = Tensor::empty(shape, x.dtype(), x.device());
-  unpad(recv, out.counts, max_rows, row_bytes, all);
+  unpad(recv, out.counts, max_rows, per_row, all);
   if (auto node = make_grad_node<AllGatherRowsBackward>({&x}, pg, out.counts, x.shape())) {
     set_history(all, node);
   }
