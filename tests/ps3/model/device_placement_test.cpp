@@ -36,11 +36,7 @@ StepResult step_on(Device device, const PretrainOptions& options) {
   data::Batch batch = micro_batch(0, 4);  // host tensors, as the loader makes them
   // Every local row's salient regions (prior_target / posterior_target all_regions): its own
   // box and caption, and a second region with another row's caption.
-  const int64_t ctx = batch.tokens.size(1);
-  auto row_tokens = [&](int64_t b) {
-    const int32_t* t = batch.tokens.data<int32_t>() + b * ctx;
-    return std::vector<int32_t>(t, t + ctx);
-  };
+  auto row_tokens = [&](int64_t b) { return testing::row_tokens(batch, b); };
   batch.salient_boxes.assign(4, {});
   batch.salient_tokens.assign(4, {});
   for (int64_t b : {0, 1, 3}) {

@@ -89,4 +89,11 @@ inline data::Batch micro_batch(int64_t first, int64_t n, const PS3Config& c = mi
   return b;
 }
 
+// Row `row` of a batch's caption tokens (what a salient region's caption is in these tests).
+inline std::vector<int32_t> row_tokens(const data::Batch& b, int64_t row) {
+  const int64_t ctx = b.tokens.size(1);
+  const int32_t* t = b.tokens.data<int32_t>() + row * ctx;
+  return std::vector<int32_t>(t, t + ctx);
+}
+
 }  // namespace hd::ps3::testing

@@ -66,11 +66,7 @@ TEST(PretrainForward, PosteriorOverAllRegions) {
   PS3CLIP model(micro_config());
   model.initialize(5);
   data::Batch batch = micro_batch(0, 4);  // rows 0, 1, 3 local; row 2 global
-  const int64_t ctx = batch.tokens.size(1);
-  auto row_tokens = [&](int64_t b) {
-    const int32_t* t = batch.tokens.data<int32_t>() + b * ctx;
-    return std::vector<int32_t>(t, t + ctx);
-  };
+  auto row_tokens = [&](int64_t b) { return testing::row_tokens(batch, b); };
   batch.salient_boxes.assign(4, {});
   batch.salient_tokens.assign(4, {});
   for (int64_t b : {0, 1, 3}) {
