@@ -21,6 +21,8 @@
 #include "launcher/vilahd_memo.h"
 #include "monitoring/monitor.h"
 #include "ops/factory.h"
+#include "ops/shape.h"
+#include "parallel/checkpoint/host_staging.h"
 #include "parallel/checkpoint/resume.h"
 #include "parallel/checkpoint/train_state.h"
 #include "ps3/data/bad_input.h"
@@ -154,6 +156,7 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
   auto build = [&] {
     auto n = std::make_unique<Network>();
     n->model = vilahd::load_vila_folder(o.init);
+    if (o.device != Device::cpu()) n->model->to_(o.device, DType::f32);
     n->model->set_activation_checkpointing(o.recompute_llm, o.recompute_vision);
     vilahd::freeze_all_but(*n->model, o.trainable);
     parallel::FSDPOptions fsdp_options;
@@ -186,13 +189,15 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
   int64_t fallbacks = 0;
   for (int attempt = 0; attempt < 2; ++attempt) {
     ckpt::ResumeResult r;
+    ckpt::HostStaging staging(ckpt::training_shards(*net->fsdp, *net->opt, true));
     try {
       r = ckpt::resume_training(
-          ckpt_dir, ckpt::training_shards(*net->fsdp, *net->opt, true), *pg,
+          ckpt_dir, staging.host(), *pg,
           {.on_corrupt = o.on_corrupt_error ? ckpt::OnCorrupt::error : ckpt::OnCorrupt::fallback});
     } catch (const ckpt::ResumeError& e) {
       throw AgreedError(e.what());
     }
+    if (r.path) staging.to_devices();
     fallbacks += int64_t(r.corrupt.size());
     if (r.path) {
       if (r.loaded.state.stage != o.stage)
@@ -236,7 +241,9 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
 
   auto save = [&](const ckpt::TrainerState& st) {
     const auto t0 = std::chrono::steady_clock::now();
-    auto shards = ckpt::training_shards(fsdp, opt, true);
+    ckpt::HostStaging staging(ckpt::training_shards(fsdp, opt, true));  // device shards: copies
+    staging.to_host();
+    const auto& shards = staging.host();
     int64_t bytes = 0;
     for (const auto& s : shards) bytes += s.info.length * int64_t(sizeof(float));
     try {
@@ -424,7 +431,7 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
     if (rank == 0) {
       std::unique_ptr<vilahd::VilaHdModel> copy = vilahd::load_vila_folder(o.init);
       for (auto& [name, p] : copy->named_parameters()) {
-        const Tensor& src = full.at(name);
+        const Tensor src = to(full.at(name), Device::cpu());
         HD_CHECK(src.numel() == p.numel(), "stage result: parameter '", name, "' has ", src.numel(),
                  " values, the model ", p.numel());
         std::memcpy(p.data<float>(), src.data<float>(), size_t(p.numel()) * sizeof(float));

@@ -65,6 +65,9 @@ struct VilaStageOptions {
   bool recompute_llm = false, recompute_vision = false;
   // train.precision: the model computes in this dtype (FSDP param_dtype; f32 masters and losses)
   DType param_dtype = DType::f32;
+  // Where the model trains (loaded on the host, then moved); the records' tensors are made on the
+  // host and moved by the model. cpu:1 is the placement tests' second host device.
+  Device device = Device::cpu();
   int64_t max_length = 2048;  // text tokens; longer records are dropped and counted
   uint64_t seed = 0;
   int64_t checkpoint_every = 0;  // 0: only at the end / a stop

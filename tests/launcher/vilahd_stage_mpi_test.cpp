@@ -389,6 +389,21 @@ TEST_F(VilaStage, RecomputedLayersTrainLikeThePlainStage) {
       << "largest parameter difference relative to its tensor's scale";
 }
 
+// Issue 18 without a GPU: the stage with its model on the second host device cpu:1
+// (autograd/device.h), records made on the host. Every tensor created on the wrong device is an
+// error there; the losses and the result folder must equal the host stage's bit for bit.
+TEST_F(VilaStage, SecondHostDeviceTrainsLikeTheHostStage) {
+  VilaStageOptions p = every_part_trained("host", 3);
+  VilaStageOutcome host = run_vila_stage(p, world_ptr());
+  VilaStageOptions o = p;
+  o.stage_dir = run_dir() / "cpu1";
+  o.device = Device{DeviceType::cpu, 1};
+  VilaStageOutcome other = run_vila_stage(o, world_ptr());
+  ASSERT_TRUE(host.finished && other.finished);
+  EXPECT_EQ(other.losses, host.losses);
+  EXPECT_EQ(largest_parameter_difference(host.result, other.result), 0.0);
+}
+
 // train.precision = bf16: the LLM, projector and PS3 compute in bf16 (FSDP param_dtype), the
 // masters, AdamW and losses in f32. It must track the fp32 stage and stay deterministic.
 TEST_F(VilaStage, Bf16TracksTheFp32Stage) {
