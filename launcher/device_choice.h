@@ -8,9 +8,9 @@
 // launcher's local rank and size) so the rules are tested on any machine
 // (tests/launcher/device_choice_test.cpp).
 //
-// A command whose training is host-only (`hdtrain run`: the VILA-HD stages) passes
-// host_only = true: "cuda" is then an error that says so, and "auto" falls back to the host with
-// a note. `hdtrain pretrain` trains on devices (launcher/trainer.cpp, issue 18).
+// A command whose training is host-only passes host_only = true: "cuda" is then an error that
+// says so, and "auto" falls back to the host with a note. `hdtrain pretrain` and `hdtrain run`
+// train on devices (launcher/trainer.cpp, launcher/vilahd_stage.cpp; issue 18).
 #pragma once
 #include <cstdio>
 #include <string>

@@ -4,6 +4,7 @@
 
 #include "autograd/error.h"
 #include "ops/factory.h"
+#include "ops/shape.h"
 #include "parallel/broadcast_tensors.h"
 
 namespace hd::launcher {
@@ -53,6 +54,7 @@ std::vector<vilahd::VilaSample> fill_vision_memo_across_ranks(
     views[u].memo_key = s.images[0].memo_key;
   }
 
+  const Device model_device = model.named_parameters().front().second.device();
   // Every entry to every rank, in key order: [GT-map count, GT maps..., the entry's tensors...].
   for (size_t u = 0; u < keys && world > 1; ++u) {
     const int owner = int(u % size_t(world));
@@ -64,9 +66,14 @@ std::vector<vilahd::VilaSample> fill_vision_memo_across_ranks(
       list.push_back(from_vector<int64_t>({int64_t(views[u].gt_maps.size())}, {1}));
       list.insert(list.end(), views[u].gt_maps.begin(), views[u].gt_maps.end());
       for (Tensor& t : vilahd::memo_entry_to_tensors(it->second)) list.push_back(std::move(t));
+      for (Tensor& t : list)  // MPI moves host tensors: device entries go through the host
+        if (t.defined()) t = to(t, Device::cpu());
     }
     parallel::broadcast_tensor_list(pg, list, owner);
     if (owner == rank) continue;
+    // Received on the host; the memo's entries live where the model does (its outputs).
+    for (Tensor& t : list)
+      if (t.defined()) t = to(t, model_device);
     const int64_t maps = list.at(0).item<int64_t>();
     HD_CHECK(maps >= 0 && int64_t(list.size()) > 1 + maps, "vision memo: a malformed entry (",
              list.size(), " tensors) from rank ", owner);

@@ -153,6 +153,9 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
              "', which is not in ", o.data_dir.string());
 
   // ---- model, FSDP, optimizer --------------------------------------------------------------
+  // Device parameters are sharded over NCCL; host values (agreement, resume, commits) stay on MPI.
+  std::shared_ptr<parallel::ProcessGroup> tensor_group =
+      o.device.type == DeviceType::cuda ? parallel::make_nccl_group(pg) : pg;
   auto build = [&] {
     auto n = std::make_unique<Network>();
     n->model = vilahd::load_vila_folder(o.init);
@@ -161,7 +164,7 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
     vilahd::freeze_all_but(*n->model, o.trainable);
     parallel::FSDPOptions fsdp_options;
     fsdp_options.mixed_precision.param_dtype = o.param_dtype;
-    n->fsdp = vilahd::shard_vila(*n->model, pg, fsdp_options);
+    n->fsdp = vilahd::shard_vila(*n->model, tensor_group, fsdp_options);
     std::vector<ParamGroup> groups;
     for (ParamGroup g : n->fsdp->param_groups(o.weight_decay)) {
       ParamGroup kept{g.label, {}, {}, g.weight_decay, g.lr_scale};

@@ -225,7 +225,7 @@ Tensor image_selection_loss(const std::vector<Tensor>& probs, const std::vector<
     // In fp32 as the reference (f64 stays f64 for gradient checks): a bf16 map would round the
     // BCE's logs and the DICE sums.
     const Tensor p = probs[s].dtype() == DType::f64 ? probs[s] : to(probs[s], DType::f32);
-    Tensor g = to(gt_maps[s], p.dtype());
+    Tensor g = to(to(gt_maps[s], p.device()), p.dtype());  // GT maps are made on the host
     HD_CHECK(p.shape() == g.shape(), "image_selection_loss: scale ", s, " probabilities ",
              p.shape(), " vs GT map ", g.shape());
     Tensor term = add(binary_cross_entropy(p, g), dice_loss(p, g));

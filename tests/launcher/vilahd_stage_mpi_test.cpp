@@ -180,14 +180,9 @@ void expect_same_folder(const fs::path& a, const fs::path& b) {
 
 // 1 rank writes its losses to kWork/name; more ranks compare with them within 1e-5 (the np1
 // test is the others' fixture).
-void expect_losses_like_one_rank(const std::vector<double>& losses, const std::string& name) {
+// The losses written by an earlier run (the np1 test, or an earlier test of this binary).
+void expect_losses_like_file(const std::vector<double>& losses, const std::string& name) {
   const fs::path file = kWork / name;
-  if (world().world_size() == 1) {
-    std::ofstream f(file);
-    f.precision(17);
-    for (double l : losses) f << l << "\n";
-    return;
-  }
   ASSERT_TRUE(fs::exists(file)) << "run the np1 test first (its fixture)";
   std::ifstream f(file);
   for (size_t i = 0; i < losses.size(); ++i) {
@@ -195,6 +190,13 @@ void expect_losses_like_one_rank(const std::vector<double>& losses, const std::s
     ASSERT_TRUE(f >> want);
     EXPECT_NEAR(losses[i], want, 1e-5 * std::max(1.0, std::abs(want))) << "step " << i;
   }
+}
+
+void expect_losses_like_one_rank(const std::vector<double>& losses, const std::string& name) {
+  if (world().world_size() > 1) return expect_losses_like_file(losses, name);
+  std::ofstream f(kWork / name);
+  f.precision(17);
+  for (double l : losses) f << l << "\n";
 }
 
 class VilaStage : public ::testing::Test {
@@ -368,6 +370,21 @@ TEST_F(VilaStage, MemoizedStageRanksAgree) {
   ASSERT_TRUE(out.finished);
   ASSERT_EQ(out.losses.size(), 6u);
   expect_losses_like_one_rank(out.losses, "memo_losses_np1.txt");
+}
+
+// The same on the second host device (autograd/device.h): the memo's entries are computed on
+// cpu:1 and broadcast between ranks through the host; the losses are the host stage's.
+TEST_F(VilaStage, MemoizedStageOnASecondHostDeviceRanksAgree) {
+  VilaStageOptions o = options("memo_cpu1");
+  o.sft = data_dir() / "sft_memo.jsonl";
+  o.trainable = {"llm", "projector"};
+  o.memoize_vision = true;
+  o.train_w_gt_selection_map = true;
+  o.device = Device{DeviceType::cpu, 1};
+  VilaStageOutcome out = run_vila_stage(o, world_ptr());
+  ASSERT_TRUE(out.finished);
+  ASSERT_EQ(out.losses.size(), 6u);
+  expect_losses_like_file(out.losses, "memo_losses_np1.txt");  // the host stage's, on one rank
 }
 
 // train.activation_checkpointing = llm,vision: every LLM layer and PS3 block recomputed in
