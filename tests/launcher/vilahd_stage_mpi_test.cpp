@@ -159,6 +159,16 @@ VilaStageOptions every_part_trained(const std::string& name, int64_t steps) {
   return o;
 }
 
+// A memoized stage: PS3 frozen and run once per record, teacher forcing, the LLM trained.
+VilaStageOptions memoized_options(const std::string& name) {
+  VilaStageOptions o = options(name);
+  o.sft = data_dir() / "sft_memo.jsonl";
+  o.trainable = {"llm", "projector"};
+  o.memoize_vision = true;
+  o.train_w_gt_selection_map = true;
+  return o;
+}
+
 std::string bytes_of(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   std::stringstream s;
@@ -361,11 +371,7 @@ TEST_F(VilaStage, VisionMemoFilledAcrossRanksEqualsOneRankFillingAll) {
 
 // A memoized stage (PS3 frozen, teacher forcing) on 1 and 2 ranks: the same losses.
 TEST_F(VilaStage, MemoizedStageRanksAgree) {
-  VilaStageOptions o = options("memo");
-  o.sft = data_dir() / "sft_memo.jsonl";
-  o.trainable = {"llm", "projector"};
-  o.memoize_vision = true;
-  o.train_w_gt_selection_map = true;
+  VilaStageOptions o = memoized_options("memo");
   VilaStageOutcome out = run_vila_stage(o, world_ptr());
   ASSERT_TRUE(out.finished);
   ASSERT_EQ(out.losses.size(), 6u);
@@ -375,11 +381,7 @@ TEST_F(VilaStage, MemoizedStageRanksAgree) {
 // The same on the second host device (autograd/device.h): the memo's entries are computed on
 // cpu:1 and broadcast between ranks through the host; the losses are the host stage's.
 TEST_F(VilaStage, MemoizedStageOnASecondHostDeviceRanksAgree) {
-  VilaStageOptions o = options("memo_cpu1");
-  o.sft = data_dir() / "sft_memo.jsonl";
-  o.trainable = {"llm", "projector"};
-  o.memoize_vision = true;
-  o.train_w_gt_selection_map = true;
+  VilaStageOptions o = memoized_options("memo_cpu1");
   o.device = Device{DeviceType::cpu, 1};
   VilaStageOutcome out = run_vila_stage(o, world_ptr());
   ASSERT_TRUE(out.finished);
