@@ -5,7 +5,7 @@
 namespace hd::launcher {
 
 DeviceChoice choose_device(const std::string& setting, const cuda::DeviceProbe& probe,
-                           int local_rank, int local_world_size, bool host_only) {
+                           int local_rank, int local_world_size) {
   const std::string s = setting.empty() ? "cpu" : setting;
   HD_CHECK(s == "cpu" || s == "cuda" || s == "auto" || s == "cpu:1", "model.device = '", setting,
            "' is not one of cpu, cuda, auto");
@@ -32,18 +32,9 @@ DeviceChoice choose_device(const std::string& setting, const cuda::DeviceProbe& 
   if (s == "cuda") {
     HD_CHECK(missing.empty(), "model.device = 'cuda' on local rank ", local_rank, ": ", missing,
              "; set model.device: cpu or auto");
-    HD_CHECK(!host_only,
-             "model.device = 'cuda': this command trains on the host only in this "
-             "version (FSDP moves device tensors, but the trainer's batches, losses "
-             "and checkpoints are host tensors); set model.device: cpu or auto");
     return {Device::cuda(local_rank), ""};
   }
   if (!missing.empty()) return {Device::cpu(), "model.device = 'auto': the CPU, " + missing};
-  if (host_only)
-    return {Device::cpu(), detail::concat("model.device = 'auto': the CPU although this host has ",
-                                          probe.device_count,
-                                          " GPU(s): this command trains on the host only in this "
-                                          "version")};
   return {Device::cuda(local_rank),
           detail::concat("model.device = 'auto': GPU ", local_rank, " of ", probe.device_count)};
 }

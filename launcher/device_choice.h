@@ -7,10 +7,8 @@
 // would be valid, else cpu with a note. The inputs are plain values (the CUDA probe's answer, the
 // launcher's local rank and size) so the rules are tested on any machine
 // (tests/launcher/device_choice_test.cpp).
-//
-// A command whose training is host-only passes host_only = true: "cuda" is then an error that
-// says so, and "auto" falls back to the host with a note. `hdtrain pretrain` and `hdtrain run`
-// train on devices (launcher/trainer.cpp, launcher/vilahd_stage.cpp; issue 18).
+// `hdtrain pretrain` and `hdtrain run` train on the chosen device (launcher/trainer.cpp,
+// launcher/vilahd_stage.cpp; issue 18).
 #pragma once
 #include <cstdio>
 #include <string>
@@ -28,7 +26,7 @@ struct DeviceChoice {
 // `setting` is model.device ("" means cpu). local_rank / local_world_size come from the
 // launcher (-1 when unknown: a single process is local rank 0 of 1). Throws hd::Error.
 DeviceChoice choose_device(const std::string& setting, const cuda::DeviceProbe& probe,
-                           int local_rank, int local_world_size, bool host_only);
+                           int local_rank, int local_world_size);
 
 // The CUDA probe where the including binary has the CUDA backend, else "no device" with the
 // reason (inline so hd_launcher_config itself needs no CUDA runtime).
@@ -42,16 +40,22 @@ inline cuda::DeviceProbe probe_devices_if_built() {
 #endif
 }
 
-// For the commands, before MPI starts: chooses this rank's device from model.device (probing
-// CUDA only when the setting asks for it), prints auto's note on rank 0, and on an error prints
-// it with the rank and returns false (the command exits 2; every rank checks alike).
+// choose_device with this machine's probe, taken only when the setting asks for a GPU (probing
+// initialises the CUDA runtime).
+inline DeviceChoice choose_device_here(const std::string& setting, int local_rank,
+                                       int local_world_size) {
+  const bool needs_probe = setting == "cuda" || setting == "auto";
+  return choose_device(setting, needs_probe ? probe_devices_if_built() : cuda::DeviceProbe{},
+                       local_rank, local_world_size);
+}
+
+// For the commands, before MPI starts: chooses this rank's device from model.device, prints
+// auto's note on rank 0, and on an error prints it with the rank and returns false (the command
+// exits 2; every rank checks alike).
 inline bool choose_device_or_report(const char* command, const std::string& setting, int rank,
-                                    int local_rank, int local_world_size, bool host_only,
-                                    DeviceChoice& out) {
+                                    int local_rank, int local_world_size, DeviceChoice& out) {
   try {
-    const bool needs_probe = !(setting.empty() || setting == "cpu");
-    out = choose_device(setting, needs_probe ? probe_devices_if_built() : cuda::DeviceProbe{},
-                        local_rank, local_world_size, host_only);
+    out = choose_device_here(setting, local_rank, local_world_size);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hdtrain %s: error (rank %d): %s\n", command, rank, e.what());
     return false;

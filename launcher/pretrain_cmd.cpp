@@ -66,7 +66,7 @@ int run(const std::vector<std::string>& args) {
   }
   DeviceChoice device;
   if (!choose_device_or_report("pretrain", config.model().device(), li.rank, li.local_rank,
-                               li.local_world_size, /*host_only=*/false, device))
+                               li.local_world_size, device))
     return 2;
   const std::string text = to_text(config);
   if (print_only) {

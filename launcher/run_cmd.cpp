@@ -177,13 +177,7 @@ bool run_stage(const proto::RunConfig& c, const std::string& text, int i,
   o.recompute_llm = recomputed.llm;
   o.recompute_vision = recomputed.vision;
   o.param_dtype = c.train().precision() == "bf16" ? DType::bf16 : DType::f32;
-  {
-    const std::string& setting = c.model().device();  // checked before MPI started
-    const bool needs_probe = setting == "cuda" || setting == "auto";
-    o.device = choose_device(setting, needs_probe ? probe_devices_if_built() : cuda::DeviceProbe{},
-                             pg->local_rank(), -1, /*host_only=*/false)
-                   .device;
-  }
+  o.device = choose_device_here(c.model().device(), pg->local_rank(), -1).device;  // checked
   o.max_length = s.max_length();
   o.seed = c.seed() + uint64_t(i);
   o.checkpoint_every = s.checkpoint_every();
@@ -231,7 +225,7 @@ int run(const std::vector<std::string>& args) {
   }
   DeviceChoice device;
   if (!choose_device_or_report("run", config.model().device(), li.rank, li.local_rank,
-                               li.local_world_size, /*host_only=*/false, device))
+                               li.local_world_size, device))
     return 2;
   const std::string text = to_text(config);
   if (print_only) {

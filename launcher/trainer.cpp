@@ -131,12 +131,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   // model.device (launcher/device_choice.h; the command checked it before MPI started). The
   // model is initialised on the host (the same bits on every device), then moved; the batches
   // stay host tensors, which the model moves (ps3/pretrain.h).
-  const std::string& device_setting = c.model().device();
-  const bool needs_probe = device_setting == "cuda" || device_setting == "auto";
-  const Device device =
-      choose_device(device_setting, needs_probe ? probe_devices_if_built() : cuda::DeviceProbe{},
-                    pg->local_rank(), -1, /*host_only=*/false)
-          .device;
+  const Device device = choose_device_here(c.model().device(), pg->local_rank(), -1).device;
   // Device tensors travel over NCCL (FSDP's gathers and reduce-scatters, the cross-rank text
   // exchange of the contrastive loss); host values (the per-step agreement, resume metadata,
   // checkpoint commits) stay on the MPI group.
