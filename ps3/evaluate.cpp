@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <optional>
 
@@ -229,7 +230,61 @@ struct ProbSums {
   }
 };
 
+// Shares and the median box rank over queries (see evaluate.h).
+struct FirstPickSums {
+  double own = 0, other = 0, elsewhere = 0;
+  std::vector<double> box_ranks;
+  void add(const QueryFirstPick& q) {
+    (q.place == FirstPickPlace::own_box        ? own
+     : q.place == FirstPickPlace::other_region ? other
+                                               : elsewhere) += 1;
+    if (q.box_rank >= 0) box_ranks.push_back(double(q.box_rank));
+  }
+  FirstPick mean() {
+    const double q = std::max(own + other + elsewhere, 1.0);
+    FirstPick r{own / q, other / q, elsewhere / q, 0};
+    if (!box_ranks.empty()) {
+      std::sort(box_ranks.begin(), box_ranks.end());
+      r.median_box_rank = box_ranks[box_ranks.size() / 2];
+    }
+    return r;
+  }
+};
+
 }  // namespace
+
+QueryFirstPick first_pick(const Tensor& scale0_probs, const Tensor& own_low,
+                          const Tensor& salient_low, int64_t row) {
+  std::vector<float> p = select(scale0_probs, 0, row).to_vector<float>();
+  std::vector<float> own_box = select(own_low, 0, row).to_vector<float>();
+  std::vector<float> any_box = select(salient_low, 0, 0).to_vector<float>();
+  const int64_t G = own_low.size(1), g0 = scale0_probs.size(1);
+  HD_CHECK(own_low.shape() == Shape({own_low.size(0), G, G}) &&
+               salient_low.shape() == Shape({salient_low.size(0), G, G}) && g0 >= G,
+           "first_pick: maps ", scale0_probs.str(), ", ", own_low.str(), ", ", salient_low.str(),
+           " are not [B, g0, g0], [B, G, G], [1, G, G] with g0 >= G");
+  std::vector<float> cell(size_t(G * G));
+  for (int64_t y = 0; y < G; ++y)
+    for (int64_t x = 0; x < G; ++x)
+      cell[size_t(y * G + x)] = p[size_t(((y * g0 + G - 1) / G) * g0 + (x * g0 + G - 1) / G)];
+  QueryFirstPick q;
+  const size_t top = size_t(std::max_element(cell.begin(), cell.end()) - cell.begin());
+  q.place = own_box[top] > 0   ? FirstPickPlace::own_box
+            : any_box[top] > 0 ? FirstPickPlace::other_region
+                               : FirstPickPlace::elsewhere;
+  float best_in_box = -std::numeric_limits<float>::infinity();
+  bool any = false;
+  for (size_t k = 0; k < cell.size(); ++k) {
+    if (own_box[k] <= 0) continue;
+    any = true;
+    best_in_box = std::max(best_in_box, cell[k]);
+  }
+  if (any) {
+    q.box_rank = 0;
+    for (float v : cell) q.box_rank += v > best_in_box;
+  }
+  return q;
+}
 
 EvalResult evaluate_ps3(const PS3CLIP& model, const data::Dataset& eval_set,
                         const data::Tokenizer& tokenizer, const EvalOptions& options) {
@@ -250,6 +305,7 @@ EvalResult evaluate_ps3(const PS3CLIP& model, const data::Dataset& eval_set,
   const int64_t steps = options.look_close_steps;
   ScoreSums top_down(ns), bottom_up(ns);
   ProbSums top_down_probs, bottom_up_probs;
+  FirstPickSums first_picks;
   std::vector<Tensor> region_emb, query_emb, query_prompt;
   std::vector<int64_t> query_image;  // index of each query's image among the evaluated ones
   std::vector<PreparedImage> prepared;
@@ -285,6 +341,8 @@ EvalResult evaluate_ps3(const PS3CLIP& model, const data::Dataset& eval_set,
     td.prompt = text.prompt;
     VisionOutputs v = model.vision().forward(td);
     Tensor gt_low = rows.gt_map(vc.low_grid());
+    data::Batch whole = image_batch(p, {p.boxes}, options.loader);
+    Tensor salient_low = whole.gt_map(vc.low_grid());
     auto picture = [&](const std::vector<Tensor>& maps, int64_t row, const std::string& name,
                        const std::optional<data::Box>& box) {
       std::vector<Tensor> rows;
@@ -301,16 +359,16 @@ EvalResult evaluate_ps3(const PS3CLIP& model, const data::Dataset& eval_set,
       top_down.add(v.selection_maps, td.gt_maps, row);
       top_down.add_ceiling(ceiling_selection(vc, td.gt_maps, row, steps), td.gt_maps, row);
       top_down_probs.add(v.posterior_probs[0], gt_low, row);
+      first_picks.add(first_pick(v.posterior_probs[0], gt_low, salient_low, row));
     }
 
     // Bottom-up: the prior alone, against every salient region of the image.
-    data::Batch whole = image_batch(p, {p.boxes}, options.loader);
     VisionInputs bu = inputs_for(model, whole, steps);
     VisionOutputs u = model.vision().forward(bu);
     if (draw) picture(u.selection_maps, 0, "bu_" + std::to_string(i) + ".png", std::nullopt);
     bottom_up.add(u.selection_maps, bu.gt_maps, 0);
     bottom_up.add_ceiling(ceiling_selection(vc, bu.gt_maps, 0, steps), bu.gt_maps, 0);
-    bottom_up_probs.add(u.prior_probs[0], whole.gt_map(vc.low_grid()), 0);
+    bottom_up_probs.add(u.prior_probs[0], salient_low, 0);
 
     r.queries += B;
     prepared.push_back(std::move(p));
@@ -321,6 +379,7 @@ EvalResult evaluate_ps3(const PS3CLIP& model, const data::Dataset& eval_set,
   r.bottom_up = bottom_up.mean();
   r.top_down_probs = top_down_probs.mean();
   r.bottom_up_probs = bottom_up_probs.mean();
+  r.top_down_first_pick = first_picks.mean();
 
   // Forced retrieval over regions: row q's own region is q.
   Tensor queries = cat(query_emb, 0);

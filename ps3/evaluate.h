@@ -22,6 +22,11 @@
 // a random in-box cell scores above a random outside cell, ties counting half): a flat map has
 // AUC 0.5 and equal means, whatever its level.
 //
+// Where top-down looks first (the failure analysis of a miss): for each query, the low-res cell
+// with the highest posterior lands in the caption's own box, in another region of the same image
+// (the prompt picked the wrong sign), or elsewhere (clutter or background); and the rank of the
+// box's best cell among all cells (0 = first), whose median says how far a miss is from a hit.
+//
 // Retrieval:
 //  * forced (region level): candidates are the region embeddings of ALL regions of all evaluated
 //    images, each from the image alone with GT forcing of that region's box and MAP pooling over
@@ -73,6 +78,24 @@ struct ProbStats {
   double mean_in = 0, mean_out = 0, max_in = 0, max_out = 0, auc = 0;
 };
 
+// Where one query's highest low-res cell lands, and the number of cells scoring above the box's
+// best cell (-1 when the box holds no low-res cell). scale0_probs: [B, g0, g0], the first
+// scale's nearest-upsampled map, read at the first fine cell of each low-res cell; own_low: the
+// caption's box map [B, G, G]; salient_low: row 0 = the union of the image's boxes [1, G, G].
+enum class FirstPickPlace { own_box, other_region, elsewhere };
+struct QueryFirstPick {
+  FirstPickPlace place = FirstPickPlace::elsewhere;
+  int64_t box_rank = -1;
+};
+QueryFirstPick first_pick(const Tensor& scale0_probs, const Tensor& own_low,
+                          const Tensor& salient_low, int64_t row);
+
+// Shares of queries whose top-ranked low-res cell lies in each place; see the header note.
+struct FirstPick {
+  double own_box = 0, other_region = 0, elsewhere = 0;
+  double median_box_rank = 0;
+};
+
 struct EvalResult {
   int64_t images = 0, queries = 0;
   std::vector<int64_t> scales;
@@ -81,6 +104,7 @@ struct EvalResult {
   int64_t retrieval_topdown_images = 0;
   SelectionScores top_down, bottom_up;
   ProbStats top_down_probs, bottom_up_probs;
+  FirstPick top_down_first_pick;
 };
 
 // The model must be unsharded (a plain PS3CLIP, no FSDP runner). Throws naming the eval set if

@@ -80,6 +80,11 @@ std::string eval_table(const EvalResult& r) {
         p.mean_in, p.mean_out, p.max_in, p.max_out, p.auc);
   };
   out += probs("top-down", r.top_down_probs) + probs("bottom-up", r.bottom_up_probs);
+  const FirstPick& f = r.top_down_first_pick;
+  out += format(
+      "top-down's highest cell: in its box %.3f, on another region %.3f, elsewhere %.3f; median "
+      "rank of the box's best cell %.0f\n",
+      f.own_box, f.other_region, f.elsewhere, f.median_box_rank);
   out += format(
       "retrieval top-1\n  forced to the GT box, caption -> region:    %.3f  (chance %.4f, %.1fx)\n",
       r.retrieval_forced_top1, r.retrieval_forced_chance,
@@ -101,6 +106,11 @@ std::string eval_json(const EvalResult& r) {
                       {"bottom_up", selection_json(r.bottom_up, r.scales)},
                       {"top_down_probability", probs_json(r.top_down_probs)},
                       {"bottom_up_probability", probs_json(r.bottom_up_probs)},
+                      {"top_down_first_pick",
+                       {{"own_box", r.top_down_first_pick.own_box},
+                        {"other_region", r.top_down_first_pick.other_region},
+                        {"elsewhere", r.top_down_first_pick.elsewhere},
+                        {"median_box_rank", r.top_down_first_pick.median_box_rank}}},
                       {"retrieval_forced",
                        {{"top1", r.retrieval_forced_top1}, {"chance", r.retrieval_forced_chance}}},
                       {"retrieval_top_down",

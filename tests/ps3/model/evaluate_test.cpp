@@ -8,6 +8,7 @@
 
 #include <filesystem>
 
+#include "ops/factory.h"
 #include "ps3/data/geometry.h"
 #include "ps3/data/image.h"
 #include "ps3/data/synth.h"
@@ -129,8 +130,50 @@ TEST_F(EvalFixture, CountsAndChanceLevelsMatchClosedForms) {
   const std::string json = eval_json(r), table = eval_table(r);
   EXPECT_NE(json.find("\"retrieval_top_down\""), std::string::npos) << json;
   EXPECT_NE(json.find("\"random_recall\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"top_down_first_pick\""), std::string::npos) << json;
+  const FirstPick& f = r.top_down_first_pick;
+  EXPECT_NEAR(f.own_box + f.other_region + f.elsewhere, 1.0, 1e-12);
   EXPECT_NE(table.find("top-down"), std::string::npos) << table;
   EXPECT_NE(table.find("bottom-up"), std::string::npos) << table;
+}
+
+// first_pick on hand-made maps: a 3 x 3 low-res grid read from a 6 x 6 first-scale map at the
+// first fine cell of each low-res cell (rows and columns 0, 2, 4).
+TEST(FirstPick, PlacesTheHighestCellAndRanksTheBox) {
+  auto fine = [](const std::vector<std::pair<int, float>>& low_cells) {
+    std::vector<float> m(36, 0.1f);
+    for (auto [cell, v] : low_cells) m[size_t((cell / 3) * 2 * 6 + (cell % 3) * 2)] = v;
+    return from_vector<float>(m, {1, 6, 6});
+  };
+  auto low = [](const std::vector<int>& cells) {
+    std::vector<float> m(9, 0.0f);
+    for (int c : cells) m[size_t(c)] = 1.0f;
+    return from_vector<float>(m, {1, 3, 3});
+  };
+  const Tensor own = low({4}), salient = low({4, 8});  // the caption's box: centre; another: 8
+  QueryFirstPick q = first_pick(fine({{4, 0.9f}, {8, 0.5f}}), own, salient, 0);
+  EXPECT_EQ(q.place, FirstPickPlace::own_box);
+  EXPECT_EQ(q.box_rank, 0);
+  q = first_pick(fine({{4, 0.5f}, {8, 0.9f}}), own, salient, 0);
+  EXPECT_EQ(q.place, FirstPickPlace::other_region);
+  EXPECT_EQ(q.box_rank, 1);
+  q = first_pick(fine({{4, 0.5f}, {8, 0.6f}, {0, 0.9f}, {1, 0.7f}}), own, salient, 0);
+  EXPECT_EQ(q.place, FirstPickPlace::elsewhere);
+  EXPECT_EQ(q.box_rank, 3);
+  // Only the first fine cell of each low-res cell is read (the map is nearest-upsampled, so the
+  // others repeat it): a peak at fine (2, 3) is not seen, every read cell ties, the lowest index
+  // (cell 0, outside every box) comes first, and no cell scores above the box.
+  std::vector<float> m(36, 0.1f);
+  m[size_t(2 * 6 + 3)] = 0.99f;
+  q = first_pick(from_vector<float>(m, {1, 6, 6}), own, salient, 0);
+  EXPECT_EQ(q.place, FirstPickPlace::elsewhere);
+  EXPECT_EQ(q.box_rank, 0);
+  EXPECT_EQ(first_pick(fine({}), low({}), salient, 0).box_rank, -1);  // no box cell
+  hd::testing::expect_error(
+      [&] {
+        first_pick(fine({}), from_vector<float>(std::vector<float>(4), {1, 2, 2}), salient, 0);
+      },
+      "first_pick: maps");
 }
 
 TEST_F(EvalFixture, DrawsTheFirstCaptionsSelections) {
