@@ -208,6 +208,7 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   mc.server.port_base = c.monitoring().port_base();
   mc.jsonl_path = with_rank(c.monitoring().jsonl(), rank);
   mc.progress = c.monitoring().progress();
+  if (device != Device::cpu()) mc.accelerator = device;
   monitoring::Monitor monitor(mc);
   monitor.metrics().on_checkpoint_fallbacks(start.fallbacks);
   // hdtrain_samples_skipped_total feeds the data-error alert: every skipped input is counted, by

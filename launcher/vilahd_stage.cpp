@@ -238,6 +238,7 @@ VilaStageOutcome run_vila_stage(const VilaStageOptions& o,
   mc.server.port_base = o.port_base;
   mc.jsonl_path = o.jsonl.empty() ? "" : with_rank(o.jsonl, rank);
   mc.progress = o.progress;
+  if (o.device != Device::cpu()) mc.accelerator = o.device;
   monitoring::Monitor monitor(mc);
   monitor.metrics().on_checkpoint_fallbacks(fallbacks);
   if (rank == 0) monitor.metrics().on_skipped_samples("filtered", out.records_dropped);

@@ -6,6 +6,7 @@ namespace hd::monitoring {
 
 Monitor::Monitor(MonitorConfig config) : config_(std::move(config)), registry_(config_.labels) {
   metrics_ = std::make_unique<TrainingMetrics>(registry_, config_.info);
+  if (config_.accelerator) metrics_->update_device_memory(*config_.accelerator);
   if (config_.serve) {
     MetricsServerConfig sc = config_.server;
     sc.local_rank = config_.info.local_rank;
@@ -34,6 +35,7 @@ void Monitor::on_step(const StepReport& report) {
     log_warning(config_.labels.rank, "non-finite loss at step " + std::to_string(report.step));
   }
   metrics_->update_host_memory();
+  if (config_.accelerator) metrics_->update_device_memory(*config_.accelerator);
   if (jsonl_) jsonl_->write(report);
   if (progress_) {
     double loss = report.losses.empty() ? NAN : report.losses.front().second;

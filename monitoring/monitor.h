@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "autograd/device.h"
 #include "monitoring/console.h"
 #include "monitoring/jsonl_writer.h"
 #include "monitoring/metrics_server.h"
@@ -27,6 +28,10 @@ struct MonitorConfig {
   std::string jsonl_path;          // empty: no JSON-lines file
   bool progress = true;            // rank 0 only
   ProgressConfig progress_config;  // total_steps defaults to info.total_steps
+  // The device the model computes on, when it is not the host: its allocator's current, peak and
+  // cached bytes are exported beside the host's (hdtrain_memory_bytes{device="cuda:0",...}) at
+  // start and after every step. On a GPU the device pool, not the host heap, is what runs out.
+  std::optional<Device> accelerator;
 };
 
 class Monitor {

@@ -219,6 +219,10 @@ void TrainingMetrics::update_host_memory() {
   set_memory("cpu", allocator_for(Device::cpu()).stats());
 }
 
+void TrainingMetrics::update_device_memory(Device device) {
+  set_memory(device.str(), allocator_for(device).stats());
+}
+
 void TrainingMetrics::set_memory(const std::string& device, const MemoryStats& s) {
   auto gauge = [&](const char* kind) -> prometheus::Gauge& {
     const std::string key = device + "/" + kind;

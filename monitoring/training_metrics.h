@@ -64,6 +64,8 @@ class TrainingMetrics {
   void on_skipped_samples(const std::string& reason, int64_t count = 1);
   // Reads the CPU allocator's counters (call once per step or from a timer).
   void update_host_memory();
+  // The allocator of `device` (allocator_for), exported under device.str().
+  void update_device_memory(Device device);
   // Device memory, when a device is present: device is e.g. "cuda:0".
   void set_memory(const std::string& device, const MemoryStats& stats);
   // Marks the run finished (or resumed), so the stalled alert does not fire after the last step.

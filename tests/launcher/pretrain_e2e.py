@@ -217,7 +217,12 @@ def case_resume(env):
 
 
 def free_port_base():
-    for base in range(19470, 29470, 10):
+    """A base port whose pair (base, base + 1) is free now. ctest runs several e2e cases at once:
+    each process starts probing at its own pid-derived offset, so two cases probing at the same
+    moment do not both pick the first free pair (the second trainer then fails to bind)."""
+    start = (os.getpid() * 7919) % 1000
+    for k in range(1000):
+        base = 19470 + 10 * ((start + k) % 1000)
         ok = True
         for p in (base, base + 1):
             s = socket.socket()

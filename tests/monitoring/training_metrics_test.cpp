@@ -5,6 +5,8 @@
 #include <thread>
 
 #include "autograd/error.h"
+#include "autograd/tensor.h"
+#include "monitoring/monitor.h"
 #include "monitoring/step_timer.h"
 #include "monitoring/training_metrics.h"
 
@@ -115,6 +117,46 @@ TEST(TrainingMetrics, CountsNonFiniteLossesCheckpointsCollectivesAndSkips) {
   EXPECT_TRUE(has(t, "hdtrain_samples_skipped_total{" + lbl + ",reason=\"decode_error\"} 3")) << t;
   EXPECT_TRUE(has(t, "hdtrain_memory_bytes{" + lbl + ",device=\"cuda:0\",kind=\"peak\"} 20")) << t;
   EXPECT_TRUE(has(t, "hdtrain_training_active{" + lbl + "} 0")) << t;
+}
+
+// The value of the first sample line of `series` (name{labels} value), or NaN.
+double sample(const std::string& text, const std::string& series) {
+  const size_t at = text.find(series);
+  if (at == std::string::npos) return NAN;
+  return std::strtod(text.c_str() + at + series.size(), nullptr);
+}
+
+// A Monitor told the model's device exports that device's allocator beside the host's, at start
+// and after each step. cpu:1 (a second host device, autograd/device.h) shares the host
+// allocator, so its figures are the host's: what a GPU run exports under "cuda:N".
+TEST(Monitor, ExportsTheModelDevicesMemoryBesideTheHosts) {
+  const Device second{DeviceType::cpu, 1};
+  MonitorConfig mc;
+  mc.serve = false, mc.progress = false;
+  mc.accelerator = second;
+  Monitor mon(mc);
+  const std::string lbl = "rank=\"0\",run=\"default\",stage=\"train\"";
+  const std::string current =
+      "hdtrain_memory_bytes{" + lbl + ",device=\"cpu:1\",kind=\"current\"} ";
+  const std::string peak = "hdtrain_memory_bytes{" + lbl + ",device=\"cpu:1\",kind=\"peak\"} ";
+  EXPECT_FALSE(std::isnan(sample(mon.registry().serialize(), current)));  // before any step
+
+  Tensor held = Tensor::empty({1 << 20}, DType::f32, second);  // 4 MiB on the device
+  StepReport r;
+  r.losses = {{"total", 1.0}};
+  mon.on_step(r);
+  const MemoryStats stats = allocator_for(second).stats();
+  const std::string t = mon.registry().serialize();
+  EXPECT_GE(sample(t, current), double(4 << 20)) << t;
+  EXPECT_EQ(sample(t, current), double(stats.current_bytes)) << t;
+  EXPECT_EQ(sample(t, peak), double(stats.peak_bytes)) << t;
+  EXPECT_TRUE(has(t, "device=\"cpu\",kind=\"current\"")) << t;  // the host's too
+
+  MonitorConfig host_only;
+  host_only.serve = false, host_only.progress = false;
+  Monitor plain(host_only);
+  plain.on_step(r);
+  EXPECT_FALSE(has(plain.registry().serialize(), "device=\"cpu:1\"")) << "no device series";
 }
 
 TEST(TrainingMetrics, RejectsUnboundedLabelValues) {
