@@ -195,18 +195,29 @@ std::vector<Tensor> ceiling_selection(const VisionConfig& c, const std::vector<T
 
 // Running sums of ProbStats. The low-res grid map is read from the first scale's nearest
 // upsampled map at the first fine cell of each low-res cell.
+// Row `row` of the first scale's nearest-upsampled map [B, g0, g0] back on the G x G low-res
+// grid: each low-res cell read at its first fine cell.
+std::vector<float> low_res_cells(const Tensor& scale0_probs, int64_t row, int64_t G) {
+  std::vector<float> p = select(scale0_probs, 0, row).to_vector<float>();
+  const int64_t g0 = scale0_probs.size(1);
+  std::vector<float> cell(size_t(G * G));
+  for (int64_t y = 0; y < G; ++y)
+    for (int64_t x = 0; x < G; ++x)
+      cell[size_t(y * G + x)] = p[size_t(((y * g0 + G - 1) / G) * g0 + (x * g0 + G - 1) / G)];
+  return cell;
+}
+
 struct ProbSums {
   ProbStats sum;
   int64_t queries = 0;
   void add(const Tensor& scale0_probs, const Tensor& gt_low, int64_t row) {
-    std::vector<float> p = select(scale0_probs, 0, row).to_vector<float>();
+    const int64_t G = gt_low.size(1);
+    std::vector<float> p = low_res_cells(scale0_probs, row, G);
     std::vector<float> g = select(gt_low, 0, row).to_vector<float>();
-    const int64_t G = gt_low.size(1), g0 = scale0_probs.size(1);
     std::vector<double> in, out;
     for (int64_t y = 0; y < G; ++y)
       for (int64_t x = 0; x < G; ++x) {
-        const int64_t fy = (y * g0 + G - 1) / G, fx = (x * g0 + G - 1) / G;
-        const double v = p[size_t(fy * g0 + fx)];
+        const double v = p[size_t(y * G + x)];
         (g[size_t(y * G + x)] > 0 ? in : out).push_back(v);
       }
     if (in.empty() || out.empty()) return;
@@ -255,7 +266,6 @@ struct FirstPickSums {
 
 QueryFirstPick first_pick(const Tensor& scale0_probs, const Tensor& own_low,
                           const Tensor& salient_low, int64_t row) {
-  std::vector<float> p = select(scale0_probs, 0, row).to_vector<float>();
   std::vector<float> own_box = select(own_low, 0, row).to_vector<float>();
   std::vector<float> any_box = select(salient_low, 0, 0).to_vector<float>();
   const int64_t G = own_low.size(1), g0 = scale0_probs.size(1);
@@ -263,10 +273,7 @@ QueryFirstPick first_pick(const Tensor& scale0_probs, const Tensor& own_low,
                salient_low.shape() == Shape({salient_low.size(0), G, G}) && g0 >= G,
            "first_pick: maps ", scale0_probs.str(), ", ", own_low.str(), ", ", salient_low.str(),
            " are not [B, g0, g0], [B, G, G], [1, G, G] with g0 >= G");
-  std::vector<float> cell(size_t(G * G));
-  for (int64_t y = 0; y < G; ++y)
-    for (int64_t x = 0; x < G; ++x)
-      cell[size_t(y * G + x)] = p[size_t(((y * g0 + G - 1) / G) * g0 + (x * g0 + G - 1) / G)];
+  const std::vector<float> cell = low_res_cells(scale0_probs, row, G);
   QueryFirstPick q;
   const size_t top = size_t(std::max_element(cell.begin(), cell.end()) - cell.begin());
   q.place = own_box[top] > 0   ? FirstPickPlace::own_box
