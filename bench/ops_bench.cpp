@@ -4,6 +4,7 @@
 
 #include "autograd/node.h"
 #include "ops/attention.h"
+#include "ops/conv.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
 #include "ops/linalg.h"
@@ -26,7 +27,8 @@ void BM_Matmul(benchmark::State& state) {
   int64_t n = state.range(0);
   Tensor a = randn({n, n}, 1), b = randn({n, n}, 2);
   for (auto _ : state) benchmark::DoNotOptimize(matmul(a, b));
-  state.counters["FLOP/s"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_Matmul)->Arg(512)->Arg(1024)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -34,15 +36,18 @@ BENCHMARK(BM_Matmul)->Arg(512)->Arg(1024)->Arg(2048)->Unit(benchmark::kMilliseco
 void BM_LinearQKV(benchmark::State& state) {
   Tensor x = randn({8 * 729, 192}, 3), w = randn({576, 192}, 4);
   for (auto _ : state) benchmark::DoNotOptimize(linear(x, w));
-  state.counters["FLOP/s"] = benchmark::Counter(2.0 * 8 * 729 * 192 * 576, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * 8 * 729 * 192 * 576, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_LinearQKV)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_AttentionForward(benchmark::State& state) {
-  Tensor q = randn({8, 3, 729, 64}, 5), k = randn({8, 3, 729, 64}, 6), v = randn({8, 3, 729, 64}, 7);
+  Tensor q = randn({8, 3, 729, 64}, 5), k = randn({8, 3, 729, 64}, 6),
+         v = randn({8, 3, 729, 64}, 7);
   NoGradGuard no_grad;
   for (auto _ : state) benchmark::DoNotOptimize(scaled_dot_product_attention(q, k, v));
-  state.counters["FLOP/s"] = benchmark::Counter(4.0 * 24 * 729 * 729 * 64, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(4.0 * 24 * 729 * 729 * 64, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_AttentionForward)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -56,7 +61,8 @@ void BM_AttentionForwardBackward(benchmark::State& state) {
     k.zero_grad();
     v.zero_grad();
   }
-  state.counters["FLOP/s"] = benchmark::Counter(3.5 * 4.0 * 24 * 729 * 729 * 64, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] = benchmark::Counter(3.5 * 4.0 * 24 * 729 * 729 * 64,
+                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_AttentionForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -73,7 +79,8 @@ void BM_AttentionCompositeForwardBackward(benchmark::State& state) {
     k.zero_grad();
     v.zero_grad();
   }
-  state.counters["FLOP/s"] = benchmark::Counter(3.0 * 4.0 * 24 * 729 * 729 * 64, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] = benchmark::Counter(3.0 * 4.0 * 24 * 729 * 729 * 64,
+                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_AttentionCompositeForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -86,7 +93,8 @@ void BM_LayerNormForwardBackward(benchmark::State& state) {
     w.zero_grad();
     b.zero_grad();
   }
-  state.counters["bytes/s"] = benchmark::Counter(5.0 * 4 * 8 * 729 * 192, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes/s"] =
+      benchmark::Counter(5.0 * 4 * 8 * 729 * 192, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_LayerNormForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -96,7 +104,8 @@ void BM_SoftmaxForwardBackward(benchmark::State& state) {
     softmax(x, -1).backward(g);
     x.zero_grad();
   }
-  state.counters["bytes/s"] = benchmark::Counter(5.0 * 4 * 24 * 729 * 729, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes/s"] =
+      benchmark::Counter(5.0 * 4 * 24 * 729 * 729, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_SoftmaxForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -106,9 +115,38 @@ void BM_GeluForwardBackward(benchmark::State& state) {
     gelu(x).backward(g);
     x.zero_grad();
   }
-  state.counters["bytes/s"] = benchmark::Counter(4.0 * 4 * 8 * 729 * 768, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes/s"] =
+      benchmark::Counter(4.0 * 4 * 8 * 729 * 768, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_GeluForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ConvNeXt's 7x7 depthwise conv (pad 3) at the selection map of a full PS3 (54 x 54, 512
+// channels; arg = batch). 2 * 49 FLOPs per output element forward; backward twice that.
+void BM_DepthwiseConvForward(benchmark::State& state) {
+  const int64_t b = state.range(0);
+  Tensor x = randn({b, 512, 54, 54}, 20), w = randn({512, 1, 7, 7}, 21), bias = randn({512}, 22);
+  NoGradGuard no_grad;
+  for (auto _ : state) benchmark::DoNotOptimize(conv2d(x, w, bias, 1, 3, 512));
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * 49 * b * 512 * 54 * 54,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_DepthwiseConvForward)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_DepthwiseConvForwardBackward(benchmark::State& state) {
+  const int64_t b = state.range(0);
+  Tensor x = randn({b, 512, 54, 54}, 20, true), w = randn({512, 1, 7, 7}, 21, true),
+         bias = randn({512}, 22, true);
+  Tensor g = randn({b, 512, 54, 54}, 23);
+  for (auto _ : state) {
+    conv2d(x, w, bias, 1, 3, 512).backward(g);
+    x.zero_grad();
+    w.zero_grad();
+    bias.zero_grad();
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(3.0 * 2.0 * 49 * b * 512 * 54 * 54,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_DepthwiseConvForwardBackward)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Engine overhead: backward through a long chain of ops on 1-element tensors, where the kernels
 // cost almost nothing and the engine's bookkeeping (dependency counts, input buffers, the

@@ -209,6 +209,145 @@ void dw_backward_weight_t(const Tensor& grad_out, const Tensor& x, const Conv2dG
   });
 }
 
+// ---- Stride 1: the path ConvNeXt's 7x7 takes ----------------------------------------------
+//
+// Each plane is first copied into a zero-bordered scratch whose rows are padded to whole
+// blocks, so the tap loops have no bounds tests and no tails. The sum for a block of
+// kBlock outputs stays in registers over all kh * kw taps (four AVX vectors of f32) and is
+// stored once; the general path above reads and writes the output row once per tap, which
+// halved its throughput. Taps are summed in (ky, kx) order as there, and the backward-input
+// pass is the same correlation with the kernel flipped.
+template <class T>
+constexpr int64_t kBlock = 128 / sizeof(T);  // 32 floats, 16 doubles
+
+struct PaddedPlane {
+  int64_t rows = 0, row_len = 0;  // row_len: whole blocks of outputs plus kw - 1 taps
+};
+
+// src [h, w] -> scratch [rows, row_len] with src[y][x] at (y + pad_y, x + pad_x), zero elsewhere.
+template <class T>
+void pad_plane(const T* src, int64_t h, int64_t w, int64_t pad_y, int64_t pad_x,
+               const PaddedPlane& p, std::vector<T>& scratch) {
+  scratch.assign(static_cast<size_t>(p.rows * p.row_len), T(0));
+  int64_t x0 = std::max<int64_t>(0, -pad_x), x1 = std::min(w, p.row_len - pad_x);
+  for (int64_t y = 0; y < h; ++y) {
+    int64_t py = y + pad_y;
+    if (py < 0 || py >= p.rows || x1 <= x0) continue;
+    std::copy(src + y * w + x0, src + y * w + x1, scratch.data() + py * p.row_len + x0 + pad_x);
+  }
+}
+
+template <class T>
+PaddedPlane padded_geometry(int64_t oh, int64_t ow, int64_t kh, int64_t kw) {
+  int64_t blocks = (ow + kBlock<T> - 1) / kBlock<T>;
+  return {oh + kh - 1, blocks * kBlock<T> + kw - 1};
+}
+
+// out[oy][ox] = sum_{ky, kx} taps[ky][kx] * padded[oy + ky][ox + kx].
+template <class T>
+void correlate_padded(const T* padded, const PaddedPlane& p, const T* taps, int64_t kh, int64_t kw,
+                      int64_t oh, int64_t ow, T* out) {
+  constexpr int64_t B = kBlock<T>;
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    for (int64_t ox0 = 0; ox0 < ow; ox0 += B) {
+      T acc[B] = {};
+      for (int64_t ky = 0; ky < kh; ++ky) {
+        const T* row = padded + (oy + ky) * p.row_len + ox0;
+        for (int64_t kx = 0; kx < kw; ++kx) {
+          const T wv = taps[ky * kw + kx];
+          const T* src = row + kx;
+          for (int64_t i = 0; i < B; ++i) acc[i] += wv * src[i];
+        }
+      }
+      std::copy(acc, acc + std::min(B, ow - ox0), out + oy * ow + ox0);
+    }
+  }
+}
+
+template <class T>
+void dw_forward_stride1(const Tensor& x, const Tensor& weight, const Conv2dGeometry& g,
+                        Tensor& out) {
+  const T* xp = x.data<T>();
+  const T* wp = weight.data<T>();
+  T* op = out.data<T>();
+  const PaddedPlane p = padded_geometry<T>(g.oh, g.ow, g.kh, g.kw);
+  parallel_for(0, g.batch * g.channels, plane_grain(g), [&](int64_t p0, int64_t p1) {
+    std::vector<T> scratch;
+    for (int64_t plane = p0; plane < p1; ++plane) {
+      pad_plane(xp + plane * g.h * g.w, g.h, g.w, g.pad, g.pad, p, scratch);
+      correlate_padded(scratch.data(), p, wp + (plane % g.channels) * g.kh * g.kw, g.kh, g.kw, g.oh,
+                       g.ow, op + plane * g.oh * g.ow);
+    }
+  });
+}
+
+// grad_x[iy][ix] = sum_{ky, kx} w[ky][kx] * grad_out[iy + pad - ky][ix + pad - kx]: the forward
+// correlation of grad_out with the flipped kernel and padding k - 1 - pad.
+template <class T>
+void dw_backward_input_stride1(const Tensor& grad_out, const Tensor& weight,
+                               const Conv2dGeometry& g, Tensor& grad_x) {
+  const T* gp = grad_out.data<T>();
+  const T* wp = weight.data<T>();
+  T* xp = grad_x.data<T>();
+  const int64_t taps = g.kh * g.kw;
+  const PaddedPlane p = padded_geometry<T>(g.h, g.w, g.kh, g.kw);
+  parallel_for(0, g.batch * g.channels, plane_grain(g), [&](int64_t p0, int64_t p1) {
+    std::vector<T> scratch, flipped(static_cast<size_t>(taps));
+    for (int64_t plane = p0; plane < p1; ++plane) {
+      const T* wk = wp + (plane % g.channels) * taps;
+      std::reverse_copy(wk, wk + taps, flipped.begin());
+      pad_plane(gp + plane * g.oh * g.ow, g.oh, g.ow, g.kh - 1 - g.pad, g.kw - 1 - g.pad, p,
+                scratch);
+      correlate_padded(scratch.data(), p, flipped.data(), g.kh, g.kw, g.h, g.w,
+                       xp + plane * g.h * g.w);
+    }
+  });
+}
+
+// grad_w[ky][kx] = sum_{b, oy, ox} grad_out[oy][ox] * padded_x[oy + ky][ox + kx]. One task per
+// channel (fixed order for every thread count); per tap, kBlock lanes accumulate one plane in
+// T and each plane's lanes are added to the tap's total in double.
+template <class T>
+void dw_backward_weight_stride1(const Tensor& grad_out, const Tensor& x, const Conv2dGeometry& g,
+                                Tensor& grad_weight) {
+  constexpr int64_t B = kBlock<T>;
+  const T* gp = grad_out.data<T>();
+  const T* xp = x.data<T>();
+  T* wp = grad_weight.data<T>();
+  const int64_t taps = g.kh * g.kw;
+  const PaddedPlane p = padded_geometry<T>(g.oh, g.ow, g.kh, g.kw);
+  const PaddedPlane grad_rows{g.oh, p.row_len - (g.kw - 1)};  // grad_out rows, zero beyond ow
+  int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(g.batch * g.oh * g.ow * taps, 1));
+  parallel_for(0, g.channels, grain, [&](int64_t c0, int64_t c1) {
+    std::vector<T> padded_x, padded_grad;
+    std::vector<double> total(static_cast<size_t>(taps));
+    for (int64_t c = c0; c < c1; ++c) {
+      std::fill(total.begin(), total.end(), 0.0);
+      for (int64_t b = 0; b < g.batch; ++b) {
+        const int64_t plane = b * g.channels + c;
+        pad_plane(xp + plane * g.h * g.w, g.h, g.w, g.pad, g.pad, p, padded_x);
+        pad_plane(gp + plane * g.oh * g.ow, g.oh, g.ow, 0, 0, grad_rows, padded_grad);
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            T acc[B] = {};
+            for (int64_t oy = 0; oy < g.oh; ++oy) {
+              const T* gr = padded_grad.data() + oy * grad_rows.row_len;
+              const T* src = padded_x.data() + (oy + ky) * p.row_len + kx;
+              for (int64_t ox0 = 0; ox0 < grad_rows.row_len; ox0 += B) {
+                for (int64_t i = 0; i < B; ++i) acc[i] += gr[ox0 + i] * src[ox0 + i];
+              }
+            }
+            double sum = 0;
+            for (int64_t i = 0; i < B; ++i) sum += double(acc[i]);
+            total[size_t(ky * g.kw + kx)] += sum;
+          }
+        }
+      }
+      for (int64_t t = 0; t < taps; ++t) wp[c * taps + t] = T(total[size_t(t)]);
+    }
+  });
+}
+
 }  // namespace
 
 void im2col(const Tensor& x, const Conv2dGeometry& g, Tensor& cols) {
@@ -219,17 +358,33 @@ void col2im(const Tensor& cols, const Conv2dGeometry& g, Tensor& out) {
 }
 void depthwise_forward(const Tensor& x, const Tensor& weight, const Conv2dGeometry& g,
                        Tensor& out) {
-  visit_float(x.dtype(), "conv2d", [&]<class T>() { dw_forward_t<T>(x, weight, g, out); });
+  visit_float(x.dtype(), "conv2d", [&]<class T>() {
+    if (g.stride == 1) {
+      dw_forward_stride1<T>(x, weight, g, out);
+    } else {
+      dw_forward_t<T>(x, weight, g, out);
+    }
+  });
 }
 void depthwise_backward_input(const Tensor& grad_out, const Tensor& weight, const Conv2dGeometry& g,
                               Tensor& grad_x) {
-  visit_float(grad_out.dtype(), "conv2d",
-              [&]<class T>() { dw_backward_input_t<T>(grad_out, weight, g, grad_x); });
+  visit_float(grad_out.dtype(), "conv2d", [&]<class T>() {
+    if (g.stride == 1) {
+      dw_backward_input_stride1<T>(grad_out, weight, g, grad_x);
+    } else {
+      dw_backward_input_t<T>(grad_out, weight, g, grad_x);
+    }
+  });
 }
 void depthwise_backward_weight(const Tensor& grad_out, const Tensor& x, const Conv2dGeometry& g,
                                Tensor& grad_weight) {
-  visit_float(grad_out.dtype(), "conv2d",
-              [&]<class T>() { dw_backward_weight_t<T>(grad_out, x, g, grad_weight); });
+  visit_float(grad_out.dtype(), "conv2d", [&]<class T>() {
+    if (g.stride == 1) {
+      dw_backward_weight_stride1<T>(grad_out, x, g, grad_weight);
+    } else {
+      dw_backward_weight_t<T>(grad_out, x, g, grad_weight);
+    }
+  });
 }
 
 }  // namespace hd::cpu

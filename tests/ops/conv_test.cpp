@@ -101,6 +101,12 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"pointwise_s2p1", {1, 3, 5, 6}, {2, 3, 1, 1}, 2, 1, 1},
                       Case{"depthwise7_pad3", {2, 3, 9, 8}, {3, 1, 7, 7}, 1, 3, 3},
                       Case{"depthwise3_s2p1", {1, 2, 7, 6}, {2, 1, 3, 3}, 2, 1, 2},
+                      // Stride 1 runs in blocks of 32 (f32) / 16 (f64) output columns: rows
+                      // of several blocks with a ragged last one, padding beyond the kernel
+                      // (negative in the flipped backward pass), none, and a non-square kernel.
+                      Case{"depthwise7_wide", {1, 2, 5, 37}, {2, 1, 7, 7}, 1, 3, 2},
+                      Case{"depthwise3_pad3", {1, 2, 5, 6}, {2, 1, 3, 3}, 1, 3, 2},
+                      Case{"depthwise3x5_pad0", {2, 2, 6, 9}, {2, 1, 3, 5}, 1, 0, 2},
                       Case{"general3_s2p1", {2, 3, 7, 8}, {4, 3, 3, 3}, 2, 1, 1},
                       Case{"general2x3", {1, 2, 6, 7}, {3, 2, 2, 3}, 1, 0, 1}),
     [](const auto& info) { return std::string(info.param.name); });
@@ -132,6 +138,20 @@ TEST(Conv, DepthwiseKernelsMatchDefinition) {
     EXPECT_LT(max_abs_diff(xc.grad(), narrow(gx, 1, ch, 1)), 1e-12);
     EXPECT_LT(max_abs_diff(wc.grad(), narrow(gw, 0, ch, 1)), 1e-12);
   }
+}
+
+TEST(Conv, DepthwiseStride1BackwardInF32MatchesF64) {
+  // The f32 kernels block by 32 columns, the f64 ones by 16: the ragged tails differ.
+  Tensor x = random_leaf({2, 3, 11, 70}, 16), w = random_leaf({3, 1, 7, 7}, 17);
+  Tensor g = random_leaf({2, 3, 11, 70}, 18);
+  Tensor gx = depthwise_conv2d_backward_input(g, w, x.shape(), 1, 3);
+  Tensor gw = depthwise_conv2d_backward_weight(g, x, w.shape(), 1, 3);
+  Tensor x32 = to(x, DType::f32), w32 = to(w, DType::f32), g32 = to(g, DType::f32);
+  Tensor gx32 = depthwise_conv2d_backward_input(g32, w32, x.shape(), 1, 3);
+  Tensor gw32 = depthwise_conv2d_backward_weight(g32, x32, w.shape(), 1, 3);
+  EXPECT_LT(max_abs_diff(to(gx32, DType::f64), gx), 1e-4);
+  EXPECT_LT(max_abs_diff(to(gw32, DType::f64), gw), 1e-3);  // sums of 1540 products
+  EXPECT_GT(max_abs_diff(gx, zeros_like(gx)), 1.0);
 }
 
 TEST(Conv, DepthwiseUsesItsKernel) {
