@@ -17,6 +17,11 @@ class Storage {
       : nbytes_(nbytes), device_(device), allocator_(&allocator_for(device)) {
     data_ = allocator_->allocate(nbytes);
   }
+  // Host memory from another allocator than the device's (pinned staging buffers).
+  Storage(size_t nbytes, Device device, Allocator& allocator)
+      : nbytes_(nbytes), device_(device), allocator_(&allocator) {
+    data_ = allocator_->allocate(nbytes);
+  }
   ~Storage() { allocator_->deallocate(data_, nbytes_); }
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -24,6 +29,7 @@ class Storage {
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
+  Allocator& allocator() const { return *allocator_; }
   // Frees or re-creates the bytes while keeping this Storage object, so every view and saved
   // tensor that shares it stays valid (FSDP2's resize-to-0: an unsharded parameter exists only
   // between its all-gather and its reshard). Contents after growing are uninitialised.

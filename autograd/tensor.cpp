@@ -4,6 +4,7 @@
 
 #include "autograd/engine.h"
 #include "autograd/node.h"
+#include "autograd/pinned_host.h"
 #ifdef HD_HAVE_CUDA
 #include "ops/cuda/runtime.h"
 #endif
@@ -26,7 +27,9 @@ Shape contiguous_strides(const Shape& shape) {
   return strides;
 }
 
-std::string shape_str(const Shape& shape) { return detail::concat(shape); }
+std::string shape_str(const Shape& shape) {
+  return detail::concat(shape);
+}
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t s : shape) {
@@ -38,6 +41,23 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
   return Tensor(std::move(impl));
+}
+
+Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) {
+  for (int64_t s : shape) {
+    HD_CHECK(s >= 0, "Tensor::empty_pinned: negative size in shape ", shape);
+  }
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = std::make_shared<Storage>(size_t(shape_numel(shape)) * dtype_size(dtype),
+                                            Device::cpu(), pinned_host_allocator());
+  impl->shape = shape;
+  impl->strides = contiguous_strides(shape);
+  impl->dtype = dtype;
+  return Tensor(std::move(impl));
+}
+
+bool Tensor::is_pinned() const {
+  return defined() && &storage()->allocator() == &pinned_host_allocator();
 }
 
 int64_t Tensor::size(int64_t d) const {

@@ -53,6 +53,9 @@ class Tensor {
 
   // Uninitialised contiguous tensor. Factories with values are in ops/factory.h.
   static Tensor empty(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu());
+  // The same on the host, in a pinned staging buffer (autograd/pinned_host.h): what a batch
+  // bound for a GPU is assembled in, so its copy to the device does not block the host.
+  static Tensor empty_pinned(const Shape& shape, DType dtype = DType::f32);
 
   bool defined() const { return impl_ != nullptr; }
   const Shape& shape() const { return impl().shape; }
@@ -67,6 +70,8 @@ class Tensor {
   bool is_contiguous() const;
   size_t nbytes() const { return size_t(numel()) * dtype_size(dtype()); }
   const std::shared_ptr<Storage>& storage() const { return impl().storage; }
+  // Whether the storage came from pinned_host_allocator() (page-locked when a GPU is present).
+  bool is_pinned() const;
   std::string str() const;  // "f32[2, 3] cpu" for messages
 
   // Pointer to element 0 (storage + offset). T must match dtype() (checked).
@@ -77,7 +82,8 @@ class Tensor {
     return static_cast<T*>(raw_data());
   }
   void* raw_data() const {
-    return static_cast<char*>(impl().storage->data()) + impl().offset * int64_t(dtype_size(dtype()));
+    return static_cast<char*>(impl().storage->data()) +
+           impl().offset * int64_t(dtype_size(dtype()));
   }
   // Host copy of the elements in logical (row-major) order, converted to T.
   template <class T>

@@ -75,10 +75,11 @@ int main(int argc, char** argv) {
       std::fill(part.data<float>(), part.data<float>() + elems / n, 1.0f);
       const int64_t used = elems / n * n * 4;
       Tensor gathered = Tensor::empty({elems / n * n});
-      double ar = median_seconds(*pg, iters, [&] { pg->all_reduce(full, ReduceOp::sum).wait(); });
-      double ag = median_seconds(*pg, iters, [&] { pg->all_gather(part, gathered).wait(); });
-      double rs = median_seconds(*pg, iters,
-                                 [&] { pg->reduce_scatter(gathered, part, ReduceOp::sum).wait(); });
+      double ar =
+          median_seconds(*pg, iters, [&] { pg->all_reduce(full, ReduceOp::sum).synchronize(); });
+      double ag = median_seconds(*pg, iters, [&] { pg->all_gather(part, gathered).synchronize(); });
+      double rs = median_seconds(
+          *pg, iters, [&] { pg->reduce_scatter(gathered, part, ReduceOp::sum).synchronize(); });
       if (root) {
         std::printf("%-15lld %12.3f %12.3f %12.3f\n", (long long)bytes,
                     bytes * bus_factor(Collective::all_reduce, n) / ar / 1e9,

@@ -196,6 +196,8 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   lo.world = world;
   lo.random_resized_crop = c.data().random_resized_crop();
   lo.cache_bytes = c.data().cache_mb() << 20;
+  // Batches bound for a GPU are assembled in pinned memory: their copies do not block the host.
+  lo.pin_memory = device.type == DeviceType::cuda;
 
   // ---- monitoring --------------------------------------------------------------------------
   monitoring::MonitorConfig mc;

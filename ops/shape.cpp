@@ -1,10 +1,13 @@
 #include "ops/shape.h"
 
+#include "autograd/pinned_host.h"
+
 #include <algorithm>
 #include <cstring>
 #include <numeric>
 
 #include "autograd/node.h"
+#include "autograd/pinned_host.h"
 #include "ops/cpu/elementwise.h"
 #include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
@@ -313,6 +316,11 @@ Tensor to(const Tensor& x, Device device) {
     const size_t n = src.nbytes();
     if (src.device().is_cpu()) {
       cuda::copy_host_to_device(out.raw_data(), src.raw_data(), n, device.index);
+      // From pinned memory the copy is still queued: its block must outlive the read.
+      if (src.is_pinned() && n > 0) {
+        pinned_host_allocator().record_read(src.storage()->data(),
+                                            cuda::record_read_fence(device.index));
+      }
     } else if (device.is_cpu()) {
       cuda::copy_device_to_host(out.raw_data(), src.raw_data(), n, src.device().index);
     } else {

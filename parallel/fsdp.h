@@ -60,7 +60,9 @@
 // logic cover the device path; fully_shard only checks that the parameters are on the device the
 // process group moves (host for MPI, the rank's GPU for NCCL). Prefetch overlap on a GPU: the
 // next unit's all-gather is issued before this unit's forward, NCCL runs it on its own stream
-// while the compute stream works, and the wait happens only when the next unit starts.
+// while the compute stream works, and the wait happens only when the next unit starts; it is a
+// device-side wait (Work::wait on NCCL makes the compute stream wait for the collective's event),
+// so the host never stops enqueueing kernels for it.
 #pragma once
 #include <functional>
 #include <map>

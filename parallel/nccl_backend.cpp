@@ -4,8 +4,10 @@
 // group broadcasts it, every rank selects device local_rank and joins with ncclCommInitRank.
 // Collectives are enqueued on a dedicated stream that first waits (device-side, through an
 // event) for the device's current compute stream, where the tensors were produced
-// (ops/cuda/runtime.h); a Work waits on a CUDA event recorded after the collective. Buffers must
-// stay alive until the Work has been waited on (the allocator frees on the compute stream). The
+// (ops/cuda/runtime.h); a Work waits on a CUDA event recorded after the collective, device-side
+// (the caller's stream waits for it; process_group.h, Work). Buffers must stay alive until the
+// Work has been waited on: the allocator frees on the compute stream, which from then on is
+// ordered after the collective. The
 // communicator is non-blocking (config.blocking = 0) so the watchdog can poll ncclCommGetAsyncError
 // and call ncclCommAbort: NCCL has no timeout of its own (E.4).
 //
@@ -73,13 +75,23 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   return ncclSum;
 }
 
-// Completion is the event after the collective on the NCCL stream.
+// Completion is the event after the collective on the NCCL stream. wait() orders the caller's
+// current stream after it without blocking the host (Work's note); a barrier's wait blocks the
+// host, since "every rank got here" is a statement about the host.
 struct EventState final : Work::State {
   cudaEvent_t event = nullptr;
+  int device = 0;
+  bool host_blocking = false;
   ~EventState() override {
     if (event) cudaEventDestroy(event);
   }
-  void wait() override { check_cuda(cudaEventSynchronize(event), "cudaEventSynchronize"); }
+  void wait() override {
+    if (host_blocking) return synchronize();
+    hd::cuda::DeviceGuard guard(device);
+    check_cuda(cudaStreamWaitEvent(hd::cuda::current_stream(device).handle(), event, 0),
+               "cudaStreamWaitEvent (Work::wait)");
+  }
+  void synchronize() override { check_cuda(cudaEventSynchronize(event), "cudaEventSynchronize"); }
   bool done() override { return cudaEventQuery(event) == cudaSuccess; }
 };
 
@@ -199,6 +211,8 @@ class NcclProcessGroup final : public ProcessGroup {
   template <class F>
   Work launch(Collective kind, int64_t bytes, F&& issue) {
     auto state = std::make_shared<EventState>();
+    state->device = device_;
+    state->host_blocking = kind == Collective::barrier;
     check_cuda(cudaEventCreateWithFlags(&state->event, cudaEventDisableTiming), "cudaEventCreate");
     {
       // Order the collective after the kernels that produced its inputs, without a host sync.

@@ -77,6 +77,11 @@ void Work::wait() const {
   state_->wait();
 }
 
+void Work::synchronize() const {
+  HD_CHECK(state_, "Work::synchronize on an empty handle");
+  state_->synchronize();
+}
+
 bool Work::done() const {
   return !state_ || state_->done();
 }

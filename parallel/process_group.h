@@ -59,14 +59,23 @@ struct LaunchInfo {
 // hostname hash all-gather (llm.c / NCCL docs), never rank % devices (anchors E.6).
 LaunchInfo launch_info_from_env();
 
-// A handle on an issued collective. wait() blocks until it completed and rethrows its error;
-// a collective that never completes is the watchdog's business, not wait()'s.
+// A handle on an issued collective; a collective that never completes is the watchdog's
+// business, not wait()'s.
+//
+// wait() makes the result usable by what the caller does next: on the host (MPI) it blocks
+// until the collective completed and rethrows its error; on a GPU (NCCL) it makes the caller's
+// current stream wait for the collective (a device-side wait, FSDP2's wait_stream) and returns
+// at once, so the host keeps enqueueing kernels while NCCL runs. Kernels, copies and frees the
+// caller issues afterwards on that stream are ordered after the collective, and a host read of
+// a device tensor copies it to the host, which synchronizes the stream. synchronize() blocks
+// the host until the collective completed on every backend (barriers, timing).
 class Work {
  public:
   struct State;
   Work() = default;
   explicit Work(std::shared_ptr<State> s) : state_(std::move(s)) {}
   void wait() const;
+  void synchronize() const;
   bool done() const;
   bool valid() const { return state_ != nullptr; }
 

@@ -12,6 +12,8 @@ namespace hd::parallel {
 struct Work::State {
   virtual ~State() = default;
   virtual void wait();
+  // Host-blocking completion; the same as wait() except on streams (NCCL).
+  virtual void synchronize() { wait(); }
   virtual bool done();
   // Marks the collective finished (error may be null) and wakes waiters.
   void complete(std::exception_ptr error = nullptr);

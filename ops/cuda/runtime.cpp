@@ -256,12 +256,29 @@ PinnedBuffer::~PinnedBuffer() {
   if (data_) cudaFreeHost(data_);
 }
 
+namespace {
+class EventFence final : public ReadFence {
+ public:
+  explicit EventFence(const Stream& stream) { event_.record(stream); }
+  bool done() const override { return event_.query(); }
+
+ private:
+  Event event_;
+};
+}  // namespace
+
+std::shared_ptr<ReadFence> record_read_fence(int device) {
+  DeviceGuard g(device);
+  return std::make_shared<EventFence>(current_stream(device));
+}
+
 void copy_host_to_device(void* dst, const void* src, size_t nbytes, int device) {
   if (nbytes == 0) return;
   Stream& s = current_stream(device);
   DeviceGuard g(device);
   // From pageable memory the call returns once the source has been staged, so the caller may
-  // free `src` right away; from pinned memory it is asynchronous.
+  // free `src` right away; from pinned memory it is asynchronous, and `to` records a read
+  // fence on the source's block ([Note: pinned host memory]).
   HD_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, s.handle()),
                 "copy host->cuda:", device, " (", nbytes, " bytes)");
 }

@@ -28,6 +28,7 @@
 #include "autograd/allocator.h"
 #include "autograd/device.h"
 #include "autograd/error.h"
+#include "autograd/pinned_host.h"
 
 namespace hd::cuda {
 
@@ -158,6 +159,11 @@ class PinnedBuffer {
   void* data_ = nullptr;
   size_t nbytes_ = 0;
 };
+
+// A fence that is done once the work queued so far on the current stream of `device` has run
+// (an event recorded there now): what a pinned block read by an async copy waits for before
+// the pinned host allocator hands it out again ([Note: pinned host memory]).
+std::shared_ptr<ReadFence> record_read_fence(int device);
 
 // Byte copies on the current stream of `device`. Copies that end on the host synchronize the
 // stream before returning, so the host sees the bytes; the others are stream-ordered.

@@ -8,9 +8,14 @@
 namespace hd::data {
 
 namespace {
-Tensor box_maps(const std::vector<std::vector<Box>>& boxes, int64_t size, int64_t out) {
+Tensor host_tensor(const Shape& shape, DType dtype, bool pinned) {
+  return pinned ? Tensor::empty_pinned(shape, dtype) : Tensor::empty(shape, dtype);
+}
+
+Tensor box_maps(const std::vector<std::vector<Box>>& boxes, int64_t size, int64_t out,
+                bool pinned) {
   const int64_t B = int64_t(boxes.size());
-  Tensor t = Tensor::empty({B, out, out});
+  Tensor t = host_tensor({B, out, out}, DType::f32, pinned);
   for (int64_t b = 0; b < B; ++b)
     data::gt_map(boxes[size_t(b)], size, out, t.data<float>() + b * out * out);
   return t;
@@ -18,13 +23,13 @@ Tensor box_maps(const std::vector<std::vector<Box>>& boxes, int64_t size, int64_
 }  // namespace
 
 Tensor Batch::gt_map(int64_t out) const {
-  return box_maps(boxes, size, out);
+  return box_maps(boxes, size, out, pinned);
 }
 
 Tensor Batch::salient_map(int64_t out) const {
   HD_CHECK(salient_boxes.size() == boxes.size(), "Batch::salient_map: ", salient_boxes.size(),
            " salient box lists for ", boxes.size(), " rows");
-  return box_maps(salient_boxes, size, out);
+  return box_maps(salient_boxes, size, out, pinned);
 }
 
 Tensor Batch::region_tokens(std::vector<int64_t>& rows) const {
@@ -51,12 +56,12 @@ Tensor Batch::region_maps(int64_t out) const {
   std::vector<std::vector<Box>> each;
   for (const auto& row : salient_boxes)
     for (const Box& box : row) each.push_back({box});
-  return box_maps(each, size, out);
+  return box_maps(each, size, out, pinned);
 }
 
 Tensor Batch::patches(int64_t b, int64_t scale, const std::vector<int64_t>& indices) const {
   HD_CHECK(b >= 0 && b < batch_size(), "Batch::patches: sample ", b, " of ", batch_size());
-  Tensor t = Tensor::empty({int64_t(indices.size()), 3, kPatch, kPatch});
+  Tensor t = host_tensor({int64_t(indices.size()), 3, kPatch, kPatch}, DType::f32, pinned);
   extract_patches(*images[size_t(b)], scale, indices, norm, t.data<float>());
   return t;
 }
@@ -114,6 +119,7 @@ void Loader::produce() {
       b.size = opt_.image_size;
       b.state_after = sampler_.state();
       b.norm = opt_.norm;
+      b.pinned = opt_.pin_memory;
       b.image_ids.resize(size_t(n));
       b.is_global.resize(size_t(n));
       b.boxes.resize(size_t(n));
@@ -121,10 +127,11 @@ void Loader::produce() {
       b.salient_tokens.resize(size_t(n));
       b.texts.resize(size_t(n));
       b.images.resize(size_t(n));
-      b.low_res = Tensor::empty({n, 3, opt_.low_res, opt_.low_res});
+      const bool pin = opt_.pin_memory;
+      b.low_res = host_tensor({n, 3, opt_.low_res, opt_.low_res}, DType::f32, pin);
       if (opt_.selection_res > 0)
-        b.selection = Tensor::empty({n, 3, opt_.selection_res, opt_.selection_res});
-      if (tok_) b.tokens = Tensor::empty({n, tok_->context_length()}, DType::i32);
+        b.selection = host_tensor({n, 3, opt_.selection_res, opt_.selection_res}, DType::f32, pin);
+      if (tok_) b.tokens = host_tensor({n, tok_->context_length()}, DType::i32, pin);
       p->ok.assign(size_t(n), 0);
       p->remaining = n;
       absl::MutexLock lock(&mu_);
@@ -272,7 +279,7 @@ Tensor keep_rows(const Tensor& t, const std::vector<int64_t>& keep) {
   Shape s = t.shape();
   int64_t row = t.numel() / s[0] * int64_t(dtype_size(t.dtype()));
   s[0] = int64_t(keep.size());
-  Tensor out = Tensor::empty(s, t.dtype());
+  Tensor out = host_tensor(s, t.dtype(), t.is_pinned());
   for (size_t k = 0; k < keep.size(); ++k)
     std::memcpy(static_cast<char*>(out.raw_data()) + int64_t(k) * row,
                 static_cast<const char*>(t.raw_data()) + keep[k] * row, size_t(row));

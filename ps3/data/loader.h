@@ -40,6 +40,11 @@ struct LoaderOptions {
   // where decoding the 4K JPEG dominates a step. Ignored with random_resized_crop (every epoch
   // crops differently). Results are identical with or without it (decoding is deterministic).
   int64_t cache_bytes = 0;
+  // Assemble each batch's tensors (views, tokens, and the patches and maps made from it on
+  // demand) in pinned host memory, so their copies to a GPU do not block the host
+  // ([Note: pinned host memory]); the trainer sets it when the model is on a GPU. Without a GPU
+  // the memory is ordinary and the batches are identical.
+  bool pin_memory = false;
   Normalize norm;
 };
 
@@ -61,6 +66,7 @@ struct Batch {
   std::vector<std::shared_ptr<const Image>> images;  // uint8 S x S, for patches
   SamplerState state_after;                          // resume here to continue after this batch
   Normalize norm;                                    // applied to patches()
+  bool pinned = false;  // tensors made on demand (patches, maps) go to pinned memory too
 
   int64_t batch_size() const { return int64_t(image_ids.size()); }
   // [B, out, out] f32 in {0, 1}: [area-resample(GT, out) > 0].

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "autograd/error.h"
+#include "autograd/pinned_host.h"
 #include "ops/factory.h"
 #include "ops/resample.h"
 #include "ps3/data/geometry.h"
@@ -302,6 +303,38 @@ TEST_F(LoaderFixture, DecodedCacheGivesIdenticalBatches) {
                 y.patches(2, 560 / 2, {0, 7}).to_vector<float>());
     }
   }
+}
+
+// pin_memory (set by the trainer for a GPU model): the same batches, assembled in pinned host
+// memory, and every buffer given back when the batches and the loader are gone.
+TEST_F(LoaderFixture, PinnedBatchesEqualOrdinaryOnes) {
+  BadInputLog log(true);
+  Dataset ds = open_dataset(dir + "/train", log);
+  std::vector<int64_t> nb;
+  for (const auto& r : ds.records) nb.push_back(int64_t(r.texts.size()));
+  Sampler sampler(nb, std::vector<bool>(nb.size(), true), 4, 5);
+  Tokenizer tok(dir + "/tok.model", 16);
+  LoaderOptions plain = small(), pinned = small();
+  pinned.pin_memory = true;
+  const int64_t pinned_before = pinned_host_allocator().stats().current_bytes;
+  {
+    Loader a(ds, sampler, &tok, plain, log), b(ds, sampler, &tok, pinned, log);
+    for (int step = 0; step < 4; ++step) {
+      Batch x = a.next(), y = b.next();
+      ASSERT_EQ(x.image_ids, y.image_ids);
+      EXPECT_FALSE(x.low_res.is_pinned());
+      EXPECT_TRUE(y.low_res.is_pinned() && y.selection.is_pinned() && y.tokens.is_pinned());
+      EXPECT_EQ(x.low_res.to_vector<float>(), y.low_res.to_vector<float>());
+      EXPECT_EQ(x.selection.to_vector<float>(), y.selection.to_vector<float>());
+      EXPECT_EQ(x.tokens.to_vector<int32_t>(), y.tokens.to_vector<int32_t>());
+      Tensor px = x.patches(1, 560 / 2, {0, 7}), py = y.patches(1, 560 / 2, {0, 7});
+      EXPECT_TRUE(py.is_pinned());
+      EXPECT_EQ(px.to_vector<float>(), py.to_vector<float>());
+      EXPECT_TRUE(y.gt_map(20).is_pinned());
+      EXPECT_EQ(x.gt_map(20).to_vector<float>(), y.gt_map(20).to_vector<float>());
+    }
+  }
+  EXPECT_EQ(pinned_host_allocator().stats().current_bytes, pinned_before);
 }
 
 TEST_F(LoaderFixture, MismatchedSamplerIsAnErrorNotAHang) {
