@@ -40,11 +40,11 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Atten
   check_same_device(kOp, {&q, &k, &v, &o.prefix_k, &o.prefix_v, &o.key_mask});
   check_same_dtype(kOp, q, k);
   check_same_dtype(kOp, q, v);
-  // bf16/f16 only on CUDA (the fused kernel computes them in f32); the public op converts 16-bit
-  // CPU inputs before they get here (ops/cpu_half.h).
+  // bf16/f16 compute in f32: inside the fused CUDA kernel, on f32 copies on the CPU
+  // (ops/cpu_half.h).
   const bool half = q.dtype() == DType::bf16 || q.dtype() == DType::f16;
-  HD_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64 || (half && !q.device().is_cpu()),
-           kOp, ": expected f32 or f64 tensors, got ", q.str());
+  HD_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64 || half, kOp,
+           ": expected floating-point tensors, got ", q.str());
   const int64_t B = q.size(0), H = q.size(1), Dh = q.size(3), Nk = k.size(2), Dv = v.size(3);
   HD_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == Dh, kOp, ": q ", q.shape(), " and k ",
            k.shape(), " must agree in batch, heads and head dim");
@@ -96,7 +96,14 @@ struct AttentionBackward final : Node {
                          blocks};
     Tensor o = out.unpack(*this), l = lse.unpack(*this);
     check_same_dtype(kOp, o, grads[0]);
-    Tensor g = kernel_ready(grads[0]);
+    // 16-bit CPU tensors were saved as they are; the kernel runs on f32 copies.
+    const DType saved_dtype = a.q.dtype();
+    const bool widen = is_cpu_half(a.q);
+    if (widen) {
+      for (Tensor* t : {&a.q, &a.k, &a.v, &a.prefix_k, &a.prefix_v}) *t = half_to_f32(*t);
+      o = to(o, DType::f32);
+    }
+    Tensor g = kernel_ready(widen ? to(grads[0], DType::f32) : grads[0]);
     Tensor dq = Tensor::empty(a.q.shape(), a.q.dtype(), a.q.device());
     Tensor dk = Tensor::empty(a.k.shape(), a.q.dtype(), a.q.device());
     Tensor dv = Tensor::empty(a.v.shape(), a.q.dtype(), a.q.device());
@@ -108,6 +115,11 @@ struct AttentionBackward final : Node {
     dispatch(
         g, kOp, [&] { cpu::attention_backward(a, o, l, g, dq, dk, dv, dpk, dpv); },
         HD_CUDA_KERNEL(cuda::attention_backward(a, o, l, g, dq, dk, dv, dpk, dpv)));
+    if (widen) {
+      for (Tensor* t : {&dq, &dk, &dv, &dpk, &dpv}) {
+        if (t->defined()) *t = to(*t, saved_dtype);
+      }
+    }
     return {needs_input_grad(0) ? dq : Tensor(), needs_input_grad(1) ? dk : Tensor(),
             needs_input_grad(2) ? dv : Tensor(), needs_input_grad(3) ? dpk : Tensor(),
             needs_input_grad(4) ? dpv : Tensor()};
@@ -153,32 +165,40 @@ namespace {
 Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o,
                       const cpu::AttentionBlocks& blocks) {
   check_inputs(q, k, v, o);
-  cpu::AttentionArgs a;
-  a.q = kernel_ready(q.detach());
-  a.k = kernel_ready(k.detach());
-  a.v = kernel_ready(v.detach());
+  // The inputs as saved for backward: kernel-ready views, in their own dtype. What the kernel
+  // reads: the same, or f32 copies of 16-bit CPU inputs ([Note: 16-bit saved tensors]).
+  cpu::AttentionArgs saved;
+  saved.q = kernel_ready(q.detach());
+  saved.k = kernel_ready(k.detach());
+  saved.v = kernel_ready(v.detach());
   if (o.prefix_k.defined()) {
-    a.prefix_k = kernel_ready(o.prefix_k.detach());
-    a.prefix_v = kernel_ready(o.prefix_v.detach());
+    saved.prefix_k = kernel_ready(o.prefix_k.detach());
+    saved.prefix_v = kernel_ready(o.prefix_v.detach());
+  }
+  const bool widen = is_cpu_half(q);
+  cpu::AttentionArgs a = saved;
+  if (widen) {
+    for (Tensor* t : {&a.q, &a.k, &a.v, &a.prefix_k, &a.prefix_v}) *t = half_to_f32(*t);
   }
   if (o.key_mask.defined()) a.key_mask = contiguous(o.key_mask.detach());
   a.scale = o.scale != 0 ? o.scale : 1.0 / std::sqrt(double(q.size(3)));
   a.causal = o.causal;
   a.blocks = blocks;
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2);
-  Tensor out = Tensor::empty({B, H, Nq, v.size(3)}, q.dtype(), q.device());
+  Tensor out = Tensor::empty({B, H, Nq, v.size(3)}, a.q.dtype(), q.device());
   // lse in the compute type: f64 for f64, f32 otherwise (bf16 would lose the softmax scale).
   const DType lse_dtype = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor lse = Tensor::empty({B, H, Nq}, lse_dtype, q.device());
   dispatch(
       q, kOp, [&] { cpu::attention_forward(a, out, lse); },
       HD_CUDA_KERNEL(cuda::attention_forward(a, out, lse)));
+  if (widen) out = to(out, q.dtype());
   if (auto node = make_grad_node<AttentionBackward>({&q, &k, &v, &o.prefix_k, &o.prefix_v})) {
-    node->q = SavedTensor(a.q);
-    node->k = SavedTensor(a.k);
-    node->v = SavedTensor(a.v);
-    node->prefix_k = SavedTensor(a.prefix_k);
-    node->prefix_v = SavedTensor(a.prefix_v);
+    node->q = SavedTensor(saved.q);
+    node->k = SavedTensor(saved.k);
+    node->v = SavedTensor(saved.v);
+    node->prefix_k = SavedTensor(saved.prefix_k);
+    node->prefix_v = SavedTensor(saved.prefix_v);
     node->key_mask = SavedTensor(a.key_mask);
     node->out = SavedTensor(out.detach());
     node->lse = SavedTensor(lse);
@@ -194,13 +214,6 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const A
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const AttentionOptions& options) {
-  if (is_cpu_half(q)) {  // ops/cpu_half.h: f32 scores, softmax statistics and products
-    AttentionOptions o = options;
-    o.prefix_k = half_to_f32(o.prefix_k);
-    o.prefix_v = half_to_f32(o.prefix_v);
-    return to(scaled_dot_product_attention(half_to_f32(q), half_to_f32(k), half_to_f32(v), o),
-              q.dtype());
-  }
   return attention_impl(q, k, v, options, cpu::AttentionBlocks{});
 }
 

@@ -162,6 +162,11 @@ Tensor depthwise_conv2d_forward(const Tensor& x, const Tensor& weight, int64_t s
   HD_CHECK(weight.dim() == 4 && weight.size(0) == g.channels && weight.size(1) == 1,
            "depthwise_conv2d: weight ", weight.shape(), " must be [", g.channels, ", 1, kh, kw]");
   check_same_dtype("depthwise_conv2d", x, weight);
+  if (is_cpu_half(x)) {  // f32 copies, the answer rounded back (ops/cpu_half.h)
+    return to(depthwise_conv2d_forward(to(x.detach(), DType::f32), to(weight.detach(), DType::f32),
+                                       stride, padding),
+              x.dtype());
+  }
   Tensor xc = contiguous(x.detach()), wc = contiguous(weight.detach());
   Tensor out = Tensor::empty({g.batch, g.channels, g.oh, g.ow}, x.dtype(), x.device());
   dispatch(
@@ -177,6 +182,12 @@ Tensor depthwise_conv2d_backward_input(const Tensor& grad_out, const Tensor& wei
   HD_CHECK(grad_out.shape() == Shape({g.batch, g.channels, g.oh, g.ow}),
            "depthwise_conv2d_backward_input: grad_out ", grad_out.shape(), " does not match input ",
            input_shape);
+  if (is_cpu_half(grad_out)) {
+    return to(depthwise_conv2d_backward_input(to(grad_out.detach(), DType::f32),
+                                              to(weight.detach(), DType::f32), input_shape, stride,
+                                              padding),
+              grad_out.dtype());
+  }
   Tensor gc = contiguous(grad_out.detach()), wc = contiguous(weight.detach());
   Tensor gx = Tensor::empty(input_shape, grad_out.dtype(), grad_out.device());
   dispatch(
@@ -196,6 +207,12 @@ Tensor depthwise_conv2d_backward_weight(const Tensor& grad_out, const Tensor& x,
   HD_CHECK(grad_out.shape() == Shape({g.batch, g.channels, g.oh, g.ow}),
            "depthwise_conv2d_backward_weight: grad_out ", grad_out.shape(),
            " does not match input ", x.shape());
+  if (is_cpu_half(grad_out)) {
+    return to(
+        depthwise_conv2d_backward_weight(to(grad_out.detach(), DType::f32),
+                                         to(x.detach(), DType::f32), weight_shape, stride, padding),
+        grad_out.dtype());
+  }
   Tensor gc = contiguous(grad_out.detach()), xc = contiguous(x.detach());
   Tensor gw = Tensor::empty(weight_shape, grad_out.dtype(), grad_out.device());
   dispatch(
@@ -208,11 +225,6 @@ Tensor depthwise_conv2d_backward_weight(const Tensor& grad_out, const Tensor& x,
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
               int64_t padding, int64_t groups) {
   HD_CHECK(x.defined() && weight.defined(), "conv2d: input and weight must be defined");
-  if (is_cpu_half(x) && x.dtype() == weight.dtype()) {  // ops/cpu_half.h
-    return to(
-        conv2d(half_to_f32(x), half_to_f32(weight), half_to_f32(bias), stride, padding, groups),
-        x.dtype());
-  }
   HD_CHECK(x.dim() == 4, "conv2d: input must be [B, C, H, W], got ", x.str());
   HD_CHECK(weight.dim() == 4, "conv2d: weight must be [Cout, Cin/groups, kh, kw], got ",
            weight.str());
@@ -232,9 +244,16 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
            bias.str(), " must be [", cout, "] for weight ", weight.shape());
   geometry("conv2d", x.shape(), kh, kw, stride, padding);  // validates sizes
 
+  // 16-bit CPU inputs ([Note: 16-bit saved tensors], ops/cpu_half.h): the depthwise kernels
+  // convert inside and its node keeps the 16-bit input; the 1x1 and patch paths are reshapes
+  // around a matmul, which takes 16-bit operands; only im2col runs on f32 copies.
   if (groups > 1) return conv_depthwise(x, weight, bias, stride, padding);
   if (kh == 1 && kw == 1) return conv_1x1(x, weight, bias, stride, padding);
   if (kh == kw && kh == stride && padding == 0) return conv_patches(x, weight, bias, kh);
+  if (is_cpu_half(x)) {
+    return to(conv_im2col(half_to_f32(x), half_to_f32(weight), half_to_f32(bias), stride, padding),
+              x.dtype());
+  }
   return conv_im2col(x, weight, bias, stride, padding);
 }
 

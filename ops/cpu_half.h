@@ -3,12 +3,24 @@
 // The CPU kernels of normalisation, softmax, attention, convolution and the losses are written
 // for f32/f64: on CPUs without bf16 arithmetic (AVX2, AVX-512 without BF16) converting is all
 // bf16 could do anyway, and their statistics (means, variances, softmax sums, log-sum-exps) need
-// f32. So an op given 16-bit CPU tensors runs its f32 path on converted copies and rounds its
-// answer back to the input's dtype. The conversions are ops with autograd: backward converts the
-// incoming gradient up, runs the f32 backward and rounds the input gradients down, as the CUDA
-// kernels do inside. Elementwise ops and reductions load and store 16-bit values directly, and
-// matmul converts inside linalg.cpp. (On AVX-512-BF16/AMX machines the GEMMs are where bf16
-// pays; that path is issue 15's oneDNN work.)
+// f32. So an op given 16-bit CPU tensors runs its f32 kernel on converted copies and rounds its
+// answer back to the input's dtype; backward converts the incoming gradient up, runs the f32
+// backward and rounds the input gradients down, as the CUDA kernels do inside. Elementwise ops
+// and reductions load and store 16-bit values directly, and matmul converts inside linalg.cpp.
+// (On AVX-512-BF16/AMX machines the GEMMs are where bf16 pays; that path is issue 15's oneDNN
+// work.)
+//
+// [Note: 16-bit saved tensors] What backward needs is saved in the 16-bit dtype, not as the f32
+// copies the kernel read: layer/RMS norm save their 16-bit input (and f32 mean / rstd),
+// softmax its 16-bit output, attention its 16-bit q, k, v (views of the qkv projection, no
+// copy) and output (and f32 log-sum-exps), the depthwise conv its 16-bit input and weight, and
+// the 1x1 and patch convs are reshapes around a matmul that takes 16-bit operands; backward
+// converts them up again. Saving the f32
+// copies doubled those activations, so a bf16 model held more than an f32 one
+// (tests/ops/half_saved_test.cpp measures the bytes). Norm and attention inputs are saved
+// exactly; softmax's output is the rounded answer the caller also got, as PyTorch's bf16
+// kernels save it. The general (im2col) conv and the losses still convert through
+// autograd-tracked copies (the losses run in f32 anyway; no model here uses im2col in bf16).
 #pragma once
 
 #include "autograd/tensor.h"

@@ -18,11 +18,10 @@ void check_param(const char* op, const char* what, const Tensor& p, const Tensor
 }
 
 int64_t check_input(const char* op, const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
-  // The CUDA kernels also take bf16/f16 (computed in f32); the CPU ones f32/f64 only, and the
-  // public ops convert 16-bit CPU inputs before they get here (ops/cpu_half.h).
+  // bf16/f16 compute in f32: inside the CUDA kernels, on f32 copies on the CPU (ops/cpu_half.h).
   const bool half = x.dtype() == DType::bf16 || x.dtype() == DType::f16;
-  HD_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64 || (half && !x.device().is_cpu()), op,
-           ": expects a f32 or f64 input, got ", x.str(), " (convert with hd::to)");
+  HD_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64 || half, op,
+           ": expects a floating-point input, got ", x.str(), " (convert with hd::to)");
   HD_CHECK(x.dim() >= 1 && x.size(-1) > 0, op, ": needs an input with a non-empty last dim, got ",
            x.shape());
   HD_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
@@ -56,6 +55,30 @@ struct NormBackward final : Node {
   }
 };
 
+struct NormForward {
+  Tensor y, mean, rstd;
+};
+
+// The kernel on contiguous inputs. 16-bit CPU inputs run on f32 copies; y is rounded back and
+// the statistics stay f32 (ops/cpu_half.h, [Note: 16-bit saved tensors]).
+NormForward norm_forward_raw(bool center, const char* op, int64_t rows, const Tensor& xc,
+                             const Tensor& wc, const Tensor& bc, double eps) {
+  if (is_cpu_half(xc)) {
+    NormForward f = norm_forward_raw(center, op, rows, to(xc, DType::f32), half_to_f32(wc),
+                                     half_to_f32(bc), eps);
+    f.y = to(f.y, xc.dtype());
+    return f;
+  }
+  NormForward f;
+  f.y = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+  f.mean = center ? Tensor::empty({rows}, xc.dtype(), xc.device()) : Tensor();
+  f.rstd = Tensor::empty({rows}, xc.dtype(), xc.device());
+  dispatch(
+      xc, op, [&] { cpu::norm_forward(center, xc, wc, bc, eps, f.y, f.mean, f.rstd); },
+      HD_CUDA_KERNEL(cuda::norm_forward(center, xc, wc, bc, eps, f.y, f.mean, f.rstd)));
+  return f;
+}
+
 Tensor norm_impl(bool center, const Tensor& x, const Tensor& weight, const Tensor& bias,
                  double eps) {
   const char* op = center ? "layer_norm" : "rms_norm";
@@ -63,12 +86,8 @@ Tensor norm_impl(bool center, const Tensor& x, const Tensor& weight, const Tenso
   Tensor xc = contiguous(x.detach());
   Tensor wc = weight.defined() ? contiguous(weight.detach()) : Tensor();
   Tensor bc = bias.defined() ? contiguous(bias.detach()) : Tensor();
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor mean = center ? Tensor::empty({rows}, x.dtype(), x.device()) : Tensor();
-  Tensor rstd = Tensor::empty({rows}, x.dtype(), x.device());
-  dispatch(
-      x, op, [&] { cpu::norm_forward(center, xc, wc, bc, eps, y, mean, rstd); },
-      HD_CUDA_KERNEL(cuda::norm_forward(center, xc, wc, bc, eps, y, mean, rstd)));
+  NormForward f = norm_forward_raw(center, op, rows, xc, wc, bc, eps);
+  Tensor y = f.y, mean = f.mean, rstd = f.rstd;
   std::shared_ptr<NormBackward> node =
       center ? make_grad_node<NormBackward>({&x, &weight, &bias}, center)
              : make_grad_node<NormBackward>({&x, &weight}, center);
@@ -87,6 +106,14 @@ Tensor norm_impl(bool center, const Tensor& x, const Tensor& weight, const Tenso
 NormGrads backward_impl(bool center, const Tensor& gy, const Tensor& x, const Tensor& mean,
                         const Tensor& rstd, const Tensor& weight, bool need_w, bool need_b) {
   const char* op = center ? "layer_norm_backward" : "rms_norm_backward";
+  if (is_cpu_half(x)) {  // f32 copies, gradients rounded back (ops/cpu_half.h)
+    NormGrads g = backward_impl(center, half_to_f32(gy), to(x, DType::f32), mean, rstd,
+                                half_to_f32(weight), need_w, need_b);
+    g.gx = to(g.gx, x.dtype());
+    if (g.gw.defined()) g.gw = to(g.gw, x.dtype());
+    if (g.gb.defined()) g.gb = to(g.gb, x.dtype());
+    return g;
+  }
   int64_t rows = check_input(op, x, weight, Tensor(), 0.0);
   HD_CHECK(gy.shape() == x.shape(), op, ": gradient ", gy.shape(), " and input ", x.shape(),
            " differ in shape");
@@ -117,17 +144,10 @@ NormGrads backward_impl(bool center, const Tensor& gy, const Tensor& x, const Te
 }  // namespace
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
-  if (is_cpu_half(x)) {  // ops/cpu_half.h
-    return to(norm_impl(true, half_to_f32(x), half_to_f32(weight), half_to_f32(bias), eps),
-              x.dtype());
-  }
   return norm_impl(true, x, weight, bias, eps);
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
-  if (is_cpu_half(x)) {
-    return to(norm_impl(false, half_to_f32(x), half_to_f32(weight), Tensor(), eps), x.dtype());
-  }
   return norm_impl(false, x, weight, Tensor(), eps);
 }
 

@@ -26,15 +26,15 @@ Geometry geometry(const char* op, const Tensor& x, int64_t dim) {
 }
 
 void check_float(const char* op, const Tensor& x) {
-  // The CUDA kernels also take bf16/f16 (computed in f32); the CPU ones f32/f64 only, and the
-  // public ops convert 16-bit CPU inputs before they get here (ops/cpu_half.h).
+  // bf16/f16 compute in f32: inside the CUDA kernels, on f32 copies on the CPU (ops/cpu_half.h).
   const bool half = x.dtype() == DType::bf16 || x.dtype() == DType::f16;
-  HD_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64 || (half && !x.device().is_cpu()), op,
-           ": expects a f32 or f64 tensor, got ", x.str(), " (convert with hd::to)");
+  HD_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64 || half, op,
+           ": expects a floating-point tensor, got ", x.str(), " (convert with hd::to)");
 }
 
 Tensor forward_raw(const char* op, const Tensor& x, int64_t dim, bool log) {
   check_float(op, x);
+  if (is_cpu_half(x)) return to(forward_raw(op, to(x.detach(), DType::f32), dim, log), x.dtype());
   Geometry g = geometry(op, x, dim);
   Tensor xc = contiguous(x.detach());
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -50,6 +50,10 @@ Tensor backward_raw(const char* op, const Tensor& y, const Tensor& gy, int64_t d
   check_same_dtype(op, y, gy);
   HD_CHECK(y.shape() == gy.shape(), op, ": output ", y.shape(), " and gradient ", gy.shape(),
            " differ in shape");
+  if (is_cpu_half(y)) {  // from the saved 16-bit output, in f32 (ops/cpu_half.h)
+    return to(backward_raw(op, to(y.detach(), DType::f32), to(gy.detach(), DType::f32), dim, log),
+              y.dtype());
+  }
   Geometry g = geometry(op, y, dim);
   // The incoming gradient is often an expanded (stride-0) view, e.g. from sum's backward.
   Tensor yc = contiguous(y.detach()), gc = contiguous(gy.detach());
@@ -85,11 +89,9 @@ Tensor softmax_impl(const char* op, const Tensor& x, int64_t dim, bool log) {
 }  // namespace
 
 Tensor softmax(const Tensor& x, int64_t dim) {
-  if (is_cpu_half(x)) return to(softmax(half_to_f32(x), dim), x.dtype());  // ops/cpu_half.h
   return softmax_impl("softmax", x, dim, false);
 }
 Tensor log_softmax(const Tensor& x, int64_t dim) {
-  if (is_cpu_half(x)) return to(log_softmax(half_to_f32(x), dim), x.dtype());
   return softmax_impl("log_softmax", x, dim, true);
 }
 
