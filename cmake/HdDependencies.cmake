@@ -42,6 +42,20 @@ add_library(hd_openblas INTERFACE)
 target_link_libraries(hd_openblas INTERFACE ${BLAS_LIBRARIES})
 target_include_directories(hd_openblas INTERFACE ${HD_CBLAS_INCLUDE_DIR})
 
+# --- oneDNN: bf16 GEMMs on CPUs with bf16 arithmetic (ops/cpu/onednn_matmul.h) ---------------
+# Found by header and library: Debian's dnnl-config.cmake requires the OpenCL development
+# packages for its GPU runtime, which we never use. Debian's oneDNN runs on OpenMP (libgomp);
+# we call omp_set_num_threads to match our pool.
+find_path(HD_DNNL_INCLUDE_DIR oneapi/dnnl/dnnl.hpp)
+find_library(HD_DNNL_LIBRARY dnnl)
+hd_require(HD_DNNL_INCLUDE_DIR "oneDNN headers (oneapi/dnnl/dnnl.hpp)" "libdnnl-dev")
+hd_require(HD_DNNL_LIBRARY "oneDNN (libdnnl)" "libdnnl-dev")
+find_library(HD_GOMP_LIBRARY NAMES gomp libgomp.so.1)
+hd_require(HD_GOMP_LIBRARY "the GNU OpenMP runtime (libgomp)" "libgomp1")
+add_library(hd_onednn INTERFACE)
+target_link_libraries(hd_onednn INTERFACE ${HD_DNNL_LIBRARY} ${HD_GOMP_LIBRARY})
+target_include_directories(hd_onednn INTERFACE ${HD_DNNL_INCLUDE_DIR})
+
 # --- GoogleTest and Google Benchmark --------------------------------------------------------
 if(HD_BUILD_TESTS)
   find_package(GTest CONFIG QUIET)

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "launcher/command.h"
+#include "ops/cpu/onednn_matmul.h"
 #include "parallel/process_group.h"
 #ifdef HD_HAVE_CUDA
 #include "ops/cuda/device_probe.h"
@@ -83,13 +84,18 @@ int run(const std::vector<std::string>& args) {
   std::printf("cpu threads: %u hardware, HD_NUM_THREADS=%s\n", std::thread::hardware_concurrency(),
               std::getenv("HD_NUM_THREADS") ? std::getenv("HD_NUM_THREADS") : "(unset: all)");
   const std::string flags = cpu_vector_flags();
-  const bool native_bf16 =
-      flags.find("avx512_bf16") != std::string::npos || flags.find("amx_bf16") != std::string::npos;
-  std::printf("cpu vector extensions: %s; bf16 compute: %s\n",
-              flags.empty() ? "(unknown)" : flags.c_str(),
-              native_bf16 ? "the CPU has bf16 arithmetic, but the kernels still convert to f32 "
-                            "(ops/cpu_half.h; oneDNN bf16 GEMMs are issue 15)"
-                          : "converted to f32 in the kernels (no bf16 arithmetic on this CPU)");
+  std::printf("cpu vector extensions: %s\n", flags.empty() ? "(unknown)" : flags.c_str());
+  // [Note: oneDNN GEMMs] (ops/cpu/onednn_matmul.h): what bf16 training does on this CPU.
+  const auto& dnnl = cpu::onednn::capability();
+  if (dnnl.bf16_matmul) {
+    std::printf(
+        "bf16 compute: GEMMs through oneDNN %s (ISA %s, kernel %s), f32 accumulation; "
+        "norms, softmax and attention in f32 (ops/cpu_half.h)\n",
+        dnnl.version.c_str(), dnnl.isa.c_str(), dnnl.bf16_impl.c_str());
+  } else {
+    std::printf("bf16 compute: converted to f32 in the kernels, GEMMs on OpenBLAS (%s)\n",
+                dnnl.reason.c_str());
+  }
   auto configs = configs_in("configs");
   if (configs.empty()) configs = configs_in(std::filesystem::path(HD_SOURCE_DIR) / "configs");
   std::printf("configs:%s\n",

@@ -2,6 +2,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/onednn_matmul.h"
 #include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
@@ -27,8 +28,11 @@ Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in) {
   check_same_dtype("matmul", a_in, b_in);
   DType dt = a_in.dtype();
   HD_CHECK(is_floating(dt), "matmul: needs floating-point operands, got ", a_in.str());
-  // The CPU computes 16-bit GEMMs in f32; cuBLAS takes bf16/f16 directly (f32 accumulation).
-  if ((dt == DType::bf16 || dt == DType::f16) && a_in.device().is_cpu()) {
+  // 16-bit on the CPU: bf16 through oneDNN where this CPU has bf16 matmul kernels ([Note:
+  // oneDNN GEMMs]), otherwise converted to f32 for OpenBLAS. cuBLAS takes bf16/f16 directly.
+  // Both accumulate in f32.
+  const bool half_cpu = (dt == DType::bf16 || dt == DType::f16) && a_in.device().is_cpu();
+  if (half_cpu && !(dt == DType::bf16 && cpu::onednn::capability().bf16_matmul)) {
     return to(matmul_raw(to(a_in, DType::f32), to(b_in, DType::f32)), dt);
   }
   HD_CHECK(a_in.size(-1) == b_in.size(-2), "matmul: inner dims differ: ", a_in.shape(), " @ ",
@@ -40,8 +44,15 @@ Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in) {
   out_shape.push_back(a.size(-2));
   out_shape.push_back(b.size(-1));
   Tensor out = Tensor::empty(out_shape, dt, a.device());
-  dispatch(a, "matmul", [&] { cpu::matmul(a, b, out); },
-           HD_CUDA_KERNEL(cuda::matmul(a, b, out)));
+  if (half_cpu) {
+    if (!cpu::onednn::supports(a, b, out)) {  // batch strides oneDNN cannot express
+      return to(matmul_raw(to(a_in, DType::f32), to(b_in, DType::f32)), dt);
+    }
+    cpu::onednn::matmul(a, b, out);
+    return out;
+  }
+  dispatch(
+      a, "matmul", [&] { cpu::matmul(a, b, out); }, HD_CUDA_KERNEL(cuda::matmul(a, b, out)));
   return out;
 }
 
@@ -56,8 +67,10 @@ struct MatmulBackward final : Node {
   std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
     const Tensor& g = grads[0];
     Tensor ga, gb;
-    if (needs_input_grad(0)) ga = sum_to(matmul_raw(g, transpose(b.unpack(*this), -1, -2)), a_shape);
-    if (needs_input_grad(1)) gb = sum_to(matmul_raw(transpose(a.unpack(*this), -1, -2), g), b_shape);
+    if (needs_input_grad(0))
+      ga = sum_to(matmul_raw(g, transpose(b.unpack(*this), -1, -2)), a_shape);
+    if (needs_input_grad(1))
+      gb = sum_to(matmul_raw(transpose(a.unpack(*this), -1, -2), g), b_shape);
     return {ga, gb};
   }
 };

@@ -10,7 +10,7 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler
   libabsl-dev
   prometheus-cpp-dev prometheus
-  libopenblas-dev
+  libopenblas-dev libdnnl-dev
   libpng-dev libjpeg-dev libarchive-dev nlohmann-json3-dev libsentencepiece-dev sentencepiece libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy

@@ -1,0 +1,221 @@
+#include "ops/cpu/onednn_matmul.h"
+
+#include <omp.h>
+
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <sstream>
+
+#include "autograd/error.h"
+#include "autograd/thread_pool.h"
+
+namespace hd::cpu::onednn {
+namespace {
+
+using dnnl::memory;
+
+// The engine, the OpenMP thread count and the primitive cache: part of the device registry
+// (the one global state the design allows), made on first use.
+struct Registry {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  std::mutex mutex;
+  std::map<std::string, std::shared_ptr<dnnl::matmul>> primitives;  // by Problem::key
+  std::map<std::string, std::string> implementations;
+  Registry() { omp_set_num_threads(cpu_thread_pool().num_threads()); }
+};
+
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+memory::data_type data_type(DType dt, const char* what) {
+  switch (dt) {
+    case DType::f32:
+      return memory::data_type::f32;
+    case DType::bf16:
+      return memory::data_type::bf16;
+    default:
+      throw Error(
+          detail::concat("onednn::matmul: ", what, " must be f32 or bf16, got ", dtype_name(dt)));
+  }
+}
+
+// A 3-D [batch, rows, cols] layout for oneDNN: dims, strides and element type.
+struct Layout3 {
+  memory::dims dims, strides;
+  memory::data_type type;
+  memory::desc desc() const { return memory::desc(dims, type, strides); }
+};
+
+// One operand: its batch dims (aligned to out's; broadcast ones have stride 0) must all be
+// broadcast (batch 1) or all stored and collapse into one stride.
+Layout3 operand_layout(const Tensor& t, const Shape& out_batch, const char* what) {
+  const int64_t rows = t.size(-2), cols = t.size(-1);
+  const int64_t lead = int64_t(out_batch.size()) - (t.dim() - 2);
+  Shape strides(out_batch.size(), 0);
+  for (int64_t i = 0; i < t.dim() - 2; ++i) {
+    if (t.shape()[size_t(i)] != 1) strides[size_t(lead + i)] = t.strides()[size_t(i)];
+  }
+  bool stored = false, broadcast = false;
+  int64_t batch_stride = rows * cols, outer_expected = -1;
+  for (size_t d = out_batch.size(); d-- > 0;) {  // innermost batch dim first
+    if (out_batch[d] == 1) continue;
+    if (strides[d] == 0) {
+      broadcast = true;
+      continue;
+    }
+    HD_CHECK(outer_expected < 0 || strides[d] == outer_expected, "onednn::matmul: ", what, " ",
+             t.str(), " has batch strides that do not collapse into one");
+    if (!stored) batch_stride = strides[d];
+    stored = true;
+    outer_expected = strides[d] * out_batch[d];
+  }
+  HD_CHECK(!(stored && broadcast), "onednn::matmul: ", what, " ", t.str(),
+           " mixes broadcast and stored batch dims");
+  // Rows and columns: row-major (unit column stride) or column-major; a dim of size 1 gets
+  // the stride a dense layout would have, whatever the view says.
+  const bool row_major = t.stride(-1) == 1 || cols == 1;
+  const int64_t ld =
+      row_major ? (rows == 1 ? cols : t.stride(-2)) : (cols == 1 ? rows : t.stride(-1));
+  Layout3 l;
+  l.dims = {stored ? shape_numel(out_batch) : 1, rows, cols};
+  l.strides = row_major ? memory::dims{batch_stride, ld, 1} : memory::dims{batch_stride, 1, ld};
+  l.type = data_type(t.dtype(), what);
+  return l;
+}
+
+struct Problem {
+  Layout3 a, b, c;
+  std::string key;  // the primitive cache's key: every dim, stride and type
+};
+
+Problem describe(const Tensor& a, const Tensor& bm, const Tensor& out) {
+  HD_CHECK(out.dim() >= 2 && out.is_contiguous(), "onednn::matmul: out must be contiguous, got ",
+           out.str());
+  Shape batch(out.shape().begin(), out.shape().end() - 2);
+  Problem p;
+  p.a = operand_layout(a, batch, "a");
+  p.b = operand_layout(bm, batch, "b");
+  const int64_t M = out.size(-2), N = out.size(-1);
+  p.c = {{shape_numel(batch), M, N}, {M * N, N, 1}, data_type(out.dtype(), "out")};
+  std::ostringstream key;
+  for (const Layout3* l : {&p.a, &p.b, &p.c}) {
+    key << int(l->type) << ':';
+    for (auto v : l->dims) key << v << ',';
+    for (auto v : l->strides) key << v << ',';
+    key << ';';
+  }
+  p.key = key.str();
+  return p;
+}
+
+std::shared_ptr<dnnl::matmul> primitive(const Problem& p, const Tensor& a, const Tensor& bm) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  auto it = r.primitives.find(p.key);
+  if (it != r.primitives.end()) return it->second;
+  try {
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(p.a.desc(), p.b.desc(), p.c.desc()),
+                                    r.engine);
+    auto prim = std::make_shared<dnnl::matmul>(pd);
+    r.implementations[p.key] = pd.impl_info_str();
+    r.primitives[p.key] = prim;
+    return prim;
+  } catch (const dnnl::error& e) {
+    throw Error(detail::concat("onednn::matmul: oneDNN cannot make a matmul for ", a.str(), " @ ",
+                               bm.str(), " on this CPU (", e.what(), ")"));
+  }
+}
+
+std::string isa_name(dnnl::cpu_isa isa) {
+  switch (isa) {
+    case dnnl::cpu_isa::sse41:
+      return "sse41";
+    case dnnl::cpu_isa::avx:
+      return "avx";
+    case dnnl::cpu_isa::avx2:
+      return "avx2";
+    case dnnl::cpu_isa::avx2_vnni:
+      return "avx2_vnni";
+    case dnnl::cpu_isa::avx512_core:
+      return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni:
+      return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16:
+      return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx:
+      return "avx512_core_amx";
+    default:
+      return "other (" + std::to_string(int(isa)) + ")";
+  }
+}
+
+Capability probe() {
+  Capability c;
+  const dnnl_version_t* v = dnnl_version();
+  c.version = detail::concat(v->major, ".", v->minor, ".", v->patch);
+  c.isa = isa_name(dnnl::get_effective_cpu_isa());
+  try {
+    const memory::dims dims{1, 64, 64};
+    memory::desc bf(dims, memory::data_type::bf16, memory::dims{64 * 64, 64, 1});
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(bf, bf, bf), registry().engine);
+    c.bf16_impl = pd.impl_info_str();
+    // A reference kernel would make bf16 slower than converting for OpenBLAS.
+    c.bf16_matmul = c.bf16_impl.rfind("ref", 0) != 0;
+    if (!c.bf16_matmul) c.reason = "only oneDNN's reference kernel (" + c.bf16_impl + ")";
+  } catch (const dnnl::error& e) {
+    c.reason = detail::concat("oneDNN ", c.version, " has no bf16 matmul for ISA ", c.isa, " (",
+                              e.what(), ")");
+  }
+  return c;
+}
+
+}  // namespace
+
+const Capability& capability() {
+  static const Capability c = probe();
+  return c;
+}
+
+void matmul(const Tensor& a, const Tensor& bm, Tensor& out) {
+  HD_CHECK(a.dtype() == bm.dtype(), "onednn::matmul: operands differ in dtype: ", a.str(), " @ ",
+           bm.str());
+  HD_CHECK(a.size(-1) == bm.size(-2), "onednn::matmul: inner dims differ: ", a.str(), " @ ",
+           bm.str());
+  if (out.numel() == 0) return;
+  if (a.size(-1) == 0) {  // oneDNN rejects K = 0; the product is zero
+    std::memset(out.raw_data(), 0, out.nbytes());
+    return;
+  }
+  Problem p = describe(a, bm, out);
+  std::shared_ptr<dnnl::matmul> prim = primitive(p, a, bm);
+  Registry& r = registry();
+  memory ma(p.a.desc(), r.engine, const_cast<void*>(a.raw_data()));
+  memory mb(p.b.desc(), r.engine, const_cast<void*>(bm.raw_data()));
+  memory mc(p.c.desc(), r.engine, out.raw_data());
+  dnnl::stream stream(r.engine);
+  prim->execute(stream, {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}});
+  stream.wait();
+}
+
+bool supports(const Tensor& a, const Tensor& bm, const Tensor& out) {
+  try {
+    describe(a, bm, out);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+std::string implementation(const Tensor& a, const Tensor& bm, const Tensor& out) {
+  Problem p = describe(a, bm, out);
+  primitive(p, a, bm);
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  return r.implementations[p.key];
+}
+
+}  // namespace hd::cpu::onednn

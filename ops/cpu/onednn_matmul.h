@@ -1,0 +1,51 @@
+// GEMMs through oneDNN: the bf16 path on CPUs with bf16 arithmetic.
+//
+// [Note: oneDNN GEMMs]
+// Why oneDNN: it is the library Debian's PyTorch uses for bf16 on the CPU, and on AVX-512-BF16
+// and AMX CPUs it has bf16 matmul kernels (bf16 operands, f32 accumulation) that OpenBLAS lacks.
+// What goes through it: matmul_raw (ops/linalg.cpp), the one entry of every forward product and
+// both backward products of matmul and linear, sends bf16 CPU operands here when capability()
+// says oneDNN can make a bf16 matmul on this CPU; otherwise (and for f16) they are converted to
+// f32 for OpenBLAS, as before. f32 stays on OpenBLAS everywhere: oneDNN's f32 `gemm:jit` is no
+// faster (hd_bench_onednn_gemm on the AVX2 machines we build on: 65.7 vs 63.9 GFLOP/s at 1024^2,
+// 72.1 vs 70.2 at 4096^2, 2 threads), and our OpenBLAS path splits work so that results are
+// bit-identical for any thread count. There oneDNN 2.6 cannot create a bf16 matmul at all
+// ("could not create a primitive descriptor iterator"), which is what capability() records.
+// Threads: Debian's oneDNN runs on OpenMP. The primitive is called from the op's thread while
+// our pool is idle, with OpenMP set to the pool's thread count once, so the two never run at
+// the same time and never exceed the configured threads.
+// Primitives are cached by (shapes, strides, dtypes): a training step issues the same few
+// shapes every time, and creating a primitive costs far more than running a small one.
+#pragma once
+
+#include <string>
+
+#include "autograd/tensor.h"
+
+namespace hd::cpu::onednn {
+
+struct Capability {
+  std::string version;  // "2.6.3"
+  std::string isa;      // the ISA oneDNN dispatches to here: "avx2", "avx512_core_amx", ...
+  bool bf16_matmul = false;
+  std::string bf16_impl;  // the bf16 kernel oneDNN picked ("brg:avx512_core_amx", ...)
+  std::string reason;     // why there is no bf16 matmul here
+};
+
+// Probed once per process (creating one small bf16 matmul).
+const Capability& capability();
+
+// out[b] = a[b] @ bm[b], as cpu::matmul: a [..., M, K], bm [..., K, N], batch dims broadcast to
+// out's (stride 0 allowed), each operand's last two dims row- or column-major; out contiguous.
+// Operands f32 or bf16 (the same), out f32 or bf16; products accumulate in f32. Throws an
+// hd::Error naming the shapes when oneDNN cannot run it (e.g. bf16 on an AVX2 CPU, or batch
+// strides that do not collapse to one).
+void matmul(const Tensor& a, const Tensor& bm, Tensor& out);
+
+// Whether matmul can describe these operands to oneDNN (batch strides that collapse).
+bool supports(const Tensor& a, const Tensor& bm, const Tensor& out);
+
+// The kernel oneDNN chose for such a product (for benchmarks and `hdtrain info`).
+std::string implementation(const Tensor& a, const Tensor& bm, const Tensor& out);
+
+}  // namespace hd::cpu::onednn
