@@ -1,7 +1,5 @@
 #include "ops/shape.h"
 
-#include "autograd/pinned_host.h"
-
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -304,34 +302,54 @@ Tensor to(const Tensor& x, DType dtype) {
   return out;
 }
 
+namespace {
+// The bytes of contiguous `src` into contiguous `dst` of the same size on another device. From
+// pinned host memory the host->device copy is only queued, so its block gets a read fence
+// ([Note: pinned host memory]).
+void copy_bytes_across_devices(const Tensor& dst, const Tensor& src) {
+  const size_t n = src.nbytes();
+  if (n == 0) return;
+  if (src.device().is_cpu() && dst.device().is_cpu()) {
+    // Between host devices ([Note: a second host device], autograd/device.h).
+    std::memcpy(dst.raw_data(), src.raw_data(), n);
+    return;
+  }
+#ifdef HD_HAVE_CUDA
+  if (src.device().is_cpu()) {
+    cuda::copy_host_to_device(dst.raw_data(), src.raw_data(), n, dst.device().index);
+    if (src.is_pinned()) {
+      pinned_host_allocator().record_read(src.storage()->data(),
+                                          cuda::record_read_fence(dst.device().index));
+    }
+  } else if (dst.device().is_cpu()) {
+    cuda::copy_device_to_host(dst.raw_data(), src.raw_data(), n, src.device().index);
+  } else {
+    cuda::copy_device_to_device(dst.raw_data(), dst.device().index, src.raw_data(),
+                                src.device().index, n);
+  }
+#else
+  throw Error(detail::concat("cannot copy ", src.str(), " to ", dst.device().str(),
+                             " (this build has no CUDA backend)"));
+#endif
+}
+}  // namespace
+
+Tensor& copy_to_device_(Tensor& dst, const Tensor& src) {
+  HD_CHECK(dst.shape() == src.shape() && dst.dtype() == src.dtype(), "copy_to_device_: ", src.str(),
+           " into ", dst.str(), ": shapes and dtypes must match");
+  if (dst.device() == src.device()) return copy_(dst, src);
+  HD_CHECK(dst.is_contiguous(), "copy_to_device_: the destination ", dst.str(),
+           " must be contiguous");
+  copy_bytes_across_devices(dst, contiguous(src.detach()));
+  dst.bump_version();
+  return dst;
+}
+
 Tensor to(const Tensor& x, Device device) {
   if (x.device() == device) return x;
   Tensor src = contiguous(x.detach());
   Tensor out = Tensor::empty(x.shape(), x.dtype(), device);  // throws without a CUDA device
-  if (src.device().is_cpu() && device.is_cpu()) {
-    // Between host devices ([Note: a second host device], autograd/device.h).
-    if (src.nbytes() > 0) std::memcpy(out.raw_data(), src.raw_data(), src.nbytes());
-  } else {
-#ifdef HD_HAVE_CUDA
-    const size_t n = src.nbytes();
-    if (src.device().is_cpu()) {
-      cuda::copy_host_to_device(out.raw_data(), src.raw_data(), n, device.index);
-      // From pinned memory the copy is still queued: its block must outlive the read.
-      if (src.is_pinned() && n > 0) {
-        pinned_host_allocator().record_read(src.storage()->data(),
-                                            cuda::record_read_fence(device.index));
-      }
-    } else if (device.is_cpu()) {
-      cuda::copy_device_to_host(out.raw_data(), src.raw_data(), n, src.device().index);
-    } else {
-      cuda::copy_device_to_device(out.raw_data(), device.index, src.raw_data(), src.device().index,
-                                  n);
-    }
-#else
-    throw Error(detail::concat("to: cannot move ", x.str(), " to ", device.str(),
-                               " (this build has no CUDA backend)"));
-#endif
-  }
+  copy_bytes_across_devices(out, src);
   if (is_floating(x.dtype())) {
     if (auto node = make_grad_node<ToDeviceBackward>({&x})) {
       node->in_device = x.device();

@@ -20,7 +20,7 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
 // Python-style x[start:end:step] along dim (negative start/end count from the end).
 Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t step = 1);
 Tensor select(const Tensor& x, int64_t dim, int64_t index);  // drops dim
-Tensor expand(const Tensor& x, const Shape& shape);           // -1 keeps a size
+Tensor expand(const Tensor& x, const Shape& shape);          // -1 keeps a size
 Tensor squeeze(const Tensor& x, int64_t dim);
 Tensor unsqueeze(const Tensor& x, int64_t dim);
 
@@ -31,6 +31,10 @@ Tensor to(const Tensor& x, DType dtype);
 // host copies synchronize; the others are ordered on the target device's current stream.
 // Differentiable: the gradient moves back to x's device.
 Tensor to(const Tensor& x, Device device);
+// Copies src into dst across devices without a temporary (no autograd; same shape and dtype,
+// dst contiguous): what checkpoint staging uses to fill and drain pinned host buffers. Same as
+// copy_ when both are on one device.
+Tensor& copy_to_device_(Tensor& dst, const Tensor& src);
 
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim);

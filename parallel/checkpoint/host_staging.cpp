@@ -10,7 +10,7 @@ HostStaging::HostStaging(const std::vector<ShardRef>& shards) : original_(shards
   for (size_t i = 0; i < shards.size(); ++i) {
     const Tensor& s = shards[i].shard;
     if (s.device() == Device::cpu()) continue;
-    host_[i].shard = Tensor::empty(s.shape(), s.dtype(), Device::cpu());
+    host_[i].shard = Tensor::empty_pinned(s.shape(), s.dtype());
     staged_.push_back(i);
   }
 }
@@ -18,8 +18,7 @@ HostStaging::HostStaging(const std::vector<ShardRef>& shards) : original_(shards
 void HostStaging::to_host() {
   NoGradGuard no_grad;
   for (size_t i : staged_) {
-    Tensor& dst = host_[i].shard;
-    copy_(dst, to(original_[i].shard.detach(), Device::cpu()));
+    copy_to_device_(host_[i].shard, original_[i].shard);
   }
 }
 
@@ -27,7 +26,7 @@ void HostStaging::to_devices() {
   NoGradGuard no_grad;
   for (size_t i : staged_) {
     Tensor dst = original_[i].shard.detach();
-    copy_(dst, to(host_[i].shard, dst.device()));
+    copy_to_device_(dst, host_[i].shard);
   }
 }
 

@@ -10,8 +10,12 @@
 #include <fstream>
 #include <functional>
 
+#include "autograd/pinned_host.h"
+#include "ops/factory.h"
+#include "ops/shape.h"
 #include "parallel/checkpoint/checkpoint.h"
 #include "parallel/checkpoint/crc32c.h"
+#include "parallel/checkpoint/host_staging.h"
 #include "proto/checkpoint.pb.h"
 #include "tests/parallel/mpi_main.h"
 
@@ -106,6 +110,29 @@ std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
+}
+
+// Shards off the host (here the second host device, autograd/device.h) are staged through pinned
+// buffers: the I/O sees host copies, and a load's host values go back to the device shards.
+TEST(HostStaging, DeviceShardsGoThroughPinnedHostBuffers) {
+  const Device second{DeviceType::cpu, 1};
+  Tensor on_host = from_vector<float>({1, 2, 3}, {3});
+  Tensor on_device = to(from_vector<float>({4, 5, 6, 7}, {2, 2}), second);
+  ShardRef a{{}, on_host}, b{{}, on_device};
+  ckpt::HostStaging staging({a, b});
+  ASSERT_TRUE(staging.staged());
+  const auto& host = staging.host();
+  EXPECT_EQ(host[0].shard.storage(), on_host.storage());  // host shards: no copy
+  EXPECT_TRUE(host[1].shard.is_pinned());
+  EXPECT_TRUE(host[1].shard.device().is_cpu() && host[1].shard.device().index == 0);
+  staging.to_host();
+  EXPECT_EQ(host[1].shard.to_vector<float>(), (std::vector<float>{4, 5, 6, 7}));
+  Tensor loaded = host[1].shard;  // what a load writes
+  std::vector<float> values{9, 8, 7, 6};
+  std::memcpy(loaded.raw_data(), values.data(), sizeof(float) * 4);
+  staging.to_devices();
+  EXPECT_EQ(on_device.device(), second);
+  EXPECT_EQ(to(on_device, Device::cpu()).to_vector<float>(), values);
 }
 
 TEST(Crc32c, KnownValue) {
