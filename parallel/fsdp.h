@@ -63,6 +63,16 @@
 // while the compute stream works, and the wait happens only when the next unit starts; it is a
 // device-side wait (Work::wait on NCCL makes the compute stream wait for the collective's event),
 // so the host never stops enqueueing kernels for it.
+// Why no separate copy-in / copy-out streams (FSDP2 has them): FSDP2 needs them because its
+// all-gather input is packed when the prefetch is issued, which may be after the compute
+// stream already holds the current unit's kernels. Here the prefetch (forward: before this
+// unit's body is enqueued; backward: in this unit's pre-backward hook, before its gradient
+// kernels) packs first, so the packing kernels sit at the head of the compute queue and the
+// NCCL stream starts right after them, overlapping the unit's compute; the copy-out must wait
+// for the collective in any case. The reduce-scatter's result is consumed one unit later
+// (finish_reduce), so it overlaps the next unit's backward. Whether the split leaves anything
+// exposed is a GPU measurement (the step timer's all-gather wait, docs/cuda.md); a copy-in
+// stream is the fix if it does.
 #pragma once
 #include <functional>
 #include <map>
