@@ -35,9 +35,9 @@ void FSDPUnit::unshard_async() {
   const int n = owner_.pg_->world_size();
   const DType dt = options_.mixed_precision.param_dtype;
   // The fp32 masters are rounded here, before the gather: the wire carries param_dtype.
-  Tensor in = pack_shards(params_, shard_numel_, dt, device_);
+  gather_in_ = pack_shards(params_, shard_numel_, dt, device_);
   gather_out_ = Tensor::empty({shard_numel_ * n}, dt, device_);
-  gather_work_ = owner_.pg_->all_gather(in, gather_out_);
+  gather_work_ = owner_.pg_->all_gather(gather_in_, gather_out_);
   state_ = State::gathering;
   owner_.track_unsharded(+1);
 }
@@ -47,7 +47,7 @@ void FSDPUnit::wait_unshard() {
   if (state_ != State::gathering) return;
   gather_work_.wait();
   unpack_gathered(gather_out_, params_, shard_numel_);
-  gather_out_ = Tensor();
+  gather_in_ = gather_out_ = Tensor();
   gather_work_ = Work();
   state_ = State::unsharded;
 }
@@ -55,7 +55,7 @@ void FSDPUnit::wait_unshard() {
 void FSDPUnit::reshard() {
   if (state_ == State::sharded) return;
   if (state_ == State::gathering) gather_work_.wait();  // a prefetch nobody used
-  gather_out_ = Tensor();
+  gather_in_ = gather_out_ = Tensor();
   gather_work_ = Work();
   for (FSDPParam& p : params_) p.param.storage()->resize(0);
   state_ = State::sharded;

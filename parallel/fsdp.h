@@ -132,7 +132,9 @@ class FSDPUnit {
   int64_t shard_numel_ = 0;
   State state_ = State::sharded;
   Work gather_work_;
-  Tensor gather_out_;
+  // The all-gather's input and output: both live until the gather has been waited for (on a
+  // GPU NCCL reads the input on its own stream after unshard_async has returned).
+  Tensor gather_in_, gather_out_;
   Work reduce_work_;
   Tensor reduce_in_, reduce_out_;
   int arrivals_ = 0;
