@@ -44,7 +44,7 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Atten
   // (ops/cpu_half.h).
   const bool half = q.dtype() == DType::bf16 || q.dtype() == DType::f16;
   HD_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64 || half, kOp,
-           ": expected floating-point tensors, got ", q.str());
+           ": expected f32, f64, bf16 or f16 tensors, got ", q.str());
   const int64_t B = q.size(0), H = q.size(1), Dh = q.size(3), Nk = k.size(2), Dv = v.size(3);
   HD_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == Dh, kOp, ": q ", q.shape(), " and k ",
            k.shape(), " must agree in batch, heads and head dim");

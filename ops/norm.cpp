@@ -21,7 +21,7 @@ int64_t check_input(const char* op, const Tensor& x, const Tensor& w, const Tens
   // bf16/f16 compute in f32: inside the CUDA kernels, on f32 copies on the CPU (ops/cpu_half.h).
   const bool half = x.dtype() == DType::bf16 || x.dtype() == DType::f16;
   HD_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64 || half, op,
-           ": expects a floating-point input, got ", x.str(), " (convert with hd::to)");
+           ": expects a f32, f64, bf16 or f16 input, got ", x.str(), " (convert with hd::to)");
   HD_CHECK(x.dim() >= 1 && x.size(-1) > 0, op, ": needs an input with a non-empty last dim, got ",
            x.shape());
   HD_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);

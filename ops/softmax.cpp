@@ -29,7 +29,7 @@ void check_float(const char* op, const Tensor& x) {
   // bf16/f16 compute in f32: inside the CUDA kernels, on f32 copies on the CPU (ops/cpu_half.h).
   const bool half = x.dtype() == DType::bf16 || x.dtype() == DType::f16;
   HD_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64 || half, op,
-           ": expects a floating-point tensor, got ", x.str(), " (convert with hd::to)");
+           ": expects a f32, f64, bf16 or f16 tensor, got ", x.str(), " (convert with hd::to)");
 }
 
 Tensor forward_raw(const char* op, const Tensor& x, int64_t dim, bool log) {

@@ -213,12 +213,15 @@ class MpiProcessGroup final : public ProcessGroup {
 
   Work all_reduce(const Tensor& t, ReduceOp op) override {
     int n = count_of(t, "all_reduce");
-    return enqueue(Collective::all_reduce, int64_t(t.nbytes()), [this, t, op, n] {
-      MPI_Op mop = sixteen_bit_ops_.get(op, t.dtype());
-      check_mpi(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), n, mpi_type(t.dtype()), mop, comm_),
-                "MPI_Allreduce");
-      if (op == ReduceOp::avg) divide(t, world_size_);
-    });
+    return enqueue(
+        Collective::all_reduce, int64_t(t.nbytes()),
+        [this, t, op, n] {
+          MPI_Op mop = sixteen_bit_ops_.get(op, t.dtype());
+          check_mpi(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), n, mpi_type(t.dtype()), mop, comm_),
+                    "MPI_Allreduce");
+          if (op == ReduceOp::avg) divide(t, world_size_);
+        },
+        {t});
   }
 
   Work all_gather(const Tensor& in, const Tensor& out) override {
@@ -227,10 +230,13 @@ class MpiProcessGroup final : public ProcessGroup {
     HD_CHECK(in.dtype() == out.dtype() && out.numel() == int64_t(n) * world_size_,
              "all_gather: output ", out.str(), " must hold world_size (", world_size_, ") x input ",
              in.str());
-    return enqueue(Collective::all_gather, int64_t(out.nbytes()), [this, in, out, n] {
-      MPI_Datatype dt = mpi_type(in.dtype());
-      check_mpi(MPI_Allgather(in.raw_data(), n, dt, out.raw_data(), n, dt, comm_), "MPI_Allgather");
-    });
+    return enqueue(Collective::all_gather, int64_t(out.nbytes()),
+                   [this, in, out, n] {
+                     MPI_Datatype dt = mpi_type(in.dtype());
+                     check_mpi(MPI_Allgather(in.raw_data(), n, dt, out.raw_data(), n, dt, comm_),
+                               "MPI_Allgather");
+                   },
+                   {in, out});
   }
 
   Work reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
@@ -239,10 +245,12 @@ class MpiProcessGroup final : public ProcessGroup {
     HD_CHECK(in.dtype() == out.dtype() && in.numel() == int64_t(n) * world_size_,
              "reduce_scatter: input ", in.str(), " must hold world_size (", world_size_,
              ") x output ", out.str());
-    return enqueue(Collective::reduce_scatter, int64_t(in.nbytes()), [this, in, out, n, op] {
-      ring_reduce_scatter(in, out, n, sixteen_bit_ops_.get(op, in.dtype()));
-      if (op == ReduceOp::avg) divide(out, world_size_);
-    });
+    return enqueue(Collective::reduce_scatter, int64_t(in.nbytes()),
+                   [this, in, out, n, op] {
+                     ring_reduce_scatter(in, out, n, sixteen_bit_ops_.get(op, in.dtype()));
+                     if (op == ReduceOp::avg) divide(out, world_size_);
+                   },
+                   {in, out});
   }
 
   // Ring reduce-scatter: N - 1 steps; at step s rank r sends its running sum of chunk
@@ -290,9 +298,12 @@ class MpiProcessGroup final : public ProcessGroup {
     int n = count_of(t, "broadcast");
     HD_CHECK(root >= 0 && root < world_size_, "broadcast: root ", root, " outside world size ",
              world_size_);
-    return enqueue(Collective::broadcast, int64_t(t.nbytes()), [this, t, n, root] {
-      check_mpi(MPI_Bcast(t.raw_data(), n, mpi_type(t.dtype()), root, comm_), "MPI_Bcast");
-    });
+    return enqueue(Collective::broadcast, int64_t(t.nbytes()),
+                   [this, t, n, root] {
+                     check_mpi(MPI_Bcast(t.raw_data(), n, mpi_type(t.dtype()), root, comm_),
+                               "MPI_Bcast");
+                   },
+                   {t});
   }
 
   Work barrier() override {
@@ -333,8 +344,30 @@ class MpiProcessGroup final : public ProcessGroup {
     std::shared_ptr<Work::State> state;
   };
 
-  Work enqueue(Collective kind, int64_t bytes, std::function<void()> fn) {
-    auto state = std::make_shared<Work::State>();
+  // [Note: buffer lifetime] A collective's buffers must stay alive until its Work has been
+  // waited for: on a GPU the NCCL stream reads and writes them after the call has returned, and
+  // a buffer freed on the compute stream is reused while NCCL still uses it. Here the closure
+  // keeps its own references (the host is safe either way), but wait() checks that the caller
+  // still holds each buffer, so the CPU tests catch what on a GPU would be silent corruption.
+  struct BufferCheckedState final : Work::State {
+    Collective kind = Collective::barrier;
+    std::vector<std::weak_ptr<Storage>> buffers;
+    void wait() override {
+      Work::State::wait();
+      for (const auto& b : buffers) {
+        HD_CHECK(!b.expired(), "MPI process group: a buffer of ", collective_name(kind),
+                 " was freed before its Work was waited for; keep a collective's tensors alive "
+                 "until wait() (on a GPU, NCCL uses them after the call returns: [Note: buffer "
+                 "lifetime], parallel/mpi_backend.cpp)");
+      }
+    }
+  };
+
+  Work enqueue(Collective kind, int64_t bytes, std::function<void()> fn,
+               const std::vector<Tensor>& buffers = {}) {
+    auto state = std::make_shared<BufferCheckedState>();
+    state->kind = kind;
+    for (const Tensor& t : buffers) state->buffers.push_back(t.storage());
     {
       std::lock_guard<std::mutex> lock(queue_mutex_);
       queue_.push_back(Task{next_seq_++, kind, bytes, std::move(fn), state});

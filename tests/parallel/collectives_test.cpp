@@ -10,6 +10,7 @@
 #include "parallel/broadcast_tensors.h"
 #include "parallel/process_group.h"
 #include "tests/parallel/mpi_main.h"
+#include "tests/testing/errors.h"
 
 namespace hd::parallel {
 namespace {
@@ -89,6 +90,30 @@ TYPED_TEST(CollectivesTest, BroadcastFromLastRank) {
     world().broadcast(t, int(N - 1)).wait();
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(t.data<T>()[i], T((N - 1) * 10 + i));
   }
+}
+
+// [Note: buffer lifetime] (parallel/mpi_backend.cpp): a collective whose buffer the caller
+// dropped before wait() is an error here, because on a GPU NCCL would still be using it.
+TEST(Collectives, ABufferFreedBeforeWaitIsAnError) {
+  const int64_t N = world().world_size();
+  Work reduce, gather;
+  Tensor kept = ones({3 * N});
+  {
+    Tensor dropped = ones({3}), dropped_input = ones({3});
+    reduce = world().all_reduce(dropped, ReduceOp::sum);
+    gather = world().all_gather(dropped_input, kept);  // input dropped, output kept
+  }
+  hd::testing::expect_error([&] { reduce.wait(); }, "a buffer of all_reduce was freed before");
+  hd::testing::expect_error([&] { gather.wait(); }, "a buffer of all_gather was freed before");
+  // Kept through a view of the same storage: fine.
+  Tensor whole = ones({4});
+  Work viewed;
+  {
+    Tensor handle = whole;
+    viewed = world().all_reduce(handle, ReduceOp::sum);
+  }
+  viewed.wait();
+  EXPECT_EQ(whole.to_vector<float>()[0], float(N));
 }
 
 // bf16 and f16 (FSDP's mixed-precision all-gather and reduce-scatter): MPI carries the bits and

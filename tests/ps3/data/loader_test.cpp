@@ -167,6 +167,12 @@ struct LoaderFixture : ::testing::Test {
     o.image_size = 280, o.low_res = 28, o.selection_res = 112, o.threads = 2;
     return o;
   }
+  // Every caption of every image, batches of 4, seed 5.
+  static Sampler caption_sampler(const Dataset& ds) {
+    std::vector<int64_t> nb;
+    for (const auto& r : ds.records) nb.push_back(int64_t(r.texts.size()));
+    return Sampler(nb, std::vector<bool>(nb.size(), true), 4, 5);
+  }
 };
 
 TEST_F(LoaderFixture, TokenizerRoundTrip) {
@@ -278,9 +284,7 @@ TEST_F(LoaderFixture, ResumeFromBatchStateContinuesTheSameOrder) {
 TEST_F(LoaderFixture, DecodedCacheGivesIdenticalBatches) {
   BadInputLog log(true);
   Dataset ds = open_dataset(dir + "/train", log);
-  std::vector<int64_t> nb;
-  for (const auto& r : ds.records) nb.push_back(int64_t(r.texts.size()));
-  Sampler sampler(nb, std::vector<bool>(nb.size(), true), 4, 5);
+  Sampler sampler = caption_sampler(ds);
   Tokenizer tok(dir + "/tok.model", 16);
   LoaderOptions plain = small();
   const int64_t entry = 280 * 280 * 3 + (3 * 28 * 28 + 3 * 112 * 112) * 4;
@@ -310,9 +314,7 @@ TEST_F(LoaderFixture, DecodedCacheGivesIdenticalBatches) {
 TEST_F(LoaderFixture, PinnedBatchesEqualOrdinaryOnes) {
   BadInputLog log(true);
   Dataset ds = open_dataset(dir + "/train", log);
-  std::vector<int64_t> nb;
-  for (const auto& r : ds.records) nb.push_back(int64_t(r.texts.size()));
-  Sampler sampler(nb, std::vector<bool>(nb.size(), true), 4, 5);
+  Sampler sampler = caption_sampler(ds);
   Tokenizer tok(dir + "/tok.model", 16);
   LoaderOptions plain = small(), pinned = small();
   pinned.pin_memory = true;
