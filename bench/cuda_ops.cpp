@@ -9,6 +9,7 @@
 //   3. One transformer block training step (forward + backward, no optimizer), tiny and
 //      SigLIP-sized (width 1152, 16 heads, MLP 4304, 2560 + 729 tokens), reported as MFU
 //      (model FLOPs / time / peak). Issue target: >= 50% MFU in bf16 on an H100.
+//   4. conv2d forward + backward: our paths against cuDNN, side by side (bench_conv).
 //
 // Timing: CUDA events around `iters` runs after `warmup` runs on the current stream; the median
 // of 5 repetitions is printed. Peak: HD_PEAK_TFLOPS overrides; else 989 (sm_90, H100 SXM bf16
@@ -23,6 +24,7 @@
 #include "autograd/node.h"
 #include "autograd/random.h"
 #include "ops/attention.h"
+#include "ops/conv.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
 #include "ops/linalg.h"
@@ -161,6 +163,46 @@ void bench_block(double peak) {
   }
 }
 
+// 4. conv2d forward + backward, our paths (patch GEMM, depthwise kernel, im2col + cuBLAS)
+// against cuDNN on the same call, side by side: issue 18's "cuDNN where it beats our kernels".
+void bench_conv() {
+  std::printf("\n== conv2d forward + backward: ours vs cuDNN (HD_CUDNN_CONV) ==\n");
+  struct Case {
+    const char* name;
+    Shape x, w;
+    int64_t stride, padding, groups;
+  };
+  const Case cases[] = {
+      {"patch14 (SigLIP stem)", {8, 3, 378, 378}, {1152, 3, 14, 14}, 14, 0, 1},
+      {"selection stem 28", {8, 3, 1512, 1512}, {512, 3, 28, 28}, 28, 0, 1},
+      {"ConvNeXt dw 7x7", {8, 512, 54, 54}, {512, 1, 7, 7}, 1, 3, 512},
+      {"3x3 s1 p1", {8, 256, 56, 56}, {256, 256, 3, 3}, 1, 1, 1},
+  };
+  Generator gen(5, "bench_conv");
+  for (const Case& c : cases) {
+    for (DType dt : {DType::f32, DType::bf16}) {
+      Tensor x = randn(c.x, dt, gen), w = randn(c.w, dt, gen, 0.05);
+      x.requires_grad_(true);
+      w.requires_grad_(true);
+      double ms[2];
+      for (int cudnn = 0; cudnn < 2; ++cudnn) {
+        cuda::set_use_cudnn_conv(cudnn == 1);
+        ms[cudnn] = time_ms(
+            [&] {
+              Tensor y = conv2d(x, w, Tensor(), c.stride, c.padding, c.groups);
+              sum(y).backward();
+              x.zero_grad();
+              w.zero_grad();
+            },
+            2, 5);
+      }
+      cuda::set_use_cudnn_conv(false);
+      std::printf("%-22s %-5s ours %8.3f ms  cuDNN %8.3f ms  ours/cuDNN %.2f\n", c.name,
+                  dtype_name(dt), ms[0], ms[1], ms[0] / ms[1]);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace hd
 #endif
@@ -179,6 +221,7 @@ int main() {
   hd::bench_gemm(peak);
   hd::bench_attention(peak);
   hd::bench_block(peak);
+  hd::bench_conv();
   return 0;
 #else
   std::printf("no CUDA device: this build has HD_CUDA=OFF\n");

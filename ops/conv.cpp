@@ -5,6 +5,7 @@
 //  * 1x1: a matmul over channels;
 //  * depthwise (groups == Cin == Cout): direct kernels (im2col would blow 7x7 up 49x);
 //  * anything else with groups == 1: im2col + matmul, col2im for the gradient.
+// On a GPU, cuDNN replaces all four when enabled (cuda::set_use_cudnn_conv, HD_CUDNN_CONV=1).
 #include "ops/conv.h"
 
 #include "autograd/node.h"
@@ -113,6 +114,51 @@ Tensor conv_depthwise(const Tensor& x, const Tensor& weight, const Tensor& bias,
   }
   return add_bias(out, bias);
 }
+
+#ifdef HD_HAVE_CUDA
+// cuDNN on a GPU when enabled (ops/cuda/cudnn_conv.cu says why it is opt-in): one node whose
+// backward calls cuDNN's backward-data and backward-filter.
+struct CudnnConvBackward final : Node {
+  SavedTensor x, weight;
+  int64_t stride = 1, padding = 0, groups = 1;
+  std::string name() const override { return "CudnnConv2dBackward"; }
+  void release_saved() override {
+    x.reset();
+    weight.reset();
+  }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    Tensor gy = contiguous(g[0]), xv = x.unpack(*this), wv = weight.unpack(*this);
+    Tensor gx, gw;
+    if (needs_input_grad(0)) {
+      gx = Tensor::empty(xv.shape(), xv.dtype(), xv.device());
+      cuda::cudnn_conv_backward_data(gy, wv, stride, padding, groups, gx);
+    }
+    if (needs_input_grad(1)) {
+      gw = Tensor::empty(wv.shape(), wv.dtype(), wv.device());
+      cuda::cudnn_conv_backward_filter(gy, xv, stride, padding, groups, gw);
+    }
+    return {gx, gw};
+  }
+};
+
+Tensor conv_cudnn(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
+                  int64_t padding, int64_t groups) {
+  cpu::Conv2dGeometry g =
+      geometry("conv2d", x.shape(), weight.size(2), weight.size(3), stride, padding);
+  Tensor xc = contiguous(x.detach()), wc = contiguous(weight.detach());
+  Tensor out = Tensor::empty({g.batch, weight.size(0), g.oh, g.ow}, x.dtype(), x.device());
+  cuda::cudnn_conv_forward(xc, wc, stride, padding, groups, out);
+  if (auto node = make_grad_node<CudnnConvBackward>({&x, &weight})) {
+    if (weight.requires_grad()) node->x = SavedTensor(xc);
+    if (x.requires_grad()) node->weight = SavedTensor(wc);
+    node->stride = stride;
+    node->padding = padding;
+    node->groups = groups;
+    set_history(out, node);
+  }
+  return add_bias(out, bias);
+}
+#endif
 
 Tensor conv_im2col(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
                    int64_t padding) {
@@ -247,6 +293,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   // 16-bit CPU inputs ([Note: 16-bit saved tensors], ops/cpu_half.h): the depthwise kernels
   // convert inside and its node keeps the 16-bit input; the 1x1 and patch paths are reshapes
   // around a matmul, which takes 16-bit operands; only im2col runs on f32 copies.
+#ifdef HD_HAVE_CUDA
+  if (!x.device().is_cpu() && cuda::use_cudnn_conv()) {
+    return conv_cudnn(x, weight, bias, stride, padding, groups);
+  }
+#endif
   if (groups > 1) return conv_depthwise(x, weight, bias, stride, padding);
   if (kh == 1 && kw == 1) return conv_1x1(x, weight, bias, stride, padding);
   if (kh == kw && kh == stride && padding == 0) return conv_patches(x, weight, bias, kh);

@@ -83,4 +83,16 @@ void depthwise_backward_weight(const Tensor& grad_out, const Tensor& x,
 void adaptive_max_pool2d(const Tensor& x, int64_t planes, int64_t h, int64_t w, int64_t oh,
                          int64_t ow, Tensor& values, Tensor& indices);
 
+// ops/cuda/cudnn_conv.cu (hd_ops_vision): conv2d through cuDNN, NCHW contiguous, no bias,
+// groups 1 or depthwise; f32/f64/bf16/f16 (f32 compute for 16-bit). Off unless enabled
+// (HD_CUDNN_CONV=1 or set_use_cudnn_conv): which convs it beats ours on is not measured yet.
+void set_use_cudnn_conv(bool on);
+bool use_cudnn_conv();
+void cudnn_conv_forward(const Tensor& x, const Tensor& w, int64_t stride, int64_t pad,
+                        int64_t groups, Tensor& y);
+void cudnn_conv_backward_data(const Tensor& gy, const Tensor& w, int64_t stride, int64_t pad,
+                              int64_t groups, Tensor& gx);
+void cudnn_conv_backward_filter(const Tensor& gy, const Tensor& x, int64_t stride, int64_t pad,
+                                int64_t groups, Tensor& gw);
+
 }  // namespace hd::cuda
