@@ -15,9 +15,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <string>
 #include <map>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "autograd/error.h"
@@ -32,18 +32,23 @@ constexpr size_t kMaxWorkspace = size_t(1) << 30;
 
 void check_cudnn(cudnnStatus_t s, const char* call, const Tensor& x, const Tensor& w) {
   if (s != CUDNN_STATUS_SUCCESS) {
-    throw Error(detail::concat("conv2d (cuDNN) on ", x.str(), " with weight ", w.str(), ": ",
-                               call, " failed: ", cudnnGetErrorString(s)));
+    throw Error(detail::concat("conv2d (cuDNN) on ", x.str(), " with weight ", w.str(), ": ", call,
+                               " failed: ", cudnnGetErrorString(s)));
   }
 }
 
 cudnnDataType_t data_type(DType dt) {
   switch (dt) {
-    case DType::f32: return CUDNN_DATA_FLOAT;
-    case DType::f64: return CUDNN_DATA_DOUBLE;
-    case DType::bf16: return CUDNN_DATA_BFLOAT16;
-    case DType::f16: return CUDNN_DATA_HALF;
-    default: throw Error(detail::concat("conv2d (cuDNN): unsupported dtype ", dtype_name(dt)));
+    case DType::f32:
+      return CUDNN_DATA_FLOAT;
+    case DType::f64:
+      return CUDNN_DATA_DOUBLE;
+    case DType::bf16:
+      return CUDNN_DATA_BFLOAT16;
+    case DType::f16:
+      return CUDNN_DATA_HALF;
+    default:
+      throw Error(detail::concat("conv2d (cuDNN): unsupported dtype ", dtype_name(dt)));
   }
 }
 
@@ -86,9 +91,8 @@ struct Descriptors {
     check_cudnn(cudnnSetFilter4dDescriptor(w, t, CUDNN_TENSOR_NCHW, int(ws[0]), int(ws[1]),
                                            int(ws[2]), int(ws[3])),
                 "cudnnSetFilter4dDescriptor", xt, wt);
-    check_cudnn(cudnnSetConvolution2dDescriptor(conv, int(pad), int(pad), int(stride),
-                                                int(stride), 1, 1, CUDNN_CROSS_CORRELATION,
-                                                compute),
+    check_cudnn(cudnnSetConvolution2dDescriptor(conv, int(pad), int(pad), int(stride), int(stride),
+                                                1, 1, CUDNN_CROSS_CORRELATION, compute),
                 "cudnnSetConvolution2dDescriptor", xt, wt);
     check_cudnn(cudnnSetConvolutionGroupCount(conv, int(groups)), "cudnnSetConvolutionGroupCount",
                 xt, wt);
@@ -123,6 +127,30 @@ std::pair<decltype(Perf{}.algo), size_t> pick(const Perf* perf, int n, const cha
                              ": no deterministic ", what, " algorithm within 1 GiB of workspace"));
 }
 
+// alpha = 1 and beta = 0 in the type cuDNN reads for the data type (double for f64, else float).
+struct Blend {
+  double one_d = 1, zero_d = 0;
+  float one_f = 1, zero_f = 0;
+  bool f64;
+  explicit Blend(DType dt) : f64(dt == DType::f64) {}
+  const void* one() const { return f64 ? static_cast<const void*>(&one_d) : &one_f; }
+  const void* zero() const { return f64 ? static_cast<const void*>(&zero_d) : &zero_f; }
+};
+
+Tensor workspace(size_t bytes, Device device);
+
+// One cuDNN convolution call: `rank` fills the heuristic's ranking of algorithms, the first
+// deterministic one whose workspace fits is picked, and `run(algo, workspace, bytes)` calls it.
+template <class Perf, int kCount, class Rank, class Run>
+void with_algorithm(const char* what, const Tensor& a, const Tensor& b, Rank&& rank, Run&& run) {
+  Perf perf[kCount];
+  int n = 0;
+  check_cudnn(rank(kCount, &n, perf), "cudnnGetConvolution*Algorithm_v7", a, b);
+  auto [algo, bytes] = pick(perf, n, what, a, b);
+  Tensor ws = workspace(bytes, a.device());
+  check_cudnn(run(algo, ws.raw_data(), bytes), what, a, b);
+}
+
 // Workspace bytes as an f32 tensor from the stream-ordered allocator (freed on the stream after
 // the call that used it).
 Tensor workspace(size_t bytes, Device device) {
@@ -139,76 +167,63 @@ std::atomic<bool>& use_cudnn_conv_setting() {
 
 }  // namespace
 
-void set_use_cudnn_conv(bool on) { use_cudnn_conv_setting().store(on); }
-bool use_cudnn_conv() { return use_cudnn_conv_setting().load(); }
+void set_use_cudnn_conv(bool on) {
+  use_cudnn_conv_setting().store(on);
+}
+bool use_cudnn_conv() {
+  return use_cudnn_conv_setting().load();
+}
 
 void cudnn_conv_forward(const Tensor& x, const Tensor& w, int64_t stride, int64_t pad,
                         int64_t groups, Tensor& y) {
-  const int device = x.device().index;
-  cudnnHandle_t h = handle_for(device);
+  cudnnHandle_t h = handle_for(x.device().index);
   Descriptors d(x.shape(), w.shape(), y.shape(), x.dtype(), stride, pad, groups, x, w);
-  cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-  int n = 0;
-  check_cudnn(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y,
-                                                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf),
-              "cudnnGetConvolutionForwardAlgorithm_v7", x, w);
-  auto [algo, bytes] = pick(perf, n, "forward", x, w);
-  Tensor ws = workspace(bytes, x.device());
-  const double one = 1, zero = 0;
-  const float onef = 1, zerof = 0;
-  const bool f64 = x.dtype() == DType::f64;
-  check_cudnn(cudnnConvolutionForward(h, f64 ? static_cast<const void*>(&one) : &onef, d.x,
-                                      x.raw_data(), d.w, w.raw_data(), d.conv, algo,
-                                      ws.raw_data(), bytes,
-                                      f64 ? static_cast<const void*>(&zero) : &zerof, d.y,
-                                      y.raw_data()),
-              "cudnnConvolutionForward", x, w);
+  const Blend blend(x.dtype());
+  with_algorithm<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT>(
+      "forward", x, w,
+      [&](int count, int* n, auto* perf) {
+        return cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y, count, n, perf);
+      },
+      [&](auto algo, void* ws, size_t bytes) {
+        return cudnnConvolutionForward(h, blend.one(), d.x, x.raw_data(), d.w, w.raw_data(), d.conv,
+                                       algo, ws, bytes, blend.zero(), d.y, y.raw_data());
+      });
 }
 
 void cudnn_conv_backward_data(const Tensor& gy, const Tensor& w, int64_t stride, int64_t pad,
                               int64_t groups, Tensor& gx) {
-  const int device = gy.device().index;
-  cudnnHandle_t h = handle_for(device);
+  cudnnHandle_t h = handle_for(gy.device().index);
   Descriptors d(gx.shape(), w.shape(), gy.shape(), gy.dtype(), stride, pad, groups, gx, w);
-  cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-  int n = 0;
-  check_cudnn(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                  h, d.w, d.y, d.conv, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf),
-              "cudnnGetConvolutionBackwardDataAlgorithm_v7", gx, w);
-  auto [algo, bytes] = pick(perf, n, "backward-data", gx, w);
-  Tensor ws = workspace(bytes, gy.device());
-  const double one = 1, zero = 0;
-  const float onef = 1, zerof = 0;
-  const bool f64 = gy.dtype() == DType::f64;
-  check_cudnn(cudnnConvolutionBackwardData(h, f64 ? static_cast<const void*>(&one) : &onef, d.w,
-                                           w.raw_data(), d.y, gy.raw_data(), d.conv, algo,
-                                           ws.raw_data(), bytes,
-                                           f64 ? static_cast<const void*>(&zero) : &zerof, d.x,
-                                           gx.raw_data()),
-              "cudnnConvolutionBackwardData", gx, w);
+  const Blend blend(gy.dtype());
+  with_algorithm<cudnnConvolutionBwdDataAlgoPerf_t, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT>(
+      "backward-data", gx, w,
+      [&](int count, int* n, auto* perf) {
+        return cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.conv, d.x, count, n,
+                                                           perf);
+      },
+      [&](auto algo, void* ws, size_t bytes) {
+        return cudnnConvolutionBackwardData(h, blend.one(), d.w, w.raw_data(), d.y, gy.raw_data(),
+                                            d.conv, algo, ws, bytes, blend.zero(), d.x,
+                                            gx.raw_data());
+      });
 }
 
 void cudnn_conv_backward_filter(const Tensor& gy, const Tensor& x, int64_t stride, int64_t pad,
                                 int64_t groups, Tensor& gw) {
-  const int device = gy.device().index;
-  cudnnHandle_t h = handle_for(device);
+  cudnnHandle_t h = handle_for(gy.device().index);
   Descriptors d(x.shape(), gw.shape(), gy.shape(), gy.dtype(), stride, pad, groups, x, gw);
-  cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-  int n = 0;
-  check_cudnn(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-                  h, d.x, d.y, d.conv, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf),
-              "cudnnGetConvolutionBackwardFilterAlgorithm_v7", x, gw);
-  auto [algo, bytes] = pick(perf, n, "backward-filter", x, gw);
-  Tensor ws = workspace(bytes, gy.device());
-  const double one = 1, zero = 0;
-  const float onef = 1, zerof = 0;
-  const bool f64 = gy.dtype() == DType::f64;
-  check_cudnn(cudnnConvolutionBackwardFilter(h, f64 ? static_cast<const void*>(&one) : &onef, d.x,
-                                             x.raw_data(), d.y, gy.raw_data(), d.conv, algo,
-                                             ws.raw_data(), bytes,
-                                             f64 ? static_cast<const void*>(&zero) : &zerof, d.w,
-                                             gw.raw_data()),
-              "cudnnConvolutionBackwardFilter", x, gw);
+  const Blend blend(gy.dtype());
+  with_algorithm<cudnnConvolutionBwdFilterAlgoPerf_t, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT>(
+      "backward-filter", x, gw,
+      [&](int count, int* n, auto* perf) {
+        return cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x, d.y, d.conv, d.w, count, n,
+                                                             perf);
+      },
+      [&](auto algo, void* ws, size_t bytes) {
+        return cudnnConvolutionBackwardFilter(h, blend.one(), d.x, x.raw_data(), d.y, gy.raw_data(),
+                                              d.conv, algo, ws, bytes, blend.zero(), d.w,
+                                              gw.raw_data());
+      });
 }
 
 }  // namespace hd::cuda
