@@ -45,11 +45,9 @@ Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in) {
   out_shape.push_back(b.size(-1));
   Tensor out = Tensor::empty(out_shape, dt, a.device());
   if (half_cpu) {
-    if (!cpu::onednn::supports(a, b, out)) {  // batch strides oneDNN cannot express
-      return to(matmul_raw(to(a_in, DType::f32), to(b_in, DType::f32)), dt);
-    }
-    cpu::onednn::matmul(a, b, out);
-    return out;
+    if (cpu::onednn::try_matmul(a, b, out)) return out;
+    // Batch strides oneDNN cannot express: convert, as on CPUs without bf16 kernels.
+    return to(matmul_raw(to(a_in, DType::f32), to(b_in, DType::f32)), dt);
   }
   dispatch(
       a, "matmul", [&] { cpu::matmul(a, b, out); }, HD_CUDA_KERNEL(cuda::matmul(a, b, out)));

@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <optional>
 #include <sstream>
 
 #include "autograd/error.h"
@@ -180,17 +181,8 @@ const Capability& capability() {
   return c;
 }
 
-void matmul(const Tensor& a, const Tensor& bm, Tensor& out) {
-  HD_CHECK(a.dtype() == bm.dtype(), "onednn::matmul: operands differ in dtype: ", a.str(), " @ ",
-           bm.str());
-  HD_CHECK(a.size(-1) == bm.size(-2), "onednn::matmul: inner dims differ: ", a.str(), " @ ",
-           bm.str());
-  if (out.numel() == 0) return;
-  if (a.size(-1) == 0) {  // oneDNN rejects K = 0; the product is zero
-    std::memset(out.raw_data(), 0, out.nbytes());
-    return;
-  }
-  Problem p = describe(a, bm, out);
+namespace {
+void run(const Problem& p, const Tensor& a, const Tensor& bm, Tensor& out) {
   std::shared_ptr<dnnl::matmul> prim = primitive(p, a, bm);
   Registry& r = registry();
   memory ma(p.a.desc(), r.engine, const_cast<void*>(a.raw_data()));
@@ -199,6 +191,40 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out) {
   dnnl::stream stream(r.engine);
   prim->execute(stream, {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}});
   stream.wait();
+}
+
+void check_operands(const Tensor& a, const Tensor& bm) {
+  HD_CHECK(a.dtype() == bm.dtype(), "onednn::matmul: operands differ in dtype: ", a.str(), " @ ",
+           bm.str());
+  HD_CHECK(a.size(-1) == bm.size(-2), "onednn::matmul: inner dims differ: ", a.str(), " @ ",
+           bm.str());
+}
+
+// Empty products and K = 0 (which oneDNN rejects): done here, true when nothing is left to do.
+bool trivial(const Tensor& a, Tensor& out) {
+  if (out.numel() == 0) return true;
+  if (a.size(-1) != 0) return false;
+  std::memset(out.raw_data(), 0, out.nbytes());
+  return true;
+}
+}  // namespace
+
+void matmul(const Tensor& a, const Tensor& bm, Tensor& out) {
+  check_operands(a, bm);
+  if (trivial(a, out)) return;
+  run(describe(a, bm, out), a, bm, out);
+}
+
+bool try_matmul(const Tensor& a, const Tensor& bm, Tensor& out) {
+  check_operands(a, bm);
+  std::optional<Problem> p;
+  try {
+    p = describe(a, bm, out);
+  } catch (const Error&) {
+    return false;  // a layout oneDNN cannot express
+  }
+  if (!trivial(a, out)) run(*p, a, bm, out);
+  return true;
 }
 
 bool supports(const Tensor& a, const Tensor& bm, const Tensor& out) {

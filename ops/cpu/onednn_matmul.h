@@ -42,6 +42,10 @@ const Capability& capability();
 // strides that do not collapse to one).
 void matmul(const Tensor& a, const Tensor& bm, Tensor& out);
 
+// matmul when oneDNN can express the operands' layout (batch strides that collapse), else
+// false and nothing done: the one call matmul_raw makes (describing a problem is not free).
+bool try_matmul(const Tensor& a, const Tensor& bm, Tensor& out);
+
 // Whether matmul can describe these operands to oneDNN (batch strides that collapse).
 bool supports(const Tensor& a, const Tensor& bm, const Tensor& out);
 
