@@ -66,6 +66,32 @@ void BM_AttentionForwardBackward(benchmark::State& state) {
 }
 BENCHMARK(BM_AttentionForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// bf16 q, k, v: Arg 0 widens them to f32 copies up front, Arg 1 reads them in place with bf16
+// tile products (oneDNN's where the CPU has them, else each tile widened for OpenBLAS): the
+// measurement behind the kernel's default (AttentionBlocks::bf16_tiles).
+void BM_AttentionBf16ForwardBackward(benchmark::State& state) {
+  const bool in_tiles = state.range(0) != 0;
+  auto leaf = [](uint64_t seed) {
+    return to(randn({8, 3, 729, 64}, seed), DType::bf16).requires_grad_(true);
+  };
+  Tensor q = leaf(5), k = leaf(6), v = leaf(7);
+  Tensor g = to(randn({8, 3, 729, 64}, 8), DType::bf16);
+  for (auto _ : state) {
+    detail::scaled_dot_product_attention_bf16(q, k, v, {}, in_tiles).backward(g);
+    q.zero_grad();
+    k.zero_grad();
+    v.zero_grad();
+  }
+  state.SetLabel(in_tiles ? "bf16 in tiles" : "bf16 widened up front");
+  state.counters["FLOP/s"] = benchmark::Counter(3.5 * 4.0 * 24 * 729 * 729 * 64,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_AttentionBf16ForwardBackward)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 // The same attention as a composite of ops (matmul -> softmax -> matmul), materialising the
 // [N, N] scores: what the flash kernel is measured against.
 void BM_AttentionCompositeForwardBackward(benchmark::State& state) {

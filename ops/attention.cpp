@@ -4,6 +4,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/attention.h"
+#include "ops/cpu/onednn_matmul.h"
 #include "ops/cpu_half.h"
 #include "ops/cuda/kernels.h"
 #include "ops/dispatch.h"
@@ -26,6 +27,13 @@ Tensor kernel_ready(const Tensor& t) {
   const int64_t rows = t.size(2), cols = t.size(3);
   const bool ok = (t.stride(3) == 1 || cols == 1) && (rows <= 1 || t.stride(2) >= cols);
   return ok ? t : contiguous(t);
+}
+
+// Whether the CPU kernel reads 16-bit operands in place (bf16 tile products) rather than f32
+// copies made up front ([Note: 16-bit saved tensors] covers what is saved either way).
+bool bf16_in_tiles(const Tensor& q, const cpu::AttentionBlocks& blocks) {
+  if (!is_cpu_half(q) || q.dtype() != DType::bf16) return false;
+  return blocks.bf16_tiles < 0 ? cpu::onednn::capability().bf16_matmul : blocks.bf16_tiles > 0;
 }
 
 void check_4d(const Tensor& t, const char* what, const char* layout) {
@@ -96,26 +104,29 @@ struct AttentionBackward final : Node {
                          blocks};
     Tensor o = out.unpack(*this), l = lse.unpack(*this);
     check_same_dtype(kOp, o, grads[0]);
-    // 16-bit CPU tensors were saved as they are; the kernel runs on f32 copies.
+    // 16-bit CPU tensors were saved as they are; the kernel reads them in place (bf16 tiles)
+    // or runs on f32 copies, and its gradients are f32 either way.
     const DType saved_dtype = a.q.dtype();
-    const bool widen = is_cpu_half(a.q);
+    const bool half = is_cpu_half(a.q);
+    const bool widen = half && !bf16_in_tiles(a.q, blocks);
     if (widen) {
       for (Tensor* t : {&a.q, &a.k, &a.v, &a.prefix_k, &a.prefix_v}) *t = half_to_f32(*t);
       o = to(o, DType::f32);
     }
     Tensor g = kernel_ready(widen ? to(grads[0], DType::f32) : grads[0]);
-    Tensor dq = Tensor::empty(a.q.shape(), a.q.dtype(), a.q.device());
-    Tensor dk = Tensor::empty(a.k.shape(), a.q.dtype(), a.q.device());
-    Tensor dv = Tensor::empty(a.v.shape(), a.q.dtype(), a.q.device());
+    const DType grad_dtype = half ? DType::f32 : saved_dtype;
+    Tensor dq = Tensor::empty(a.q.shape(), grad_dtype, a.q.device());
+    Tensor dk = Tensor::empty(a.k.shape(), grad_dtype, a.q.device());
+    Tensor dv = Tensor::empty(a.v.shape(), grad_dtype, a.q.device());
     Tensor dpk, dpv;
     if (a.prefix_k.defined()) {
-      dpk = Tensor::empty(a.prefix_k.shape(), a.q.dtype(), a.q.device());
-      dpv = Tensor::empty(a.prefix_v.shape(), a.q.dtype(), a.q.device());
+      dpk = Tensor::empty(a.prefix_k.shape(), grad_dtype, a.q.device());
+      dpv = Tensor::empty(a.prefix_v.shape(), grad_dtype, a.q.device());
     }
     dispatch(
         g, kOp, [&] { cpu::attention_backward(a, o, l, g, dq, dk, dv, dpk, dpv); },
         HD_CUDA_KERNEL(cuda::attention_backward(a, o, l, g, dq, dk, dv, dpk, dpv)));
-    if (widen) {
+    if (half) {
       for (Tensor* t : {&dq, &dk, &dv, &dpk, &dpv}) {
         if (t->defined()) *t = to(*t, saved_dtype);
       }
@@ -166,7 +177,8 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const A
                       const cpu::AttentionBlocks& blocks) {
   check_inputs(q, k, v, o);
   // The inputs as saved for backward: kernel-ready views, in their own dtype. What the kernel
-  // reads: the same, or f32 copies of 16-bit CPU inputs ([Note: 16-bit saved tensors]).
+  // reads: the same, or f32 copies of 16-bit CPU inputs ([Note: 16-bit saved tensors]) where
+  // it does not read bf16 in place.
   cpu::AttentionArgs saved;
   saved.q = kernel_ready(q.detach());
   saved.k = kernel_ready(k.detach());
@@ -175,7 +187,8 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const A
     saved.prefix_k = kernel_ready(o.prefix_k.detach());
     saved.prefix_v = kernel_ready(o.prefix_v.detach());
   }
-  const bool widen = is_cpu_half(q);
+  const bool half = is_cpu_half(q);
+  const bool widen = half && !bf16_in_tiles(q, blocks);
   cpu::AttentionArgs a = saved;
   if (widen) {
     for (Tensor* t : {&a.q, &a.k, &a.v, &a.prefix_k, &a.prefix_v}) *t = half_to_f32(*t);
@@ -185,14 +198,14 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const A
   a.causal = o.causal;
   a.blocks = blocks;
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2);
-  Tensor out = Tensor::empty({B, H, Nq, v.size(3)}, a.q.dtype(), q.device());
+  Tensor out = Tensor::empty({B, H, Nq, v.size(3)}, half ? DType::f32 : q.dtype(), q.device());
   // lse in the compute type: f64 for f64, f32 otherwise (bf16 would lose the softmax scale).
   const DType lse_dtype = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor lse = Tensor::empty({B, H, Nq}, lse_dtype, q.device());
   dispatch(
       q, kOp, [&] { cpu::attention_forward(a, out, lse); },
       HD_CUDA_KERNEL(cuda::attention_forward(a, out, lse)));
-  if (widen) out = to(out, q.dtype());
+  if (half) out = to(out, q.dtype());
   if (auto node = make_grad_node<AttentionBackward>({&q, &k, &v, &o.prefix_k, &o.prefix_v})) {
     node->q = SavedTensor(saved.q);
     node->k = SavedTensor(saved.k);
@@ -225,6 +238,15 @@ Tensor scaled_dot_product_attention_tiled(const Tensor& q, const Tensor& k, cons
   HD_CHECK(q_block > 0 && k_block > 0, kOp, ": tile sizes must be positive, got ", q_block, " x ",
            k_block);
   return attention_impl(q, k, v, options, cpu::AttentionBlocks{q_block, k_block, split});
+}
+
+Tensor scaled_dot_product_attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v,
+                                         const AttentionOptions& options, bool in_tiles,
+                                         int64_t q_block, int64_t k_block) {
+  HD_CHECK(q_block > 0 && k_block > 0, kOp, ": tile sizes must be positive, got ", q_block, " x ",
+           k_block);
+  return attention_impl(q, k, v, options,
+                        cpu::AttentionBlocks{q_block, k_block, -1, in_tiles ? 1 : 0});
 }
 
 }  // namespace detail

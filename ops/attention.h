@@ -19,7 +19,8 @@ struct AttentionOptions {
 
 // q [B, H, Nq, Dh], k and v [B, H, Nk, Dh] (v may have another head dim Dv) -> [B, H, Nq, Dv].
 // Gradients flow to q, k, v and the prefix k/v. f32 and f64; bf16/f16 computed in f32 (on the
-// CPU through converted copies, ops/cpu_half.h).
+// CPU: bf16 read in place by bf16 tile products where oneDNN has them, otherwise through
+// converted copies, ops/cpu_half.h).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const AttentionOptions& options = {});
 
@@ -33,6 +34,14 @@ namespace hd::detail {
 Tensor scaled_dot_product_attention_tiled(const Tensor& q, const Tensor& k, const Tensor& v,
                                           const AttentionOptions& options, int64_t q_block,
                                           int64_t k_block, int split = -1);
+
+// scaled_dot_product_attention on bf16 CPU tensors with the kernel's choice made explicit:
+// in_tiles reads q, k and v in place with bf16 tile products (what CPUs with oneDNN bf16
+// products do), otherwise f32 copies are made up front (what other CPUs do). For tests: both
+// ways on any CPU.
+Tensor scaled_dot_product_attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v,
+                                         const AttentionOptions& options, bool in_tiles,
+                                         int64_t q_block = 64, int64_t k_block = 256);
 
 // Attention composed from matmul, softmax and where, differentiable through them: the plain
 // softmax(QK^T)V reference for the fused kernels (tests on every device, the GPU benchmark's

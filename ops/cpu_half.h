@@ -6,9 +6,10 @@
 // f32. So an op given 16-bit CPU tensors runs its f32 kernel on converted copies and rounds its
 // answer back to the input's dtype; backward converts the incoming gradient up, runs the f32
 // backward and rounds the input gradients down, as the CUDA kernels do inside. Elementwise ops
-// and reductions load and store 16-bit values directly, and matmul converts inside linalg.cpp.
-// (On AVX-512-BF16/AMX machines the GEMMs are where bf16 pays; that path is issue 15's oneDNN
-// work.)
+// and reductions load and store 16-bit values directly. The products are where bf16 arithmetic
+// pays, so on CPUs where oneDNN has bf16 products (AVX-512-BF16, AMX) they take bf16 as it is:
+// matmul and linear in linalg.cpp, and attention, whose kernel then reads q, k and v in place
+// with bf16 tile products ([Note: oneDNN GEMMs]); elsewhere both convert as above.
 //
 // [Note: 16-bit saved tensors] What backward needs is saved in the 16-bit dtype, not as the f32
 // copies the kernel read: layer/RMS norm save their 16-bit input (and f32 mean / rstd),

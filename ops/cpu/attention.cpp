@@ -13,35 +13,44 @@
 namespace hd::cpu {
 namespace {
 
+// E is the operands' element type (f32, f64, or bf16 read in place), T the compute type of the
+// scores, softmax statistics and accumulators (f32 for bf16). The tile products go through the
+// cpu::gemm overload for the pair of operand types (ops/cpu/gemm.h), so the same code runs the
+// bf16 products on oneDNN where the CPU has them.
+template <class E>
+using Compute = typename ElementTraits<E>::compute;
+
 // A [B, H, N, D] operand with a unit last stride: matrix (b, h) starts at base + b*sb + h*sh
 // and its rows are ld apart, so permuted views (q/k/v sliced out of one qkv projection) feed
 // BLAS directly instead of being copied.
-template <class T>
+template <class E>
 struct Operand {
-  const T* base = nullptr;
+  const E* base = nullptr;
   int64_t sb = 0, sh = 0, ld = 1;
   Operand() = default;
-  explicit Operand(const Tensor& t) : base(t.data<T>()), sb(t.stride(0)), sh(t.stride(1)) {
+  explicit Operand(const Tensor& t) : base(t.data<E>()), sb(t.stride(0)), sh(t.stride(1)) {
     ld = t.size(2) > 1 ? t.stride(2) : std::max<int64_t>(t.size(3), 1);
   }
-  const T* at(int64_t b, int64_t h) const { return base + b * sb + h * sh; }
+  const E* at(int64_t b, int64_t h) const { return base + b * sb + h * sh; }
 };
 
 // One run of keys: the prefix (always visible) or the own keys (causal if asked). Key tiles
 // never straddle the two, so the prefix needs no concatenation.
-template <class T>
+template <class E>
 struct Segment {
-  Operand<T> k, v;
+  using T = Compute<E>;
+  Operand<E> k, v;
   T* dk = nullptr;  // contiguous [B, H, n, Dh] / [B, H, n, Dv] gradients (backward only)
   T* dv = nullptr;
   int64_t n = 0, mask_offset = 0;
   bool causal = false;
 };
 
-template <class T>
+template <class E>
 struct Problem {
-  Operand<T> q;
-  Segment<T> seg[2];
+  using T = Compute<E>;
+  Operand<E> q;
+  Segment<E> seg[2];
   int nseg = 0;
   const bool* mask = nullptr;  // [B, mask_ld] or null
   int64_t mask_ld = 0;
@@ -60,16 +69,16 @@ struct Problem {
         scale(T(a.scale)) {
     int64_t np = a.prefix_k.defined() ? a.prefix_k.size(2) : 0;
     if (np > 0) {
-      seg[nseg++] = {Operand<T>(a.prefix_k),
-                     Operand<T>(a.prefix_v),
+      seg[nseg++] = {Operand<E>(a.prefix_k),
+                     Operand<E>(a.prefix_v),
                      dpk ? dpk->data<T>() : nullptr,
                      dpv ? dpv->data<T>() : nullptr,
                      np,
                      0,
                      false};
     }
-    seg[nseg++] = {Operand<T>(a.k),
-                   Operand<T>(a.v),
+    seg[nseg++] = {Operand<E>(a.k),
+                   Operand<E>(a.v),
                    dk ? dk->data<T>() : nullptr,
                    dv ? dv->data<T>() : nullptr,
                    a.k.size(2),
@@ -81,7 +90,7 @@ struct Problem {
     }
   }
   // A causal own-key tile [j0, j0 + nk) is invisible to every query in [i0, i0 + nq).
-  static bool skipped(const Segment<T>& s, int64_t i0, int64_t nq, int64_t j0) {
+  static bool skipped(const Segment<E>& s, int64_t i0, int64_t nq, int64_t j0) {
     return s.causal && j0 > i0 + nq - 1;
   }
 };
@@ -139,20 +148,20 @@ void mask_tile(T* S, int64_t nq, int64_t nk, const bool* keymask, bool causal, i
 }
 
 // Rows [i0, i0 + nq) of matrix bh: one pass over all key tiles with an online softmax.
-template <class T>
-void forward_rows(const Problem<T>& p, int64_t bh, int64_t i0, int64_t nq, T* S, T* m, T* l, T* out,
+template <class E, class T = Compute<E>>
+void forward_rows(const Problem<E>& p, int64_t bh, int64_t i0, int64_t nq, T* S, T* m, T* l, T* out,
                   T* lse) {
   const int64_t b = bh / p.H, h = bh % p.H;
-  const T* Q = p.q.at(b, h) + i0 * p.q.ld;
+  const E* Q = p.q.at(b, h) + i0 * p.q.ld;
   T* O = out + (bh * p.Nq + i0) * p.Dv;
   std::fill(m, m + nq, T(-kInf));
   std::fill(l, l + nq, T(0));
   std::fill(O, O + nq * p.Dv, T(0));
   for (int s = 0; s < p.nseg; ++s) {
-    const Segment<T>& sg = p.seg[s];
-    const T* K = sg.k.at(b, h);
-    const T* V = sg.v.at(b, h);
-    for (int64_t j0 = 0; j0 < sg.n && !Problem<T>::skipped(sg, i0, nq, j0); j0 += p.bk) {
+    const Segment<E>& sg = p.seg[s];
+    const E* K = sg.k.at(b, h);
+    const E* V = sg.v.at(b, h);
+    for (int64_t j0 = 0; j0 < sg.n && !Problem<E>::skipped(sg, i0, nq, j0); j0 += p.bk) {
       const int64_t nk = std::min(p.bk, sg.n - j0);
       gemm(false, true, nq, nk, p.Dh, p.scale, Q, p.q.ld, K + j0 * sg.k.ld, sg.k.ld, T(0), S, nk);
       mask_tile(S, nq, nk, p.mask ? p.mask + b * p.mask_ld + sg.mask_offset + j0 : nullptr,
@@ -198,9 +207,22 @@ Tensor scratch(int64_t n) {
 
 }  // namespace
 
+namespace {
+// fn.template operator()<E>() for the operand types the kernels take: f32, f64, bf16.
+template <class F>
+void visit_operands(DType dt, const char* op, F&& fn) {
+  if (dt == DType::bf16) {
+    fn.template operator()<bf16_t>();
+    return;
+  }
+  visit_float(dt, op, [&]<class E>() { fn.template operator()<E>(); });
+}
+}  // namespace
+
 void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse) {
-  visit_float(args.q.dtype(), "scaled_dot_product_attention", [&]<class T>() {
-    const Problem<T> p(args, nullptr, nullptr, nullptr, nullptr);
+  visit_operands(args.q.dtype(), "scaled_dot_product_attention", [&]<class E>() {
+    using T = Compute<E>;
+    const Problem<E> p(args, nullptr, nullptr, nullptr, nullptr);
     const int64_t qblocks = (p.Nq + p.bq - 1) / p.bq;
     T* po = out.data<T>();
     T* pl = lse.data<T>();
@@ -220,9 +242,10 @@ void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse) {
 
 namespace {
 
-template <class T>
+template <class E>
 struct Grads {
-  Operand<T> dout;
+  using T = Compute<E>;
+  Operand<E> dout;
   const T* lse = nullptr;
   const T* delta = nullptr;  // D = rowsum(dO * O), [B*H, Nq]
   T* dq = nullptr;
@@ -231,15 +254,15 @@ struct Grads {
 // One (key tile, query tile) pair of FlashAttention-2's backward. P is recomputed from the saved
 // logsumexp; dS = P * (dP - D) * scale. do_dq / do_dkv select which gradients this pass
 // accumulates (the split scheme runs them in separate passes, in the same order).
-template <class T>
-void backward_tile(const Problem<T>& p, const Grads<T>& g, int64_t bh, const Segment<T>& sg,
+template <class E, class T = Compute<E>>
+void backward_tile(const Problem<E>& p, const Grads<E>& g, int64_t bh, const Segment<E>& sg,
                    int64_t j0, int64_t nk, int64_t i0, int64_t nq, T* S, T* dP, bool do_dq,
                    bool do_dkv) {
   const int64_t b = bh / p.H, h = bh % p.H;
-  const T* Q = p.q.at(b, h) + i0 * p.q.ld;
-  const T* K = sg.k.at(b, h) + j0 * sg.k.ld;
-  const T* V = sg.v.at(b, h) + j0 * sg.v.ld;
-  const T* dO = g.dout.at(b, h) + i0 * g.dout.ld;
+  const E* Q = p.q.at(b, h) + i0 * p.q.ld;
+  const E* K = sg.k.at(b, h) + j0 * sg.k.ld;
+  const E* V = sg.v.at(b, h) + j0 * sg.v.ld;
+  const E* dO = g.dout.at(b, h) + i0 * g.dout.ld;
   const T* L = g.lse + bh * p.Nq + i0;
   const T* D = g.delta + bh * p.Nq + i0;
   gemm(false, true, nq, nk, p.Dh, p.scale, Q, p.q.ld, K, sg.k.ld, T(0), S, nk);
@@ -271,8 +294,8 @@ void backward_tile(const Problem<T>& p, const Grads<T>& g, int64_t bh, const Seg
   }
 }
 
-template <class T>
-void zero_key_grads(const Problem<T>& p, const Segment<T>& sg, int64_t bh, int64_t j0, int64_t nk) {
+template <class E, class T = Compute<E>>
+void zero_key_grads(const Problem<E>& p, const Segment<E>& sg, int64_t bh, int64_t j0, int64_t nk) {
   std::fill_n(sg.dk + (bh * sg.n + j0) * p.Dh, nk * p.Dh, T(0));
   std::fill_n(sg.dv + (bh * sg.n + j0) * p.Dv, nk * p.Dv, T(0));
 }
@@ -282,28 +305,31 @@ void zero_key_grads(const Problem<T>& p, const Segment<T>& sg, int64_t bh, int64
 void attention_backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,
                         const Tensor& grad_out, Tensor& dq, Tensor& dk, Tensor& dv,
                         Tensor& dprefix_k, Tensor& dprefix_v) {
-  visit_float(args.q.dtype(), "scaled_dot_product_attention backward", [&]<class T>() {
+  visit_operands(args.q.dtype(), "scaled_dot_product_attention backward", [&]<class E>() {
+    using T = Compute<E>;
     const bool has_prefix = args.prefix_k.defined();
-    const Problem<T> p(args, &dk, &dv, has_prefix ? &dprefix_k : nullptr,
+    const Problem<E> p(args, &dk, &dv, has_prefix ? &dprefix_k : nullptr,
                        has_prefix ? &dprefix_v : nullptr);
     const int64_t BH = p.B * p.H, qblocks = (p.Nq + p.bq - 1) / p.bq;
-    Grads<T> g;
-    g.dout = Operand<T>(grad_out);
+    Grads<E> g;
+    g.dout = Operand<E>(grad_out);
     g.lse = lse.data<T>();
     g.dq = dq.data<T>();
 
     // D = rowsum(dO * O) per query row (FlashAttention-2's trick to avoid storing P).
     Tensor delta = Tensor::empty({BH, p.Nq}, dtype_of<T>());
     T* pd = delta.data<T>();
-    const T* po = out.data<T>();
+    const E* po = out.data<E>();
     parallel_for(0, BH, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t bh = lo; bh < hi; ++bh) {
-        const T* dO = g.dout.at(bh / p.H, bh % p.H);
+        const E* dO = g.dout.at(bh / p.H, bh % p.H);
         for (int64_t i = 0; i < p.Nq; ++i) {
-          const T* o = po + (bh * p.Nq + i) * p.Dv;
-          const T* d = dO + i * g.dout.ld;
+          const E* o = po + (bh * p.Nq + i) * p.Dv;
+          const E* d = dO + i * g.dout.ld;
           T s = 0;
-          for (int64_t c = 0; c < p.Dv; ++c) s += o[c] * d[c];
+          for (int64_t c = 0; c < p.Dv; ++c) {
+            s += ElementTraits<E>::load(o[c]) * ElementTraits<E>::load(d[c]);
+          }
           pd[bh * p.Nq + i] = s;
         }
       }
@@ -316,7 +342,7 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
       for (int64_t j0 = 0; j0 < p.seg[s].n; j0 += p.bk) ktiles.emplace_back(s, j0);
     }
     const int64_t nkt = int64_t(ktiles.size());
-    auto key_tile = [&](int64_t kt, const Segment<T>*& sg, int64_t& j0, int64_t& nk) {
+    auto key_tile = [&](int64_t kt, const Segment<E>*& sg, int64_t& j0, int64_t& nk) {
       sg = &p.seg[ktiles[size_t(kt)].first];
       j0 = ktiles[size_t(kt)].second;
       nk = std::min(p.bk, sg->n - j0);
@@ -336,13 +362,13 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
         for (int64_t bh = lo; bh < hi; ++bh) {
           std::fill_n(g.dq + bh * p.Nq * p.Dh, p.Nq * p.Dh, T(0));
           for (int64_t kt = 0; kt < nkt; ++kt) {
-            const Segment<T>* sg;
+            const Segment<E>* sg;
             int64_t j0, nk;
             key_tile(kt, sg, j0, nk);
             zero_key_grads(p, *sg, bh, j0, nk);
             for (int64_t i0 = 0; i0 < p.Nq; i0 += p.bq) {
               const int64_t nq = std::min(p.bq, p.Nq - i0);
-              if (Problem<T>::skipped(*sg, i0, nq, j0)) continue;
+              if (Problem<E>::skipped(*sg, i0, nq, j0)) continue;
               backward_tile(p, g, bh, *sg, j0, nk, i0, nq, S, S + tile_elems, true, true);
             }
           }
@@ -355,13 +381,13 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
       T* S = ws.data<T>();
       for (int64_t t = lo; t < hi; ++t) {
         const int64_t bh = t / nkt;
-        const Segment<T>* sg;
+        const Segment<E>* sg;
         int64_t j0, nk;
         key_tile(t % nkt, sg, j0, nk);
         zero_key_grads(p, *sg, bh, j0, nk);
         for (int64_t i0 = 0; i0 < p.Nq; i0 += p.bq) {
           const int64_t nq = std::min(p.bq, p.Nq - i0);
-          if (Problem<T>::skipped(*sg, i0, nq, j0)) continue;
+          if (Problem<E>::skipped(*sg, i0, nq, j0)) continue;
           backward_tile(p, g, bh, *sg, j0, nk, i0, nq, S, S + tile_elems, false, true);
         }
       }
@@ -374,10 +400,10 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
         const int64_t nq = std::min(p.bq, p.Nq - i0);
         std::fill_n(g.dq + (bh * p.Nq + i0) * p.Dh, nq * p.Dh, T(0));
         for (int64_t kt = 0; kt < nkt; ++kt) {
-          const Segment<T>* sg;
+          const Segment<E>* sg;
           int64_t j0, nk;
           key_tile(kt, sg, j0, nk);
-          if (Problem<T>::skipped(*sg, i0, nq, j0)) continue;
+          if (Problem<E>::skipped(*sg, i0, nq, j0)) continue;
           backward_tile(p, g, bh, *sg, j0, nk, i0, nq, S, S + tile_elems, true, false);
         }
       }

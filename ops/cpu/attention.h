@@ -1,4 +1,5 @@
-// Flash-attention kernels on the CPU (forward and FlashAttention-2 backward), f32 and f64.
+// Flash-attention kernels on the CPU (forward and FlashAttention-2 backward): f32, f64, and bf16
+// operands with f32 compute.
 //
 // Memory: each task holds one [q_block, k_block] tile of scores (plus one of dP in backward);
 // the full [Nq, Nk] matrix never exists. Block products go through single-threaded cpu::gemm
@@ -19,12 +20,18 @@ struct AttentionBlocks {
   // Backward scheme: -1 picks by thread count, 0 one task per (batch, head), 1 separate dK/dV
   // and dQ passes. Forced only by tests, to check the two agree bit for bit.
   int split = -1;
+  // bf16 operands: 1 read in place by bf16 tile products, 0 widened to f32 copies up front, -1
+  // in place where oneDNN has bf16 products on this CPU (elsewhere each tile would be widened
+  // again for every tile it meets, slower than one copy). Forced only by tests.
+  int bf16_tiles = -1;
 };
 
 // Operands as prepared by the frontend: q [B, H, Nq, Dh], k [B, H, Nk, Dh], v [B, H, Nk, Dv],
 // prefix_k/prefix_v [B, H, Np, D*] or undefined, all with a unit stride in the last dim (any
 // other strides, so permuted views need no copy); key_mask contiguous bool [B, Np + Nk] or
-// undefined. scale is the final (non-zero) scale.
+// undefined. scale is the final (non-zero) scale. Operands are f32, f64 or bf16; bf16 ones are
+// read in place by bf16 tile products (ops/cpu/gemm.h) with scores, softmax statistics and
+// accumulators in f32, and then every output below (out, lse, the gradients) is f32.
 struct AttentionArgs {
   Tensor q, k, v, prefix_k, prefix_v, key_mask;
   double scale = 1.0;
@@ -36,8 +43,9 @@ struct AttentionArgs {
 // scaled, masked scores (+inf for a row with no visible key, whose output is zero).
 void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse);
 
-// grad_out [B, H, Nq, Dv] with a unit last stride. Writes contiguous dq, dk, dv and, when the
-// args have a prefix, dprefix_k and dprefix_v (all allocated by the caller, overwritten).
+// grad_out [B, H, Nq, Dv] with a unit last stride; out and grad_out in the operands' dtype. Writes
+// contiguous dq, dk, dv and, when the args have a prefix, dprefix_k and dprefix_v (all allocated by
+// the caller, overwritten).
 void attention_backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,
                         const Tensor& grad_out, Tensor& dq, Tensor& dk, Tensor& dv,
                         Tensor& dprefix_k, Tensor& dprefix_v);

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "autograd/thread_pool.h"
+#include "ops/cpu/onednn_matmul.h"
 #include "ops/cpu/strided_loop.h"
 
 namespace hd::cpu {
@@ -19,6 +20,66 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const
           int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M),
               int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+
+namespace {
+
+// op(X) of a BLAS operand: [rows, cols], stored as such with row stride ld, or (trans) stored
+// [cols, rows]. Copies the stored block densely (row stride = stored cols) and says the new ld.
+template <class From, class To, class Convert>
+int64_t pack_operand(const From* x, bool trans, int64_t rows, int64_t cols, int64_t ld, To* out,
+                     Convert convert) {
+  const int64_t stored_rows = trans ? cols : rows, stored_cols = trans ? rows : cols;
+  for (int64_t r = 0; r < stored_rows; ++r) {
+    const From* src = x + r * ld;
+    To* dst = out + r * stored_cols;
+    for (int64_t c = 0; c < stored_cols; ++c) dst[c] = convert(src[c]);
+  }
+  return std::max<int64_t>(stored_cols, 1);
+}
+
+float widen(bf16_t v) {
+  return bf16_to_float(v);
+}
+bf16_t narrow(float v) {
+  return float_to_bf16(v);
+}
+
+bool onednn_bf16_products(int64_t K) {
+  return K > 0 && onednn::capability().bf16_matmul;
+}
+
+}  // namespace
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+          int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (onednn_bf16_products(K)) {
+    onednn::gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  Tensor scratch = Tensor::empty({std::max<int64_t>(M * K + K * N, 1)}, DType::f32);
+  float* a32 = scratch.data<float>();
+  float* b32 = a32 + M * K;
+  const int64_t la = pack_operand(A, ta, M, K, lda, a32, widen);
+  const int64_t lb = pack_operand(B, tb, K, N, ldb, b32, widen);
+  gemm(ta, tb, M, N, K, alpha, a32, la, b32, lb, beta, C, ldc);
+}
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (onednn_bf16_products(K)) {
+    Tensor scratch = Tensor::empty({M * K}, DType::bf16);
+    bf16_t* a16 = scratch.data<bf16_t>();
+    const int64_t la = pack_operand(A, ta, M, K, lda, a16, narrow);
+    onednn::gemm_bf16(ta, tb, M, N, K, alpha, a16, la, B, ldb, beta, C, ldc);
+    return;
+  }
+  Tensor scratch = Tensor::empty({std::max<int64_t>(K * N, 1)}, DType::f32);
+  float* b32 = scratch.data<float>();
+  const int64_t lb = pack_operand(B, tb, K, N, ldb, b32, widen);
+  gemm(ta, tb, M, N, K, alpha, A, lda, b32, lb, beta, C, ldc);
 }
 
 namespace {
@@ -134,8 +195,8 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
         int64_t rows = std::min(row_block, M - m0);
         int64_t oa, ob;
         offsets(b, oa, ob);
-        gemm(la.trans, lb.trans, rows, N, K, T(1), pa + oa + m0 * a_row_step, la.ld, pb + ob,
-             lb.ld, beta, pc + b * M * N + m0 * N, N);
+        gemm(la.trans, lb.trans, rows, N, K, T(1), pa + oa + m0 * a_row_step, la.ld, pb + ob, lb.ld,
+             beta, pc + b * M * N + m0 * N, N);
       }
     });
   });

@@ -10,12 +10,22 @@ namespace hd::cpu {
 // Row-major C[M,N] = alpha * op(A) op(B) + beta * C, where op(A) is A[M,K] (lda = row stride)
 // or, with trans_a, A stored as [K,M]. Runs on the calling thread; kernels call it from pool
 // tasks.
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-          int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
           const double* A, int64_t lda, const double* B, int64_t ldb, double beta, double* C,
           int64_t ldc);
+
+// The same with bf16 operands and an f32 C, accumulated in f32 (beta 0 or 1), for tile kernels
+// that read bf16 tensors in place: oneDNN's bf16 product where this CPU has one ([Note: oneDNN
+// GEMMs]), otherwise the operands are widened into a scratch for OpenBLAS. The mixed form (f32 A,
+// bf16 B) is the product of an f32 tile (attention's probabilities) with a bf16 operand: A is
+// rounded to bf16 for oneDNN, as bf16 kernels do (PyTorch's flash attention rounds P too), and
+// B widened for OpenBLAS.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+          int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // out[b] = a[b] @ bm[b] for every batch index b (batch dims already broadcast to out's batch
 // shape via 0 strides). a: [..., M, K], bm: [..., K, N], out contiguous [..., M, N]; the last

@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include <array>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -17,19 +19,41 @@ namespace {
 
 using dnnl::memory;
 
-// The engine, the OpenMP thread count and the primitive cache: part of the device registry
-// (the one global state the design allows), made on first use.
+// The engine and the names of the kernels oneDNN picked: part of the device registry (the one
+// global state the design allows), made on first use.
 struct Registry {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   std::mutex mutex;
-  std::map<std::string, std::shared_ptr<dnnl::matmul>> primitives;  // by Problem::key
-  std::map<std::string, std::string> implementations;
-  Registry() { omp_set_num_threads(cpu_thread_pool().num_threads()); }
+  std::map<std::string, std::string> implementations;  // by Problem::key
 };
 
 Registry& registry() {
   static Registry r;
   return r;
+}
+
+// A tile product's primitive key: transposes, M, N, K, lda, ldb, ldc, beta; alpha's bits.
+using TileKey = std::array<int64_t, 10>;
+
+// A tile product ready to run: its primitive and memory objects whose pointers are reset per
+// call (cheaper than new memory objects for products that take microseconds).
+struct TileProduct {
+  dnnl::matmul primitive;
+  memory a, b, c;
+};
+
+// The primitives of one thread (see the header: a primitive runs where it was made), its
+// stream, and the OpenMP thread count the big products run with on that thread.
+struct ThreadPrimitives {
+  std::map<std::string, std::shared_ptr<dnnl::matmul>> products;  // by Problem::key
+  std::map<TileKey, TileProduct> tiles;
+  dnnl::stream stream{registry().engine};
+  ThreadPrimitives() { omp_set_num_threads(cpu_thread_pool().num_threads()); }
+};
+
+ThreadPrimitives& thread_primitives() {
+  thread_local ThreadPrimitives t;
+  return t;
 }
 
 memory::data_type data_type(DType dt, const char* what) {
@@ -114,16 +138,19 @@ Problem describe(const Tensor& a, const Tensor& bm, const Tensor& out) {
 }
 
 std::shared_ptr<dnnl::matmul> primitive(const Problem& p, const Tensor& a, const Tensor& bm) {
+  auto& cache = thread_primitives().products;
+  auto it = cache.find(p.key);
+  if (it != cache.end()) return it->second;
   Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mutex);
-  auto it = r.primitives.find(p.key);
-  if (it != r.primitives.end()) return it->second;
   try {
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(p.a.desc(), p.b.desc(), p.c.desc()),
                                     r.engine);
     auto prim = std::make_shared<dnnl::matmul>(pd);
-    r.implementations[p.key] = pd.impl_info_str();
-    r.primitives[p.key] = prim;
+    {
+      std::lock_guard<std::mutex> lock(r.mutex);
+      r.implementations[p.key] = pd.impl_info_str();
+    }
+    cache[p.key] = prim;
     return prim;
   } catch (const dnnl::error& e) {
     throw Error(detail::concat("onednn::matmul: oneDNN cannot make a matmul for ", a.str(), " @ ",
@@ -159,6 +186,10 @@ Capability probe() {
   const dnnl_version_t* v = dnnl_version();
   c.version = detail::concat(v->major, ".", v->minor, ".", v->patch);
   c.isa = isa_name(dnnl::get_effective_cpu_isa());
+  if (const char* off = std::getenv("HD_ONEDNN_BF16"); off && std::string(off) == "0") {
+    c.reason = "oneDNN bf16 products turned off (HD_ONEDNN_BF16=0) on ISA " + c.isa;
+    return c;
+  }
   try {
     const memory::dims dims{1, 64, 64};
     memory::desc bf(dims, memory::data_type::bf16, memory::dims{64 * 64, 64, 1});
@@ -188,7 +219,7 @@ void run(const Problem& p, const Tensor& a, const Tensor& bm, Tensor& out) {
   memory ma(p.a.desc(), r.engine, const_cast<void*>(a.raw_data()));
   memory mb(p.b.desc(), r.engine, const_cast<void*>(bm.raw_data()));
   memory mc(p.c.desc(), r.engine, out.raw_data());
-  dnnl::stream stream(r.engine);
+  dnnl::stream& stream = thread_primitives().stream;
   prim->execute(stream, {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}});
   stream.wait();
 }
@@ -234,6 +265,74 @@ bool supports(const Tensor& a, const Tensor& bm, const Tensor& out) {
   } catch (const Error&) {
     return false;
   }
+}
+
+namespace {
+
+// One tile product: 2-D operands with the BLAS layouts, alpha as an output scale, beta = 1 as a
+// sum post-op. Tiles come in a few shapes (full ones and the ragged edges), so the cache stays
+// small.
+TileProduct& tile_product(const TileKey& key, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                          float alpha, int64_t lda, int64_t ldb, float beta, int64_t ldc) {
+  auto& cache = thread_primitives().tiles;
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  const auto bf16 = memory::data_type::bf16;
+  memory::desc a({M, K}, bf16, ta ? memory::dims{1, lda} : memory::dims{lda, 1});
+  memory::desc b({K, N}, bf16, tb ? memory::dims{1, ldb} : memory::dims{ldb, 1});
+  memory::desc c({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
+  dnnl::primitive_attr attr;
+  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+  if (beta != 0.0f) {
+    dnnl::post_ops sum;
+    sum.append_sum(1.0f);
+    attr.set_post_ops(sum);
+  }
+  try {
+    const dnnl::engine& engine = registry().engine;
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, engine);
+    return cache
+        .emplace(key, TileProduct{dnnl::matmul(pd), memory(a, engine, DNNL_MEMORY_NONE),
+                                  memory(b, engine, DNNL_MEMORY_NONE),
+                                  memory(c, engine, DNNL_MEMORY_NONE)})
+        .first->second;
+  } catch (const dnnl::error& e) {
+    throw Error(detail::concat("onednn::gemm_bf16: oneDNN cannot make a ", M, "x", K, " @ ", K, "x",
+                               N, " bf16 product on this CPU (", e.what(), ")"));
+  }
+}
+
+// Sets the calling thread's OpenMP team size for one scope and restores it.
+class OmpThreads {
+ public:
+  explicit OmpThreads(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
+  ~OmpThreads() { omp_set_num_threads(saved_); }
+  OmpThreads(const OmpThreads&) = delete;
+  OmpThreads& operator=(const OmpThreads&) = delete;
+
+ private:
+  int saved_;
+};
+
+}  // namespace
+
+void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+               int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  HD_CHECK(beta == 0.0f || beta == 1.0f, "onednn::gemm_bf16: beta must be 0 or 1, got ", beta);
+  HD_CHECK(M >= 0 && N >= 0 && K > 0, "onednn::gemm_bf16: needs M, N >= 0 and K > 0, got ", M, "x",
+           K, " @ ", K, "x", N);
+  if (M == 0 || N == 0) return;
+  uint32_t alpha_bits;
+  std::memcpy(&alpha_bits, &alpha, 4);
+  const TileKey key{ta, tb, M, N, K, lda, ldb, ldc, beta != 0.0f, int64_t(alpha_bits)};
+  TileProduct& t = tile_product(key, ta, tb, M, N, K, alpha, lda, ldb, beta, ldc);
+  t.a.set_data_handle(const_cast<bf16_t*>(A));
+  t.b.set_data_handle(const_cast<bf16_t*>(B));
+  t.c.set_data_handle(C);
+  OmpThreads single(1);
+  dnnl::stream& stream = thread_primitives().stream;
+  t.primitive.execute(stream, {{DNNL_ARG_SRC, t.a}, {DNNL_ARG_WEIGHTS, t.b}, {DNNL_ARG_DST, t.c}});
+  stream.wait();
 }
 
 std::string implementation(const Tensor& a, const Tensor& bm, const Tensor& out) {

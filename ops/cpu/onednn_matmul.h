@@ -15,7 +15,12 @@
 // our pool is idle, with OpenMP set to the pool's thread count once, so the two never run at
 // the same time and never exceed the configured threads.
 // Primitives are cached by (shapes, strides, dtypes): a training step issues the same few
-// shapes every time, and creating a primitive costs far more than running a small one.
+// shapes every time, and creating a primitive costs far more than running a small one. The
+// cache is per thread: with the library-managed scratchpad of Debian's build, a primitive must
+// run on the thread that created it.
+// gemm_bf16 is the other entry: one small product on the calling thread, for kernels that cut
+// their work into tiles inside pool tasks (the CPU attention's bf16 QK^T and PV products).
+// OpenMP is set to one thread around the call, so a pool of n threads uses n cores, not n^2.
 #pragma once
 
 #include <string>
@@ -32,7 +37,9 @@ struct Capability {
   std::string reason;     // why there is no bf16 matmul here
 };
 
-// Probed once per process (creating one small bf16 matmul).
+// Probed once per process (creating one small bf16 matmul). HD_ONEDNN_BF16=0 in the environment
+// turns the bf16 products off (bf16 is then widened for OpenBLAS, as on CPUs without them): to
+// test and benchmark both paths on one machine.
 const Capability& capability();
 
 // out[b] = a[b] @ bm[b], as cpu::matmul: a [..., M, K], bm [..., K, N], batch dims broadcast to
@@ -48,6 +55,14 @@ bool try_matmul(const Tensor& a, const Tensor& bm, Tensor& out);
 
 // Whether matmul can describe these operands to oneDNN (batch strides that collapse).
 bool supports(const Tensor& a, const Tensor& bm, const Tensor& out);
+
+// C[M, N] (f32, row stride ldc) = alpha * op(A) op(B) + beta * C with bf16 A and B, as
+// cpu::gemm's BLAS convention (op(A) is A [M, K] with row stride lda, or A stored [K, M] with
+// trans_a), accumulated in f32, on the calling thread only. beta must be 0 or 1. Throws an
+// hd::Error when oneDNN cannot make the product (check capability().bf16_matmul first).
+void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+               const bf16_t* A, int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C,
+               int64_t ldc);
 
 // The kernel oneDNN chose for such a product (for benchmarks and `hdtrain info`).
 std::string implementation(const Tensor& a, const Tensor& bm, const Tensor& out);

@@ -305,9 +305,13 @@ TEST(Projector, MatchesPyTorchF64) {
   parity_case("b", DType::f64, 1e-11, 1e-9);
 }
 
+// f32: the weight gradients are sums over every token, so their last bits follow the BLAS
+// kernel's summation order: with OpenBLAS's AVX-512 kernels one of layers.2.weight's 384
+// gradient elements (0.0396) lands 1.5e-5 from PyTorch's, where its AVX2 kernels stayed under
+// 1e-5. The f64 case above is the exactness check.
 TEST(Projector, MatchesPyTorchF32) {
-  parity_case("a", DType::f32, 1e-5, 1e-5);
-  parity_case("b", DType::f32, 1e-5, 1e-5);
+  parity_case("a", DType::f32, 3e-5, 1e-5);
+  parity_case("b", DType::f32, 3e-5, 1e-5);
 }
 
 TEST(Projector, PromptHeadsMatchPyTorch) {
