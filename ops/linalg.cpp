@@ -28,9 +28,9 @@ Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in) {
   check_same_dtype("matmul", a_in, b_in);
   DType dt = a_in.dtype();
   HD_CHECK(is_floating(dt), "matmul: needs floating-point operands, got ", a_in.str());
-  // 16-bit on the CPU: bf16 through oneDNN where this CPU has bf16 matmul kernels ([Note:
+  // 16-bit on the CPU: bf16 row blocks on oneDNN's bf16 kernels where this CPU has them ([Note:
   // oneDNN GEMMs]), otherwise converted to f32 for OpenBLAS. cuBLAS takes bf16/f16 directly.
-  // Both accumulate in f32.
+  // All accumulate in f32.
   const bool half_cpu = (dt == DType::bf16 || dt == DType::f16) && a_in.device().is_cpu();
   if (half_cpu && !(dt == DType::bf16 && cpu::onednn::capability().bf16_matmul)) {
     return to(matmul_raw(to(a_in, DType::f32), to(b_in, DType::f32)), dt);
@@ -44,11 +44,6 @@ Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in) {
   out_shape.push_back(a.size(-2));
   out_shape.push_back(b.size(-1));
   Tensor out = Tensor::empty(out_shape, dt, a.device());
-  if (half_cpu) {
-    if (cpu::onednn::try_matmul(a, b, out)) return out;
-    // Batch strides oneDNN cannot express: convert, as on CPUs without bf16 kernels.
-    return to(matmul_raw(to(a_in, DType::f32), to(b_in, DType::f32)), dt);
-  }
   dispatch(
       a, "matmul", [&] { cpu::matmul(a, b, out); }, HD_CUDA_KERNEL(cuda::matmul(a, b, out)));
   return out;

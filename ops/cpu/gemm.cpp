@@ -82,6 +82,24 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   gemm(ta, tb, M, N, K, alpha, A, lda, b32, lb, beta, C, ldc);
 }
 
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+          int64_t lda, const bf16_t* B, int64_t ldb, float beta, bf16_t* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (onednn_bf16_products(K)) {
+    onednn::gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  Tensor scratch = Tensor::empty({M * N}, DType::f32);
+  float* c32 = scratch.data<float>();
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) c32[i * N + j] = beta != 0.0f ? widen(C[i * ldc + j]) : 0.0f;
+  }
+  gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, c32, N);
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = narrow(c32[i * N + j]);
+  }
+}
+
 namespace {
 
 // K slices for split-K, a function of the shape only: used when K dwarfs the output (weight
@@ -142,11 +160,12 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
   Layout lb = layout_of(K, N, bm.stride(-2), bm.stride(-1), "B");
   if (M == 0 || N == 0) return;
 
-  visit_float(out.dtype(), "matmul", [&]<class T>() {
+  auto typed = [&]<class T>() {
+    using S = typename ElementTraits<T>::compute;  // alpha, beta and split-K partial sums
     const T* pa = a.data<T>();
     const T* pb = bm.data<T>();
     T* pc = out.data<T>();
-    const T beta = accumulate ? T(1) : T(0);
+    const S beta = accumulate ? S(1) : S(0);
     auto offsets = [&](int64_t b, int64_t& oa, int64_t& ob) {
       oa = ob = 0;
       for (size_t d = batch.size(); d-- > 0;) {
@@ -157,7 +176,7 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
       }
     };
     if (K == 0) {
-      if (!accumulate) std::fill(pc, pc + batches * M * N, T(0));
+      if (!accumulate) std::fill(pc, pc + batches * M * N, ElementTraits<T>::store(S(0)));
       return;
     }
     const int64_t a_row_step = la.trans ? 1 : la.ld;
@@ -168,20 +187,20 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
       // Split-K for tall products such as weight gradients (K = tokens): each fixed K slice is
       // one call that packs only its own slices, and the partials are summed in slice order.
       const int64_t kb = (K + kblocks - 1) / kblocks;
-      Tensor partial = Tensor::empty({kblocks, M, N}, dtype_of<T>());
-      T* pp = partial.data<T>();
+      Tensor partial = Tensor::empty({kblocks, M, N}, dtype_of<S>());
+      S* pp = partial.data<S>();
       parallel_for(0, kblocks, 1, [&](int64_t s0, int64_t s1) {
         for (int64_t s = s0; s < s1; ++s) {
           int64_t k0 = s * kb, kl = std::min(kb, K - k0);
-          gemm(la.trans, lb.trans, M, N, kl, T(1), pa + k0 * a_k_step, la.ld, pb + k0 * b_k_step,
-               lb.ld, T(0), pp + s * M * N, N);
+          gemm(la.trans, lb.trans, M, N, kl, S(1), pa + k0 * a_k_step, la.ld, pb + k0 * b_k_step,
+               lb.ld, S(0), pp + s * M * N, N);
         }
       });
       parallel_for(0, M * N, 16384, [&](int64_t e0, int64_t e1) {
         for (int64_t e = e0; e < e1; ++e) {
-          T acc = accumulate ? pc[e] : T(0);
+          S acc = accumulate ? ElementTraits<T>::load(pc[e]) : S(0);
           for (int64_t s = 0; s < kblocks; ++s) acc += pp[s * M * N + e];
-          pc[e] = acc;
+          pc[e] = ElementTraits<T>::store(acc);
         }
       });
       return;
@@ -195,11 +214,16 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
         int64_t rows = std::min(row_block, M - m0);
         int64_t oa, ob;
         offsets(b, oa, ob);
-        gemm(la.trans, lb.trans, rows, N, K, T(1), pa + oa + m0 * a_row_step, la.ld, pb + ob, lb.ld,
+        gemm(la.trans, lb.trans, rows, N, K, S(1), pa + oa + m0 * a_row_step, la.ld, pb + ob, lb.ld,
              beta, pc + b * M * N + m0 * N, N);
       }
     });
-  });
+  };
+  if (out.dtype() == DType::bf16) {
+    typed.template operator()<bf16_t>();
+  } else {
+    visit_float(out.dtype(), "matmul", typed);
+  }
 }
 
 }  // namespace hd::cpu

@@ -26,12 +26,17 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
           int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
+// bf16 A, B and C (C rounded once, from the f32 sum): the row blocks of a bf16 matmul.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+          int64_t lda, const bf16_t* B, int64_t ldb, float beta, bf16_t* C, int64_t ldc);
 
 // out[b] = a[b] @ bm[b] for every batch index b (batch dims already broadcast to out's batch
 // shape via 0 strides). a: [..., M, K], bm: [..., K, N], out contiguous [..., M, N]; the last
 // two dims of a and bm must have a unit stride in one of them (the frontend copies otherwise).
 // If accumulate, out += a @ bm. Work is split over the thread pool into at most 8 row blocks
 // per batch whose size depends only on M, so results are bit-identical for any thread count.
+// f32, f64, and bf16 (the blocks through the bf16 gemm above: oneDNN's kernels run one per
+// pool task, single-threaded, instead of in an OpenMP team of their own).
 void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate = false);
 
 }  // namespace hd::cpu

@@ -32,8 +32,9 @@ Registry& registry() {
   return r;
 }
 
-// A tile product's primitive key: transposes, M, N, K, lda, ldb, ldc, beta; alpha's bits.
-using TileKey = std::array<int64_t, 10>;
+// A tile product's primitive key: transposes, M, N, K, lda, ldb, ldc, beta, C's type; alpha's
+// bits.
+using TileKey = std::array<int64_t, 11>;
 
 // A tile product ready to run: its primitive and memory objects whose pointers are reset per
 // call (cheaper than new memory objects for products that take microseconds).
@@ -273,14 +274,15 @@ namespace {
 // sum post-op. Tiles come in a few shapes (full ones and the ragged edges), so the cache stays
 // small.
 TileProduct& tile_product(const TileKey& key, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
-                          float alpha, int64_t lda, int64_t ldb, float beta, int64_t ldc) {
+                          float alpha, int64_t lda, int64_t ldb, float beta, int64_t ldc,
+                          memory::data_type c_type) {
   auto& cache = thread_primitives().tiles;
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   const auto bf16 = memory::data_type::bf16;
   memory::desc a({M, K}, bf16, ta ? memory::dims{1, lda} : memory::dims{lda, 1});
   memory::desc b({K, N}, bf16, tb ? memory::dims{1, ldb} : memory::dims{ldb, 1});
-  memory::desc c({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
+  memory::desc c({M, N}, c_type, memory::dims{ldc, 1});
   dnnl::primitive_attr attr;
   if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
   if (beta != 0.0f) {
@@ -316,23 +318,39 @@ class OmpThreads {
 
 }  // namespace
 
-void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
-               int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+namespace {
+void run_tile(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+              int64_t lda, const bf16_t* B, int64_t ldb, float beta, void* C, int64_t ldc,
+              memory::data_type c_type) {
   HD_CHECK(beta == 0.0f || beta == 1.0f, "onednn::gemm_bf16: beta must be 0 or 1, got ", beta);
   HD_CHECK(M >= 0 && N >= 0 && K > 0, "onednn::gemm_bf16: needs M, N >= 0 and K > 0, got ", M, "x",
            K, " @ ", K, "x", N);
   if (M == 0 || N == 0) return;
   uint32_t alpha_bits;
   std::memcpy(&alpha_bits, &alpha, 4);
-  const TileKey key{ta, tb, M, N, K, lda, ldb, ldc, beta != 0.0f, int64_t(alpha_bits)};
-  TileProduct& t = tile_product(key, ta, tb, M, N, K, alpha, lda, ldb, beta, ldc);
+  const TileKey key{
+      ta, tb, M, N, K, lda, ldb, ldc, beta != 0.0f, int64_t(c_type), int64_t(alpha_bits)};
+  // One thread from here on: oneDNN sizes a primitive's parallel loop when it makes it, and
+  // runs that many threads whatever OpenMP is set to later.
+  OmpThreads single(1);
+  TileProduct& t = tile_product(key, ta, tb, M, N, K, alpha, lda, ldb, beta, ldc, c_type);
   t.a.set_data_handle(const_cast<bf16_t*>(A));
   t.b.set_data_handle(const_cast<bf16_t*>(B));
   t.c.set_data_handle(C);
-  OmpThreads single(1);
   dnnl::stream& stream = thread_primitives().stream;
   t.primitive.execute(stream, {{DNNL_ARG_SRC, t.a}, {DNNL_ARG_WEIGHTS, t.b}, {DNNL_ARG_DST, t.c}});
   stream.wait();
+}
+}  // namespace
+
+void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+               int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  run_tile(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, memory::data_type::f32);
+}
+
+void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+               int64_t lda, const bf16_t* B, int64_t ldb, float beta, bf16_t* C, int64_t ldc) {
+  run_tile(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, memory::data_type::bf16);
 }
 
 std::string implementation(const Tensor& a, const Tensor& bm, const Tensor& out) {

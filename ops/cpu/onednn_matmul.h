@@ -3,24 +3,26 @@
 // [Note: oneDNN GEMMs]
 // Why oneDNN: it is the library Debian's PyTorch uses for bf16 on the CPU, and on AVX-512-BF16
 // and AMX CPUs it has bf16 matmul kernels (bf16 operands, f32 accumulation) that OpenBLAS lacks.
-// What goes through it: matmul_raw (ops/linalg.cpp), the one entry of every forward product and
-// both backward products of matmul and linear, sends bf16 CPU operands here when capability()
-// says oneDNN can make a bf16 matmul on this CPU; otherwise (and for f16) they are converted to
-// f32 for OpenBLAS, as before. f32 stays on OpenBLAS everywhere: oneDNN's f32 `gemm:jit` is no
-// faster (hd_bench_onednn_gemm on the AVX2 machines we build on: 65.7 vs 63.9 GFLOP/s at 1024^2,
-// 72.1 vs 70.2 at 4096^2, 2 threads), and our OpenBLAS path splits work so that results are
-// bit-identical for any thread count. There oneDNN 2.6 cannot create a bf16 matmul at all
-// ("could not create a primitive descriptor iterator"), which is what capability() records.
-// Threads: Debian's oneDNN runs on OpenMP. The primitive is called from the op's thread while
-// our pool is idle, with OpenMP set to the pool's thread count once, so the two never run at
-// the same time and never exceed the configured threads.
+// What goes through it: gemm_bf16, one product on the calling thread. cpu::matmul (the kernel
+// behind matmul_raw, the one entry of every forward product and both backward products of
+// matmul and linear) cuts a bf16 product into the same row blocks and split-K slices as an f32
+// one and runs each block as a gemm_bf16 inside a pool task; the CPU attention's bf16 QK^T and
+// PV tile products are gemm_bf16 calls too. That is done when capability() says oneDNN can make
+// a bf16 matmul on this CPU; otherwise (and for f16) operands are widened to f32 for OpenBLAS.
+// f32 stays on OpenBLAS: oneDNN's f32 kernels are not reliably faster (hd_bench_onednn_gemm,
+// docs/performance.md), and one path keeps f32 results the same on every machine we build on.
+// Threads: Debian's oneDNN runs on OpenMP. Calling it once per op with an OpenMP team beside
+// our pool cost a third of a bf16 ViT step in thread wake-ups (futex, GOMP barriers; measured
+// with perf on an AVX-512-BF16 EPYC). So every call runs on one thread (OpenMP set to one
+// around it, also when the primitive is made: oneDNN fixes a primitive's thread count then),
+// and our pool supplies the parallelism, with fixed blocks: results are bit-identical for any
+// thread count, as for f32. matmul() (a whole product on an OpenMP team) remains as the
+// "oneDNN called directly" reference of the benchmark.
 // Primitives are cached by (shapes, strides, dtypes): a training step issues the same few
 // shapes every time, and creating a primitive costs far more than running a small one. The
 // cache is per thread: with the library-managed scratchpad of Debian's build, a primitive must
-// run on the thread that created it.
-// gemm_bf16 is the other entry: one small product on the calling thread, for kernels that cut
-// their work into tiles inside pool tasks (the CPU attention's bf16 QK^T and PV products).
-// OpenMP is set to one thread around the call, so a pool of n threads uses n cores, not n^2.
+// run on the thread that created it. Tile products keep their memory objects and only swap
+// pointers per call.
 #pragma once
 
 #include <string>
@@ -62,6 +64,10 @@ bool supports(const Tensor& a, const Tensor& bm, const Tensor& out);
 // hd::Error when oneDNN cannot make the product (check capability().bf16_matmul first).
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                const bf16_t* A, int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C,
+               int64_t ldc);
+// The same with a bf16 C (the sum for beta = 1 reads C in bf16; the product is rounded once).
+void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+               const bf16_t* A, int64_t lda, const bf16_t* B, int64_t ldb, float beta, bf16_t* C,
                int64_t ldc);
 
 // The kernel oneDNN chose for such a product (for benchmarks and `hdtrain info`).

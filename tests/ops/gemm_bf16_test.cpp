@@ -13,7 +13,11 @@
 
 #include "autograd/random.h"
 #include "ops/cpu/onednn_matmul.h"
+#include "ops/elementwise.h"
 #include "ops/factory.h"
+#include "ops/linalg.h"
+#include "ops/reduce.h"
+#include "ops/shape.h"
 
 namespace hd {
 namespace {
@@ -156,6 +160,41 @@ TEST(GemmBf16, F32TimesBf16MatchesTheProductThePathComputes) {
       }
       EXPECT_GT(apart, 1e-3) << "the other rounding of A is indistinguishable here";
     }
+  }
+}
+
+// cpu::matmul on bf16 tensors (what the matmul op runs where oneDNN has bf16 products): row
+// blocks, batches with a broadcast operand, a transposed operand and split-K (K = 4096 over a
+// 16 x 16 output), each against the f64 product of the same bf16 values; the answer is rounded
+// to bf16 once (2^-8 relative).
+TEST(GemmBf16, MatmulOfBf16TensorsMatchesTheF64Product) {
+  say_which_path();
+  struct Shapes {
+    const char* name;
+    Shape a, b;
+    bool transpose_b;
+  };
+  const Shapes cases[] = {
+      {"row blocks", {300, 64}, {64, 40}, false},
+      {"batched, b broadcast", {3, 70, 32}, {32, 24}, false},
+      {"b transposed (linear's weight)", {90, 48}, {56, 48}, true},
+      {"split-K", {16, 4096}, {4096, 16}, false},
+  };
+  uint64_t seed = 300;
+  for (const Shapes& c : cases) {
+    Generator g(++seed, "gemm_bf16_matmul");
+    Tensor a = to(normal(c.a, 0, 1, g), DType::bf16);
+    Tensor b = to(normal(c.b, 0, 1, g), DType::bf16);
+    if (c.transpose_b) b = transpose(b, 0, 1);
+    Shape out_shape = c.a;
+    out_shape.back() = b.size(-1);
+    Tensor out = Tensor::empty(out_shape, DType::bf16);
+    cpu::matmul(a, b, out);
+    Tensor want = matmul(to(a, DType::f64), to(b, DType::f64));
+    Tensor err = abs(sub(to(out, DType::f64), want));
+    // Rounding to bf16 (half an ulp: 2^-9 relative) plus f32 accumulation.
+    Tensor bound = add(mul(abs(want), 1.0 / 256), 1e-4 * std::sqrt(double(c.a.back())));
+    EXPECT_EQ(sum(gt(err, bound)).item<double>(), 0.0) << c.name;
   }
 }
 
