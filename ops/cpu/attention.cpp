@@ -8,6 +8,7 @@
 
 #include "autograd/thread_pool.h"
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/onednn_matmul.h"
 #include "ops/cpu/vec_math.h"
 
 namespace hd::cpu {
@@ -56,6 +57,9 @@ struct Problem {
   int64_t mask_ld = 0;
   int64_t B = 0, H = 0, Nq = 0, Dh = 0, Dv = 0, bq = 64, bk = 256;
   T scale = 1;
+  // bf16 operands on oneDNN: the f32 probability and dS tiles enter their products rounded to
+  // bf16, once per tile, as bf16 attention kernels do. Elsewhere the products take them in f32.
+  bool round_tiles = false;
 
   Problem(const AttentionArgs& a, Tensor* dk, Tensor* dv, Tensor* dpk, Tensor* dpv)
       : q(a.q),
@@ -67,6 +71,7 @@ struct Problem {
         bq(std::max<int64_t>(a.blocks.q, 1)),
         bk(std::max<int64_t>(a.blocks.k, 1)),
         scale(T(a.scale)) {
+    if constexpr (std::is_same_v<E, bf16_t>) round_tiles = onednn::capability().bf16_matmul;
     int64_t np = a.prefix_k.defined() ? a.prefix_k.size(2) : 0;
     if (np > 0) {
       seg[nseg++] = {Operand<E>(a.prefix_k),
@@ -127,6 +132,31 @@ T exp_shift_sum(T* x, int64_t n, T shift) {
   return s;
 }
 
+// C = alpha op(A) op(B) + beta C where A is an f32 tile (probabilities, dS): its bf16 rounding
+// A16 where the problem rounds tiles, else A itself.
+template <class E, class T>
+void tile_product(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                  const bf16_t* A16, int64_t lda, const E* B, int64_t ldb, T beta, T* C,
+                  int64_t ldc) {
+  if constexpr (std::is_same_v<E, bf16_t>) {
+    if (A16) {
+      gemm(ta, tb, M, N, K, alpha, A16, lda, B, ldb, beta, C, ldc);
+      return;
+    }
+  }
+  gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// A row of a tile rounded to bf16 while it is in L1 (no-op without a bf16 twin).
+template <class T>
+void round_row(const T* row, bf16_t* twin, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (twin) {
+      for (int64_t c = 0; c < n; ++c) twin[c] = float_to_bf16(row[c]);
+    }
+  }
+}
+
 // Sets masked scores of an [nq, nk] tile to -inf: keys whose mask entry is false (keymask
 // points at the tile's first key, or is null) and, for causal tiles, own keys after the query.
 template <class T>
@@ -148,9 +178,10 @@ void mask_tile(T* S, int64_t nq, int64_t nk, const bool* keymask, bool causal, i
 }
 
 // Rows [i0, i0 + nq) of matrix bh: one pass over all key tiles with an online softmax.
+// P16: the bf16 twin of the probability tile S where the problem rounds tiles, else null.
 template <class E, class T = Compute<E>>
-void forward_rows(const Problem<E>& p, int64_t bh, int64_t i0, int64_t nq, T* S, T* m, T* l, T* out,
-                  T* lse) {
+void forward_rows(const Problem<E>& p, int64_t bh, int64_t i0, int64_t nq, T* S, bf16_t* P16, T* m,
+                  T* l, T* out, T* lse) {
   const int64_t b = bh / p.H, h = bh % p.H;
   const E* Q = p.q.at(b, h) + i0 * p.q.ld;
   T* O = out + (bh * p.Nq + i0) * p.Dv;
@@ -171,17 +202,20 @@ void forward_rows(const Problem<E>& p, int64_t bh, int64_t i0, int64_t nq, T* S,
         const T mnew = std::max(m[r], row_max(row, nk));
         if (mnew == T(-kInf)) {  // nothing visible to this row yet: contributes nothing
           std::fill(row, row + nk, T(0));
+          round_row(row, P16 ? P16 + r * nk : nullptr, nk);
           continue;
         }
         const T alpha = vexp(m[r] - mnew);  // 0 on the first visible tile (m = -inf)
         l[r] = l[r] * alpha + exp_shift_sum(row, nk, mnew);
+        round_row(row, P16 ? P16 + r * nk : nullptr, nk);
         m[r] = mnew;
         if (alpha != T(1)) {
           T* o = O + r * p.Dv;
           for (int64_t c = 0; c < p.Dv; ++c) o[c] *= alpha;
         }
       }
-      gemm(false, false, nq, p.Dv, nk, T(1), S, nk, V + j0 * sg.v.ld, sg.v.ld, T(1), O, p.Dv);
+      tile_product(false, false, nq, p.Dv, nk, T(1), S, P16, nk, V + j0 * sg.v.ld, sg.v.ld, T(1), O,
+                   p.Dv);
     }
   }
   T* L = lse + bh * p.Nq + i0;
@@ -229,12 +263,14 @@ void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse) {
     // Tasks are (batch*head, query tile): each output row is produced by exactly one task.
     parallel_for(0, p.B * p.H * qblocks, 1, [&](int64_t lo, int64_t hi) {
       Tensor ws = scratch<T>(p.bq * p.bk + 2 * p.bq);
+      Tensor ws16 = p.round_tiles ? scratch<bf16_t>(p.bq * p.bk) : Tensor();
       T* S = ws.data<T>();
       T* m = S + p.bq * p.bk;
       T* l = m + p.bq;
+      bf16_t* P16 = p.round_tiles ? ws16.data<bf16_t>() : nullptr;
       for (int64_t t = lo; t < hi; ++t) {
         const int64_t bh = t / qblocks, i0 = (t % qblocks) * p.bq;
-        forward_rows(p, bh, i0, std::min(p.bq, p.Nq - i0), S, m, l, po, pl);
+        forward_rows(p, bh, i0, std::min(p.bq, p.Nq - i0), S, P16, m, l, po, pl);
       }
     });
   });
@@ -251,13 +287,26 @@ struct Grads {
   T* dq = nullptr;
 };
 
+// A task's tiles: scores / probabilities and dP / dS in the compute type, and their bf16 twins
+// where the problem rounds tiles (else null).
+template <class T>
+struct Tiles {
+  T* S = nullptr;
+  T* dP = nullptr;
+  bf16_t* P16 = nullptr;
+  bf16_t* dS16 = nullptr;
+};
+
 // One (key tile, query tile) pair of FlashAttention-2's backward. P is recomputed from the saved
 // logsumexp; dS = P * (dP - D) * scale. do_dq / do_dkv select which gradients this pass
 // accumulates (the split scheme runs them in separate passes, in the same order).
 template <class E, class T = Compute<E>>
 void backward_tile(const Problem<E>& p, const Grads<E>& g, int64_t bh, const Segment<E>& sg,
-                   int64_t j0, int64_t nk, int64_t i0, int64_t nq, T* S, T* dP, bool do_dq,
+                   int64_t j0, int64_t nk, int64_t i0, int64_t nq, const Tiles<T>& w, bool do_dq,
                    bool do_dkv) {
+  T* S = w.S;
+  T* dP = w.dP;
+  bf16_t* P16 = do_dkv ? w.P16 : nullptr;
   const int64_t b = bh / p.H, h = bh % p.H;
   const E* Q = p.q.at(b, h) + i0 * p.q.ld;
   const E* K = sg.k.at(b, h) + j0 * sg.k.ld;
@@ -272,10 +321,11 @@ void backward_tile(const Problem<E>& p, const Grads<E>& g, int64_t bh, const Seg
     T* row = S + r * nk;
     const T lr = L[r];
     for (int64_t c = 0; c < nk; ++c) row[c] = vexp(row[c] - lr);  // masked / empty rows -> 0
+    round_row(row, P16 ? P16 + r * nk : nullptr, nk);
   }
   if (do_dkv) {
-    gemm(true, false, nk, p.Dv, nq, T(1), S, nk, dO, g.dout.ld, T(1),
-         sg.dv + (bh * sg.n + j0) * p.Dv, p.Dv);
+    tile_product(true, false, nk, p.Dv, nq, T(1), S, P16, nk, dO, g.dout.ld, T(1),
+                 sg.dv + (bh * sg.n + j0) * p.Dv, p.Dv);
   }
   gemm(false, true, nq, nk, p.Dv, T(1), dO, g.dout.ld, V, sg.v.ld, T(0), dP, nk);
   for (int64_t r = 0; r < nq; ++r) {
@@ -283,14 +333,15 @@ void backward_tile(const Problem<E>& p, const Grads<E>& g, int64_t bh, const Seg
     T* row = dP + r * nk;
     const T dr = D[r];
     for (int64_t c = 0; c < nk; ++c) row[c] = pr[c] * (row[c] - dr) * p.scale;
+    round_row(row, w.dS16 ? w.dS16 + r * nk : nullptr, nk);
   }
   if (do_dq) {
-    gemm(false, false, nq, p.Dh, nk, T(1), dP, nk, K, sg.k.ld, T(1), g.dq + (bh * p.Nq + i0) * p.Dh,
-         p.Dh);
+    tile_product(false, false, nq, p.Dh, nk, T(1), dP, w.dS16, nk, K, sg.k.ld, T(1),
+                 g.dq + (bh * p.Nq + i0) * p.Dh, p.Dh);
   }
   if (do_dkv) {
-    gemm(true, false, nk, p.Dh, nq, T(1), dP, nk, Q, p.q.ld, T(1), sg.dk + (bh * sg.n + j0) * p.Dh,
-         p.Dh);
+    tile_product(true, false, nk, p.Dh, nq, T(1), dP, w.dS16, nk, Q, p.q.ld, T(1),
+                 sg.dk + (bh * sg.n + j0) * p.Dh, p.Dh);
   }
 }
 
@@ -347,7 +398,21 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
       j0 = ktiles[size_t(kt)].second;
       nk = std::min(p.bk, sg->n - j0);
     };
-    const size_t tile_elems = size_t(p.bq * p.bk);
+    const int64_t tile_elems = p.bq * p.bk;
+    // One per pool chunk: the f32 tiles and, where tiles are rounded, their bf16 twins.
+    struct Workspace {
+      Tensor f32, b16;
+      Tiles<T> tiles;
+      Workspace(const Problem<E>& p, int64_t n) : f32(scratch<T>(2 * n)) {
+        tiles.S = f32.data<T>();
+        tiles.dP = tiles.S + n;
+        if (p.round_tiles) {
+          b16 = scratch<bf16_t>(2 * n);
+          tiles.P16 = b16.data<bf16_t>();
+          tiles.dS16 = tiles.P16 + n;
+        }
+      }
+    };
 
     // Fused scheme: one task per matrix does dQ, dK and dV (5 GEMMs per tile pair). When there
     // are fewer matrices than threads, the split scheme runs dK/dV tasks per key tile and dQ
@@ -357,8 +422,7 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
     if (split < 0) split = BH < cpu_thread_pool().num_threads() ? 1 : 0;
     if (!split) {
       parallel_for(0, BH, 1, [&](int64_t lo, int64_t hi) {
-        Tensor ws = scratch<T>(int64_t(2 * tile_elems));
-        T* S = ws.data<T>();
+        Workspace ws(p, tile_elems);
         for (int64_t bh = lo; bh < hi; ++bh) {
           std::fill_n(g.dq + bh * p.Nq * p.Dh, p.Nq * p.Dh, T(0));
           for (int64_t kt = 0; kt < nkt; ++kt) {
@@ -369,7 +433,7 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
             for (int64_t i0 = 0; i0 < p.Nq; i0 += p.bq) {
               const int64_t nq = std::min(p.bq, p.Nq - i0);
               if (Problem<E>::skipped(*sg, i0, nq, j0)) continue;
-              backward_tile(p, g, bh, *sg, j0, nk, i0, nq, S, S + tile_elems, true, true);
+              backward_tile(p, g, bh, *sg, j0, nk, i0, nq, ws.tiles, true, true);
             }
           }
         }
@@ -377,8 +441,7 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
       return;
     }
     parallel_for(0, BH * nkt, 1, [&](int64_t lo, int64_t hi) {
-      Tensor ws = scratch<T>(int64_t(2 * tile_elems));
-      T* S = ws.data<T>();
+      Workspace ws(p, tile_elems);
       for (int64_t t = lo; t < hi; ++t) {
         const int64_t bh = t / nkt;
         const Segment<E>* sg;
@@ -388,13 +451,12 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
         for (int64_t i0 = 0; i0 < p.Nq; i0 += p.bq) {
           const int64_t nq = std::min(p.bq, p.Nq - i0);
           if (Problem<E>::skipped(*sg, i0, nq, j0)) continue;
-          backward_tile(p, g, bh, *sg, j0, nk, i0, nq, S, S + tile_elems, false, true);
+          backward_tile(p, g, bh, *sg, j0, nk, i0, nq, ws.tiles, false, true);
         }
       }
     });
     parallel_for(0, BH * qblocks, 1, [&](int64_t lo, int64_t hi) {
-      Tensor ws = scratch<T>(int64_t(2 * tile_elems));
-      T* S = ws.data<T>();
+      Workspace ws(p, tile_elems);
       for (int64_t t = lo; t < hi; ++t) {
         const int64_t bh = t / qblocks, i0 = (t % qblocks) * p.bq;
         const int64_t nq = std::min(p.bq, p.Nq - i0);
@@ -404,7 +466,7 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
           int64_t j0, nk;
           key_tile(kt, sg, j0, nk);
           if (Problem<E>::skipped(*sg, i0, nq, j0)) continue;
-          backward_tile(p, g, bh, *sg, j0, nk, i0, nq, S, S + tile_elems, true, false);
+          backward_tile(p, g, bh, *sg, j0, nk, i0, nq, ws.tiles, true, false);
         }
       }
     });
