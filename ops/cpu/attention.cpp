@@ -117,19 +117,37 @@ T row_max(const T* x, int64_t n) {
   return m;
 }
 
-// x <- exp(x - shift); returns the sum, always in the same order (deterministic).
-template <class T>
-T exp_shift_sum(T* x, int64_t n, T shift) {
-  for (int64_t c = 0; c < n; ++c) x[c] = vexp(x[c] - shift);
+// x <- exp(x - shift) (and twin <- x rounded to bf16, when given); returns the sum, always in
+// the same order (deterministic). One pass: the exponentials are the costly part of the
+// attention's non-GEMM work, and each extra pass over the tile adds to it.
+template <bool kTwin, class T>
+T exp_shift_sum_pass(T* x, bf16_t* twin, int64_t n, T shift) {
   T acc[kLanes] = {};
   int64_t c = 0;
   for (; c + kLanes <= n; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += x[c + l];
+    for (int l = 0; l < kLanes; ++l) {
+      const T e = vexp(x[c + l] - shift);
+      x[c + l] = e;
+      acc[l] += e;
+      if constexpr (kTwin) twin[c + l] = float_to_bf16(e);
+    }
   }
   T s = 0;
   for (int l = 0; l < kLanes; ++l) s += acc[l];
-  for (; c < n; ++c) s += x[c];
+  for (; c < n; ++c) {
+    x[c] = vexp(x[c] - shift);
+    s += x[c];
+    if constexpr (kTwin) twin[c] = float_to_bf16(x[c]);
+  }
   return s;
+}
+
+template <class T>
+T exp_shift_sum(T* x, bf16_t* twin, int64_t n, T shift) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (twin) return exp_shift_sum_pass<true>(x, twin, n, shift);
+  }
+  return exp_shift_sum_pass<false>(x, nullptr, n, shift);
 }
 
 // C = alpha op(A) op(B) + beta C where A is an f32 tile (probabilities, dS): its bf16 rounding
@@ -206,8 +224,7 @@ void forward_rows(const Problem<E>& p, int64_t bh, int64_t i0, int64_t nq, T* S,
           continue;
         }
         const T alpha = vexp(m[r] - mnew);  // 0 on the first visible tile (m = -inf)
-        l[r] = l[r] * alpha + exp_shift_sum(row, nk, mnew);
-        round_row(row, P16 ? P16 + r * nk : nullptr, nk);
+        l[r] = l[r] * alpha + exp_shift_sum(row, P16 ? P16 + r * nk : nullptr, nk, mnew);
         m[r] = mnew;
         if (alpha != T(1)) {
           T* o = O + r * p.Dv;
