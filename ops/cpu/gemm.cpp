@@ -49,15 +49,21 @@ bool onednn_bf16_products(int64_t K) {
   return K > 0 && onednn::capability().bf16_matmul;
 }
 
+// A product of bf16 operands done (true) when it is empty or oneDNN can run it here.
+template <class Out>
+bool done_on_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
+                    int64_t lda, const bf16_t* B, int64_t ldb, float beta, Out* C, int64_t ldc) {
+  if (M == 0 || N == 0) return true;
+  if (!onednn_bf16_products(K)) return false;
+  onednn::gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  return true;
+}
+
 }  // namespace
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
           int64_t lda, const bf16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  if (onednn_bf16_products(K)) {
-    onednn::gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
+  if (done_on_onednn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
   Tensor scratch = Tensor::empty({std::max<int64_t>(M * K + K * N, 1)}, DType::f32);
   float* a32 = scratch.data<float>();
   float* b32 = a32 + M * K;
@@ -84,11 +90,7 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16_t* A,
           int64_t lda, const bf16_t* B, int64_t ldb, float beta, bf16_t* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  if (onednn_bf16_products(K)) {
-    onednn::gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
+  if (done_on_onednn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
   Tensor scratch = Tensor::empty({M * N}, DType::f32);
   float* c32 = scratch.data<float>();
   for (int64_t i = 0; i < M; ++i) {
