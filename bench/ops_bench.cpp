@@ -110,9 +110,15 @@ void BM_AttentionCompositeForwardBackward(benchmark::State& state) {
 }
 BENCHMARK(BM_AttentionCompositeForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// Arg 0: f32, Arg 1: bf16 (input, weights and gradients; the kernel computes in f32).
 void BM_LayerNormForwardBackward(benchmark::State& state) {
-  Tensor x = randn({8 * 729, 192}, 9, true), w = randn({192}, 10, true), b = randn({192}, 11, true);
-  Tensor g = randn({8 * 729, 192}, 12);
+  const DType dt = state.range(0) ? DType::bf16 : DType::f32;
+  auto leaf = [&](const Shape& shape, uint64_t seed) {
+    return to(randn(shape, seed), dt).requires_grad_(true);
+  };
+  Tensor x = leaf({8 * 729, 192}, 9), w = leaf({192}, 10), b = leaf({192}, 11);
+  Tensor g = to(randn({8 * 729, 192}, 12), dt);
+  state.SetLabel(dtype_name(dt));
   for (auto _ : state) {
     layer_norm(x, w, b, 1e-6).backward(g);
     x.zero_grad();
@@ -122,7 +128,11 @@ void BM_LayerNormForwardBackward(benchmark::State& state) {
   state.counters["bytes/s"] =
       benchmark::Counter(5.0 * 4 * 8 * 729 * 192, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_LayerNormForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_LayerNormForwardBackward)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 void BM_SoftmaxForwardBackward(benchmark::State& state) {
   Tensor x = randn({24, 729, 729}, 13, true), g = randn({24, 729, 729}, 14);
