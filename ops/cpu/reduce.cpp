@@ -1,7 +1,10 @@
 #include "ops/cpu/reduce.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "autograd/thread_pool.h"
 
@@ -45,19 +48,32 @@ void sum_kernel(const T* x, O* out, int64_t outer, int64_t n, int64_t inner) {
         });
     return;
   }
-  // Split over (outer, column block) so a single outer still uses every thread.
-  constexpr int64_t kCols = 256;
-  int64_t col_blocks = (inner + kCols - 1) / kCols;
-  parallel_for(0, outer * col_blocks, 1, [&](int64_t t0, int64_t t1) {
+  // Split over (outer, column block) so a single outer still uses every thread; when that
+  // gives few tasks (a bias gradient: one outer, a few column blocks, thousands of rows), the
+  // rows too, in fixed 1024-row slices whose partials are added in slice order. Every cut
+  // depends on the shape only, so the sum does not depend on the thread count.
+  constexpr int64_t kCols = 256, kSliceRows = 1024, kFewTasks = 8;
+  const int64_t col_blocks = (inner + kCols - 1) / kCols;
+  const int64_t slices =
+      outer * col_blocks < kFewTasks ? std::max<int64_t>((n + kSliceRows - 1) / kSliceRows, 1) : 1;
+  const int64_t slice_rows = (n + slices - 1) / slices;
+  std::vector<A> partial(size_t(slices > 1 ? outer * slices * inner : 0));
+  parallel_for(0, outer * col_blocks * slices, 1, [&](int64_t t0, int64_t t1) {
     std::vector<A> acc(kCols);
     for (int64_t t = t0; t < t1; ++t) {
-      int64_t o = t / col_blocks, c0 = (t % col_blocks) * kCols;
-      int64_t w = std::min(kCols, inner - c0);
+      const int64_t sl = t % slices, ob = t / slices;
+      const int64_t o = ob / col_blocks, c0 = (ob % col_blocks) * kCols;
+      const int64_t w = std::min(kCols, inner - c0);
+      const int64_t i0 = sl * slice_rows, i1 = std::min(n, i0 + slice_rows);
       std::fill(acc.begin(), acc.begin() + w, A(0));
       const T* base = x + o * n * inner + c0;
-      for (int64_t i = 0; i < n; ++i) {
+      for (int64_t i = i0; i < i1; ++i) {
         const T* row = base + i * inner;
         for (int64_t j = 0; j < w; ++j) acc[size_t(j)] += A(Tr::load(row[j]));
+      }
+      if (slices > 1) {
+        std::copy(acc.begin(), acc.begin() + w, partial.begin() + (o * slices + sl) * inner + c0);
+        continue;
       }
       O* dst = out + o * inner + c0;
       for (int64_t j = 0; j < w; ++j)
@@ -65,6 +81,16 @@ void sum_kernel(const T* x, O* out, int64_t outer, int64_t n, int64_t inner) {
             static_cast<typename ElementTraits<O>::compute>(acc[size_t(j)]));
     }
   });
+  if (slices == 1) return;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t j = 0; j < inner; ++j) {
+      A total = A(0);
+      for (int64_t sl = 0; sl < slices; ++sl)
+        total += partial[size_t((o * slices + sl) * inner + j)];
+      out[o * inner + j] =
+          ElementTraits<O>::store(static_cast<typename ElementTraits<O>::compute>(total));
+    }
+  }
 }
 
 template <class T>
@@ -124,7 +150,10 @@ void reduce_dim(ReduceKind kind, const Tensor& x, int64_t outer, int64_t n, int6
     using C = typename ElementTraits<T>::compute;
     if (kind == ReduceKind::sum) {
       if constexpr (std::is_floating_point_v<C>) {
-        sum_kernel<T, T, double>(px, out.data<T>(), outer, n, inner);
+        // 16-bit inputs accumulate in f32 (far below their own rounding, and 2x the lanes of
+        // double), as PyTorch's bf16 sums do; f32 and f64 in double.
+        using Acc = std::conditional_t<sizeof(T) == 2, float, double>;
+        sum_kernel<T, T, Acc>(px, out.data<T>(), outer, n, inner);
       } else {
         sum_kernel<T, int64_t, int64_t>(px, out.data<int64_t>(), outer, n, inner);
       }

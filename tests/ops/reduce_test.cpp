@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include "ops/elementwise.h"
 #include "ops/factory.h"
@@ -37,6 +38,34 @@ TEST(Reduce, LongSumIsAccurateAndThreadIndependent) {
   // blocks, so the result is exact to f32 rounding.
   Tensor x = full({1000000}, 0.1);
   EXPECT_NEAR(sum(x).item<float>(), 100000.0f * 1.0000000015f, 1.0f);
+}
+
+// Column sums over many rows with few columns (a bias gradient: [5832, 192] summed over rows)
+// are cut into fixed 1024-row slices so both threads work; f32 and bf16 (accumulated in f32)
+// against an f64 sum written out here (not through the kernel under test), including a ragged
+// last slice and column block.
+TEST(Reduce, ManyRowColumnSumsMatchTheF64Sum) {
+  for (const Shape& shape : {Shape{5832, 192}, Shape{2, 3001, 300}}) {
+    const int64_t outer = shape.size() == 3 ? shape[0] : 1;
+    const int64_t rows = shape[shape.size() - 2], cols = shape.back();
+    for (DType dt : {DType::f32, DType::bf16}) {
+      Generator g(7, "reduce_columns");
+      Tensor x = to(uniform(shape, -1, 1, g), dt);
+      const std::vector<double> values = to(x, DType::f64).to_vector<double>();
+      const std::vector<double> got = to(sum(x, {-2}), DType::f64).to_vector<double>();
+      int64_t bad = 0;
+      for (int64_t o = 0; o < outer; ++o) {
+        for (int64_t c = 0; c < cols; ++c) {
+          double want = 0;
+          for (int64_t r = 0; r < rows; ++r) want += values[size_t((o * rows + r) * cols + c)];
+          // f32: accumulation error; bf16: the answer's own rounding (2^-9 relative) dominates.
+          const double bound = std::abs(want) * (dt == DType::f32 ? 1e-6 : 1.0 / 256) + 1e-5;
+          bad += std::abs(got[size_t(o * cols + c)] - want) > bound;
+        }
+      }
+      EXPECT_EQ(bad, 0) << shape.size() << "-D case, " << dtype_name(dt);
+    }
+  }
 }
 
 TEST(Reduce, LogSumExpIsStableAndHandlesInfinity) {
