@@ -8,7 +8,6 @@
 #include <map>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
-#include <optional>
 #include <sstream>
 
 #include "autograd/error.h"
@@ -245,18 +244,6 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out) {
   check_operands(a, bm);
   if (trivial(a, out)) return;
   run(describe(a, bm, out), a, bm, out);
-}
-
-bool try_matmul(const Tensor& a, const Tensor& bm, Tensor& out) {
-  check_operands(a, bm);
-  std::optional<Problem> p;
-  try {
-    p = describe(a, bm, out);
-  } catch (const Error&) {
-    return false;  // a layout oneDNN cannot express
-  }
-  if (!trivial(a, out)) run(*p, a, bm, out);
-  return true;
 }
 
 bool supports(const Tensor& a, const Tensor& bm, const Tensor& out) {

@@ -48,12 +48,9 @@ const Capability& capability();
 // out's (stride 0 allowed), each operand's last two dims row- or column-major; out contiguous.
 // Operands f32 or bf16 (the same), out f32 or bf16; products accumulate in f32. Throws an
 // hd::Error naming the shapes when oneDNN cannot run it (e.g. bf16 on an AVX2 CPU, or batch
-// strides that do not collapse to one).
+// strides that do not collapse to one). One product on an OpenMP team: the "oneDNN called
+// directly" reference of hd_bench_onednn_gemm; the ops use gemm_bf16 below.
 void matmul(const Tensor& a, const Tensor& bm, Tensor& out);
-
-// matmul when oneDNN can express the operands' layout (batch strides that collapse), else
-// false and nothing done: the one call matmul_raw makes (describing a problem is not free).
-bool try_matmul(const Tensor& a, const Tensor& bm, Tensor& out);
 
 // Whether matmul can describe these operands to oneDNN (batch strides that collapse).
 bool supports(const Tensor& a, const Tensor& bm, const Tensor& out);
