@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "launcher/command.h"
+#include "ops/cpu/isa.h"
 #include "ops/cpu/onednn_matmul.h"
 #include "parallel/process_group.h"
 #ifdef HD_HAVE_CUDA
@@ -85,12 +86,16 @@ int run(const std::vector<std::string>& args) {
               std::getenv("HD_NUM_THREADS") ? std::getenv("HD_NUM_THREADS") : "(unset: all)");
   const std::string flags = cpu_vector_flags();
   std::printf("cpu vector extensions: %s\n", flags.empty() ? "(unknown)" : flags.c_str());
+  // [Note: AVX-512 kernels] (ops/cpu/isa.h): which instantiation of the hot loops runs.
+  const auto& isa = cpu::vector_isa();
+  std::printf("cpu kernels: %s%s%s\n", isa.name.c_str(),
+              isa.avx512 ? "" : " (AVX-512: ", isa.avx512 ? "" : (isa.reason + ")").c_str());
   // [Note: oneDNN GEMMs] (ops/cpu/onednn_matmul.h): what bf16 training does on this CPU.
   const auto& dnnl = cpu::onednn::capability();
   if (dnnl.bf16_matmul) {
     std::printf(
         "bf16 compute: GEMMs through oneDNN %s (ISA %s, kernel %s), f32 accumulation; "
-        "norms, softmax and attention in f32 (ops/cpu_half.h)\n",
+        "norms, softmax and attention compute in f32\n",
         dnnl.version.c_str(), dnnl.isa.c_str(), dnnl.bf16_impl.c_str());
   } else {
     std::printf("bf16 compute: converted to f32 in the kernels, GEMMs on OpenBLAS (%s)\n",

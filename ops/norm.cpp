@@ -18,7 +18,7 @@ void check_param(const char* op, const char* what, const Tensor& p, const Tensor
 }
 
 int64_t check_input(const char* op, const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
-  // bf16/f16 compute in f32: inside the CUDA kernels, on f32 copies on the CPU (ops/cpu_half.h).
+  // bf16/f16 compute in f32 inside the kernels (CPU: widened per row, ops/cpu/norm.cpp).
   const bool half = x.dtype() == DType::bf16 || x.dtype() == DType::f16;
   HD_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64 || half, op,
            ": expects a f32, f64, bf16 or f16 input, got ", x.str(), " (convert with hd::to)");
@@ -59,20 +59,16 @@ struct NormForward {
   Tensor y, mean, rstd;
 };
 
-// The kernel on contiguous inputs. 16-bit CPU inputs run on f32 copies; y is rounded back and
-// the statistics stay f32 (ops/cpu_half.h, [Note: 16-bit saved tensors]).
+// The kernel on contiguous inputs. 16-bit inputs compute in f32 inside the kernels (CPU and
+// CUDA); y is rounded to the input's type and the statistics stay f32 ([Note: 16-bit saved
+// tensors]).
 NormForward norm_forward_raw(bool center, const char* op, int64_t rows, const Tensor& xc,
                              const Tensor& wc, const Tensor& bc, double eps) {
-  if (is_cpu_half(xc)) {
-    NormForward f = norm_forward_raw(center, op, rows, to(xc, DType::f32), half_to_f32(wc),
-                                     half_to_f32(bc), eps);
-    f.y = to(f.y, xc.dtype());
-    return f;
-  }
   NormForward f;
   f.y = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
-  f.mean = center ? Tensor::empty({rows}, xc.dtype(), xc.device()) : Tensor();
-  f.rstd = Tensor::empty({rows}, xc.dtype(), xc.device());
+  const DType stats = is_cpu_half(xc) ? DType::f32 : xc.dtype();
+  f.mean = center ? Tensor::empty({rows}, stats, xc.device()) : Tensor();
+  f.rstd = Tensor::empty({rows}, stats, xc.device());
   dispatch(
       xc, op, [&] { cpu::norm_forward(center, xc, wc, bc, eps, f.y, f.mean, f.rstd); },
       HD_CUDA_KERNEL(cuda::norm_forward(center, xc, wc, bc, eps, f.y, f.mean, f.rstd)));
@@ -106,14 +102,6 @@ Tensor norm_impl(bool center, const Tensor& x, const Tensor& weight, const Tenso
 NormGrads backward_impl(bool center, const Tensor& gy, const Tensor& x, const Tensor& mean,
                         const Tensor& rstd, const Tensor& weight, bool need_w, bool need_b) {
   const char* op = center ? "layer_norm_backward" : "rms_norm_backward";
-  if (is_cpu_half(x)) {  // f32 copies, gradients rounded back (ops/cpu_half.h)
-    NormGrads g = backward_impl(center, half_to_f32(gy), to(x, DType::f32), mean, rstd,
-                                half_to_f32(weight), need_w, need_b);
-    g.gx = to(g.gx, x.dtype());
-    if (g.gw.defined()) g.gw = to(g.gw, x.dtype());
-    if (g.gb.defined()) g.gb = to(g.gb, x.dtype());
-    return g;
-  }
   int64_t rows = check_input(op, x, weight, Tensor(), 0.0);
   HD_CHECK(gy.shape() == x.shape(), op, ": gradient ", gy.shape(), " and input ", x.shape(),
            " differ in shape");

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/thread_pool.h"
+#include "ops/cpu/isa.h"
 
 namespace hd::cpu {
 
@@ -19,15 +20,17 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_
     const T bc2_sqrt = T(std::sqrt(1.0 - std::pow(s.beta2, double(s.step))));
     const T eps = T(s.eps);
     parallel_for(0, param.numel(), 16384, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        T pi = p[i] * decay;
-        T gi = g[i];
-        T mi = m[i] + one_minus_b1 * (gi - m[i]);
-        T vi = b2 * v[i] + one_minus_b2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = pi - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
-      }
+      run_vectorised([&] {  // [Note: AVX-512 kernels]
+        for (int64_t i = b; i < e; ++i) {
+          T pi = p[i] * decay;
+          T gi = g[i];
+          T mi = m[i] + one_minus_b1 * (gi - m[i]);
+          T vi = b2 * v[i] + one_minus_b2 * gi * gi;
+          m[i] = mi;
+          v[i] = vi;
+          p[i] = pi - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
+        }
+      });
     });
   });
 }

@@ -8,6 +8,7 @@
 
 #include "autograd/thread_pool.h"
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/isa.h"
 #include "ops/cpu/onednn_matmul.h"
 #include "ops/cpu/vec_math.h"
 
@@ -215,22 +216,24 @@ void forward_rows(const Problem<E>& p, int64_t bh, int64_t i0, int64_t nq, T* S,
       gemm(false, true, nq, nk, p.Dh, p.scale, Q, p.q.ld, K + j0 * sg.k.ld, sg.k.ld, T(0), S, nk);
       mask_tile(S, nq, nk, p.mask ? p.mask + b * p.mask_ld + sg.mask_offset + j0 : nullptr,
                 sg.causal, i0, j0);
-      for (int64_t r = 0; r < nq; ++r) {
-        T* row = S + r * nk;
-        const T mnew = std::max(m[r], row_max(row, nk));
-        if (mnew == T(-kInf)) {  // nothing visible to this row yet: contributes nothing
-          std::fill(row, row + nk, T(0));
-          round_row(row, P16 ? P16 + r * nk : nullptr, nk);
-          continue;
+      run_vectorised([&] {  // at the CPU's widest vectors ([Note: AVX-512 kernels])
+        for (int64_t r = 0; r < nq; ++r) {
+          T* row = S + r * nk;
+          const T mnew = std::max(m[r], row_max(row, nk));
+          if (mnew == T(-kInf)) {  // nothing visible to this row yet: contributes nothing
+            std::fill(row, row + nk, T(0));
+            round_row(row, P16 ? P16 + r * nk : nullptr, nk);
+            continue;
+          }
+          const T alpha = vexp(m[r] - mnew);  // 0 on the first visible tile (m = -inf)
+          l[r] = l[r] * alpha + exp_shift_sum(row, P16 ? P16 + r * nk : nullptr, nk, mnew);
+          m[r] = mnew;
+          if (alpha != T(1)) {
+            T* o = O + r * p.Dv;
+            for (int64_t c = 0; c < p.Dv; ++c) o[c] *= alpha;
+          }
         }
-        const T alpha = vexp(m[r] - mnew);  // 0 on the first visible tile (m = -inf)
-        l[r] = l[r] * alpha + exp_shift_sum(row, P16 ? P16 + r * nk : nullptr, nk, mnew);
-        m[r] = mnew;
-        if (alpha != T(1)) {
-          T* o = O + r * p.Dv;
-          for (int64_t c = 0; c < p.Dv; ++c) o[c] *= alpha;
-        }
-      }
+      });
       tile_product(false, false, nq, p.Dv, nk, T(1), S, P16, nk, V + j0 * sg.v.ld, sg.v.ld, T(1), O,
                    p.Dv);
     }
@@ -334,24 +337,28 @@ void backward_tile(const Problem<E>& p, const Grads<E>& g, int64_t bh, const Seg
   gemm(false, true, nq, nk, p.Dh, p.scale, Q, p.q.ld, K, sg.k.ld, T(0), S, nk);
   mask_tile(S, nq, nk, p.mask ? p.mask + b * p.mask_ld + sg.mask_offset + j0 : nullptr, sg.causal,
             i0, j0);
-  for (int64_t r = 0; r < nq; ++r) {
-    T* row = S + r * nk;
-    const T lr = L[r];
-    for (int64_t c = 0; c < nk; ++c) row[c] = vexp(row[c] - lr);  // masked / empty rows -> 0
-    round_row(row, P16 ? P16 + r * nk : nullptr, nk);
-  }
+  run_vectorised([&] {
+    for (int64_t r = 0; r < nq; ++r) {
+      T* row = S + r * nk;
+      const T lr = L[r];
+      for (int64_t c = 0; c < nk; ++c) row[c] = vexp(row[c] - lr);  // masked / empty rows -> 0
+      round_row(row, P16 ? P16 + r * nk : nullptr, nk);
+    }
+  });
   if (do_dkv) {
     tile_product(true, false, nk, p.Dv, nq, T(1), S, P16, nk, dO, g.dout.ld, T(1),
                  sg.dv + (bh * sg.n + j0) * p.Dv, p.Dv);
   }
   gemm(false, true, nq, nk, p.Dv, T(1), dO, g.dout.ld, V, sg.v.ld, T(0), dP, nk);
-  for (int64_t r = 0; r < nq; ++r) {
-    const T* pr = S + r * nk;
-    T* row = dP + r * nk;
-    const T dr = D[r];
-    for (int64_t c = 0; c < nk; ++c) row[c] = pr[c] * (row[c] - dr) * p.scale;
-    round_row(row, w.dS16 ? w.dS16 + r * nk : nullptr, nk);
-  }
+  run_vectorised([&] {
+    for (int64_t r = 0; r < nq; ++r) {
+      const T* pr = S + r * nk;
+      T* row = dP + r * nk;
+      const T dr = D[r];
+      for (int64_t c = 0; c < nk; ++c) row[c] = pr[c] * (row[c] - dr) * p.scale;
+      round_row(row, w.dS16 ? w.dS16 + r * nk : nullptr, nk);
+    }
+  });
   if (do_dq) {
     tile_product(false, false, nq, p.Dh, nk, T(1), dP, w.dS16, nk, K, sg.k.ld, T(1),
                  g.dq + (bh * p.Nq + i0) * p.Dh, p.Dh);

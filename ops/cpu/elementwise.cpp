@@ -3,6 +3,7 @@
 #include <cmath>
 #include <functional>
 
+#include "ops/cpu/isa.h"
 #include "ops/cpu/strided_loop.h"
 #include "ops/cpu/vec_math.h"
 
@@ -27,6 +28,25 @@ namespace {
 // lambdas such as the GELU gradient out of line, and a call per element stops vectorisation.
 #define HD_FLATTEN __attribute__((flatten))
 
+// A contiguous row's loop, at the CPU's widest vectors when the values are floating point and
+// the row is long enough to pay for the dispatch ([Note: AVX-512 kernels], ops/cpu/isa.h).
+// Integer and bool maps keep the baseline only: they are rare in a training step, and an
+// AVX-512 copy of every such instantiation would only lengthen the build.
+constexpr int64_t kWideRowMin = 64;
+template <class T>
+constexpr bool kFloatingElement =
+    std::is_floating_point_v<T> || std::is_same_v<T, bf16_t> || std::is_same_v<T, f16_t>;
+template <class O, class I, class Loop>
+HD_VEC_INLINE void contiguous_row(int64_t n, Loop&& loop) {
+  if constexpr (kFloatingElement<O> || kFloatingElement<I>) {
+    if (n >= kWideRowMin) {
+      run_vectorised(loop);
+      return;
+    }
+  }
+  loop();
+}
+
 template <class O, class I, class F>
 void map1(const Tensor& x, Tensor& out, F f) {
   O* po = static_cast<O*>(out.raw_data());
@@ -36,7 +56,9 @@ void map1(const Tensor& x, Tensor& out, F f) {
                     O* o = po + off[0];
                     const I* a = px + off[1];
                     if (s[0] == 1 && s[1] == 1) {
-                      for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
+                      contiguous_row<O, I>(n, [&] {
+                        for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
+                      });
                     } else {
                       for (int64_t i = 0; i < n; ++i) o[i * s[0]] = f(a[i * s[1]]);
                     }
@@ -56,13 +78,19 @@ void map2(const Tensor& a, const Tensor& b, Tensor& out, F f) {
         const A* x = pa + off[1];
         const B* y = pb + off[2];
         if (s[0] == 1 && s[1] == 1 && s[2] == 1) {
-          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
+          contiguous_row<O, A>(n, [&] {
+            for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
+          });
         } else if (s[0] == 1 && s[1] == 1 && s[2] == 0) {
           const B yv = y[0];
-          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], yv);
+          contiguous_row<O, A>(n, [&] {
+            for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], yv);
+          });
         } else if (s[0] == 1 && s[1] == 0 && s[2] == 1) {
           const A xv = x[0];
-          for (int64_t i = 0; i < n; ++i) o[i] = f(xv, y[i]);
+          contiguous_row<O, B>(n, [&] {
+            for (int64_t i = 0; i < n; ++i) o[i] = f(xv, y[i]);
+          });
         } else {
           for (int64_t i = 0; i < n; ++i) o[i * s[0]] = f(x[i * s[1]], y[i * s[2]]);
         }

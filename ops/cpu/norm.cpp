@@ -1,5 +1,6 @@
 #include "ops/cpu/norm.h"
 
+#include "ops/cpu/isa.h"
 #include "ops/cpu/vec_math.h"
 
 #include <algorithm>
@@ -11,9 +12,12 @@
 namespace hd::cpu {
 namespace {
 
-// Eight independent accumulators: GCC will not reorder a single float accumulator without
+// Sixteen independent accumulators: GCC will not reorder a single float accumulator without
 // -ffast-math, so the reordering is written out (fixed order, thread-count independent).
-constexpr int64_t kLanes = 8;
+// Sixteen is one AVX-512 register of f32 or two AVX2 ones. Multiply-adds in reductions are
+// spelled std::fma: GCC fuses a * b + c only where the vector code's shape allows, which
+// differed between the AVX2 and AVX-512 instantiations ([Note: AVX-512 kernels]).
+constexpr int64_t kLanes = 16;
 // Rows per block of the weight/bias gradient partials (fixed, so the sum order is fixed).
 constexpr int64_t kBlockRows = 64;
 
@@ -23,101 +27,146 @@ T lane_sq_dev(const T* x, T c, int64_t n) {
   T acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += (x[i + k] - c) * (x[i + k] - c);
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] = std::fma(x[i + k] - c, x[i + k] - c, acc[k]);
   T r = T(0);
   for (int64_t k = 0; k < kLanes; ++k) r += acc[k];
-  for (; i < n; ++i) r += (x[i] - c) * (x[i] - c);
+  for (; i < n; ++i) r = std::fma(x[i] - c, x[i] - c, r);
   return r;
 }
 
-template <class T>
-void forward_kernel(bool center, const T* x, const T* w, const T* b, T eps, T* y, T* mean, T* rstd,
-                    int64_t rows, int64_t C) {
+// 16-bit storage (bf16, f16) is read and written in place, with every value widened to f32 in a
+// per-thread row buffer: the two-pass statistics and the gradient's row sums read each row two
+// or three times, and widening it once keeps those passes on f32 in L1. This replaced f32
+// copies of x, gy, y and gx made around the kernel (four whole-tensor passes and allocations
+// per norm, ~30 % of a bf16 layer norm's time; ops/cpu_half.h's pattern).
+template <class E, class T>
+HD_VEC_INLINE const T* widen_row(const E* src, T* buf, int64_t n) {
+  if constexpr (std::is_same_v<E, T>) {
+    return src;
+  } else {
+    for (int64_t j = 0; j < n; ++j) buf[j] = ElementTraits<E>::load(src[j]);
+    return buf;
+  }
+}
+
+// Where a row's output is computed: dst itself for f32/f64, else the f32 buffer narrow_row stores.
+template <class E, class T>
+HD_VEC_INLINE T* row_out(E* dst, T* buf) {
+  if constexpr (std::is_same_v<E, T>) {
+    return dst;
+  } else {
+    return buf;
+  }
+}
+template <class E, class T>
+HD_VEC_INLINE void narrow_row(const T* buf, E* dst, int64_t n) {
+  if constexpr (!std::is_same_v<E, T>) {
+    for (int64_t j = 0; j < n; ++j) dst[j] = ElementTraits<E>::store(buf[j]);
+  }
+}
+
+template <class E, class T = typename ElementTraits<E>::compute>
+void forward_kernel(bool center, const E* x, const E* w16, const E* b16, T eps, E* y, T* mean,
+                    T* rstd, int64_t rows, int64_t C) {
   const T inv_c = T(1) / T(C);
+  std::vector<T> params(size_t(2 * C));  // widened weight and bias (16-bit storage)
+  const T* w = w16 ? widen_row(w16, params.data(), C) : nullptr;
+  const T* b = b16 ? widen_row(b16, params.data() + C, C) : nullptr;
   parallel_for(0, rows, std::max<int64_t>(1, 16384 / C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * C;
-      T* yr = y + r * C;
-      // Two passes (mean, then squared deviations): the row is in L1 and this is far more
-      // accurate than E[x^2] - E[x]^2 for rows with a large mean.
-      const T mu = center ? lane_sum(xr, C) * inv_c : T(0);
-      const T rs = T(1) / std::sqrt(lane_sq_dev(xr, mu, C) * inv_c + eps);
-      if (center) mean[r] = mu;
-      rstd[r] = rs;
-      if (w && b) {
-        for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - mu) * rs * w[j] + b[j];
-      } else if (w) {
-        for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - mu) * rs * w[j];
-      } else if (b) {
-        for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - mu) * rs + b[j];
-      } else {
-        for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - mu) * rs;
+    std::vector<T> bufs(size_t(2 * C));  // the widened x row and the f32 y row
+    run_vectorised([&] {                 // [Note: AVX-512 kernels]
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* xr = widen_row(x + r * C, bufs.data(), C);
+        T* yr = row_out(y + r * C, bufs.data() + C);
+        // Two passes (mean, then squared deviations): the row is in L1 and this is far more
+        // accurate than E[x^2] - E[x]^2 for rows with a large mean.
+        const T mu = center ? lane_sum(xr, C) * inv_c : T(0);
+        const T rs = T(1) / std::sqrt(lane_sq_dev(xr, mu, C) * inv_c + eps);
+        if (center) mean[r] = mu;
+        rstd[r] = rs;
+        if (w && b) {
+          for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - mu) * rs * w[j] + b[j];
+        } else if (w) {
+          for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - mu) * rs * w[j];
+        } else if (b) {
+          for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - mu) * rs + b[j];
+        } else {
+          for (int64_t j = 0; j < C; ++j) yr[j] = (xr[j] - mu) * rs;
+        }
+        narrow_row(yr, y + r * C, C);
       }
-    }
+    });
   });
 }
 
 // With xhat = (x - mean) * rstd and h = gy * w:
 //   gx = rstd * (h - mean(h) - xhat * mean(h * xhat))   (mean(h) term only when centering)
 //   gw = sum_rows gy * xhat,  gb = sum_rows gy
-template <class T>
-void backward_kernel(bool center, const T* gy, const T* x, const T* mean, const T* rstd, const T* w,
-                     T* gx, T* gw, T* gb, int64_t rows, int64_t C) {
+template <class E, class T = typename ElementTraits<E>::compute>
+void backward_kernel(bool center, const E* gy, const E* x, const T* mean, const T* rstd,
+                     const E* w16, E* gx, E* gw, E* gb, int64_t rows, int64_t C) {
   const T inv_c = T(1) / T(C);
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
   const bool want_w = gw != nullptr, want_b = gb != nullptr;
+  std::vector<T> w_buf(static_cast<size_t>(C));
+  const T* w = w16 ? widen_row(w16, w_buf.data(), C) : nullptr;
   std::vector<T> pw(want_w ? size_t(blocks * C) : 0), pb(want_b ? size_t(blocks * C) : 0);
   parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> h_buf(static_cast<size_t>(C)), xh_buf(static_cast<size_t>(C));
-    T* h = h_buf.data();
-    T* xh = xh_buf.data();
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      T* bw = want_w ? pw.data() + blk * C : nullptr;
-      T* bb = want_b ? pb.data() + blk * C : nullptr;
-      if (bw) std::fill(bw, bw + C, T(0));
-      if (bb) std::fill(bb, bb + C, T(0));
-      const int64_t r_end = std::min(rows, (blk + 1) * kBlockRows);
-      for (int64_t r = blk * kBlockRows; r < r_end; ++r) {
-        const T* xr = x + r * C;
-        const T* gr = gy + r * C;
-        T* out = gx + r * C;
-        const T mu = center ? mean[r] : T(0), rs = rstd[r];
-        T sh[kLanes] = {}, shx[kLanes] = {};
-        for (int64_t j = 0; j < C; ++j) {
-          xh[j] = (xr[j] - mu) * rs;
-          h[j] = w ? gr[j] * w[j] : gr[j];
-        }
-        int64_t j = 0;
-        for (; j + kLanes <= C; j += kLanes) {
-          for (int64_t k = 0; k < kLanes; ++k) {
-            sh[k] += h[j + k];
-            shx[k] += h[j + k] * xh[j + k];
+    // h, xhat, and (16-bit storage) the widened x, gy rows and the f32 gx row.
+    std::vector<T> bufs(size_t(5 * C));
+    T* h = bufs.data();
+    T* xh = h + C;
+    run_vectorised([&] {  // [Note: AVX-512 kernels]
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        T* bw = want_w ? pw.data() + blk * C : nullptr;
+        T* bb = want_b ? pb.data() + blk * C : nullptr;
+        if (bw) std::fill(bw, bw + C, T(0));
+        if (bb) std::fill(bb, bb + C, T(0));
+        const int64_t r_end = std::min(rows, (blk + 1) * kBlockRows);
+        for (int64_t r = blk * kBlockRows; r < r_end; ++r) {
+          const T* xr = widen_row(x + r * C, xh + C, C);
+          const T* gr = widen_row(gy + r * C, xh + 2 * C, C);
+          T* out = row_out(gx + r * C, xh + 3 * C);
+          const T mu = center ? mean[r] : T(0), rs = rstd[r];
+          T sh[kLanes] = {}, shx[kLanes] = {};
+          for (int64_t j = 0; j < C; ++j) {
+            xh[j] = (xr[j] - mu) * rs;
+            h[j] = w ? gr[j] * w[j] : gr[j];
           }
+          int64_t j = 0;
+          for (; j + kLanes <= C; j += kLanes) {
+            for (int64_t k = 0; k < kLanes; ++k) {
+              sh[k] += h[j + k];
+              shx[k] = std::fma(h[j + k], xh[j + k], shx[k]);
+            }
+          }
+          T s_h = T(0), s_hx = T(0);
+          for (int64_t k = 0; k < kLanes; ++k) {
+            s_h += sh[k];
+            s_hx += shx[k];
+          }
+          for (; j < C; ++j) {
+            s_h += h[j];
+            s_hx = std::fma(h[j], xh[j], s_hx);
+          }
+          const T a = center ? s_h * inv_c : T(0), c = s_hx * inv_c;
+          for (int64_t jj = 0; jj < C; ++jj) out[jj] = rs * std::fma(-xh[jj], c, h[jj] - a);
+          narrow_row(out, gx + r * C, C);
+          if (bw)
+            for (int64_t jj = 0; jj < C; ++jj) bw[jj] += gr[jj] * xh[jj];
+          if (bb)
+            for (int64_t jj = 0; jj < C; ++jj) bb[jj] += gr[jj];
         }
-        T s_h = T(0), s_hx = T(0);
-        for (int64_t k = 0; k < kLanes; ++k) {
-          s_h += sh[k];
-          s_hx += shx[k];
-        }
-        for (; j < C; ++j) {
-          s_h += h[j];
-          s_hx += h[j] * xh[j];
-        }
-        const T a = center ? s_h * inv_c : T(0), c = s_hx * inv_c;
-        for (int64_t jj = 0; jj < C; ++jj) out[jj] = rs * (h[jj] - a - xh[jj] * c);
-        if (bw)
-          for (int64_t jj = 0; jj < C; ++jj) bw[jj] += gr[jj] * xh[jj];
-        if (bb)
-          for (int64_t jj = 0; jj < C; ++jj) bb[jj] += gr[jj];
       }
-    }
+    });
   });
-  // Block partials in block order, accumulated in double.
-  auto reduce_partials = [&](const std::vector<T>& p, T* dst) {
+  // Block partials in block order, accumulated in double; rounded to T first, then (16-bit
+  // storage) to E, as the f32 kernel's result would be.
+  auto reduce_partials = [&](const std::vector<T>& p, E* dst) {
     std::vector<double> acc(size_t(C), 0.0);
     for (int64_t blk = 0; blk < blocks; ++blk)
       for (int64_t j = 0; j < C; ++j) acc[size_t(j)] += double(p[size_t(blk * C + j)]);
-    for (int64_t j = 0; j < C; ++j) dst[j] = T(acc[size_t(j)]);
+    for (int64_t j = 0; j < C; ++j) dst[j] = ElementTraits<E>::store(T(acc[size_t(j)]));
   };
   if (want_w) reduce_partials(pw, gw);
   if (want_b) reduce_partials(pb, gb);
@@ -126,6 +175,14 @@ void backward_kernel(bool center, const T* gy, const T* x, const T* mean, const 
 template <class T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
+}
+
+// fn.template operator()<E>() for the storage types the kernels take: f32, f64, bf16, f16.
+template <class F>
+void visit_storage(DType dt, const char* op, F&& fn) {
+  if (dt == DType::bf16) return fn.template operator()<bf16_t>();
+  if (dt == DType::f16) return fn.template operator()<f16_t>();
+  visit_float(dt, op, [&]<class E>() { fn.template operator()<E>(); });
 }
 
 }  // namespace
@@ -137,9 +194,10 @@ void norm_forward(bool center, const Tensor& x, const Tensor& weight, const Tens
   const int64_t C = x.dim() == 0 ? 1 : x.size(-1);
   const int64_t rows = C == 0 ? 0 : x.numel() / C;
   if (rows == 0) return;
-  visit_float(x.dtype(), op, [&]<class T>() {
-    forward_kernel<T>(center, x.data<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias), T(eps),
-                      y.data<T>(), center ? mean.data<T>() : nullptr, rstd.data<T>(), rows, C);
+  visit_storage(x.dtype(), op, [&]<class E>() {
+    using T = typename ElementTraits<E>::compute;
+    forward_kernel<E>(center, x.data<E>(), ptr_or_null<E>(weight), ptr_or_null<E>(bias), T(eps),
+                      y.data<E>(), center ? mean.data<T>() : nullptr, rstd.data<T>(), rows, C);
   });
 }
 
@@ -150,15 +208,16 @@ void norm_backward(bool center, const Tensor& gy, const Tensor& x, const Tensor&
            ": kernel expects contiguous tensors");
   const int64_t C = x.dim() == 0 ? 1 : x.size(-1);
   const int64_t rows = C == 0 ? 0 : x.numel() / C;
-  visit_float(x.dtype(), op, [&]<class T>() {
+  visit_storage(x.dtype(), op, [&]<class E>() {
+    using T = typename ElementTraits<E>::compute;
     if (rows == 0) {
-      if (gw) std::fill(gw->data<T>(), gw->data<T>() + C, T(0));
-      if (gb) std::fill(gb->data<T>(), gb->data<T>() + C, T(0));
+      if (gw) std::fill(gw->data<E>(), gw->data<E>() + C, ElementTraits<E>::store(T(0)));
+      if (gb) std::fill(gb->data<E>(), gb->data<E>() + C, ElementTraits<E>::store(T(0)));
       return;
     }
-    backward_kernel<T>(center, gy.data<T>(), x.data<T>(), center ? mean.data<T>() : nullptr,
-                       rstd.data<T>(), ptr_or_null<T>(weight), gx.data<T>(),
-                       gw ? gw->data<T>() : nullptr, gb ? gb->data<T>() : nullptr, rows, C);
+    backward_kernel<E>(center, gy.data<E>(), x.data<E>(), center ? mean.data<T>() : nullptr,
+                       rstd.data<T>(), ptr_or_null<E>(weight), gx.data<E>(),
+                       gw ? gw->data<E>() : nullptr, gb ? gb->data<E>() : nullptr, rows, C);
   });
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "autograd/thread_pool.h"
+#include "ops/cpu/isa.h"
 
 namespace hd::cpu {
 namespace {
@@ -60,26 +61,28 @@ void sum_kernel(const T* x, O* out, int64_t outer, int64_t n, int64_t inner) {
   std::vector<A> partial(size_t(slices > 1 ? outer * slices * inner : 0));
   parallel_for(0, outer * col_blocks * slices, 1, [&](int64_t t0, int64_t t1) {
     std::vector<A> acc(kCols);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t sl = t % slices, ob = t / slices;
-      const int64_t o = ob / col_blocks, c0 = (ob % col_blocks) * kCols;
-      const int64_t w = std::min(kCols, inner - c0);
-      const int64_t i0 = sl * slice_rows, i1 = std::min(n, i0 + slice_rows);
-      std::fill(acc.begin(), acc.begin() + w, A(0));
-      const T* base = x + o * n * inner + c0;
-      for (int64_t i = i0; i < i1; ++i) {
-        const T* row = base + i * inner;
-        for (int64_t j = 0; j < w; ++j) acc[size_t(j)] += A(Tr::load(row[j]));
+    run_vectorised([&] {  // [Note: AVX-512 kernels]
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t sl = t % slices, ob = t / slices;
+        const int64_t o = ob / col_blocks, c0 = (ob % col_blocks) * kCols;
+        const int64_t w = std::min(kCols, inner - c0);
+        const int64_t i0 = sl * slice_rows, i1 = std::min(n, i0 + slice_rows);
+        std::fill(acc.begin(), acc.begin() + w, A(0));
+        const T* base = x + o * n * inner + c0;
+        for (int64_t i = i0; i < i1; ++i) {
+          const T* row = base + i * inner;
+          for (int64_t j = 0; j < w; ++j) acc[size_t(j)] += A(Tr::load(row[j]));
+        }
+        if (slices > 1) {
+          std::copy(acc.begin(), acc.begin() + w, partial.begin() + (o * slices + sl) * inner + c0);
+          continue;
+        }
+        O* dst = out + o * inner + c0;
+        for (int64_t j = 0; j < w; ++j)
+          dst[j] = ElementTraits<O>::store(
+              static_cast<typename ElementTraits<O>::compute>(acc[size_t(j)]));
       }
-      if (slices > 1) {
-        std::copy(acc.begin(), acc.begin() + w, partial.begin() + (o * slices + sl) * inner + c0);
-        continue;
-      }
-      O* dst = out + o * inner + c0;
-      for (int64_t j = 0; j < w; ++j)
-        dst[j] = ElementTraits<O>::store(
-            static_cast<typename ElementTraits<O>::compute>(acc[size_t(j)]));
-    }
+    });
   });
   if (slices == 1) return;
   for (int64_t o = 0; o < outer; ++o) {

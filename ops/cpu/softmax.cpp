@@ -8,15 +8,18 @@
 
 #include "autograd/thread_pool.h"
 
+#include "ops/cpu/isa.h"
 #include "ops/cpu/vec_math.h"
 
 namespace hd::cpu {
 namespace {
 
-// Eight independent accumulators (one AVX2 register of f32): without -ffast-math GCC may not
-// reorder a single-accumulator float reduction, so we spell the reordering out. The order is
-// fixed, so results do not depend on the thread count.
-constexpr int64_t kLanes = 8;
+// Sixteen independent accumulators (one AVX-512 register of f32, two AVX2 ones): without
+// -ffast-math GCC may not reorder a single-accumulator float reduction, so we spell the
+// reordering out. The order is fixed, so results do not depend on the thread count. row_dot's
+// multiply-adds are spelled std::fma, fused in both vector instantiations alike ([Note: AVX-512
+// kernels]).
+constexpr int64_t kLanes = 16;
 
 template <class T>
 T row_max(const T* x, int64_t n) {
@@ -37,10 +40,10 @@ T row_dot(const T* a, const T* b, int64_t n) {
   T acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += a[i + k] * b[i + k];
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] = std::fma(a[i + k], b[i + k], acc[k]);
   T r = T(0);
   for (int64_t k = 0; k < kLanes; ++k) r += acc[k];
-  for (; i < n; ++i) r += a[i] * b[i];
+  for (; i < n; ++i) r = std::fma(a[i], b[i], r);
   return r;
 }
 
@@ -52,40 +55,44 @@ int64_t row_grain(int64_t n) {
 template <class T>
 void forward_last(const T* x, T* y, int64_t rows, int64_t n, bool log) {
   parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * n;
-      T* yr = y + r * n;
-      const T m = row_max(xr, n);
-      for (int64_t i = 0; i < n; ++i) yr[i] = vexp(xr[i] - m);
-      const T s = lane_sum(yr, n);
-      if (log) {
-        // (x - max) - log(sum), not x - (max + log(sum)): the latter rounds log(sum) to the
-        // ulp of max, which is coarse for large logits.
-        const T ls = std::log(s);
-        for (int64_t i = 0; i < n; ++i) yr[i] = (xr[i] - m) - ls;
-      } else {
-        const T inv = T(1) / s;
-        for (int64_t i = 0; i < n; ++i) yr[i] *= inv;
+    run_vectorised([&] {  // [Note: AVX-512 kernels]
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* xr = x + r * n;
+        T* yr = y + r * n;
+        const T m = row_max(xr, n);
+        for (int64_t i = 0; i < n; ++i) yr[i] = vexp(xr[i] - m);
+        const T s = lane_sum(yr, n);
+        if (log) {
+          // (x - max) - log(sum), not x - (max + log(sum)): the latter rounds log(sum) to the
+          // ulp of max, which is coarse for large logits.
+          const T ls = std::log(s);
+          for (int64_t i = 0; i < n; ++i) yr[i] = (xr[i] - m) - ls;
+        } else {
+          const T inv = T(1) / s;
+          for (int64_t i = 0; i < n; ++i) yr[i] *= inv;
+        }
       }
-    }
+    });
   });
 }
 
 template <class T>
 void backward_last(const T* y, const T* gy, T* gx, int64_t rows, int64_t n, bool log) {
   parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* yr = y + r * n;
-      const T* gr = gy + r * n;
-      T* out = gx + r * n;
-      if (log) {
-        const T s = lane_sum(gr, n);
-        for (int64_t i = 0; i < n; ++i) out[i] = gr[i] - vexp(yr[i]) * s;
-      } else {
-        const T d = row_dot(gr, yr, n);
-        for (int64_t i = 0; i < n; ++i) out[i] = yr[i] * (gr[i] - d);
+    run_vectorised([&] {  // [Note: AVX-512 kernels]
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* yr = y + r * n;
+        const T* gr = gy + r * n;
+        T* out = gx + r * n;
+        if (log) {
+          const T s = lane_sum(gr, n);
+          for (int64_t i = 0; i < n; ++i) out[i] = gr[i] - vexp(yr[i]) * s;
+        } else {
+          const T d = row_dot(gr, yr, n);
+          for (int64_t i = 0; i < n; ++i) out[i] = yr[i] * (gr[i] - d);
+        }
       }
-    }
+    });
   });
 }
 

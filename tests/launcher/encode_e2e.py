@@ -181,6 +181,14 @@ def case_info(env):
     m = re.search(r"^cpu vector extensions: (.*)$", p.stdout, re.M)
     check(m is not None and ("avx2" in m.group(1)) == (" avx2 " in flags.replace("\n", " ")),
           "hdtrain info lists the CPU's vector extensions: %s" % (m.group(0) if m else p.stdout))
+    # The hot loops run their AVX-512 instantiation exactly where the CPU has AVX-512 (F, BW,
+    # VL, DQ) and the environment does not turn it off; elsewhere the line says why.
+    words = set(flags.split())
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= words
+    off = os.environ.get("HD_CPU_AVX512") == "0"
+    m = re.search(r"^cpu kernels: (.*)$", p.stdout, re.M)
+    check(m is not None and m.group(1).startswith("avx512" if avx512 and not off else "avx2 (AVX-512: "),
+          "hdtrain info says which vector kernels run: %s" % (m.group(0) if m else p.stdout))
     # bf16 GEMMs go through oneDNN exactly where the CPU has bf16 arithmetic; elsewhere the line
     # says why (oneDNN's version and ISA).
     m = re.search(r"^bf16 compute: (.*)$", p.stdout, re.M)

@@ -1,0 +1,64 @@
+// Which vector width the CPU kernels run at: AVX2 (the build's baseline, x86-64-v3) or AVX-512.
+//
+// [Note: AVX-512 kernels]
+// The elementwise, softmax and norm kernels are plain loops that GCC vectorises. The build
+// targets x86-64-v3 so one binary runs on every CI host, and that caps them at 256-bit AVX2 with
+// 16 registers: the attention's exponentials spill registers, and a bf16 rounding takes ~10
+// integer ops per 8 values. On a CPU with AVX-512 the same loops, compiled for x86-64-v4 with
+// 512-bit vectors, run 20-30 % faster (exp + sum + bf16 rounding of a score row: 0.73 -> 0.59
+// ns per value on a Zen 4 EPYC; a whole bf16 ViT step built for x86-64-v4: 654-680 -> 629-640
+// ms). PyTorch compiles its CPU kernels once per ISA and picks at run time; we do the same for
+// the hot loops only, without a second build of the library: a hot loop is written as a lambda
+// and handed to run_vectorised(), whose AVX-512 instantiation carries GCC's target attribute.
+// The lambda is inlined into it (flatten), so GCC vectorises the loop there with zmm registers;
+// the baseline instantiation gets the AVX2 code. Nothing else in the binary changes, and code
+// outside these wrappers never executes an AVX-512 instruction, so a CPU without it is safe.
+//
+// Same bits either way: the loops have no reassociated reductions (sums use explicit lane
+// accumulators, ops/cpu/vec_math.h), FMA contraction is decided before vectorisation, and the
+// math (vexp, verf, the bf16 rounding) is the same scalar code; tests/ops/isa_test.cpp checks
+// the two agree bit for bit, and CTest runs the op tests a second time with the AVX-512 kernels
+// off (HD_CPU_AVX512=0), so both paths are tested on an AVX-512 machine.
+//
+// Where to use it: inside a thread's chunk (the target applies to the code inlined into the
+// wrapper, not to work another thread runs), around loops long enough that one call and one
+// predictable branch per row do not matter (rows of 64 values and more).
+#pragma once
+
+#include <string>
+
+namespace hd::cpu {
+
+struct VectorIsa {
+  bool avx512 = false;  // the AVX-512 instantiations run (F, BW, VL and DQ present, not off)
+  std::string name;     // "avx512" or "avx2"
+  std::string reason;   // why AVX-512 kernels are not used here, when they are not
+};
+
+// Probed once per process. HD_CPU_AVX512=0 in the environment keeps the AVX2 kernels on an
+// AVX-512 CPU: to test and benchmark both paths on one machine.
+const VectorIsa& vector_isa();
+
+#define HD_ISA_FLATTEN __attribute__((flatten))
+#define HD_ISA_AVX512 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+
+template <class F>
+HD_ISA_AVX512 HD_ISA_FLATTEN void run_avx512(F& body) {
+  body();
+}
+template <class F>
+HD_ISA_FLATTEN void run_baseline(F& body) {
+  body();
+}
+
+// Runs body() compiled for the widest vector ISA this CPU has (see the note above).
+template <class F>
+void run_vectorised(F&& body) {
+  if (vector_isa().avx512) {
+    run_avx512(body);
+  } else {
+    run_baseline(body);
+  }
+}
+
+}  // namespace hd::cpu
