@@ -3,7 +3,8 @@
 // oneDNN direct at 1024^2 and 4096^2. Also f32: the op (OpenBLAS) against oneDNN's f32 kernel,
 // the reason f32 stays on OpenBLAS. On a CPU without oneDNN bf16 kernels the bf16 rows say so.
 //
-// usage: hd_bench_onednn_gemm [--reps=N] [--sizes=1024,4096]
+// usage: hd_bench_onednn_gemm [--reps=N] [--sizes=1024,4096] [--vit]
+// --vit adds the bf16 linear products of the ViT step (bench/vit_step.cpp), op against direct.
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -39,6 +40,8 @@ double median_ms(int reps, const std::function<void()>& body) {
 int main(int argc, char** argv) {
   int reps = 5;
   std::vector<int64_t> sizes{1024, 4096};
+  bool transformer_shapes = false;
+  int64_t tokens = 8 * 729;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--reps=", 7) == 0) {
       reps = std::atoi(argv[i] + 7);
@@ -46,8 +49,10 @@ int main(int argc, char** argv) {
       sizes.clear();
       std::stringstream list(argv[i] + 8);
       for (std::string s; std::getline(list, s, ',');) sizes.push_back(std::stoll(s));
+    } else if (std::strcmp(argv[i], "--vit") == 0) {
+      transformer_shapes = true;
     } else {
-      std::fprintf(stderr, "usage: hd_bench_onednn_gemm [--reps=N] [--sizes=1024,4096]\n");
+      std::fprintf(stderr, "usage: hd_bench_onednn_gemm [--reps=N] [--sizes=1024,4096] [--vit]\n");
       return 2;
     }
   }
@@ -78,6 +83,35 @@ int main(int argc, char** argv) {
                   dtype_name(dt), path, op_ms, flops / op_ms / 1e6,
                   cpu::onednn::implementation(a, b, direct).c_str(), dnnl_ms, flops / dnnl_ms / 1e6,
                   dnnl_ms / op_ms);
+    }
+  }
+  if (!transformer_shapes || !cap.bf16_matmul) return 0;
+  // A transformer block's linear products in bf16 (tokens x width, weight [out, in]): forward
+  // x W^T, input gradient g W, weight gradient g^T x. The op cuts them into row blocks or K
+  // slices on our pool; oneDNN direct runs each whole on its OpenMP team.
+  std::printf("\nViT linear products, %lld tokens, bf16 (op/dnnl > 1: the op is faster)\n",
+              (long long)tokens);
+  std::printf("%-12s %-9s %10s %10s %10s %10s %7s\n", "in->out", "product", "op_ms", "op_GF/s",
+              "dnnl_ms", "dnnl_GF/s", "op/dnnl");
+  for (auto [in, out_f] : std::vector<std::pair<int64_t, int64_t>>{
+           {192, 576}, {192, 192}, {192, 768}, {768, 192}}) {
+    Generator g(2, "gemm_bench");
+    Tensor x = to(normal({tokens, in}, 0, 1, g), DType::bf16);
+    Tensor w = to(normal({out_f, in}, 0, 1, g), DType::bf16);
+    Tensor gy = to(normal({tokens, out_f}, 0, 1, g), DType::bf16);
+    const double flops = 2.0 * double(tokens) * double(in) * double(out_f);
+    struct Product {
+      const char* name;
+      Tensor a, b;
+    };
+    for (const Product& p : {Product{"forward", x, transpose(w, 0, 1)}, Product{"grad_in", gy, w},
+                             Product{"grad_w", transpose(gy, 0, 1), x}}) {
+      double op_ms = median_ms(reps, [&] { Tensor r = matmul(p.a, p.b); });
+      Tensor direct = Tensor::empty({p.a.size(0), p.b.size(1)}, DType::bf16);
+      double dnnl_ms = median_ms(reps, [&] { cpu::onednn::matmul(p.a, p.b, direct); });
+      std::printf("%4lld->%-6lld %-9s %10.2f %10.1f %10.2f %10.1f %7.2f\n", (long long)in,
+                  (long long)out_f, p.name, op_ms, flops / op_ms / 1e6, dnnl_ms,
+                  flops / dnnl_ms / 1e6, dnnl_ms / op_ms);
     }
   }
   return 0;

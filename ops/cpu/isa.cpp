@@ -1,6 +1,10 @@
 #include "ops/cpu/isa.h"
 
+#include <immintrin.h>
+
+#include <cfloat>
 #include <cstdlib>
+#include <cstring>
 
 namespace hd::cpu {
 namespace {
@@ -18,11 +22,42 @@ VectorIsa probe() {
   } else {
     isa.avx512 = true;
   }
-  isa.name = isa.avx512 ? "avx512" : "avx2";
+  isa.avx512_bf16 = isa.avx512 && __builtin_cpu_supports("avx512bf16");
+  isa.name = isa.avx512_bf16 ? "avx512+bf16" : isa.avx512 ? "avx512" : "avx2";
   return isa;
 }
 
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16"))) void round_to_bf16_instruction(
+    const float* src, bf16_t* dst, int64_t n) {
+  const __m512 smallest_normal = _mm512_set1_ps(FLT_MIN);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 x = _mm512_loadu_ps(src + i);
+    const __m512 ax = _mm512_abs_ps(x);
+    const __mmask16 denormal = _mm512_cmp_ps_mask(ax, smallest_normal, _CMP_LT_OQ) &
+                               _mm512_cmp_ps_mask(ax, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+    if (denormal) {
+      for (int64_t k = i; k < i + 16; ++k) dst[k] = float_to_bf16(src[k]);
+      continue;
+    }
+    const __m256bh y = _mm512_cvtneps_pbh(x);
+    std::memcpy(dst + i, &y, sizeof(y));
+  }
+  for (; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
 }  // namespace
+
+void round_to_bf16(const float* src, bf16_t* dst, int64_t n) {
+  if (vector_isa().avx512_bf16) {
+    round_to_bf16_instruction(src, dst, n);
+    return;
+  }
+  auto body = [&] {
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+  };
+  run_vectorised(body);
+}
 
 const VectorIsa& vector_isa() {
   static const VectorIsa isa = probe();

@@ -111,6 +111,28 @@ TEST(VectorIsa, InlinedMathGivesTheSameBitsInBothInstantiations) {
   }
 }
 
+// round_to_bf16 (the CPU's conversion instruction where it has one) equals float_to_bf16 bit
+// for bit, denormals (which the instruction flushes), NaNs, infinities and ties included, at
+// every offset of a 16-value vector.
+TEST(VectorIsa, RoundToBf16EqualsTheSoftwareRounding) {
+  std::vector<float> x = edge_inputs();
+  for (uint32_t bits : {0x3f808000u, 0x3f818000u, 0x7f7fffffu, 0x7f800001u, 0xff800001u,
+                        0x00000001u, 0x807fffffu, 0x00800000u, 0x3f80ffffu}) {
+    x.push_back(std::bit_cast<float>(bits));  // ties to even both ways, max, sNaN, denormals
+  }
+  for (int64_t start = 0; start < 17; ++start) {
+    const int64_t n = int64_t(x.size()) - start;
+    std::vector<bf16_t> got(static_cast<size_t>(n));
+    cpu::round_to_bf16(x.data() + start, got.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(got[size_t(i)].bits, float_to_bf16(x[size_t(start + i)]).bits)
+          << "value " << x[size_t(start + i)] << " (bits " << std::hex
+          << std::bit_cast<uint32_t>(x[size_t(start + i)]) << std::dec << ") at offset " << start
+          << "; conversion: " << cpu::vector_isa().name;
+    }
+  }
+}
+
 // The ops whose CPU kernels have AVX-512 instantiations, forward and backward, in f32 and bf16;
 // every result's bytes, in a fixed order.
 struct OpBytes {
@@ -213,7 +235,8 @@ TEST(VectorIsa, OpsGiveTheSameBitsWithAndWithoutAvx512) {
 
 TEST(VectorIsa, ReportsWhatRuns) {
   const cpu::VectorIsa& isa = cpu::vector_isa();
-  EXPECT_EQ(isa.name, isa.avx512 ? "avx512" : "avx2");
+  EXPECT_EQ(isa.name, isa.avx512_bf16 ? "avx512+bf16" : isa.avx512 ? "avx512" : "avx2");
+  if (isa.avx512_bf16) EXPECT_TRUE(isa.avx512);
   const char* off = std::getenv("HD_CPU_AVX512");
   if (off && std::string(off) == "0") {
     EXPECT_FALSE(isa.avx512);
