@@ -70,9 +70,9 @@ struct Problem {
         Dh(a.q.size(3)),
         Dv(a.v.size(3)),
         bq(std::max<int64_t>(a.blocks.q, 1)),
-        bk(std::max<int64_t>(a.blocks.k, 1)),
         scale(T(a.scale)) {
     if constexpr (std::is_same_v<E, bf16_t>) round_tiles = onednn::capability().bf16_matmul;
+    bk = a.blocks.k > 0 ? a.blocks.k : round_tiles ? 768 : 256;
     int64_t np = a.prefix_k.defined() ? a.prefix_k.size(2) : 0;
     if (np > 0) {
       seg[nseg++] = {Operand<E>(a.prefix_k),
