@@ -1,6 +1,7 @@
 #include "autograd/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <string>
 
@@ -11,9 +12,38 @@ extern "C" void openblas_set_num_threads(int num_threads);
 namespace hd {
 namespace {
 thread_local bool t_inside_pool_task = false;
+
+int64_t spin_ns_from_env(int num_threads) {
+  const char* env = std::getenv("HD_POOL_SPIN_US");
+  // More threads than cores: a spinning thread would hold a core another one needs.
+  if (!env) return num_threads > int(std::thread::hardware_concurrency()) ? 0 : 50'000;
+  try {
+    size_t used = 0;
+    const long long us = std::stoll(env, &used);
+    if (used == std::string(env).size() && us >= 0 && us <= 1'000'000) return us * 1000;
+  } catch (const std::exception&) {
+  }
+  throw Error(
+      detail::concat("HD_POOL_SPIN_US must be microseconds in [0, 1000000], got '", env, "'"));
 }
 
-ThreadPool::ThreadPool(int num_threads) {
+// Spins until done() or spin_ns have passed; true if done() became true.
+template <class Done>
+bool spin_until(int64_t spin_ns, Done done) {
+  if (spin_ns <= 0) return done();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      __builtin_ia32_pause();
+    }
+    if (std::chrono::steady_clock::now() >= until) return done();
+  }
+}
+}  // namespace
+
+ThreadPool::ThreadPool(int num_threads, int64_t spin_us)
+    : spin_ns_(spin_us < 0 ? spin_ns_from_env(num_threads) : spin_us * 1000) {
   HD_CHECK(num_threads >= 1, "ThreadPool: num_threads must be >= 1, got ", num_threads);
   for (int i = 0; i + 1 < num_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
@@ -35,13 +65,15 @@ void ThreadPool::run_chunk(int64_t chunk) {
 
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
+  auto woken = [&] { return stop_.load() || generation_.load() != seen; };
   for (;;) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    work_ready_.wait(lock, [&] { return stop_ || generation_ != seen; });
+    if (!spin_until(spin_ns_, woken)) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      work_ready_.wait(lock, woken);
+    }
     if (stop_) return;
-    seen = generation_;
-    int64_t chunk = index + 1;  // chunk 0 belongs to the caller
-    lock.unlock();
+    seen = generation_.load();
+    const int64_t chunk = index + 1;  // chunk 0 belongs to the caller
     if (chunk < job_chunks_) {
       t_inside_pool_task = true;
       try {
@@ -52,8 +84,11 @@ void ThreadPool::worker_loop(int index) {
       }
       t_inside_pool_task = false;
     }
-    lock.lock();
-    if (--pending_ == 0) work_done_.notify_one();
+    if (pending_.fetch_sub(1) == 1) {
+      // Under the mutex, so a caller between its predicate check and its wait cannot miss it.
+      std::lock_guard<std::mutex> g(mutex_);
+      work_done_.notify_one();
+    }
   }
 }
 
@@ -75,7 +110,7 @@ void ThreadPool::parallel_for(int64_t begin, int64_t end, int64_t grain,
   job_chunk_size_ = (n + chunks - 1) / chunks;
   pending_ = int(workers_.size());
   error_ = nullptr;
-  ++generation_;
+  generation_.fetch_add(1);  // publishes the job to spinning workers
   lock.unlock();
   work_ready_.notify_all();
 
@@ -88,8 +123,10 @@ void ThreadPool::parallel_for(int64_t begin, int64_t end, int64_t grain,
   }
   t_inside_pool_task = false;
 
+  auto all_done = [&] { return pending_.load() == 0; };
+  spin_until(spin_ns_, all_done);
   lock.lock();
-  work_done_.wait(lock, [&] { return pending_ == 0; });
+  work_done_.wait(lock, all_done);
   job_ = nullptr;
   std::exception_ptr err = own_error ? own_error : error_;
   lock.unlock();
