@@ -104,8 +104,8 @@ struct AttentionBackward final : Node {
                          blocks};
     Tensor o = out.unpack(*this), l = lse.unpack(*this);
     check_same_dtype(kOp, o, grads[0]);
-    // 16-bit CPU tensors were saved as they are; the kernel reads them in place (bf16 tiles)
-    // or runs on f32 copies, and its gradients are f32 either way.
+    // 16-bit CPU tensors were saved as they are; the kernel reads them in place (bf16 tiles,
+    // bf16 gradients) or runs on f32 copies (f32 gradients, rounded here).
     const DType saved_dtype = a.q.dtype();
     const bool half = is_cpu_half(a.q);
     const bool widen = half && !bf16_in_tiles(a.q, blocks);
@@ -114,7 +114,7 @@ struct AttentionBackward final : Node {
       o = to(o, DType::f32);
     }
     Tensor g = kernel_ready(widen ? to(grads[0], DType::f32) : grads[0]);
-    const DType grad_dtype = half ? DType::f32 : saved_dtype;
+    const DType grad_dtype = widen ? DType::f32 : saved_dtype;
     Tensor dq = Tensor::empty(a.q.shape(), grad_dtype, a.q.device());
     Tensor dk = Tensor::empty(a.k.shape(), grad_dtype, a.q.device());
     Tensor dv = Tensor::empty(a.v.shape(), grad_dtype, a.q.device());
@@ -126,7 +126,7 @@ struct AttentionBackward final : Node {
     dispatch(
         g, kOp, [&] { cpu::attention_backward(a, o, l, g, dq, dk, dv, dpk, dpv); },
         HD_CUDA_KERNEL(cuda::attention_backward(a, o, l, g, dq, dk, dv, dpk, dpv)));
-    if (half) {
+    if (widen) {
       for (Tensor* t : {&dq, &dk, &dv, &dpk, &dpv}) {
         if (t->defined()) *t = to(*t, saved_dtype);
       }
@@ -198,14 +198,14 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const A
   a.causal = o.causal;
   a.blocks = blocks;
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2);
-  Tensor out = Tensor::empty({B, H, Nq, v.size(3)}, half ? DType::f32 : q.dtype(), q.device());
+  Tensor out = Tensor::empty({B, H, Nq, v.size(3)}, widen ? DType::f32 : q.dtype(), q.device());
   // lse in the compute type: f64 for f64, f32 otherwise (bf16 would lose the softmax scale).
   const DType lse_dtype = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor lse = Tensor::empty({B, H, Nq}, lse_dtype, q.device());
   dispatch(
       q, kOp, [&] { cpu::attention_forward(a, out, lse); },
       HD_CUDA_KERNEL(cuda::attention_forward(a, out, lse)));
-  if (half) out = to(out, q.dtype());
+  if (widen) out = to(out, q.dtype());
   if (auto node = make_grad_node<AttentionBackward>({&q, &k, &v, &o.prefix_k, &o.prefix_v})) {
     node->q = SavedTensor(saved.q);
     node->k = SavedTensor(saved.k);

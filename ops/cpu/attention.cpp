@@ -42,8 +42,8 @@ template <class E>
 struct Segment {
   using T = Compute<E>;
   Operand<E> k, v;
-  T* dk = nullptr;  // contiguous [B, H, n, Dh] / [B, H, n, Dv] gradients (backward only)
-  T* dv = nullptr;
+  E* dk = nullptr;  // contiguous [B, H, n, Dh] / [B, H, n, Dv] gradients (backward only)
+  E* dv = nullptr;
   int64_t n = 0, mask_offset = 0;
   bool causal = false;
 };
@@ -77,16 +77,16 @@ struct Problem {
     if (np > 0) {
       seg[nseg++] = {Operand<E>(a.prefix_k),
                      Operand<E>(a.prefix_v),
-                     dpk ? dpk->data<T>() : nullptr,
-                     dpv ? dpv->data<T>() : nullptr,
+                     dpk ? dpk->data<E>() : nullptr,
+                     dpv ? dpv->data<E>() : nullptr,
                      np,
                      0,
                      false};
     }
     seg[nseg++] = {Operand<E>(a.k),
                    Operand<E>(a.v),
-                   dk ? dk->data<T>() : nullptr,
-                   dv ? dv->data<T>() : nullptr,
+                   dk ? dk->data<E>() : nullptr,
+                   dv ? dv->data<E>() : nullptr,
                    a.k.size(2),
                    np,
                    a.causal};
@@ -123,6 +123,25 @@ template <class T>
 void round_row(const T* row, bf16_t* twin, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
     if (twin) round_to_bf16(row, twin, n);
+  }
+}
+
+// Outputs in the operand type: f32/f64 outputs are their own accumulators; bf16 ones are
+// accumulated in an f32 scratch block and rounded once at the end (no f32 output tensors, and
+// no separate cast of them afterwards).
+template <class E, class T>
+T* accumulator(E* out, T* scratch) {
+  if constexpr (std::is_same_v<E, T>) {
+    return out;
+  } else {
+    return scratch;
+  }
+}
+template <class E, class T>
+void store_accumulated(const T* acc, E* out, int64_t n) {
+  if constexpr (!std::is_same_v<E, T>) {
+    static_assert(std::is_same_v<E, bf16_t> && std::is_same_v<T, float>);
+    round_to_bf16(acc, out, n);
   }
 }
 
@@ -188,12 +207,14 @@ void mask_tile(T* S, int64_t nq, int64_t nk, const bool* keymask, bool causal, i
 
 // Rows [i0, i0 + nq) of matrix bh: one pass over all key tiles with an online softmax.
 // P16: the bf16 twin of the probability tile S where the problem rounds tiles, else null.
+// O_scratch: an nq x Dv accumulator for bf16 outputs (unused for f32/f64, see accumulator()).
 template <class E, class T = Compute<E>>
 void forward_rows(const Problem<E>& p, int64_t bh, int64_t i0, int64_t nq, T* S, bf16_t* P16, T* m,
-                  T* l, T* out, T* lse) {
+                  T* l, T* O_scratch, E* out, T* lse) {
   const int64_t b = bh / p.H, h = bh % p.H;
   const E* Q = p.q.at(b, h) + i0 * p.q.ld;
-  T* O = out + (bh * p.Nq + i0) * p.Dv;
+  E* out_rows = out + (bh * p.Nq + i0) * p.Dv;
+  T* O = accumulator(out_rows, O_scratch);
   std::fill(m, m + nq, T(-kInf));
   std::fill(l, l + nq, T(0));
   std::fill(O, O + nq * p.Dv, T(0));
@@ -241,6 +262,7 @@ void forward_rows(const Problem<E>& p, int64_t bh, int64_t i0, int64_t nq, T* S,
     for (int64_t c = 0; c < p.Dv; ++c) o[c] *= inv;
     L[r] = m[r] + std::log(l[r]);
   }
+  store_accumulated(O, out_rows, nq * p.Dv);
 }
 
 // Scratch from the tensor allocator (so memory stats see it), one per pool chunk.
@@ -268,19 +290,21 @@ void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse) {
     using T = Compute<E>;
     const Problem<E> p(args, nullptr, nullptr, nullptr, nullptr);
     const int64_t qblocks = (p.Nq + p.bq - 1) / p.bq;
-    T* po = out.data<T>();
+    E* po = out.data<E>();
     T* pl = lse.data<T>();
+    constexpr bool kScratchOut = !std::is_same_v<E, T>;
     // Tasks are (batch*head, query tile): each output row is produced by exactly one task.
     parallel_for(0, p.B * p.H * qblocks, 1, [&](int64_t lo, int64_t hi) {
-      Tensor ws = scratch<T>(p.bq * p.bk + 2 * p.bq);
+      Tensor ws = scratch<T>(p.bq * p.bk + 2 * p.bq + (kScratchOut ? p.bq * p.Dv : 0));
       Tensor ws16 = p.round_tiles ? scratch<bf16_t>(p.bq * p.bk) : Tensor();
       T* S = ws.data<T>();
       T* m = S + p.bq * p.bk;
       T* l = m + p.bq;
+      T* O_scratch = kScratchOut ? l + p.bq : nullptr;
       bf16_t* P16 = p.round_tiles ? ws16.data<bf16_t>() : nullptr;
       for (int64_t t = lo; t < hi; ++t) {
         const int64_t bh = t / qblocks, i0 = (t % qblocks) * p.bq;
-        forward_rows(p, bh, i0, std::min(p.bq, p.Nq - i0), S, P16, m, l, po, pl);
+        forward_rows(p, bh, i0, std::min(p.bq, p.Nq - i0), S, P16, m, l, O_scratch, po, pl);
       }
     });
   });
@@ -294,7 +318,16 @@ struct Grads {
   Operand<E> dout;
   const T* lse = nullptr;
   const T* delta = nullptr;  // D = rowsum(dO * O), [B*H, Nq]
+  E* dq = nullptr;
+};
+
+// Where one pass accumulates: dq for rows [i0, i0 + nq) of the matrix, dk / dv for the key
+// tile's rows (each null when the pass does not compute it). Rows are Dh / Dv apart.
+template <class T>
+struct Accumulators {
   T* dq = nullptr;
+  T* dk = nullptr;
+  T* dv = nullptr;
 };
 
 // A task's tiles: scores / probabilities and dP / dS in the compute type, and their bf16 twins
@@ -308,12 +341,13 @@ struct Tiles {
 };
 
 // One (key tile, query tile) pair of FlashAttention-2's backward. P is recomputed from the saved
-// logsumexp; dS = P * (dP - D) * scale. do_dq / do_dkv select which gradients this pass
-// accumulates (the split scheme runs them in separate passes, in the same order).
+// logsumexp; dS = P * (dP - D) * scale. acc says which gradients this pass accumulates (the
+// split scheme runs dq and dk/dv in separate passes, in the same order).
 template <class E, class T = Compute<E>>
 void backward_tile(const Problem<E>& p, const Grads<E>& g, int64_t bh, const Segment<E>& sg,
-                   int64_t j0, int64_t nk, int64_t i0, int64_t nq, const Tiles<T>& w, bool do_dq,
-                   bool do_dkv) {
+                   int64_t j0, int64_t nk, int64_t i0, int64_t nq, const Tiles<T>& w,
+                   const Accumulators<T>& acc) {
+  const bool do_dq = acc.dq != nullptr, do_dkv = acc.dk != nullptr;
   T* S = w.S;
   T* dP = w.dP;
   bf16_t* P16 = do_dkv ? w.P16 : nullptr;
@@ -336,8 +370,7 @@ void backward_tile(const Problem<E>& p, const Grads<E>& g, int64_t bh, const Seg
     }
   });
   if (do_dkv) {
-    tile_product(true, false, nk, p.Dv, nq, T(1), S, P16, nk, dO, g.dout.ld, T(1),
-                 sg.dv + (bh * sg.n + j0) * p.Dv, p.Dv);
+    tile_product(true, false, nk, p.Dv, nq, T(1), S, P16, nk, dO, g.dout.ld, T(1), acc.dv, p.Dv);
   }
   gemm(false, true, nq, nk, p.Dv, T(1), dO, g.dout.ld, V, sg.v.ld, T(0), dP, nk);
   run_vectorised([&] {
@@ -350,19 +383,30 @@ void backward_tile(const Problem<E>& p, const Grads<E>& g, int64_t bh, const Seg
     }
   });
   if (do_dq) {
-    tile_product(false, false, nq, p.Dh, nk, T(1), dP, w.dS16, nk, K, sg.k.ld, T(1),
-                 g.dq + (bh * p.Nq + i0) * p.Dh, p.Dh);
+    tile_product(false, false, nq, p.Dh, nk, T(1), dP, w.dS16, nk, K, sg.k.ld, T(1), acc.dq, p.Dh);
   }
   if (do_dkv) {
-    tile_product(true, false, nk, p.Dh, nq, T(1), dP, w.dS16, nk, Q, p.q.ld, T(1),
-                 sg.dk + (bh * sg.n + j0) * p.Dh, p.Dh);
+    tile_product(true, false, nk, p.Dh, nq, T(1), dP, w.dS16, nk, Q, p.q.ld, T(1), acc.dk, p.Dh);
   }
 }
 
+// A key tile's dk / dv accumulators, zeroed: the outputs' rows themselves, or (bf16 outputs)
+// the workspace's f32 blocks.
 template <class E, class T = Compute<E>>
-void zero_key_grads(const Problem<E>& p, const Segment<E>& sg, int64_t bh, int64_t j0, int64_t nk) {
-  std::fill_n(sg.dk + (bh * sg.n + j0) * p.Dh, nk * p.Dh, T(0));
-  std::fill_n(sg.dv + (bh * sg.n + j0) * p.Dv, nk * p.Dv, T(0));
+Accumulators<T> key_accumulators(const Problem<E>& p, const Segment<E>& sg, int64_t bh, int64_t j0,
+                                 int64_t nk, T* dk_scratch, T* dv_scratch) {
+  Accumulators<T> a;
+  a.dk = accumulator(sg.dk + (bh * sg.n + j0) * p.Dh, dk_scratch);
+  a.dv = accumulator(sg.dv + (bh * sg.n + j0) * p.Dv, dv_scratch);
+  std::fill_n(a.dk, nk * p.Dh, T(0));
+  std::fill_n(a.dv, nk * p.Dv, T(0));
+  return a;
+}
+template <class E, class T = Compute<E>>
+void store_key_grads(const Problem<E>& p, const Segment<E>& sg, int64_t bh, int64_t j0, int64_t nk,
+                     const Accumulators<T>& a) {
+  store_accumulated(a.dk, sg.dk + (bh * sg.n + j0) * p.Dh, nk * p.Dh);
+  store_accumulated(a.dv, sg.dv + (bh * sg.n + j0) * p.Dv, nk * p.Dv);
 }
 
 }  // namespace
@@ -379,7 +423,7 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
     Grads<E> g;
     g.dout = Operand<E>(grad_out);
     g.lse = lse.data<T>();
-    g.dq = dq.data<T>();
+    g.dq = dq.data<E>();
 
     // D = rowsum(dO * O) per query row (FlashAttention-2's trick to avoid storing P).
     Tensor delta = Tensor::empty({BH, p.Nq}, dtype_of<T>());
@@ -413,19 +457,36 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
       nk = std::min(p.bk, sg->n - j0);
     };
     const int64_t tile_elems = p.bq * p.bk;
-    // One per pool chunk: the f32 tiles and, where tiles are rounded, their bf16 twins.
+    // One per pool chunk: the f32 tiles and, where tiles are rounded, their bf16 twins; for
+    // bf16 outputs, f32 accumulators of dq rows (dq_rows of them) and of one key tile's dk, dv.
+    constexpr bool kScratchOut = !std::is_same_v<E, T>;
     struct Workspace {
       Tensor f32, b16;
       Tiles<T> tiles;
-      Workspace(const Problem<E>& p, int64_t n) : f32(scratch<T>(2 * n)) {
+      T* dq = nullptr;
+      T* dk = nullptr;
+      T* dv = nullptr;
+      Workspace(const Problem<E>& p, int64_t n, int64_t dq_rows)
+          : f32(scratch<T>(2 * n + (kScratchOut ? dq_rows * p.Dh + p.bk * (p.Dh + p.Dv) : 0))) {
         tiles.S = f32.data<T>();
         tiles.dP = tiles.S + n;
+        if (kScratchOut) {
+          dq = tiles.dP + n;
+          dk = dq + dq_rows * p.Dh;
+          dv = dk + p.bk * p.Dh;
+        }
         if (p.round_tiles) {
           b16 = scratch<bf16_t>(2 * n);
           tiles.P16 = b16.data<bf16_t>();
           tiles.dS16 = tiles.P16 + n;
         }
       }
+    };
+    // The dq accumulator of rows [i0, i0 + nq) of matrix bh, zeroed.
+    auto dq_accumulator = [&](const Workspace& ws, int64_t bh, int64_t i0, int64_t nq) {
+      T* a = accumulator(g.dq + (bh * p.Nq + i0) * p.Dh, ws.dq);
+      std::fill_n(a, nq * p.Dh, T(0));
+      return a;
     };
 
     // Fused scheme: one task per matrix does dQ, dK and dV (5 GEMMs per tile pair). When there
@@ -436,52 +497,58 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
     if (split < 0) split = BH < cpu_thread_pool().num_threads() ? 1 : 0;
     if (!split) {
       parallel_for(0, BH, 1, [&](int64_t lo, int64_t hi) {
-        Workspace ws(p, tile_elems);
+        Workspace ws(p, tile_elems, p.Nq);
         for (int64_t bh = lo; bh < hi; ++bh) {
-          std::fill_n(g.dq + bh * p.Nq * p.Dh, p.Nq * p.Dh, T(0));
+          T* dq_all = dq_accumulator(ws, bh, 0, p.Nq);
           for (int64_t kt = 0; kt < nkt; ++kt) {
             const Segment<E>* sg;
             int64_t j0, nk;
             key_tile(kt, sg, j0, nk);
-            zero_key_grads(p, *sg, bh, j0, nk);
+            Accumulators<T> acc = key_accumulators(p, *sg, bh, j0, nk, ws.dk, ws.dv);
             for (int64_t i0 = 0; i0 < p.Nq; i0 += p.bq) {
               const int64_t nq = std::min(p.bq, p.Nq - i0);
               if (Problem<E>::skipped(*sg, i0, nq, j0)) continue;
-              backward_tile(p, g, bh, *sg, j0, nk, i0, nq, ws.tiles, true, true);
+              acc.dq = dq_all + i0 * p.Dh;
+              backward_tile(p, g, bh, *sg, j0, nk, i0, nq, ws.tiles, acc);
             }
+            store_key_grads(p, *sg, bh, j0, nk, acc);
           }
+          store_accumulated(dq_all, g.dq + bh * p.Nq * p.Dh, p.Nq * p.Dh);
         }
       });
       return;
     }
     parallel_for(0, BH * nkt, 1, [&](int64_t lo, int64_t hi) {
-      Workspace ws(p, tile_elems);
+      Workspace ws(p, tile_elems, 0);
       for (int64_t t = lo; t < hi; ++t) {
         const int64_t bh = t / nkt;
         const Segment<E>* sg;
         int64_t j0, nk;
         key_tile(t % nkt, sg, j0, nk);
-        zero_key_grads(p, *sg, bh, j0, nk);
+        const Accumulators<T> acc = key_accumulators(p, *sg, bh, j0, nk, ws.dk, ws.dv);
         for (int64_t i0 = 0; i0 < p.Nq; i0 += p.bq) {
           const int64_t nq = std::min(p.bq, p.Nq - i0);
           if (Problem<E>::skipped(*sg, i0, nq, j0)) continue;
-          backward_tile(p, g, bh, *sg, j0, nk, i0, nq, ws.tiles, false, true);
+          backward_tile(p, g, bh, *sg, j0, nk, i0, nq, ws.tiles, acc);
         }
+        store_key_grads(p, *sg, bh, j0, nk, acc);
       }
     });
     parallel_for(0, BH * qblocks, 1, [&](int64_t lo, int64_t hi) {
-      Workspace ws(p, tile_elems);
+      Workspace ws(p, tile_elems, p.bq);
       for (int64_t t = lo; t < hi; ++t) {
         const int64_t bh = t / qblocks, i0 = (t % qblocks) * p.bq;
         const int64_t nq = std::min(p.bq, p.Nq - i0);
-        std::fill_n(g.dq + (bh * p.Nq + i0) * p.Dh, nq * p.Dh, T(0));
+        Accumulators<T> acc;
+        acc.dq = dq_accumulator(ws, bh, i0, nq);
         for (int64_t kt = 0; kt < nkt; ++kt) {
           const Segment<E>* sg;
           int64_t j0, nk;
           key_tile(kt, sg, j0, nk);
           if (Problem<E>::skipped(*sg, i0, nq, j0)) continue;
-          backward_tile(p, g, bh, *sg, j0, nk, i0, nq, ws.tiles, true, false);
+          backward_tile(p, g, bh, *sg, j0, nk, i0, nq, ws.tiles, acc);
         }
+        store_accumulated(acc.dq, g.dq + (bh * p.Nq + i0) * p.Dh, nq * p.Dh);
       }
     });
   });

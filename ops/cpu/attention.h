@@ -34,7 +34,8 @@ struct AttentionBlocks {
 // other strides, so permuted views need no copy); key_mask contiguous bool [B, Np + Nk] or
 // undefined. scale is the final (non-zero) scale. Operands are f32, f64 or bf16; bf16 ones are
 // read in place by bf16 tile products (ops/cpu/gemm.h) with scores, softmax statistics and
-// accumulators in f32, and then every output below (out, lse, the gradients) is f32.
+// accumulators in f32, and then out and the gradients below are bf16 too (accumulated in f32
+// per task and rounded once), lse f32.
 struct AttentionArgs {
   Tensor q, k, v, prefix_k, prefix_v, key_mask;
   double scale = 1.0;
