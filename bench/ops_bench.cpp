@@ -162,6 +162,17 @@ BENCHMARK(BM_LayerNormForwardBackward)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// A bias gradient: the column sums of the ViT's fc1 output gradient, [8 * 729, 768] in bf16
+// (f32 accumulation).
+void BM_BiasGradColumnSum(benchmark::State& state) {
+  Tensor g = to(randn({8 * 729, 768}, 13), DType::bf16);
+  NoGradGuard no_grad;
+  for (auto _ : state) benchmark::DoNotOptimize(sum(g, {0}));
+  state.counters["bytes/s"] =
+      benchmark::Counter(2.0 * 8 * 729 * 768, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_BiasGradColumnSum)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 void BM_SoftmaxForwardBackward(benchmark::State& state) {
   Tensor x = randn({24, 729, 729}, 13, true), g = randn({24, 729, 729}, 14);
   for (auto _ : state) {
