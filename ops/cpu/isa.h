@@ -12,13 +12,18 @@
 // and handed to run_vectorised(), whose AVX-512 instantiation carries GCC's target attribute.
 // The lambda is inlined into it (flatten), so GCC vectorises the loop there with zmm registers;
 // the baseline instantiation gets the AVX2 code. Nothing else in the binary changes, and code
-// outside these wrappers never executes an AVX-512 instruction, so a CPU without it is safe.
+// outside these wrappers (and round_to_bf16's AVX512_BF16 path, taken only where the CPU has
+// it) never executes an AVX-512 instruction, so a CPU without it is safe.
 //
-// Same bits either way: the loops have no reassociated reductions (sums use explicit lane
-// accumulators, ops/cpu/vec_math.h), FMA contraction is decided before vectorisation, and the
-// math (vexp, verf, the bf16 rounding) is the same scalar code; tests/ops/isa_test.cpp checks
-// the two agree bit for bit, and CTest runs the op tests a second time with the AVX-512 kernels
-// off (HD_CPU_AVX512=0), so both paths are tested on an AVX-512 machine.
+// Same bits either way, where the loops leave GCC no choice: sums use explicit lane
+// accumulators (no reassociation), the math (vexp, verf, the bf16 rounding) is the same scalar
+// code, and multiply-adds inside reductions are spelled std::fma, because GCC fuses a * b + c
+// only where the vector code's shape allows, and the two widths differed there (a layer norm
+// was off by an ulp in 0.7 % of its values before). tests/ops/isa_test.cpp checks the ops of a
+// transformer step (attention, layer norm, GELU, softmax, add, column sums, casts, AdamW) bit
+// for bit against a child process running the AVX2 kernels, and CTest runs the op tests a
+// second time with the AVX-512 kernels off (HD_CPU_AVX512=0), so both paths are tested on an
+// AVX-512 machine. A given machine always runs the same instantiation, so runs repeat exactly.
 //
 // Where to use it: inside a thread's chunk (the target applies to the code inlined into the
 // wrapper, not to work another thread runs), around loops long enough that one call and one
