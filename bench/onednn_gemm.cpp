@@ -93,8 +93,8 @@ int main(int argc, char** argv) {
               (long long)tokens);
   std::printf("%-12s %-9s %10s %10s %10s %10s %7s\n", "in->out", "product", "op_ms", "op_GF/s",
               "dnnl_ms", "dnnl_GF/s", "op/dnnl");
-  for (auto [in, out_f] : std::vector<std::pair<int64_t, int64_t>>{
-           {192, 576}, {192, 192}, {192, 768}, {768, 192}}) {
+  for (auto [in, out_f] :
+       std::vector<std::pair<int64_t, int64_t>>{{192, 576}, {192, 192}, {192, 768}, {768, 192}}) {
     Generator g(2, "gemm_bench");
     Tensor x = to(normal({tokens, in}, 0, 1, g), DType::bf16);
     Tensor w = to(normal({out_f, in}, 0, 1, g), DType::bf16);

@@ -57,8 +57,8 @@ void BM_LinearForwardBackward(benchmark::State& state) {
     b.zero_grad();
   }
   state.SetLabel(dtype_name(dt));
-  state.counters["FLOP/s"] = benchmark::Counter(3 * 2.0 * rows * in * out,
-                                                benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(3 * 2.0 * rows * in * out, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_LinearForwardBackward)
     ->Args({576, 192, 0})
