@@ -319,15 +319,20 @@ void copy(const Tensor& src, Tensor& dst) {
       using TrI = ElementTraits<I>;
       if constexpr (std::is_same_v<O, I>) {
         map1<O, I>(src, dst, [](I v) { return v; });
-      } else if (std::is_same_v<O, bf16_t> && std::is_same_v<I, float> && src.is_contiguous() &&
-                 dst.is_contiguous() && src.shape() == dst.shape()) {
-        // The f32 -> bf16 rounding of a whole tensor (a bf16 step's casts): one instruction per
-        // 16 values where the CPU has one (ops/cpu/isa.h).
-        const float* ps = src.data<float>();
-        bf16_t* pd = dst.data<bf16_t>();
-        parallel_for(0, src.numel(), 16384,
-                     [&](int64_t b, int64_t e) { round_to_bf16(ps + b, pd + b, e - b); });
-      } else {
+        return;
+      }
+      if constexpr (std::is_same_v<O, bf16_t> && std::is_same_v<I, float>) {
+        if (src.is_contiguous() && dst.is_contiguous() && src.shape() == dst.shape()) {
+          // The f32 -> bf16 rounding of a whole tensor (a bf16 step's casts): one instruction
+          // per 16 values where the CPU has one (ops/cpu/isa.h).
+          const float* ps = src.data<float>();
+          bf16_t* pd = dst.data<bf16_t>();
+          parallel_for(0, src.numel(), 16384,
+                       [&](int64_t b, int64_t e) { round_to_bf16(ps + b, pd + b, e - b); });
+          return;
+        }
+      }
+      if constexpr (!std::is_same_v<O, I>) {
         map1<O, I>(src, dst, [](I v) {
           return TrO::store(static_cast<typename TrO::compute>(TrI::load(v)));
         });
