@@ -3,8 +3,11 @@
 // oneDNN direct at 1024^2 and 4096^2. Also f32: the op (OpenBLAS) against oneDNN's f32 kernel,
 // the reason f32 stays on OpenBLAS. On a CPU without oneDNN bf16 kernels the bf16 rows say so.
 //
-// usage: hd_bench_onednn_gemm [--reps=N] [--sizes=1024,4096] [--vit]
-// --vit adds the bf16 linear products of the ViT step (bench/vit_step.cpp), op against direct.
+// usage: hd_bench_onednn_gemm [--reps=N] [--sizes=1024,4096] [--vit] [--ps3]
+// --vit adds the bf16 linear products of the ViT step (bench/vit_step.cpp), op against direct;
+// --ps3 those of the PS3 demo model's step (bench/ps3_resolution.cpp): width 64, 2 images of 729
+// low-res tokens, and the selection stem's 28 x 28 patch convolution over 54 x 54 patches.
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -40,8 +43,9 @@ double median_ms(int reps, const std::function<void()>& body) {
 int main(int argc, char** argv) {
   int reps = 5;
   std::vector<int64_t> sizes{1024, 4096};
-  bool transformer_shapes = false;
-  int64_t tokens = 8 * 729;
+  // Linear products to time: {tokens, in, out}.
+  std::vector<std::array<int64_t, 3>> linears;
+  const char* linear_title = "";
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--reps=", 7) == 0) {
       reps = std::atoi(argv[i] + 7);
@@ -50,9 +54,18 @@ int main(int argc, char** argv) {
       std::stringstream list(argv[i] + 8);
       for (std::string s; std::getline(list, s, ',');) sizes.push_back(std::stoll(s));
     } else if (std::strcmp(argv[i], "--vit") == 0) {
-      transformer_shapes = true;
+      linear_title = "ViT linear products, 8 x 729 tokens";
+      for (auto [in, out] : std::vector<std::pair<int64_t, int64_t>>{
+               {192, 576}, {192, 192}, {192, 768}, {768, 192}}) {
+        linears.push_back({8 * 729, in, out});
+      }
+    } else if (std::strcmp(argv[i], "--ps3") == 0) {
+      linear_title = "PS3 demo linear products (2 x 729 low-res tokens; stem: 2 x 54^2 patches)";
+      linears = {{1458, 64, 192}, {1458, 64, 64},   {1458, 64, 256},
+                 {1458, 256, 64}, {5832, 2352, 32}, {2 * 27 * 27, 588, 64}};
     } else {
-      std::fprintf(stderr, "usage: hd_bench_onednn_gemm [--reps=N] [--sizes=1024,4096] [--vit]\n");
+      std::fprintf(stderr,
+                   "usage: hd_bench_onednn_gemm [--reps=N] [--sizes=1024,4096] [--vit] [--ps3]\n");
       return 2;
     }
   }
@@ -85,16 +98,14 @@ int main(int argc, char** argv) {
                   dnnl_ms / op_ms);
     }
   }
-  if (!transformer_shapes || !cap.bf16_matmul) return 0;
+  if (linears.empty() || !cap.bf16_matmul) return 0;
   // A transformer block's linear products in bf16 (tokens x width, weight [out, in]): forward
   // x W^T, input gradient g W, weight gradient g^T x. The op cuts them into row blocks or K
   // slices on our pool; oneDNN direct runs each whole on its OpenMP team.
-  std::printf("\nViT linear products, %lld tokens, bf16 (op/dnnl > 1: the op is faster)\n",
-              (long long)tokens);
+  std::printf("\n%s, bf16 (op/dnnl > 1: the op is faster)\n", linear_title);
   std::printf("%-12s %-9s %10s %10s %10s %10s %7s\n", "in->out", "product", "op_ms", "op_GF/s",
               "dnnl_ms", "dnnl_GF/s", "op/dnnl");
-  for (auto [in, out_f] :
-       std::vector<std::pair<int64_t, int64_t>>{{192, 576}, {192, 192}, {192, 768}, {768, 192}}) {
+  for (auto [tokens, in, out_f] : linears) {
     Generator g(2, "gemm_bench");
     Tensor x = to(normal({tokens, in}, 0, 1, g), DType::bf16);
     Tensor w = to(normal({out_f, in}, 0, 1, g), DType::bf16);
@@ -104,8 +115,9 @@ int main(int argc, char** argv) {
       const char* name;
       Tensor a, b;
     };
-    for (const Product& p : {Product{"forward", x, transpose(w, 0, 1)}, Product{"grad_in", gy, w},
-                             Product{"grad_w", transpose(gy, 0, 1), x}}) {
+    for (const Product& p :
+         {Product{"forward", x, transpose(w, 0, 1)}, Product{"grad_in", gy, w},
+          Product{"grad_w", transpose(gy, 0, 1), x}, Product{"grad_w^T", transpose(x, 0, 1), gy}}) {
       double op_ms = median_ms(reps, [&] { Tensor r = matmul(p.a, p.b); });
       Tensor direct = Tensor::empty({p.a.size(0), p.b.size(1)}, DType::bf16);
       double dnnl_ms = median_ms(reps, [&] { cpu::onednn::matmul(p.a, p.b, direct); });

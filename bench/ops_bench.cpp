@@ -120,6 +120,54 @@ BENCHMARK(BM_AttentionBf16ForwardBackward)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// The gather of a stride-k patch convolution (ops/conv.cpp conv_patches): [B, C, H, W] ->
+// [B, H/k, W/k, C, k, k] as one copy whose rows are only k elements long. PS3's selection stem at
+// the demo's 1512 px with k = 28, and the 378 px low-res patch embedding with k = 14.
+// Args: side, k, dtype (0 f32, 1 bf16).
+void BM_PatchifyCopy(benchmark::State& state) {
+  const int64_t side = state.range(0), k = state.range(1), g = side / k;
+  Tensor x = randn({2, 3, side, side}, 9);
+  if (state.range(2)) x = to(x, DType::bf16);
+  Tensor view = permute(reshape(x, {2, 3, g, k, g, k}), {0, 2, 4, 1, 3, 5});
+  for (auto _ : state) benchmark::DoNotOptimize(contiguous(view));
+  state.counters["bytes/s"] =
+      benchmark::Counter(2.0 * double(x.nbytes()), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_PatchifyCopy)
+    ->Args({1512, 28, 0})
+    ->Args({1512, 28, 1})
+    ->Args({378, 14, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// The PS3 demo model's low-res attention: 2 images x 4 heads x 729 tokens, head dim 16. With so
+// few dims per head the tile products are short and the per-score passes (exp, rounding, dS)
+// weigh as much as the products. Arg: 0 f32, 1 bf16 (read in place where oneDNN has bf16).
+void BM_AttentionHeadDim16ForwardBackward(benchmark::State& state) {
+  const bool half = state.range(0) != 0;
+  auto leaf = [&](uint64_t seed) {
+    Tensor t = randn({2, 4, 729, 16}, seed);
+    return (half ? to(t, DType::bf16) : t).requires_grad_(true);
+  };
+  Tensor q = leaf(5), k = leaf(6), v = leaf(7);
+  Tensor g = randn({2, 4, 729, 16}, 8);
+  if (half) g = to(g, DType::bf16);
+  for (auto _ : state) {
+    scaled_dot_product_attention(q, k, v).backward(g);
+    q.zero_grad();
+    k.zero_grad();
+    v.zero_grad();
+  }
+  state.SetLabel(half ? "bf16" : "f32");
+  state.counters["ns/score"] = benchmark::Counter(
+      8.0 * 729 * 729, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_AttentionHeadDim16ForwardBackward)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 // The same attention as a composite of ops (matmul -> softmax -> matmul), materialising the
 // [N, N] scores: what the flash kernel is measured against.
 void BM_AttentionCompositeForwardBackward(benchmark::State& state) {

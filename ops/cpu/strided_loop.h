@@ -20,9 +20,9 @@ Shape broadcast_strides(const Tensor& t, const Shape& shape);
 
 template <size_t N>
 struct RowSpec {
-  Shape sizes;                     // coalesced outer sizes (may be empty)
-  std::array<Shape, N> strides;    // outer strides per operand
-  int64_t inner = 1;               // innermost row length
+  Shape sizes;                   // coalesced outer sizes (may be empty)
+  std::array<Shape, N> strides;  // outer strides per operand
+  int64_t inner = 1;             // innermost row length
   std::array<int64_t, N> inner_stride{};
 };
 
@@ -70,21 +70,28 @@ void for_each_row(const Shape& shape, const std::array<Shape, N>& strides, Body&
   if (shape_numel(shape) == 0) return;
   RowSpec<N> spec = make_rows<N>(shape, strides);
   int64_t rows = shape_numel(spec.sizes);
+  // Each operand's offset is carried from row to row (one add per operand per row, a reset of
+  // the dims that wrap) rather than recomputed from every index: with short rows, such as a
+  // patch gather's k elements, recomputing was most of a copy's time.
   auto run = [&](int64_t r0, int64_t r1) {
-    std::vector<int64_t> idx(spec.sizes.size());
+    const size_t nd = spec.sizes.size();
+    std::vector<int64_t> idx(nd);
+    std::array<int64_t, N> off{};
     int64_t rem = r0;
-    for (size_t d = spec.sizes.size(); d-- > 0;) {
+    for (size_t d = nd; d-- > 0;) {
       idx[d] = rem % spec.sizes[d];
       rem /= spec.sizes[d];
+      for (size_t k = 0; k < N; ++k) off[k] += idx[d] * spec.strides[k][d];
     }
     for (int64_t r = r0; r < r1; ++r) {
-      std::array<int64_t, N> off{};
-      for (size_t d = 0; d < idx.size(); ++d)
-        for (size_t k = 0; k < N; ++k) off[k] += idx[d] * spec.strides[k][d];
       body(off, spec.inner, spec.inner_stride);
-      for (size_t d = idx.size(); d-- > 0;) {
-        if (++idx[d] < spec.sizes[d]) break;
+      for (size_t d = nd; d-- > 0;) {
+        if (++idx[d] < spec.sizes[d]) {
+          for (size_t k = 0; k < N; ++k) off[k] += spec.strides[k][d];
+          break;
+        }
         idx[d] = 0;
+        for (size_t k = 0; k < N; ++k) off[k] -= (spec.sizes[d] - 1) * spec.strides[k][d];
       }
     }
   };

@@ -164,9 +164,9 @@ TEST(GemmBf16, F32TimesBf16MatchesTheProductThePathComputes) {
 }
 
 // cpu::matmul on bf16 tensors (what the matmul op runs where oneDNN has bf16 products): row
-// blocks, batches with a broadcast operand, a transposed operand and split-K (K = 4096 over a
-// 16 x 16 output), each against the f64 product of the same bf16 values; the answer is rounded
-// to bf16 once (2^-8 relative).
+// blocks, column blocks (short, wide outputs), batches with a broadcast operand, a transposed
+// operand and split-K (K = 4096 over a 16 x 16 output), each against the f64 product of the same
+// bf16 values; the answer is rounded to bf16 once (2^-8 relative).
 TEST(GemmBf16, MatmulOfBf16TensorsMatchesTheF64Product) {
   say_which_path();
   struct Shapes {
@@ -179,6 +179,8 @@ TEST(GemmBf16, MatmulOfBf16TensorsMatchesTheF64Product) {
       {"batched, b broadcast", {3, 70, 32}, {32, 24}, false},
       {"b transposed (linear's weight)", {90, 48}, {56, 48}, true},
       {"split-K", {16, 4096}, {4096, 16}, false},
+      {"column blocks", {8, 40}, {40, 700}, false},
+      {"column blocks, b transposed", {32, 96}, {2352, 96}, true},
   };
   uint64_t seed = 300;
   for (const Shapes& c : cases) {

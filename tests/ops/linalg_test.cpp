@@ -42,14 +42,38 @@ TEST(Matmul, MatchesNaiveLoopsForAllLayouts) {
   EXPECT_LT(max_abs_diff(matmul(sliced, to(b, DType::f32)), ref32), 1e-4);
 }
 
+TEST(Matmul, ShortWideProductsAreCutIntoColumnBlocks) {
+  // Outputs with more column blocks than row blocks (M = 8: one row block; N = 700: 8 column
+  // blocks of 96 and a short last one) are cut by columns: each block reads B from its own first
+  // column, with B plain, transposed (a weight [N, K] used as W^T) or batched. The reference
+  // multiplies every element itself, so a block at the wrong column offset fails it.
+  Tensor a = random_leaf({8, 33}, 21), b = random_leaf({33, 700}, 22);
+  Tensor ref = naive_matmul(a, b);
+  EXPECT_LT(max_abs_diff(matmul(a, b), ref), 1e-12);
+  Tensor bt = contiguous(transpose(b, 0, 1));  // [700, 33]
+  EXPECT_LT(max_abs_diff(matmul(a, transpose(bt, 0, 1)), ref), 1e-12);
+  Tensor at = contiguous(transpose(a, 0, 1));  // [33, 8]
+  EXPECT_LT(max_abs_diff(matmul(transpose(at, 0, 1), transpose(bt, 0, 1)), ref), 1e-12);
+  Tensor a2 = random_leaf({3, 8, 33}, 23);
+  Tensor c2 = matmul(a2, b);
+  for (int64_t i = 0; i < 3; ++i) {
+    EXPECT_LT(max_abs_diff(select(c2, 0, i), naive_matmul(select(a2, 0, i), b)), 1e-12) << i;
+  }
+  // In f32 too (OpenBLAS's sgemm, the path of a training step).
+  Tensor c32 = matmul(to(a, DType::f32), to(transpose(bt, 0, 1), DType::f32));
+  EXPECT_LT(max_abs_diff(c32, ref), 1e-4);
+}
+
 TEST(Matmul, ResultDoesNotDependOnTheThreadCount) {
   // Products are cut into row blocks (and K blocks) that depend on the shape only, never on the
   // thread count, so a product computed on every thread of the pool equals, bit for bit, the
   // same product computed on one thread (a nested parallel_for runs serially). The shapes cover
-  // the row split (600 rows: 8 blocks of 80), split-K (K = 2048) and a batch. (Comparing a row
+  // the row split (600 rows: 8 blocks of 80), split-K (K = 2048), a batch and the column split
+  // (32 x 2352: 8 blocks of 304 columns). (Comparing a row
   // block with the same rows multiplied alone is no invariant: OpenBLAS may pick other kernels
   // for another M, and on some CPUs the low bits then differ.)
-  const std::vector<std::vector<int64_t>> shapes = {{600, 64, 50}, {16, 2048, 24}, {3, 70, 33, 9}};
+  const std::vector<std::vector<int64_t>> shapes = {
+      {600, 64, 50}, {16, 2048, 24}, {3, 70, 33, 9}, {32, 500, 2352}};
   uint64_t seed = 4;
   for (const auto& s : shapes) {
     const bool batched = s.size() == 4;
