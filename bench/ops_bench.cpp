@@ -5,6 +5,7 @@
 #include "autograd/node.h"
 #include "ops/attention.h"
 #include "ops/conv.h"
+#include "ops/cpu/conv.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
 #include "ops/linalg.h"
@@ -123,19 +124,39 @@ BENCHMARK(BM_AttentionBf16ForwardBackward)
 // The gather of a stride-k patch convolution (ops/conv.cpp conv_patches): [B, C, H, W] ->
 // [B, H/k, W/k, C, k, k] as one copy whose rows are only k elements long. PS3's selection stem at
 // the demo's 1512 px with k = 28, and the 378 px low-res patch embedding with k = 14.
-// Args: side, k, dtype (0 f32, 1 bf16).
+// Args: side, k, dtype (0 f32, 1 bf16, 2 an f32 image gathered into bf16 patches; 3 the same as a
+// cast of the image and a bf16 gather), all as copies of a permuted view; 4 and 5: the kernel
+// conv2d's patch path runs on images (cpu::gather_patches), f32 -> f32 and f32 -> bf16.
 void BM_PatchifyCopy(benchmark::State& state) {
-  const int64_t side = state.range(0), k = state.range(1), g = side / k;
+  const int64_t side = state.range(0), k = state.range(1), g = side / k, mode = state.range(2);
   Tensor x = randn({2, 3, side, side}, 9);
-  if (state.range(2)) x = to(x, DType::bf16);
-  Tensor view = permute(reshape(x, {2, 3, g, k, g, k}), {0, 2, 4, 1, 3, 5});
-  for (auto _ : state) benchmark::DoNotOptimize(contiguous(view));
+  if (mode == 1) x = to(x, DType::bf16);
+  auto gather = [&](const Tensor& image) {
+    return permute(reshape(image, {2, 3, g, k, g, k}), {0, 2, 4, 1, 3, 5});
+  };
+  for (auto _ : state) {
+    if (mode >= 4) {
+      Tensor out = Tensor::empty({2, g * g, 3 * k * k}, mode == 4 ? DType::f32 : DType::bf16);
+      cpu::gather_patches(x, k, out);
+      benchmark::DoNotOptimize(out);
+    } else if (mode == 2) {
+      benchmark::DoNotOptimize(to(gather(x), DType::bf16));
+    } else if (mode == 3) {
+      benchmark::DoNotOptimize(contiguous(gather(to(x, DType::bf16))));
+    } else {
+      benchmark::DoNotOptimize(contiguous(gather(x)));
+    }
+  }
   state.counters["bytes/s"] =
       benchmark::Counter(2.0 * double(x.nbytes()), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_PatchifyCopy)
     ->Args({1512, 28, 0})
     ->Args({1512, 28, 1})
+    ->Args({1512, 28, 2})
+    ->Args({1512, 28, 3})
+    ->Args({1512, 28, 4})
+    ->Args({1512, 28, 5})
     ->Args({378, 14, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

@@ -10,8 +10,11 @@
 // activation checkpointing (every block recomputed in backward), alternating with the plain run
 // rep by rep, and prints its time and peak as ratios to the plain run's; with --bf16, a bf16
 // copy of the model (train.precision bf16: bf16 weights and activations, ops computing in f32
-// where they must, ops/cpu_half.h) the same way.
+// where they must, ops/cpu_half.h) the same way: its wall ms, process CPU ms and the CPU ms
+// as a ratio to the plain run's.
+// --max=R runs only the row whose largest scale is R (the ratios are then to that row).
 // Usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S] [--recompute] [--bf16]
+//                                [--max=756|1512|3780]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -107,6 +110,7 @@ Tensor synthetic_patches(int64_t b, int64_t scale, const std::vector<int64_t>& i
 int main(int argc, char** argv) {
   int reps = 5;
   int64_t batch = 2, steps = 1;
+  int64_t only_max = 0;  // --max=R: only the row whose largest scale is R
   bool recompute = false, bf16 = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -120,10 +124,12 @@ int main(int argc, char** argv) {
       recompute = true;
     else if (a == "--bf16")
       bf16 = true;
+    else if (a.rfind("--max=", 0) == 0)
+      only_max = std::atoll(a.c_str() + 6);
     else {
       std::fprintf(stderr,
                    "usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S] "
-                   "[--recompute] [--bf16]\n");
+                   "[--recompute] [--bf16] [--max=756|1512|3780]\n");
       return 2;
     }
   }
@@ -140,10 +146,14 @@ int main(int argc, char** argv) {
                 "ratio", "peak_MiB", "ratio", "params_M");
     if (recompute)
       std::printf(" | %12s %9s %10s %9s", "recompute_ms", "x plain", "peak_MiB", "x plain");
-    if (bf16) std::printf(" | %9s %9s %10s %9s", "bf16_ms", "x plain", "peak_MiB", "x plain");
+    if (bf16) {
+      std::printf(" | %9s %9s %9s %10s %9s", "bf16_ms", "bf16_cpu", "x plain", "peak_MiB",
+                  "x plain");
+    }
     std::printf("\n");
     double base_ms = 0, base_peak = 0;
     for (const auto& scales : scale_sets) {
+      if (only_max > 0 && scales.back() != only_max) continue;
       ps3::VisionConfig c = demo;
       c.scales = scales;
       ps3::PS3VisionModel model(c), model_bf16(c);
@@ -205,7 +215,7 @@ int main(int argc, char** argv) {
       }
       if (bf16) {
         const double hc = median(half.cpu), hp = double(half.peak) / (1 << 20);
-        std::printf(" | %9.1f %9.2f %10.1f %9.2f", hc, hc / mc, hp, hp / pk);
+        std::printf(" | %9.1f %9.1f %9.2f %10.1f %9.2f", median(half.ms), hc, hc / mc, hp, hp / pk);
       }
       std::printf("\n");
     }

@@ -83,8 +83,19 @@ Tensor conv_patches(const Tensor& x, const Tensor& weight, const Tensor& bias, i
   // PyTorch drops the rows/columns a stride-k kernel cannot reach.
   if (x.size(2) != oh * k) xc = narrow(xc, 2, 0, oh * k);
   if (x.size(3) != ow * k) xc = narrow(xc, 3, 0, ow * k);
-  Tensor patches = reshape(permute(reshape(xc, {B, C, oh, k, ow, k}), {0, 2, 4, 1, 3, 5}),
-                           {B, oh * ow, C * k * k});
+  Tensor patches;
+  const bool same = x.dtype() == weight.dtype();
+  if (x.device().is_cpu() && !x.requires_grad() && (x.size(3) <= 1 || x.stride(3) == 1) &&
+      (same || (x.dtype() == DType::f32 && weight.dtype() == DType::bf16))) {
+    // An image (no gradient): the kernel that reads it row by row (ops/cpu/conv.h).
+    patches = Tensor::empty({B, oh * ow, C * k * k}, weight.dtype(), x.device());
+    dispatch(x, "gather_patches", [&] { cpu::gather_patches(x, k, patches); });
+  } else {
+    Tensor gathered = permute(reshape(xc, {B, C, oh, k, ow, k}), {0, 2, 4, 1, 3, 5});
+    // In the weight's dtype: the conversion, where there is one, is the gather's copy itself.
+    if (!same) gathered = to(gathered, weight.dtype());
+    patches = reshape(gathered, {B, oh * ow, C * k * k});
+  }
   Tensor y = linear(patches, reshape(weight, {weight.size(0), C * k * k}), bias);  // [B, L, Cout]
   return contiguous(permute(reshape(y, {B, oh, ow, weight.size(0)}), {0, 3, 1, 2}));
 }
@@ -275,8 +286,16 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   HD_CHECK(weight.dim() == 4, "conv2d: weight must be [Cout, Cin/groups, kh, kw], got ",
            weight.str());
   check_same_device("conv2d", {&x, &weight, &bias});
-  check_same_dtype("conv2d", x, weight);
-  if (bias.defined()) check_same_dtype("conv2d", x, bias);
+  // A patch convolution (kernel = stride, no padding) may take a float input of another dtype
+  // than its weight: its patches are converted as they are gathered, one pass over the image
+  // instead of a cast of the whole image and then the gather (PS3's selection stem, a bf16
+  // model over an f32 image at 1512 px: 13.7M values).
+  const bool patch_conv =
+      groups == 1 && weight.size(2) == weight.size(3) && weight.size(2) == stride && padding == 0;
+  if (!(patch_conv && is_floating(x.dtype()) && is_floating(weight.dtype()))) {
+    check_same_dtype("conv2d", x, weight);
+  }
+  if (bias.defined()) check_same_dtype("conv2d", weight, bias);
   int64_t cin = x.size(1), cout = weight.size(0), kh = weight.size(2), kw = weight.size(3);
   HD_CHECK(groups >= 1 && cin % groups == 0 && cout % groups == 0, "conv2d: groups = ", groups,
            " must divide input channels ", cin, " and output channels ", cout);
@@ -295,12 +314,12 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   // around a matmul, which takes 16-bit operands; only im2col runs on f32 copies.
 #ifdef HD_HAVE_CUDA
   if (!x.device().is_cpu() && cuda::use_cudnn_conv()) {
-    return conv_cudnn(x, weight, bias, stride, padding, groups);
+    return conv_cudnn(to(x, weight.dtype()), weight, bias, stride, padding, groups);
   }
 #endif
   if (groups > 1) return conv_depthwise(x, weight, bias, stride, padding);
   if (kh == 1 && kw == 1) return conv_1x1(x, weight, bias, stride, padding);
-  if (kh == kw && kh == stride && padding == 0) return conv_patches(x, weight, bias, kh);
+  if (patch_conv) return conv_patches(x, weight, bias, kh);
   if (is_cpu_half(x)) {
     return to(conv_im2col(half_to_f32(x), half_to_f32(weight), half_to_f32(bias), stride, padding),
               x.dtype());

@@ -7,7 +7,9 @@
 namespace hd {
 
 // x [B, Cin, H, W], weight [Cout, Cin/groups, kh, kw], bias [Cout] or undefined.
-// groups == 1 or groups == Cin == Cout (depthwise).
+// groups == 1 or groups == Cin == Cout (depthwise). x and weight share a dtype, except that a
+// patch convolution (kernel = stride, no padding) takes any float x: its patches are converted
+// to the weight's dtype as they are gathered (an f32 image into a bf16 model).
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride = 1,
               int64_t padding = 0, int64_t groups = 1);
 

@@ -126,8 +126,9 @@ namespace {
 
 // The model computes in its parameters' dtype (bf16 under FSDP's param_dtype, train.precision;
 // f64 in gradient checks) and on their device. Float inputs (images, patches, prompts, GT maps)
-// enter in that dtype, and every input on that device: the loader makes host tensors, and the
-// patches are cut on the host from the uint8 image (only the selected ones cross to a GPU).
+// enter in that dtype (the selection image converts in its stem's gather), and every input on that
+// device: the loader makes host tensors, and the patches are cut on the host from the uint8 image
+// (only the selected ones cross to a GPU).
 VisionInputs in_compute_dtype(const VisionInputs& raw, DType dt, Device device) {
   auto cast = [dt, device](const Tensor& t) {
     if (!t.defined()) return t;
@@ -136,7 +137,10 @@ VisionInputs in_compute_dtype(const VisionInputs& raw, DType dt, Device device) 
   };
   VisionInputs in = raw;
   in.low_res = cast(raw.low_res);
-  in.selection = cast(raw.selection);
+  // The selection image only feeds the selection stem, a patch convolution that converts its
+  // patches as it gathers them (ops/conv.h): rounding the 1512 px image to bf16 first was a
+  // pass of its own (3.2 ms of a 3780 demo step).
+  if (raw.selection.defined()) in.selection = to(raw.selection, device);
   in.prompt = cast(raw.prompt);
   in.region_prompts = cast(raw.region_prompts);
   for (Tensor& m : in.gt_maps) m = cast(m);

@@ -23,6 +23,12 @@ void im2col(const Tensor& x, const Conv2dGeometry& g, Tensor& cols);
 // The adjoint: cols [B, C * kh * kw, oh * ow] summed back into out [B, C, H, W] (overwritten).
 void col2im(const Tensor& cols, const Conv2dGeometry& g, Tensor& out);
 
+// The patches of a stride-k k x k convolution: x [B, C, H, W] (unit last stride, any others)
+// -> out [B, (H/k) * (W/k), C * k * k] contiguous, each patch's values in (c, ky, kx) order (rows
+// and columns past the last whole patch dropped). out's dtype may differ from x's (f32 -> bf16:
+// the conversion is this copy). x's rows are read in order, a task per (image, patch row).
+void gather_patches(const Tensor& x, int64_t k, Tensor& out);
+
 // Depthwise (one filter per channel): weight [C, 1, kh, kw].
 void depthwise_forward(const Tensor& x, const Tensor& weight, const Conv2dGeometry& g, Tensor& out);
 // grad_out [B, C, oh, ow] -> grad_x [B, C, H, W] (overwritten).

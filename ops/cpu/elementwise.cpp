@@ -5,6 +5,7 @@
 #include <functional>
 
 #include "autograd/thread_pool.h"
+#include "ops/cpu/copy_bytes.h"
 #include "ops/cpu/isa.h"
 #include "ops/cpu/strided_loop.h"
 #include "ops/cpu/vec_math.h"
@@ -47,34 +48,6 @@ HD_VEC_INLINE void contiguous_row(int64_t n, Loop&& loop) {
     }
   }
   loop();
-}
-
-// memcpy for rows that are often short (a patch gather's k elements): up to 64 bytes as two
-// overlapping fixed-size moves the compiler inlines, instead of a call into libc's memcpy per
-// row (the bf16 gather of PS3's selection stem, 490k rows of 56 bytes: 8.0-8.5 -> 6.1-7.1 ms on
-// 2 threads of a Zen 4 EPYC, hd_bench_ops BM_PatchifyCopy; 11.8 ms before the row offsets of
-// for_each_row were carried from row to row).
-inline void copy_bytes(void* dst, const void* src, size_t n) {
-  auto* d = static_cast<unsigned char*>(dst);
-  const auto* s = static_cast<const unsigned char*>(src);
-  auto two = [&]<size_t W>() {
-    unsigned char head[W], tail[W];
-    std::memcpy(head, s, W);
-    std::memcpy(tail, s + n - W, W);
-    std::memcpy(d, head, W);
-    std::memcpy(d + n - W, tail, W);
-  };
-  if (n > 64) {
-    std::memcpy(d, s, n);
-  } else if (n >= 32) {
-    two.template operator()<32>();
-  } else if (n >= 16) {
-    two.template operator()<16>();
-  } else if (n >= 8) {
-    two.template operator()<8>();
-  } else {
-    for (size_t i = 0; i < n; ++i) d[i] = s[i];
-  }
 }
 
 template <class O, class I, class F>
@@ -372,6 +345,22 @@ void copy(const Tensor& src, Tensor& dst) {
                        [&](int64_t b, int64_t e) { round_to_bf16(ps + b, pd + b, e - b); });
           return;
         }
+        // Strided: rows of unit stride round the same way, however short (the gather of a
+        // patch convolution from an f32 image, ops/conv.cpp).
+        bf16_t* pd = static_cast<bf16_t*>(dst.raw_data());
+        const float* ps = static_cast<const float*>(src.raw_data());
+        for_each_row<2>(dst.shape(), {dst.strides(), broadcast_strides(src, dst.shape())},
+                        [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> s) {
+                          bf16_t* o = pd + off[0];
+                          const float* a = ps + off[1];
+                          if (s[0] == 1 && s[1] == 1) {
+                            round_to_bf16(a, o, n);
+                          } else {
+                            for (int64_t i = 0; i < n; ++i)
+                              o[i * s[0]] = float_to_bf16(a[i * s[1]]);
+                          }
+                        });
+        return;
       }
       if constexpr (!std::is_same_v<O, I>) {
         map1<O, I>(src, dst, [](I v) {

@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdlib>
 #include <cstring>
@@ -30,20 +31,23 @@ VectorIsa probe() {
 __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16"))) void round_to_bf16_instruction(
     const float* src, bf16_t* dst, int64_t n) {
   const __m512 smallest_normal = _mm512_set1_ps(FLT_MIN);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 x = _mm512_loadu_ps(src + i);
+  // The last partial vector goes through masked loads and stores, so short rows (a patch
+  // gather's 28 values, a score row's 729 = 45 x 16 + 9) need no scalar tail.
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 lanes = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512 x = _mm512_maskz_loadu_ps(lanes, src + i);
     const __m512 ax = _mm512_abs_ps(x);
     const __mmask16 denormal = _mm512_cmp_ps_mask(ax, smallest_normal, _CMP_LT_OQ) &
                                _mm512_cmp_ps_mask(ax, _mm512_setzero_ps(), _CMP_NEQ_OQ);
     if (denormal) {
-      for (int64_t k = i; k < i + 16; ++k) dst[k] = float_to_bf16(src[k]);
+      for (int64_t k = i; k < std::min<int64_t>(i + 16, n); ++k) dst[k] = float_to_bf16(src[k]);
       continue;
     }
     const __m256bh y = _mm512_cvtneps_pbh(x);
-    std::memcpy(dst + i, &y, sizeof(y));
+    __m256i bits;
+    std::memcpy(&bits, &y, sizeof(bits));
+    _mm256_mask_storeu_epi16(dst + i, lanes, bits);
   }
-  for (; i < n; ++i) dst[i] = float_to_bf16(src[i]);
 }
 
 }  // namespace

@@ -173,6 +173,71 @@ TEST(Conv, KnownValues) {
 
 using testing::expect_error;
 
+// conv2d's patch path gathers an image (no gradient) with cpu::gather_patches and an input that
+// needs a gradient as a copy of a permuted view (whose backward scatters back): both give the
+// same bits, at a size with a partial last patch row and column (dropped) and for an input
+// sliced out of a wider one (row stride != width).
+TEST(Conv, PatchGatherKernelMatchesTheViewPath) {
+  for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+    Tensor wide = to(random_leaf({2, 3, 31, 40}, 41).detach(), dt);
+    Tensor w = to(random_leaf({5, 3, 7, 7}, 42).detach(), dt);
+    Tensor b = to(random_leaf({5}, 43).detach(), dt);
+    for (const Tensor& x : {contiguous(narrow(wide, 3, 0, 30)), narrow(wide, 3, 2, 37)}) {
+      Tensor image = conv2d(x, w, b, 7);
+      Tensor with_grad = conv2d(x.detach().requires_grad_(true), w, b, 7);
+      ASSERT_EQ(image.shape(), (Shape{2, 5, 4, x.size(3) / 7}));
+      EXPECT_EQ(to(image, DType::f64).to_vector<double>(),
+                to(with_grad.detach(), DType::f64).to_vector<double>())
+          << dtype_name(dt);
+      EXPECT_LT(
+          max_abs_diff(to(image, DType::f64), conv_reference(to(x, DType::f64), to(w, DType::f64),
+                                                             to(b, DType::f64), 7, 0, 1)),
+          dt == DType::bf16  ? 0.2
+          : dt == DType::f32 ? 1e-4
+                             : 1e-12)
+          << dtype_name(dt);
+    }
+  }
+}
+
+// A patch convolution takes an f32 image into a bf16 (or f64) model: the patches are converted
+// as they are gathered. The result and the weight and bias gradients equal, bit for bit, those
+// of the same conv over the image converted first (each value is rounded once either way).
+TEST(Conv, PatchConvConvertsItsInputInTheGather) {
+  Tensor image = to(random_leaf({2, 3, 56, 56}, 31).detach(), DType::f32);
+  for (DType dt : {DType::bf16, DType::f64}) {
+    Tensor w = to(random_leaf({8, 3, 28, 28}, 32).detach(), dt).requires_grad_(true);
+    Tensor b = to(random_leaf({8}, 33).detach(), dt).requires_grad_(true);
+    Tensor fused = conv2d(image, w, b, 28);
+    ASSERT_EQ(fused.dtype(), dt);
+    Tensor g = to(random_leaf(fused.shape(), 34).detach(), dt);
+    fused.backward(g);
+    Tensor gw = w.grad(), gb = b.grad();
+    w.zero_grad();
+    b.zero_grad();
+    Tensor first = conv2d(to(image, dt), w, b, 28);
+    first.backward(g);
+    EXPECT_EQ(to(fused, DType::f64).to_vector<double>(), to(first, DType::f64).to_vector<double>())
+        << dtype_name(dt);
+    EXPECT_EQ(to(gw, DType::f64).to_vector<double>(), to(w.grad(), DType::f64).to_vector<double>());
+    EXPECT_EQ(to(gb, DType::f64).to_vector<double>(), to(b.grad(), DType::f64).to_vector<double>());
+  }
+  // The gradient reaches an f32 input through the conversion, in f32.
+  Tensor x = to(random_leaf({1, 2, 4, 4}, 35).detach(), DType::f32).requires_grad_(true);
+  Tensor w64 = random_leaf({3, 2, 2, 2}, 36).detach();
+  sum(conv2d(x, w64, Tensor(), 2)).backward();
+  ASSERT_TRUE(x.grad().defined());
+  EXPECT_EQ(x.grad().dtype(), DType::f32);
+  Tensor want = conv2d(to(x.detach(), DType::f64), w64, Tensor(), 2);
+  EXPECT_LT(max_abs_diff(conv2d(x.detach(), w64, Tensor(), 2), want), 1e-6);
+  // Any other conv still needs one dtype.
+  expect_error(
+      [&] {
+        conv2d(zeros({1, 2, 8, 8}), to(zeros({3, 2, 3, 3}), DType::bf16), Tensor());
+      },
+      "conv2d: dtype mismatch");
+}
+
 TEST(Conv, ErrorsNameOpAndShapes) {
   Tensor x = zeros({1, 4, 8, 8});
   expect_error(

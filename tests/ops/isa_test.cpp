@@ -133,6 +133,24 @@ TEST(VectorIsa, RoundToBf16EqualsTheSoftwareRounding) {
   }
 }
 
+// Every length from 0 to 40 (the last partial vector is a masked load and store): the first n
+// values rounded as float_to_bf16, a denormal in the tail included, and nothing written past n.
+TEST(VectorIsa, RoundToBf16WritesExactlyNValues) {
+  const bf16_t sentinel{0x7777};
+  for (int64_t n = 0; n <= 40; ++n) {
+    std::vector<float> x(static_cast<size_t>(n) + 16);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = 1.0f + 0.37f * float(i) * (i % 2 ? -1.0f : 1.0f);
+    if (n > 0) x[static_cast<size_t>(n - 1)] = std::bit_cast<float>(0x00000003u);  // denormal
+    std::vector<bf16_t> got(x.size(), sentinel);
+    cpu::round_to_bf16(x.data(), got.data(), n);
+    for (int64_t i = 0; i < int64_t(x.size()); ++i) {
+      const uint16_t want = i < n ? float_to_bf16(x[size_t(i)]).bits : sentinel.bits;
+      ASSERT_EQ(got[size_t(i)].bits, want)
+          << "index " << i << " of a row of " << n << "; " << cpu::vector_isa().name;
+    }
+  }
+}
+
 // The ops whose CPU kernels have AVX-512 instantiations, forward and backward, in f32 and bf16;
 // every result's bytes, in a fixed order.
 struct OpBytes {
