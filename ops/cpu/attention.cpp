@@ -69,9 +69,9 @@ struct Problem {
         Nq(a.q.size(2)),
         Dh(a.q.size(3)),
         Dv(a.v.size(3)),
-        bq(std::max<int64_t>(a.blocks.q, 1)),
         scale(T(a.scale)) {
     if constexpr (std::is_same_v<E, bf16_t>) round_tiles = onednn::capability().bf16_matmul;
+    bq = a.blocks.q > 0 ? a.blocks.q : round_tiles ? 128 : 64;
     bk = a.blocks.k > 0 ? a.blocks.k : round_tiles ? 768 : 256;
     int64_t np = a.prefix_k.defined() ? a.prefix_k.size(2) : 0;
     if (np > 0) {

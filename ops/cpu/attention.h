@@ -14,8 +14,11 @@
 namespace hd::cpu {
 
 struct AttentionBlocks {
-  // 64 x 256 f32 scores = 64 KiB: the tile and its dP twin stay in L2 with the K/V blocks.
-  int64_t q = 64;
+  // 0: by operands. 64 (64 x 256 f32 scores = 64 KiB: the tile and its dP twin stay in L2 with
+  // the K/V blocks), except for bf16 tiles on oneDNN: 128 (half the oneDNN calls, each twice as
+  // tall; fwd+bwd at [8, 3, 729, 64] 41.4 -> 40.1 ms, at PS3's [2, 4, 729, 16] 6.42 -> 6.25 ms,
+  // the bf16 ViT step 571 -> 563 ms, medians of interleaved runs on a Zen 4 EPYC).
+  int64_t q = 0;
   // 0: by operands. 256, except for bf16 tiles on oneDNN: 768 (one key tile at 729 tokens, a
   // third of the oneDNN calls; bf16 attention fwd+bwd at [8, 3, 729, 64] 44-46 -> 42-45 ms and
   // the bf16 ViT step 2-3 % faster on a Zen 4 EPYC, while f32 on OpenBLAS was 1-10 % slower).
