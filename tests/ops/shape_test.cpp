@@ -1,6 +1,7 @@
 // Gradients of every view and layout op against finite differences (f64).
 #include <gtest/gtest.h>
 
+#include "autograd/node.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
 #include "ops/reduce.h"
@@ -11,6 +12,7 @@ namespace hd {
 namespace {
 
 using testing::check_gradients;
+using testing::max_abs_diff;
 using testing::random_leaf;
 using Inputs = std::vector<Tensor>;
 
@@ -101,6 +103,31 @@ TEST(ShapeGrad, UnbindIsOneNodeAndPartialGradientsWork) {
   ASSERT_EQ(parts.size(), 4u);
   EXPECT_EQ(parts[3].storage(), x.storage());
   EXPECT_EQ(parts[0].grad_fn(), parts[3].grad_fn());
+}
+
+// The packed-qkv pattern (nn::SelfAttention): a projection's output reshaped, permuted and
+// unbound into q, k, v views. The unbind's gradient comes back in the projection's memory order,
+// so the gradient reaching the projection is contiguous without a reordering copy; its values
+// equal those of stacking the pieces (gradcheck above covers the same path in f64).
+TEST(ShapeGrad, UnbindOfAPermutedBlockReturnsItsGradientInMemoryOrder) {
+  const int64_t B = 2, N = 5, H = 3, D = 4;
+  Tensor proj = random_leaf({B, N, 3 * H * D}, 12);
+  Tensor heads = permute(reshape(proj, {B, N, 3, H, D}), {2, 0, 3, 1, 4});  // [3, B, H, N, D]
+  std::vector<Tensor> qkv = unbind(heads, 0);
+  Tensor loss = add(add(sum(mul(qkv[0], 2.0)), sum(mul(qkv[1], qkv[1]))), sum(exp(qkv[2])));
+  Tensor g_heads;
+  heads.grad_fn()->add_post_hook(
+      [&](const std::vector<Tensor>&, const std::vector<Tensor>& grad_outputs) {
+        g_heads = grad_outputs[0];
+      });
+  loss.backward();
+  ASSERT_TRUE(g_heads.defined());
+  EXPECT_EQ(g_heads.strides(), heads.strides()) << "the gradient is laid out as heads is";
+  // Against the derivative written out: d/dq = 2, d/dk = 2k, d/dv = exp(v).
+  std::vector<Tensor> want_parts = {full_like(qkv[0], 2.0), mul(qkv[1].detach(), 2.0),
+                                    exp(qkv[2].detach())};
+  Tensor want = permute(stack(want_parts, 0), {1, 3, 0, 2, 4});  // back to [B, N, 3, H, D]
+  EXPECT_LT(max_abs_diff(proj.grad(), reshape(contiguous(want), {B, N, 3 * H * D})), 1e-12);
 }
 
 TEST(ShapeGrad, DTypeConversionRoundTrip) {
