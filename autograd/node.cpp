@@ -13,8 +13,12 @@ thread_local bool t_grad_enabled = true;
 
 Node::Node() : sequence_nr(g_next_sequence_nr.fetch_add(1)) {}
 
-bool GradMode::enabled() { return t_grad_enabled; }
-void GradMode::set_enabled(bool enabled) { t_grad_enabled = enabled; }
+bool GradMode::enabled() {
+  return t_grad_enabled;
+}
+void GradMode::set_enabled(bool enabled) {
+  t_grad_enabled = enabled;
+}
 
 Tensor SavedTensor::unpack(const Node& owner) const {
   HD_CHECK(!owner.released, owner.name(),
@@ -70,7 +74,15 @@ std::vector<Tensor> AccumulateGrad::backward(const std::vector<Tensor>& grad_out
   NoGradGuard no_grad;
   if (!leaf_->grad) {
     // Own the buffer: the incoming gradient may alias a broadcast view or another node's data.
-    leaf_->grad = clone(grad).impl_ptr();
+    // A gradient nothing else can reach (this handle and the engine's are its only ones, its
+    // storage is its alone and exactly its size, no hook saw it) is adopted as it is, as
+    // PyTorch's AccumulateGrad steals it: no copy of every parameter's gradient every step.
+    const bool only_here = leaf_->grad_hooks.empty() && grad.impl_ptr().use_count() <= 2 &&
+                           grad.storage().use_count() == 1 && grad.is_contiguous() &&
+                           grad.offset() == 0 && grad.storage()->nbytes() == grad.nbytes() &&
+                           grad.dtype() == leaf_->dtype &&
+                           grad.device() == leaf_->storage->device();
+    leaf_->grad = (only_here ? grad.detach() : clone(grad)).impl_ptr();
   } else {
     Tensor acc(leaf_->grad);
     add_(acc, grad);

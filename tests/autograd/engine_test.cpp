@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "autograd/allocator.h"
 #include "autograd/node.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
@@ -14,7 +15,9 @@
 namespace hd {
 namespace {
 
-std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+std::vector<double> values(const Tensor& t) {
+  return t.to_vector<double>();
+}
 
 TEST(Engine, ScalarBackwardAndAccumulationAcrossCalls) {
   Tensor x = from_vector<double>({1, 2, 3}, {3}).requires_grad_();
@@ -22,6 +25,51 @@ TEST(Engine, ScalarBackwardAndAccumulationAcrossCalls) {
   EXPECT_EQ(values(x.grad()), (std::vector<double>{2, 4, 6}));
   sum(mul(x, 3.0)).backward();  // accumulates into .grad
   EXPECT_EQ(values(x.grad()), (std::vector<double>{5, 7, 9}));
+}
+
+// AccumulateGrad adopts a first gradient that nothing else can reach instead of copying it; a
+// gradient that also reaches another leaf, a caller's hook or a view must still be copied.
+TEST(Engine, FirstGradientIsAdoptedOnlyWhenNothingElseHoldsIt) {
+  // One tensor, add's gradient, reaches both leaves: each leaf owns its own copy.
+  Tensor a = from_vector<double>({1, 2}, {2}).requires_grad_();
+  Tensor b = from_vector<double>({3, 4}, {2}).requires_grad_();
+  add(a, b).backward(from_vector<double>({5, 6}, {2}));
+  ASSERT_NE(a.grad().storage(), b.grad().storage());
+  Tensor ga = a.grad();
+  mul_(ga, 2.0);
+  EXPECT_EQ(values(a.grad()), (std::vector<double>{10, 12}));
+  EXPECT_EQ(values(b.grad()), (std::vector<double>{5, 6}));
+  // A gradient the caller passed in (and still holds) is copied.
+  Tensor x = from_vector<double>({1, 2}, {2}).requires_grad_();
+  Tensor given = from_vector<double>({7, 8}, {2});
+  mul(x, 1.0).backward(given);
+  Tensor gx = x.grad();
+  mul_(gx, 3.0);
+  EXPECT_EQ(values(given), (std::vector<double>{7, 8}));
+  // Seen by a hook: copied, so the hook's tensor keeps its values.
+  Tensor y = from_vector<double>({1, 2}, {2}).requires_grad_();
+  Tensor seen;
+  y.register_grad_hook([&](const Tensor& g) {
+    seen = g;
+    return Tensor();
+  });
+  sum(mul(y, 4.0)).backward();
+  Tensor gy = y.grad();
+  mul_(gy, 0.5);
+  EXPECT_EQ(values(seen), (std::vector<double>{4, 4}));
+  EXPECT_EQ(values(y.grad()), (std::vector<double>{2, 2}));
+  // A fresh, unshared gradient is adopted: the leaf holds the very buffer the product made
+  // (allocator count: one buffer for mul's gradient, none for a copy of it).
+  Tensor z = from_vector<double>(std::vector<double>(4096, 1.0), {4096}).requires_grad_();
+  Tensor w = from_vector<double>(std::vector<double>(4096, 2.0), {4096});
+  Tensor loss = sum(mul(z, w));
+  const int64_t before = allocator_for(Device::cpu()).stats().allocations;
+  loss.backward();
+  const int64_t made = allocator_for(Device::cpu()).stats().allocations - before;
+  EXPECT_EQ(values(z.grad())[4095], 2.0);
+  // sum's backward expands (a view, or one buffer), mul's backward makes one product: at most
+  // two buffers; copying the gradient into .grad would be a third.
+  EXPECT_LE(made, 2);
 }
 
 TEST(Engine, BackwardWithGivenGradientForNonScalar) {
@@ -121,12 +169,11 @@ TEST(Engine, HooksRunInDocumentedOrder) {
   Tensor w1 = from_vector<double>({1, 2}, {2}).requires_grad_();
   Tensor w2 = from_vector<double>({3, 4}, {2}).requires_grad_();
   std::vector<std::string> log;
-  Tensor h = mul(w1, 2.0);            // layer 1
-  Tensor out = sum(mul(h, w2));       // layer 2 (created later: runs first in backward)
+  Tensor h = mul(w1, 2.0);       // layer 1
+  Tensor out = sum(mul(h, w2));  // layer 2 (created later: runs first in backward)
   h.grad_fn()->add_pre_hook([&](std::vector<Tensor>&) { log.push_back("pre:layer1"); });
-  h.grad_fn()->add_post_hook([&](std::vector<Tensor>&, const std::vector<Tensor>&) {
-    log.push_back("post:layer1");
-  });
+  h.grad_fn()->add_post_hook(
+      [&](std::vector<Tensor>&, const std::vector<Tensor>&) { log.push_back("post:layer1"); });
   w1.register_grad_hook([&](const Tensor& g) {
     log.push_back("grad:w1");
     return mul(g, 10.0);  // replaces the incoming gradient
