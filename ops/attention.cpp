@@ -197,8 +197,17 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const A
   a.scale = o.scale != 0 ? o.scale : 1.0 / std::sqrt(double(q.size(3)));
   a.causal = o.causal;
   a.blocks = blocks;
-  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2);
-  Tensor out = Tensor::empty({B, H, Nq, v.size(3)}, widen ? DType::f32 : q.dtype(), q.device());
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Dv = v.size(3);
+  // On the CPU the output is laid out heads-last ([B, Nq, H, Dv] memory, returned as the
+  // [B, H, Nq, Dv] view): a block merges the heads back into [B, Nq, H * Dv] as a view instead
+  // of a copy (bf16 ViT step: one [8, 729, 192] copy per block). The kernel writes either layout.
+  Tensor out;
+  if (q.device().is_cpu() && !widen) {
+    out = Tensor::empty({B, Nq, H, Dv}, q.dtype(), q.device())
+              .as_strided({B, H, Nq, Dv}, {Nq * H * Dv, Dv, H * Dv, 1}, 0);
+  } else {
+    out = Tensor::empty({B, H, Nq, Dv}, widen ? DType::f32 : q.dtype(), q.device());
+  }
   // lse in the compute type: f64 for f64, f32 otherwise (bf16 would lose the softmax scale).
   const DType lse_dtype = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor lse = Tensor::empty({B, H, Nq}, lse_dtype, q.device());

@@ -36,6 +36,19 @@ struct Operand {
   const E* at(int64_t b, int64_t h) const { return base + b * sb + h * sh; }
 };
 
+// The output [B, H, N, D] with a unit last stride, written row by row: contiguous, or heads-last
+// ([B, N, H, D] memory, what the frontend allocates on the CPU so that merging the heads back
+// into [B, N, H * D] is a view, not a copy).
+template <class E>
+struct OutputRows {
+  E* base = nullptr;
+  int64_t sb = 0, sh = 0, ld = 1;
+  explicit OutputRows(Tensor& t) : base(t.data<E>()), sb(t.stride(0)), sh(t.stride(1)) {
+    ld = t.size(2) > 1 ? t.stride(2) : std::max<int64_t>(t.size(3), 1);
+  }
+  E* at(int64_t b, int64_t h) const { return base + b * sb + h * sh; }
+};
+
 // One run of keys: the prefix (always visible) or the own keys (causal if asked). Key tiles
 // never straddle the two, so the prefix needs no concatenation.
 template <class E>
@@ -207,14 +220,15 @@ void mask_tile(T* S, int64_t nq, int64_t nk, const bool* keymask, bool causal, i
 
 // Rows [i0, i0 + nq) of matrix bh: one pass over all key tiles with an online softmax.
 // P16: the bf16 twin of the probability tile S where the problem rounds tiles, else null.
-// O_scratch: an nq x Dv accumulator for bf16 outputs (unused for f32/f64, see accumulator()).
+// O_scratch: an nq x Dv accumulator, used where the output rows cannot be their own (bf16
+// outputs, or rows not Dv apart).
 template <class E, class T = Compute<E>>
 void forward_rows(const Problem<E>& p, int64_t bh, int64_t i0, int64_t nq, T* S, bf16_t* P16, T* m,
-                  T* l, T* O_scratch, E* out, T* lse) {
+                  T* l, T* O_scratch, const OutputRows<E>& out, T* lse) {
   const int64_t b = bh / p.H, h = bh % p.H;
   const E* Q = p.q.at(b, h) + i0 * p.q.ld;
-  E* out_rows = out + (bh * p.Nq + i0) * p.Dv;
-  T* O = accumulator(out_rows, O_scratch);
+  E* out_rows = out.at(b, h) + i0 * out.ld;
+  T* O = out.ld == p.Dv ? accumulator(out_rows, O_scratch) : O_scratch;
   std::fill(m, m + nq, T(-kInf));
   std::fill(l, l + nq, T(0));
   std::fill(O, O + nq * p.Dv, T(0));
@@ -262,7 +276,17 @@ void forward_rows(const Problem<E>& p, int64_t bh, int64_t i0, int64_t nq, T* S,
     for (int64_t c = 0; c < p.Dv; ++c) o[c] *= inv;
     L[r] = m[r] + std::log(l[r]);
   }
-  store_accumulated(O, out_rows, nq * p.Dv);
+  if (out.ld == p.Dv) {
+    store_accumulated(O, out_rows, nq * p.Dv);
+  } else {
+    for (int64_t r = 0; r < nq; ++r) {
+      if constexpr (std::is_same_v<E, T>) {
+        std::copy(O + r * p.Dv, O + (r + 1) * p.Dv, out_rows + r * out.ld);
+      } else {
+        store_accumulated(O + r * p.Dv, out_rows + r * out.ld, p.Dv);
+      }
+    }
+  }
 }
 
 // Scratch from the tensor allocator (so memory stats see it), one per pool chunk.
@@ -290,17 +314,17 @@ void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse) {
     using T = Compute<E>;
     const Problem<E> p(args, nullptr, nullptr, nullptr, nullptr);
     const int64_t qblocks = (p.Nq + p.bq - 1) / p.bq;
-    E* po = out.data<E>();
+    const OutputRows<E> po(out);
     T* pl = lse.data<T>();
-    constexpr bool kScratchOut = !std::is_same_v<E, T>;
+    const bool scratch_out = !std::is_same_v<E, T> || po.ld != p.Dv;
     // Tasks are (batch*head, query tile): each output row is produced by exactly one task.
     parallel_for(0, p.B * p.H * qblocks, 1, [&](int64_t lo, int64_t hi) {
-      Tensor ws = scratch<T>(p.bq * p.bk + 2 * p.bq + (kScratchOut ? p.bq * p.Dv : 0));
+      Tensor ws = scratch<T>(p.bq * p.bk + 2 * p.bq + (scratch_out ? p.bq * p.Dv : 0));
       Tensor ws16 = p.round_tiles ? scratch<bf16_t>(p.bq * p.bk) : Tensor();
       T* S = ws.data<T>();
       T* m = S + p.bq * p.bk;
       T* l = m + p.bq;
-      T* O_scratch = kScratchOut ? l + p.bq : nullptr;
+      T* O_scratch = scratch_out ? l + p.bq : nullptr;
       bf16_t* P16 = p.round_tiles ? ws16.data<bf16_t>() : nullptr;
       for (int64_t t = lo; t < hi; ++t) {
         const int64_t bh = t / qblocks, i0 = (t % qblocks) * p.bq;
@@ -428,12 +452,12 @@ void attention_backward(const AttentionArgs& args, const Tensor& out, const Tens
     // D = rowsum(dO * O) per query row (FlashAttention-2's trick to avoid storing P).
     Tensor delta = Tensor::empty({BH, p.Nq}, dtype_of<T>());
     T* pd = delta.data<T>();
-    const E* po = out.data<E>();
+    const Operand<E> po(out);
     parallel_for(0, BH, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t bh = lo; bh < hi; ++bh) {
         const E* dO = g.dout.at(bh / p.H, bh % p.H);
         for (int64_t i = 0; i < p.Nq; ++i) {
-          const E* o = po + (bh * p.Nq + i) * p.Dv;
+          const E* o = po.at(bh / p.H, bh % p.H) + i * po.ld;
           const E* d = dO + i * g.dout.ld;
           T s = 0;
           for (int64_t c = 0; c < p.Dv; ++c) {

@@ -46,11 +46,12 @@ struct AttentionArgs {
   AttentionBlocks blocks;
 };
 
-// out: contiguous [B, H, Nq, Dv]; lse: contiguous [B, H, Nq], the per-row logsumexp of the
+// out: [B, H, Nq, Dv] with a unit last stride (contiguous, or heads-last: [B, Nq, H, Dv] memory);
+// lse: contiguous [B, H, Nq], the per-row logsumexp of the
 // scaled, masked scores (+inf for a row with no visible key, whose output is zero).
 void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse);
 
-// grad_out [B, H, Nq, Dv] with a unit last stride; out and grad_out in the operands' dtype. Writes
+// grad_out and out [B, H, Nq, Dv] with a unit last stride, in the operands' dtype. Writes
 // contiguous dq, dk, dv and, when the args have a prefix, dprefix_k and dprefix_v (all allocated by
 // the caller, overwritten).
 void attention_backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,

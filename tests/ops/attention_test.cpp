@@ -13,6 +13,8 @@
 
 #include "autograd/allocator.h"
 #include "autograd/node.h"
+#include "ops/cpu/attention.h"
+#include "ops/cpu/onednn_matmul.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
 #include "ops/linalg.h"
@@ -286,8 +288,8 @@ TEST(Attention, ThreadCountDoesNotChangeBits) {
   exe[n] = 0;
   std::vector<std::string> hashes;
   for (int threads : {1, 2, 3}) {
-    std::string cmd = "HD_NUM_THREADS=" + std::to_string(threads) + " '" +
-                      exe + "' --gtest_also_run_disabled_tests "
+    std::string cmd = "HD_NUM_THREADS=" + std::to_string(threads) + " '" + exe +
+                      "' --gtest_also_run_disabled_tests "
                       "--gtest_filter=Attention.DISABLED_PrintHashForThreadCheck 2>&1";
     FILE* f = popen(cmd.c_str(), "r");
     ASSERT_NE(f, nullptr);
@@ -356,6 +358,41 @@ TEST(Attention, PermutedViewsAreNotCopied) {
   int64_t extra = alloc.stats().peak_bytes - before;
   EXPECT_LT(extra, int64_t(out.nbytes()) + (2 << 20)) << "peak extra bytes " << extra;
   EXPECT_GE(extra, int64_t(out.nbytes()));
+}
+
+// On the CPU the op returns its output heads-last ([B, N, H, D] memory behind the [B, H, N, D]
+// view), so merging the heads is a view; the kernel writes the same bits in either layout, and
+// reads either in backward (the output enters the row sums D = rowsum(dO * O)).
+TEST(Attention, OutputIsHeadsLastAndEqualsTheContiguousLayout) {
+  const int64_t B = 2, H = 3, N = 37, Dh = 8;
+  for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+    Generator gen(21, "attn-layout");
+    auto operand = [&] { return to(uniform({B, H, N, Dh}, -1, 1, gen), dt); };
+    Tensor q = operand(), k = operand(), v = operand(), g = operand();
+    NoGradGuard no_grad;
+    Tensor out = scaled_dot_product_attention(q, k, v);
+    // (bf16 on a CPU without oneDNN bf16 products runs on f32 copies: a contiguous output.)
+    const bool widened = dt == DType::bf16 && !cpu::onednn::capability().bf16_matmul;
+    EXPECT_EQ(transpose(out, 1, 2).is_contiguous(), !widened) << dtype_name(dt);
+    cpu::AttentionArgs a;
+    a.q = q;
+    a.k = k;
+    a.v = v;
+    a.scale = 1.0 / std::sqrt(double(Dh));
+    Tensor plain = Tensor::empty({B, H, N, Dh}, dt);
+    Tensor lse = Tensor::empty({B, H, N}, dt == DType::f64 ? DType::f64 : DType::f32);
+    cpu::attention_forward(a, plain, lse);
+    EXPECT_EQ(to(out, DType::f64).to_vector<double>(), to(plain, DType::f64).to_vector<double>())
+        << dtype_name(dt);
+    // Backward from each layout of the same output values: the same gradients.
+    auto grads = [&](const Tensor& o) {
+      Tensor dq = Tensor::empty(q.shape(), dt), dk = Tensor::empty(k.shape(), dt),
+             dv = Tensor::empty(v.shape(), dt), none1, none2;
+      cpu::attention_backward(a, o, lse, g, dq, dk, dv, none1, none2);
+      return to(cat({dq, dk, dv}, 0), DType::f64).to_vector<double>();
+    };
+    EXPECT_EQ(grads(out), grads(plain)) << dtype_name(dt);
+  }
 }
 
 // PS3 stage-3 scale: 2560 queries against 729 prefix + 2560 own keys, 16 heads, Dh 72. The
