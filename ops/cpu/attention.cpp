@@ -173,8 +173,7 @@ T exp_shift_sum(T* x, bf16_t* twin, int64_t n, T shift) {
       acc[l] += e;
     }
   }
-  T s = 0;
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  T s = fold_lanes(acc);
   for (; c < n; ++c) {
     x[c] = vexp(x[c] - shift);
     s += x[c];

@@ -28,8 +28,7 @@ T lane_sq_dev(const T* x, T c, int64_t n) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int64_t k = 0; k < kLanes; ++k) acc[k] = std::fma(x[i + k] - c, x[i + k] - c, acc[k]);
-  T r = T(0);
-  for (int64_t k = 0; k < kLanes; ++k) r += acc[k];
+  T r = fold_lanes(acc);
   for (; i < n; ++i) r = std::fma(x[i] - c, x[i] - c, r);
   return r;
 }
@@ -140,11 +139,7 @@ void backward_kernel(bool center, const E* gy, const E* x, const T* mean, const 
               shx[k] = std::fma(h[j + k], xh[j + k], shx[k]);
             }
           }
-          T s_h = T(0), s_hx = T(0);
-          for (int64_t k = 0; k < kLanes; ++k) {
-            s_h += sh[k];
-            s_hx += shx[k];
-          }
+          T s_h = fold_lanes(sh), s_hx = fold_lanes(shx);
           for (; j < C; ++j) {
             s_h += h[j];
             s_hx = std::fma(h[j], xh[j], s_hx);

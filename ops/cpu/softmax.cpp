@@ -41,8 +41,7 @@ T row_dot(const T* a, const T* b, int64_t n) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int64_t k = 0; k < kLanes; ++k) acc[k] = std::fma(a[i + k], b[i + k], acc[k]);
-  T r = T(0);
-  for (int64_t k = 0; k < kLanes; ++k) r += acc[k];
+  T r = fold_lanes(acc);
   for (; i < n; ++i) r = std::fma(a[i], b[i], r);
   return r;
 }
