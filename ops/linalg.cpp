@@ -23,7 +23,8 @@ Tensor blas_ready(const Tensor& t) {
 }
 
 // Raw batched product of >= 2-D operands (no autograd).
-Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in) {
+// bias (optional, [N]): added to the product's rows; on the CPU by the kernel's own tasks.
+Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in, const Tensor& bias = Tensor()) {
   check_same_device("matmul", {&a_in, &b_in});
   check_same_dtype("matmul", a_in, b_in);
   DType dt = a_in.dtype();
@@ -33,7 +34,9 @@ Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in) {
   // All accumulate in f32.
   const bool half_cpu = (dt == DType::bf16 || dt == DType::f16) && a_in.device().is_cpu();
   if (half_cpu && !(dt == DType::bf16 && cpu::onednn::capability().bf16_matmul)) {
-    return to(matmul_raw(to(a_in, DType::f32), to(b_in, DType::f32)), dt);
+    Tensor out = to(matmul_raw(to(a_in, DType::f32), to(b_in, DType::f32)), dt);
+    if (bias.defined()) add_(out, bias);
+    return out;
   }
   HD_CHECK(a_in.size(-1) == b_in.size(-2), "matmul: inner dims differ: ", a_in.shape(), " @ ",
            b_in.shape());
@@ -44,8 +47,13 @@ Tensor matmul_raw(const Tensor& a_in, const Tensor& b_in) {
   out_shape.push_back(a.size(-2));
   out_shape.push_back(b.size(-1));
   Tensor out = Tensor::empty(out_shape, dt, a.device());
+  const bool fused_bias = bias.defined() && a.device().is_cpu() && bias.dtype() == dt &&
+                          bias.dim() == 1 && bias.size(0) == out.size(-1);
+  const Tensor bias_c = fused_bias ? contiguous(bias) : Tensor();
   dispatch(
-      a, "matmul", [&] { cpu::matmul(a, b, out); }, HD_CUDA_KERNEL(cuda::matmul(a, b, out)));
+      a, "matmul", [&] { cpu::matmul(a, b, out, false, fused_bias ? &bias_c : nullptr); },
+      HD_CUDA_KERNEL(cuda::matmul(a, b, out)));
+  if (bias.defined() && !fused_bias) add_(out, bias);
   return out;
 }
 
@@ -112,10 +120,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   HD_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)), "linear: bias ",
            bias.str(), " does not match weight ", weight.shape());
   Tensor x2 = reshape(x.detach(), {-1, x.size(-1)});
-  Tensor y = matmul_raw(x2, transpose(weight.detach(), 0, 1));
-  if (bias.defined()) {
+  Tensor y;
+  {
     NoGradGuard no_grad;
-    add_(y, bias.detach());
+    y = matmul_raw(x2, transpose(weight.detach(), 0, 1), bias.defined() ? bias.detach() : Tensor());
   }
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);

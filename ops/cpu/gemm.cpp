@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "autograd/thread_pool.h"
+#include "ops/cpu/isa.h"
 #include "ops/cpu/onednn_matmul.h"
 #include "ops/cpu/strided_loop.h"
 
@@ -150,7 +151,7 @@ Layout layout_of(int64_t rows, int64_t cols, int64_t sr, int64_t sc, const char*
 
 }  // namespace
 
-void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
+void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate, const Tensor* bias) {
   const int64_t r = out.dim();
   const int64_t M = out.shape()[size_t(r - 2)], N = out.shape()[size_t(r - 1)];
   const int64_t K = a.shape()[size_t(a.dim() - 1)];
@@ -176,6 +177,21 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
     const T* pb = bm.data<T>();
     T* pc = out.data<T>();
     const S beta = accumulate ? S(1) : S(0);
+    const T* pbias = bias ? bias->data<T>() : nullptr;
+    // c[r][j] += bias[j] for rows [0, rows) and columns [j0, j1) of a block whose rows are N
+    // apart, computed as add_ would (in S, rounded once to T).
+    auto add_bias = [&](T* c, int64_t rows, int64_t j0, int64_t j1) {
+      if (!pbias) return;
+      run_vectorised([&] {
+        for (int64_t r = 0; r < rows; ++r) {
+          T* row = c + r * N;
+          for (int64_t j = j0; j < j1; ++j) {
+            row[j] = ElementTraits<T>::store(ElementTraits<T>::load(row[j]) +
+                                             ElementTraits<T>::load(pbias[j]));
+          }
+        }
+      });
+    };
     auto offsets = [&](int64_t b, int64_t& oa, int64_t& ob) {
       oa = ob = 0;
       for (size_t d = batch.size(); d-- > 0;) {
@@ -187,6 +203,7 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
     };
     if (K == 0) {
       if (!accumulate) std::fill(pc, pc + batches * M * N, ElementTraits<T>::store(S(0)));
+      add_bias(pc, batches * M, 0, N);
       return;
     }
     const int64_t a_row_step = la.trans ? 1 : la.ld;
@@ -211,6 +228,10 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
           S acc = accumulate ? ElementTraits<T>::load(pc[e]) : S(0);
           for (int64_t s = 0; s < kblocks; ++s) acc += pp[s * M * N + e];
           pc[e] = ElementTraits<T>::store(acc);
+          if (pbias) {
+            pc[e] = ElementTraits<T>::store(ElementTraits<T>::load(pc[e]) +
+                                            ElementTraits<T>::load(pbias[e % N]));
+          }
         }
       });
       return;
@@ -237,10 +258,12 @@ void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate) {
           const int64_t n0 = i0 * col_block, cols = std::min(col_block, N - n0);
           gemm(la.trans, lb.trans, M, cols, K, S(1), pa + oa, la.ld, pb + ob + n0 * b_col_step,
                lb.ld, beta, c + n0, N);
+          add_bias(c, M, n0, n0 + cols);
         } else {
           const int64_t m0 = i0 * row_block, rows = std::min(row_block, M - m0);
           gemm(la.trans, lb.trans, rows, N, K, S(1), pa + oa + m0 * a_row_step, la.ld, pb + ob,
                lb.ld, beta, c + m0 * N, N);
+          add_bias(c + m0 * N, rows, 0, N);
         }
       }
     });

@@ -36,7 +36,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
 // If accumulate, out += a @ bm. Work is split over the thread pool into at most 8 row blocks
 // per batch whose size depends only on M, so results are bit-identical for any thread count.
 // f32, f64, and bf16 (the blocks through the bf16 gemm above: oneDNN's kernels run one per
-// pool task, single-threaded, instead of in an OpenMP team of their own).
-void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate = false);
+// pool task, single-threaded, instead of in an OpenMP team of their own). bias (optional, [N],
+// out's dtype): added to every row by the task that wrote it, while it is in cache, with the
+// bits of a separate add_ (a linear's bias without another pass over its output).
+void matmul(const Tensor& a, const Tensor& bm, Tensor& out, bool accumulate = false,
+            const Tensor* bias = nullptr);
 
 }  // namespace hd::cpu

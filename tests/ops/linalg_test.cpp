@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+
 #include "autograd/thread_pool.h"
+#include "ops/cpu/gemm.h"
 
 #include "ops/elementwise.h"
 #include "ops/factory.h"
@@ -62,6 +65,32 @@ TEST(Matmul, ShortWideProductsAreCutIntoColumnBlocks) {
   // In f32 too (OpenBLAS's sgemm, the path of a training step).
   Tensor c32 = matmul(to(a, DType::f32), to(transpose(bt, 0, 1), DType::f32));
   EXPECT_LT(max_abs_diff(c32, ref), 1e-4);
+}
+
+TEST(Linear, BiasAddedInTheProductEqualsASeparateAdd) {
+  // The CPU kernel adds a linear's bias in the tasks that wrote each block: the same bits as
+  // the product followed by an add, for row blocks (600 x 48), column blocks (8 x 700), split-K
+  // (16 x 2048 -> 24) and K = 0 (the kernel directly: the bias alone), in f64, f32 and bf16.
+  const std::vector<std::array<int64_t, 3>> shapes = {{600, 40, 48}, {8, 33, 700}, {16, 2048, 24}};
+  uint64_t seed = 60;
+  for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+    for (const auto& [m, k, n] : shapes) {
+      Tensor x = to(random_leaf({m, k}, seed++).detach(), dt);
+      Tensor w = to(random_leaf({n, k}, seed++).detach(), dt);
+      Tensor b = to(random_leaf({n}, seed++).detach(), dt);
+      Tensor fused = linear(x, w, b);
+      Tensor separate = add(matmul(x, transpose(w, 0, 1)), b);
+      EXPECT_EQ(to(fused, DType::f64).to_vector<double>(),
+                to(separate, DType::f64).to_vector<double>())
+          << dtype_name(dt) << " " << m << "x" << k << "x" << n;
+    }
+    Tensor b = to(random_leaf({7}, seed++).detach(), dt);
+    Tensor out = Tensor::empty({5, 7}, dt);
+    cpu::matmul(zeros({5, 0}, dt), zeros({0, 7}, dt), out, false, &b);
+    EXPECT_EQ(to(out, DType::f64).to_vector<double>(),
+              to(expand(reshape(b, {1, 7}), {5, 7}), DType::f64).to_vector<double>())
+        << dtype_name(dt);
+  }
 }
 
 TEST(Matmul, ResultDoesNotDependOnTheThreadCount) {
