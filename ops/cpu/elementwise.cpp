@@ -314,6 +314,26 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
   });
 }
 
+namespace {
+// A strided copy: rows of unit stride in both go to unit_row(o, a, n) (a byte copy, a vector
+// rounding), other rows convert element by element.
+template <class O, class I, class UnitRow, class Element>
+void copy_rows(const Tensor& src, Tensor& dst, UnitRow unit_row, Element element) {
+  O* po = static_cast<O*>(dst.raw_data());
+  const I* ps = static_cast<const I*>(src.raw_data());
+  for_each_row<2>(dst.shape(), {dst.strides(), broadcast_strides(src, dst.shape())},
+                  [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> s) {
+                    O* o = po + off[0];
+                    const I* a = ps + off[1];
+                    if (s[0] == 1 && s[1] == 1) {
+                      unit_row(o, a, n);
+                    } else {
+                      for (int64_t i = 0; i < n; ++i) o[i * s[0]] = element(a[i * s[1]]);
+                    }
+                  });
+}
+}  // namespace
+
 void copy(const Tensor& src, Tensor& dst) {
   visit_dtype(dst.dtype(), "copy", [&]<class O>() {
     visit_dtype(src.dtype(), "copy", [&]<class I>() {
@@ -321,18 +341,9 @@ void copy(const Tensor& src, Tensor& dst) {
       using TrI = ElementTraits<I>;
       if constexpr (std::is_same_v<O, I>) {
         // Rows of unit stride are byte copies, also the short rows of a patch gather.
-        O* po = static_cast<O*>(dst.raw_data());
-        const I* ps = static_cast<const I*>(src.raw_data());
-        for_each_row<2>(dst.shape(), {dst.strides(), broadcast_strides(src, dst.shape())},
-                        [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> s) {
-                          O* o = po + off[0];
-                          const I* a = ps + off[1];
-                          if (s[0] == 1 && s[1] == 1) {
-                            copy_bytes(o, a, size_t(n) * sizeof(O));
-                          } else {
-                            for (int64_t i = 0; i < n; ++i) o[i * s[0]] = a[i * s[1]];
-                          }
-                        });
+        copy_rows<O, I>(
+            src, dst, [](O* o, const I* a, int64_t n) { copy_bytes(o, a, size_t(n) * sizeof(O)); },
+            [](I v) { return v; });
         return;
       }
       if constexpr (std::is_same_v<O, bf16_t> && std::is_same_v<I, float>) {
@@ -347,19 +358,9 @@ void copy(const Tensor& src, Tensor& dst) {
         }
         // Strided: rows of unit stride round the same way, however short (the gather of a
         // patch convolution from an f32 image, ops/conv.cpp).
-        bf16_t* pd = static_cast<bf16_t*>(dst.raw_data());
-        const float* ps = static_cast<const float*>(src.raw_data());
-        for_each_row<2>(dst.shape(), {dst.strides(), broadcast_strides(src, dst.shape())},
-                        [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> s) {
-                          bf16_t* o = pd + off[0];
-                          const float* a = ps + off[1];
-                          if (s[0] == 1 && s[1] == 1) {
-                            round_to_bf16(a, o, n);
-                          } else {
-                            for (int64_t i = 0; i < n; ++i)
-                              o[i * s[0]] = float_to_bf16(a[i * s[1]]);
-                          }
-                        });
+        copy_rows<O, I>(
+            src, dst, [](O* o, const I* a, int64_t n) { round_to_bf16(a, o, n); },
+            [](I v) { return float_to_bf16(v); });
         return;
       }
       if constexpr (!std::is_same_v<O, I>) {
