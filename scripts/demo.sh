@@ -29,4 +29,7 @@ start=$(date +%s)
 HD_NUM_THREADS="${HD_NUM_THREADS:-1}" \
   "$root/scripts/hdrun" --local "${mpirun_args[@]}" "$build/launcher/hdtrain" run \
   --config configs/pipeline-demo.textproto "$@"
-echo "demo: $(( $(date +%s) - start )) s (stages, checkpoints and the evaluation in runs/pipeline-demo/)"
+# The run folder as the config resolves it (a --set run_dir=... among the arguments moves it).
+run_dir=$("$build/launcher/hdtrain" run --config configs/pipeline-demo.textproto "$@" \
+  --print-config 2>/dev/null | sed -n 's/^run_dir: "\(.*\)"$/\1/p' || true)
+echo "demo: $(( $(date +%s) - start )) s (stages, checkpoints and the evaluation in ${run_dir:-runs/pipeline-demo}/)"
