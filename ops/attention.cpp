@@ -4,6 +4,8 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/attention.h"
+#include "ops/cpu/attention_head16.h"
+#include "ops/cpu/isa.h"
 #include "ops/cpu/onednn_matmul.h"
 #include "ops/cpu_half.h"
 #include "ops/cuda/kernels.h"
@@ -31,8 +33,9 @@ Tensor kernel_ready(const Tensor& t) {
 
 // Whether the CPU kernel reads 16-bit operands in place (bf16 tile products) rather than f32
 // copies made up front ([Note: 16-bit saved tensors] covers what is saved either way).
-bool bf16_in_tiles(const Tensor& q, const cpu::AttentionBlocks& blocks) {
+bool bf16_in_tiles(const Tensor& q, const Tensor& v, const cpu::AttentionBlocks& blocks) {
   if (!is_cpu_half(q) || q.dtype() != DType::bf16) return false;
+  if (cpu::attention_head16_applies(q.dtype(), q.size(3), v.size(3), blocks)) return true;
   return blocks.bf16_tiles < 0 ? cpu::onednn::capability().bf16_matmul : blocks.bf16_tiles > 0;
 }
 
@@ -108,7 +111,7 @@ struct AttentionBackward final : Node {
     // bf16 gradients) or runs on f32 copies (f32 gradients, rounded here).
     const DType saved_dtype = a.q.dtype();
     const bool half = is_cpu_half(a.q);
-    const bool widen = half && !bf16_in_tiles(a.q, blocks);
+    const bool widen = half && !bf16_in_tiles(a.q, a.v, blocks);
     if (widen) {
       for (Tensor* t : {&a.q, &a.k, &a.v, &a.prefix_k, &a.prefix_v}) *t = half_to_f32(*t);
       o = to(o, DType::f32);
@@ -188,7 +191,7 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, const A
     saved.prefix_v = kernel_ready(o.prefix_v.detach());
   }
   const bool half = is_cpu_half(q);
-  const bool widen = half && !bf16_in_tiles(q, blocks);
+  const bool widen = half && !bf16_in_tiles(q, v, blocks);
   cpu::AttentionArgs a = saved;
   if (widen) {
     for (Tensor* t : {&a.q, &a.k, &a.v, &a.prefix_k, &a.prefix_v}) *t = half_to_f32(*t);
@@ -256,6 +259,19 @@ Tensor scaled_dot_product_attention_bf16(const Tensor& q, const Tensor& k, const
            k_block);
   return attention_impl(q, k, v, options,
                         cpu::AttentionBlocks{q_block, k_block, -1, in_tiles ? 1 : 0});
+}
+
+Tensor scaled_dot_product_attention_head16(const Tensor& q, const Tensor& k, const Tensor& v,
+                                           const AttentionOptions& options, bool on) {
+  cpu::AttentionBlocks blocks;
+  blocks.head16 = on ? 1 : 0;
+  HD_CHECK(!on || (q.device().is_cpu() &&
+                   cpu::attention_head16_applies(q.dtype(), q.size(3), v.size(3), blocks)),
+           kOp,
+           ": the 16-wide-head kernel takes bf16 CPU operands with Dh = Dv = 16 on a CPU with "
+           "AVX512_BF16 (",
+           cpu::vector_isa().name, "), got q ", q.str(), " and v ", v.str());
+  return attention_impl(q, k, v, options, blocks);
 }
 
 }  // namespace detail

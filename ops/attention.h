@@ -43,6 +43,13 @@ Tensor scaled_dot_product_attention_bf16(const Tensor& q, const Tensor& k, const
                                          const AttentionOptions& options, bool in_tiles,
                                          int64_t q_block = 64, int64_t k_block = 256);
 
+// scaled_dot_product_attention on bf16 CPU tensors with 16-wide heads, through the
+// register-blocked AVX512_BF16 kernel (ops/cpu/attention_head16.h, on = true) or the tiled path
+// (false). For tests; on = true throws where that kernel cannot run (other dtypes or head dims,
+// a CPU without AVX512_BF16).
+Tensor scaled_dot_product_attention_head16(const Tensor& q, const Tensor& k, const Tensor& v,
+                                           const AttentionOptions& options, bool on);
+
 // Attention composed from matmul, softmax and where, differentiable through them: the plain
 // softmax(QK^T)V reference for the fused kernels (tests on every device, the GPU benchmark's
 // baseline). Runs on any device.

@@ -30,6 +30,10 @@ struct AttentionBlocks {
   // in place where oneDNN has bf16 products on this CPU (elsewhere each tile would be widened
   // again for every tile it meets, slower than one copy). Forced only by tests.
   int bf16_tiles = -1;
+  // bf16 operands with 16-wide heads on a CPU with AVX512_BF16: 1 the register-blocked kernel of
+  // ops/cpu/attention_head16.h, 0 the tiled path here, -1 that kernel unless a test forces tile
+  // sizes or bf16_tiles (the demo's attention fwd+bwd: see attention_head16.h).
+  int head16 = -1;
 };
 
 // Operands as prepared by the frontend: q [B, H, Nq, Dh], k [B, H, Nk, Dh], v [B, H, Nk, Dv],

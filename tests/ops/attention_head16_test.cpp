@@ -1,0 +1,273 @@
+// The bf16 attention kernel for 16-wide heads (ops/cpu/attention_head16.h): held to the f64
+// kernel on the same bf16 values in every case the semantics have (prefix, key mask, causal,
+// ragged and odd lengths, more keys than one score tile, a row with no visible key), to the
+// tiled bf16 path, and to itself across thread counts and operand layouts.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "autograd/node.h"
+#include "autograd/random.h"
+#include "ops/attention.h"
+#include "ops/cpu/isa.h"
+#include "ops/elementwise.h"
+#include "ops/factory.h"
+#include "ops/reduce.h"
+#include "ops/shape.h"
+#include "tests/testing/fixtures.h"
+
+namespace hd {
+namespace {
+
+using testing::expect_close;
+
+bool kernel_runs_here() {
+  return cpu::vector_isa().avx512_bf16;
+}
+
+#define SKIP_WITHOUT_AVX512_BF16()                                                           \
+  if (!kernel_runs_here()) {                                                                 \
+    GTEST_SKIP() << "the 16-wide-head kernel needs AVX512_BF16 and this CPU runs "           \
+                 << cpu::vector_isa().name << " (" << cpu::vector_isa().reason               \
+                 << "); bf16 attention here takes the tiled path, tested in attention_bf16"; \
+  }
+
+struct Case {
+  const char* name;
+  int64_t B, H, Nq, Nk, Np;
+  bool mask, causal;
+};
+
+const Case kCases[] = {
+    {"plain_odd_lengths", 2, 2, 37, 41, 0, false, false},
+    {"prefix", 1, 3, 29, 29, 11, false, false},
+    {"mask_causal", 2, 1, 33, 33, 0, true, true},
+    {"prefix_mask_causal", 1, 2, 21, 21, 9, true, true},
+    // More keys than one 1024-key score tile: the online softmax's rescaling across tiles.
+    {"two_key_tiles_prefix_mask", 1, 2, 45, 1100, 200, true, false},
+    // Query tiles past the first key tile: causal tiles skipped, partly hidden ones masked.
+    {"two_key_tiles_causal", 1, 1, 1090, 1090, 0, false, true},
+};
+
+struct Inputs {
+  std::vector<Tensor> leaves;  // q, k, v [, prefix_k, prefix_v]: bf16 leaves
+  AttentionOptions o;
+  Tensor weight;  // the loss is sum(out * weight)
+};
+
+Inputs make_inputs(const Case& c, uint64_t seed) {
+  Generator gen(seed, "attention_head16_test");
+  auto leaf = [&](int64_t n) {
+    return uniform({c.B, c.H, n, 16}, -1.5, 1.5, gen, DType::bf16).requires_grad_(true);
+  };
+  Inputs in;
+  in.leaves = {leaf(c.Nq), leaf(c.Nk), leaf(c.Nk)};
+  if (c.Np > 0) {
+    in.leaves.push_back(leaf(c.Np));
+    in.leaves.push_back(leaf(c.Np));
+  }
+  if (c.mask) {
+    std::vector<bool> m(size_t(c.B * (c.Np + c.Nk)));
+    for (size_t i = 0; i < m.size(); ++i) m[i] = (i * 7 + seed) % 5 != 0;
+    for (int64_t b = 0; b < c.B; ++b) m[size_t(b * (c.Np + c.Nk) + c.Np)] = true;
+    in.o.key_mask = from_vector(m, {c.B, c.Np + c.Nk});
+  }
+  in.o.causal = c.causal;
+  in.weight = uniform({c.B, c.H, c.Nq, 16}, -1, 1, gen);
+  return in;
+}
+
+struct Result {
+  Tensor out;
+  std::vector<Tensor> grads;
+};
+
+enum class Path { f64_reference, head16, tiled_bf16 };
+
+Result run(const Inputs& in, Path path) {
+  std::vector<Tensor> x;
+  for (const Tensor& l : in.leaves) {
+    x.push_back(path == Path::f64_reference ? to(l.detach(), DType::f64).requires_grad_(true) : l);
+  }
+  AttentionOptions o = in.o;
+  if (x.size() == 5) {
+    o.prefix_k = x[3];
+    o.prefix_v = x[4];
+  }
+  Tensor out = path == Path::f64_reference ? scaled_dot_product_attention(x[0], x[1], x[2], o)
+                                           : detail::scaled_dot_product_attention_head16(
+                                                 x[0], x[1], x[2], o, path == Path::head16);
+  sum(mul(to(out, DType::f32), to(in.weight, DType::f32))).backward();
+  Result r{out.detach(), {}};
+  for (Tensor& t : x) {
+    r.grads.push_back(t.grad());
+    t.zero_grad();
+  }
+  return r;
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
+  return m;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
+  Tensor ca = contiguous(a), cb = contiguous(b);
+  return std::memcmp(ca.raw_data(), cb.raw_data(), ca.nbytes()) == 0;
+}
+
+TEST(AttentionHead16, MatchesTheF64KernelAndTheTiledPathOnTheSameValues) {
+  SKIP_WITHOUT_AVX512_BF16();
+  uint64_t seed = 1;
+  for (const Case& c : kCases) {
+    const Inputs in = make_inputs(c, ++seed);
+    const Result want = run(in, Path::f64_reference);
+    const Result got = run(in, Path::head16);
+    const Result tiled = run(in, Path::tiled_bf16);
+    ASSERT_EQ(got.out.dtype(), DType::bf16) << c.name;
+    // Outputs in [-1.5, 1.5]: bf16 rounding of P, dS and the results (2^-8 relative).
+    expect_close(got.out, want.out, 2e-2, 2e-2, std::string(c.name) + " out vs f64");
+    expect_close(got.out, tiled.out, 2e-2, 2e-2, std::string(c.name) + " out vs tiled");
+    for (size_t i = 0; i < got.grads.size(); ++i) {
+      const std::string what = std::string(c.name) + " grad of input " + std::to_string(i);
+      ASSERT_TRUE(got.grads[i].defined()) << what;
+      ASSERT_EQ(got.grads[i].dtype(), DType::bf16) << what;
+      expect_close(got.grads[i], want.grads[i], 3e-2, 3e-2, what + " vs f64");
+      expect_close(got.grads[i], tiled.grads[i], 3e-2, 3e-2, what + " vs tiled");
+    }
+    // The comparison can fail: a wrong head dim pairing (swapping dims 0 and 1 of k) shows.
+    Inputs swapped = in;
+    swapped.leaves[1] = contiguous(cat({narrow(in.leaves[1].detach(), 3, 1, 1),
+                                        narrow(in.leaves[1].detach(), 3, 0, 1),
+                                        narrow(in.leaves[1].detach(), 3, 2, 14)},
+                                       3))
+                            .requires_grad_(true);
+    const Result wrong = run(swapped, Path::head16);
+    EXPECT_GT(max_abs_diff(wrong.out, want.out), 5e-2) << c.name;
+  }
+}
+
+// Production takes this kernel for bf16 16-wide heads on such CPUs: the default op's bits.
+TEST(AttentionHead16, IsWhatTheOpRunsByDefault) {
+  SKIP_WITHOUT_AVX512_BF16();
+  const Inputs in = make_inputs(kCases[3], 7);
+  AttentionOptions o = in.o;
+  o.prefix_k = in.leaves[3];
+  o.prefix_v = in.leaves[4];
+  NoGradGuard no_grad;
+  Tensor by_default = scaled_dot_product_attention(in.leaves[0], in.leaves[1], in.leaves[2], o);
+  Tensor forced = detail::scaled_dot_product_attention_head16(in.leaves[0], in.leaves[1],
+                                                              in.leaves[2], o, true);
+  Tensor tiled = detail::scaled_dot_product_attention_head16(in.leaves[0], in.leaves[1],
+                                                             in.leaves[2], o, false);
+  EXPECT_TRUE(same_bits(by_default, forced));
+  EXPECT_FALSE(same_bits(by_default, tiled));  // the two paths round differently
+}
+
+// A query whose keys are all masked gets zeros and zero gradients (no NaN), as in every path.
+TEST(AttentionHead16, RowWithNoVisibleKeyIsZero) {
+  SKIP_WITHOUT_AVX512_BF16();
+  Case c{"all_masked_batch", 2, 2, 19, 23, 0, false, false};
+  Inputs in = make_inputs(c, 3);
+  std::vector<bool> m(size_t(2 * 23), true);
+  for (int64_t j = 0; j < 23; ++j) m[size_t(23 + j)] = false;  // batch 1 sees nothing
+  in.o.key_mask = from_vector(m, {2, 23});
+  const Result got = run(in, Path::head16);
+  const Result want = run(in, Path::f64_reference);
+  Tensor hidden = narrow(to(got.out, DType::f32), 0, 1, 1);
+  for (float x : hidden.to_vector<float>()) ASSERT_EQ(x, 0.0f);
+  for (const Tensor& g : got.grads) {
+    for (float x : to(g, DType::f32).to_vector<float>()) ASSERT_TRUE(std::isfinite(x));
+    for (float x : narrow(to(g, DType::f32), 0, 1, 1).to_vector<float>()) ASSERT_EQ(x, 0.0f);
+  }
+  expect_close(got.out, want.out, 2e-2, 2e-2, "out");
+}
+
+// q, k, v as permuted views of one packed [B, N, 3, H, 16] projection (rows 3 H 16 apart) give
+// the bits of contiguous copies.
+TEST(AttentionHead16, PermutedViewsGiveTheBitsOfContiguousCopies) {
+  SKIP_WITHOUT_AVX512_BF16();
+  const int64_t B = 2, N = 53, H = 4;
+  Generator gen(11, "attention_head16_views");
+  Tensor qkv = uniform({B, N, 3, H, 16}, -1.5, 1.5, gen, DType::bf16);
+  auto part = [&](int64_t i) { return permute(select(qkv, 2, i), {0, 2, 1, 3}); };
+  Tensor g = uniform({B, H, N, 16}, -1, 1, gen, DType::bf16);
+  auto grads_of = [&](bool views) {
+    std::vector<Tensor> x;
+    for (int64_t i = 0; i < 3; ++i) {
+      x.push_back((views ? part(i) : contiguous(part(i))).detach().requires_grad_(true));
+    }
+    Tensor out = detail::scaled_dot_product_attention_head16(x[0], x[1], x[2], {}, true);
+    out.backward(g);
+    std::vector<Tensor> r = {out.detach()};
+    for (Tensor& t : x) r.push_back(t.grad());
+    return r;
+  };
+  const std::vector<Tensor> a = grads_of(true), b = grads_of(false);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(same_bits(a[i], b[i])) << "tensor " << i;
+}
+
+// Child mode of the next test: a hash of the outputs and gradients of the widest case.
+TEST(AttentionHead16, DISABLED_PrintHashForThreadCheck) {
+  if (!kernel_runs_here()) return;
+  const Inputs in = make_inputs(kCases[4], 5);
+  const Result r = run(in, Path::head16);
+  uint64_t h = 1469598103934665603ull;
+  std::vector<Tensor> ts = {r.out};
+  ts.insert(ts.end(), r.grads.begin(), r.grads.end());
+  for (const Tensor& t : ts) {
+    Tensor c = contiguous(t);
+    const uint8_t* p = static_cast<const uint8_t*>(c.raw_data());
+    for (int64_t i = 0; i < c.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  }
+  std::printf("HEAD16_HASH %016llx\n", (unsigned long long)h);
+}
+
+TEST(AttentionHead16, ThreadCountDoesNotChangeBits) {
+  SKIP_WITHOUT_AVX512_BF16();
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  ASSERT_GT(n, 0);
+  exe[n] = 0;
+  std::vector<std::string> hashes;
+  for (int threads : {1, 2, 3}) {
+    std::string cmd = "HD_NUM_THREADS=" + std::to_string(threads) + " '" + exe +
+                      "' --gtest_also_run_disabled_tests "
+                      "--gtest_filter=AttentionHead16.DISABLED_PrintHashForThreadCheck 2>&1";
+    FILE* f = popen(cmd.c_str(), "r");
+    ASSERT_NE(f, nullptr);
+    char line[512];
+    std::string hash;
+    while (std::fgets(line, sizeof(line), f)) {
+      if (std::strncmp(line, "HEAD16_HASH ", 12) == 0) hash = line + 12;
+    }
+    pclose(f);
+    ASSERT_FALSE(hash.empty()) << "child with " << threads << " threads printed no hash";
+    hashes.push_back(hash);
+  }
+  EXPECT_EQ(hashes[0], hashes[1]);
+  EXPECT_EQ(hashes[0], hashes[2]);
+}
+
+TEST(AttentionHead16, ForcingItOnOtherOperandsNamesWhy) {
+  Tensor q = zeros({1, 1, 4, 8}, DType::bf16);
+  try {
+    detail::scaled_dot_product_attention_head16(q, q, q, {}, true);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Dh = Dv = 16"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bf16[1, 1, 4, 8]"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace hd
