@@ -151,34 +151,41 @@ HD_HEAD16_TARGET inline void store_bf16(bf16_t* dst, __m512 x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)y);
 }
 
-// exp(x) for x <= 0 (scores minus their max or logsumexp), -inf -> 0: vexp's Cephes scheme
-// (ops/cpu/vec_math.h) in AVX-512 intrinsics.
+// exp(x) for x <= 0 (scores minus their max or logsumexp), 0 below -87.3 and for -inf:
+// x = (n + f) ln 2 with |f| <= 1/2, 2^f by its degree-6 Taylor polynomial (relative error
+// 1.2e-7, below f32's rounding), 2^n applied by vscalefps. P and dS are rounded to bf16 anyway.
 HD_HEAD16_TARGET inline __m512 exp_nonpositive(__m512 x) {
   const __m512 lo = _mm512_set1_ps(-87.33654f);
-  const __m512 xc = _mm512_max_ps(x, lo);
-  const __m512 n = _mm512_roundscale_ps(
-      _mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  const __m512i e =
-      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  const __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), y);
+  const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);  // ln2^6 / 6!
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), p, n);
 }
 
-// Scores of one column block c..c+C of 16 keys for R rows: S[r][16c + l] = scale * x_r . k_l.
-// kt points at the first block in the keys-on-lanes packing.
-template <int R, int C>
-HD_HEAD16_TARGET inline void score_block(const bf16_t* const* rows, const uint32_t* kt, float scale,
-                                         float* S, int64_t lds) {
+// x with its lanes from `first` on set to -inf (causality hides keys from there on).
+HD_HEAD16_TARGET inline __m512 hide_from(__m512 x, int64_t first) {
+  if (first >= 16) return x;
+  const __mmask16 lanes = __mmask16(0xFFFFu << std::max<int64_t>(first, 0));
+  return _mm512_mask_mov_ps(x, lanes, _mm512_set1_ps(-kInf));
+}
+
+// Score products go through score_rows with an epilogue: epi(r, col, acc) receives the raw dot
+// products of row row0 + r (epi.row0, set by scores()) with keys [col, col + 16) of the tile,
+// and does the pass that used to re-read the tile: the masked scores and their running max
+// (forward), P (backward), dS (backward). One write of the tile instead of a write and a
+// read-modify-write. Epilogues are structs, not lambdas, so they carry the target attribute.
+
+// Keys [16 c0, 16 (c0 + C)) of the tile for R rows (kt: the keys-on-lanes packing at block c0).
+template <int R, int C, class Epilogue>
+HD_HEAD16_TARGET inline void score_block(const bf16_t* const* rows, const uint32_t* kt, int64_t c0,
+                                         Epilogue& epi) {
   __m512 acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -190,86 +197,130 @@ HD_HEAD16_TARGET inline void score_block(const bf16_t* const* rows, const uint32
       for (int c = 0; c < C; ++c) acc[r][c] = dot_pairs(acc[r][c], x, keys[c]);
     }
   }
-  const __m512 s = _mm512_set1_ps(scale);
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) _mm512_storeu_ps(S + r * lds + c * 16, _mm512_mul_ps(acc[r][c], s));
+    for (int c = 0; c < C; ++c) epi(r, (c0 + c) * 16, acc[r][c]);
 }
 
-template <int R>
-HD_HEAD16_TARGET void score_rows(const bf16_t* const* rows, const uint32_t* kt, int64_t nkb,
-                                 float scale, float* S, int64_t lds) {
+template <int R, class Epilogue>
+HD_HEAD16_TARGET inline void score_rows(const bf16_t* const* rows, const uint32_t* kt, int64_t nkb,
+                                        Epilogue& epi) {
   constexpr int64_t kBlock = kPairs * 16;  // packed values per block of 16 keys
   int64_t c = 0;
-  for (; c + 4 <= nkb; c += 4) score_block<R, 4>(rows, kt + c * kBlock, scale, S + c * 16, lds);
+  for (; c + 4 <= nkb; c += 4) score_block<R, 4>(rows, kt + c * kBlock, c, epi);
   switch (nkb - c) {
     case 3:
-      score_block<R, 3>(rows, kt + c * kBlock, scale, S + c * 16, lds);
+      score_block<R, 3>(rows, kt + c * kBlock, c, epi);
       break;
     case 2:
-      score_block<R, 2>(rows, kt + c * kBlock, scale, S + c * 16, lds);
+      score_block<R, 2>(rows, kt + c * kBlock, c, epi);
       break;
     case 1:
-      score_block<R, 1>(rows, kt + c * kBlock, scale, S + c * 16, lds);
+      score_block<R, 1>(rows, kt + c * kBlock, c, epi);
       break;
     default:
       break;
   }
 }
 
-// S[r][c] = scale * x_r . key c for n rows (ld apart) and nkb blocks of 16 keys.
+// x_r . key for rows r < n of x (ld apart) and nkb blocks of 16 keys, into the epilogue.
+template <class Epilogue>
 HD_HEAD16_TARGET void scores(const bf16_t* x, int64_t ld, int64_t n, const uint32_t* kt,
-                             int64_t nkb, float scale, float* S, int64_t lds) {
+                             int64_t nkb, Epilogue& epi) {
   const bf16_t* rows[4];
   int64_t r = 0;
   for (; r + 4 <= n; r += 4) {
     for (int i = 0; i < 4; ++i) rows[i] = x + (r + i) * ld;
-    score_rows<4>(rows, kt, nkb, scale, S + r * lds, lds);
+    epi.row0 = r;
+    score_rows<4>(rows, kt, nkb, epi);
   }
   for (; r < n; ++r) {
     rows[0] = x + r * ld;
-    score_rows<1>(rows, kt, nkb, scale, S + r * lds, lds);
+    epi.row0 = r;
+    score_rows<1>(rows, kt, nkb, epi);
   }
 }
 
-// Scores of 16 keys starting at column c, plus the bias, with keys from column `hidden`
-// (causality) on set to -inf.
-HD_HEAD16_TARGET inline __m512 masked_scores(const float* row, const float* bias, int64_t c,
-                                             int64_t hidden) {
-  __m512 x = _mm512_add_ps(_mm512_loadu_ps(row + c), _mm512_loadu_ps(bias + c));
-  if (hidden < c + 16) {
-    const int64_t first = std::max<int64_t>(hidden - c, 0);
-    const __mmask16 lanes = __mmask16(0xFFFFu << first);
-    x = _mm512_mask_mov_ps(x, lanes, _mm512_set1_ps(-kInf));
+// Forward: S = scale x.k + bias, causally hidden keys -inf, and each row's running max.
+struct MaskedScores {
+  float* S;
+  int64_t lds;
+  const float* bias;
+  float scale;
+  int64_t hidden0;  // first hidden column of row 0 (past the tile when nothing is hidden)
+  int64_t row0 = 0;
+  __m512 vmax[4];
+  HD_HEAD16_TARGET inline void operator()(int r, int64_t col, __m512 acc) {
+    const int64_t i = row0 + r;
+    __m512 x = _mm512_fmadd_ps(acc, _mm512_set1_ps(scale), _mm512_loadu_ps(bias + col));
+    x = hide_from(x, hidden0 + i - col);
+    _mm512_storeu_ps(S + i * lds + col, x);
+    vmax[i] = _mm512_max_ps(vmax[i], x);
   }
-  return x;
-}
+};
 
-// One key tile of the online softmax for one row: row <- masked scores, p16 <- exp(row - m')
-// in bf16 with m' the new running max; m, l (the running sum) and the output row o updated.
-HD_HEAD16_TARGET void softmax_tile_row(float* row, const float* bias, int64_t nkp, int64_t hidden,
-                                       bf16_t* p16, float& m, float& l, float* o) {
-  __m512 vmax = _mm512_set1_ps(-kInf);
-  for (int64_t c = 0; c < nkp; c += 16) {
-    const __m512 x = masked_scores(row, bias, c, hidden);
-    _mm512_storeu_ps(row + c, x);
-    vmax = _mm512_max_ps(vmax, x);
+// Backward: P = exp(scale x.k + bias - L), 0 for hidden keys.
+struct Probabilities {
+  float* S;
+  int64_t lds;
+  const float* bias;
+  float scale;
+  int64_t hidden0;
+  const float* L;
+  int64_t row0 = 0;
+  HD_HEAD16_TARGET inline void operator()(int r, int64_t col, __m512 acc) {
+    const int64_t i = row0 + r;
+    __m512 x = _mm512_fmadd_ps(acc, _mm512_set1_ps(scale), _mm512_loadu_ps(bias + col));
+    x = hide_from(x, hidden0 + i - col);
+    // L = +inf for a row with no visible key: P = 0.
+    _mm512_storeu_ps(S + i * lds + col, exp_nonpositive(_mm512_sub_ps(x, _mm512_set1_ps(L[i]))));
   }
-  const float mnew = std::max(m, _mm512_reduce_max_ps(vmax));
-  if (mnew == -kInf) {  // nothing visible to this row yet: contributes nothing
-    std::fill_n(p16, nkp, bf16_t{0});
-    return;
+};
+
+// Backward: dS = P (dP - D) scale from the dO.v products, in f32 and in bf16.
+struct ScoreGrads {
+  const float* P;
+  float* dS;
+  bf16_t* ds16;
+  int64_t lds;
+  const float* D;
+  float scale;
+  int64_t row0 = 0;
+  HD_HEAD16_TARGET inline void operator()(int r, int64_t col, __m512 acc) {
+    const int64_t i = row0 + r, at = i * lds + col;
+    const __m512 g = _mm512_sub_ps(acc, _mm512_set1_ps(D[i]));
+    const __m512 ds =
+        _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(P + at), g), _mm512_set1_ps(scale));
+    _mm512_storeu_ps(dS + at, ds);
+    store_bf16(ds16 + at, ds);
   }
-  const __m512 shift = _mm512_set1_ps(mnew);
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t c = 0; c < nkp; c += 16) {
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + c), shift));
-    sum = _mm512_add_ps(sum, e);
-    store_bf16(p16 + c, e);
+};
+
+// One key tile of the online softmax for rows [0, n) of a forward group (n <= 4), whose masked
+// scores and running maxima MaskedScores left: P16 <- exp(S - m') in bf16 with m' the new
+// running max; m, l (the running sum) and the output rows O updated.
+HD_HEAD16_TARGET void softmax_tile_rows(const MaskedScores& ms, int64_t n, int64_t nkp, bf16_t* p16,
+                                        float* m, float* l, float* O) {
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = ms.S + r * ms.lds;
+    bf16_t* prow = p16 + r * ms.lds;
+    const float mnew = std::max(m[r], _mm512_reduce_max_ps(ms.vmax[r]));
+    if (mnew == -kInf) {  // nothing visible to this row yet: contributes nothing
+      std::fill_n(prow, nkp, bf16_t{0});
+      continue;
+    }
+    const __m512 shift = _mm512_set1_ps(mnew);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t c = 0; c < nkp; c += 16) {
+      const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + c), shift));
+      sum = _mm512_add_ps(sum, e);
+      store_bf16(prow + c, e);
+    }
+    const float alpha = std::exp(m[r] - mnew);  // 0 on the first visible tile (m = -inf)
+    l[r] = l[r] * alpha + _mm512_reduce_add_ps(sum);
+    m[r] = mnew;
+    float* o = O + r * kD;
+    _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_loadu_ps(o), _mm512_set1_ps(alpha)));
   }
-  const float alpha = std::exp(m - mnew);  // 0 on the first visible tile (m = -inf)
-  l = l * alpha + _mm512_reduce_add_ps(sum);
-  m = mnew;
-  _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_loadu_ps(o), _mm512_set1_ps(alpha)));
 }
 
 // acc[r] += sum over pairs jp < npairs of a16[r] pair jp . xp[jp] (a vector of 16 dims per pair)
@@ -335,39 +386,6 @@ HD_HEAD16_TARGET void transposed_accumulate(const float* A, int64_t lda, int64_t
   }
 }
 
-// P = exp(S + bias - L[r]) in place for rows r < nq (causality from column hidden0 + r); rows
-// nq..nq_even-1 zeroed.
-HD_HEAD16_TARGET void probabilities(float* S, int64_t lds, int64_t nq, int64_t nq_even,
-                                    const float* bias, int64_t nkp, int64_t hidden0,
-                                    const float* L) {
-  for (int64_t r = 0; r < nq; ++r) {
-    float* row = S + r * lds;
-    const __m512 shift = _mm512_set1_ps(L[r]);  // +inf for a row with no visible key: P = 0
-    for (int64_t c = 0; c < nkp; c += 16) {
-      const __m512 x = masked_scores(row, bias, c, hidden0 + r);
-      _mm512_storeu_ps(row + c, exp_nonpositive(_mm512_sub_ps(x, shift)));
-    }
-  }
-  for (int64_t r = nq; r < nq_even; ++r) std::fill_n(S + r * lds, nkp, 0.0f);
-}
-
-// dS = P * (dP - D[r]) * scale in place of dP, and its bf16 rows in ds16; rows past nq zeroed.
-HD_HEAD16_TARGET void score_grads(const float* P, float* dP, bf16_t* ds16, int64_t lds, int64_t nq,
-                                  int64_t nq_even, int64_t nkp, const float* D, float scale) {
-  const __m512 s = _mm512_set1_ps(scale);
-  for (int64_t r = 0; r < nq; ++r) {
-    const __m512 d = _mm512_set1_ps(D[r]);
-    for (int64_t c = 0; c < nkp; c += 16) {
-      const __m512 p = _mm512_loadu_ps(P + r * lds + c);
-      const __m512 g = _mm512_sub_ps(_mm512_loadu_ps(dP + r * lds + c), d);
-      const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, g), s);
-      _mm512_storeu_ps(dP + r * lds + c, ds);
-      store_bf16(ds16 + r * lds + c, ds);
-    }
-  }
-  for (int64_t r = nq; r < nq_even; ++r) std::fill_n(dP + r * lds, nkp, 0.0f);
-}
-
 // ---- task drivers (baseline code) ----
 
 // Output rows [B, H, Nq, 16], unit last stride (contiguous or heads-last).
@@ -385,24 +403,27 @@ uint32_t* as_words(Tensor& t) {
   return reinterpret_cast<uint32_t*>(t.data<int32_t>());
 }
 
-// Queries [i0, i0 + nq) of matrix (b, h): online softmax over key tiles, then the normalised
-// rows and their logsumexp.
-void forward_tile(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t nq,
-                  const uint32_t* kt, const uint32_t* vp, float* S, bf16_t* P16, float* O, float* m,
-                  float* l, float* bias, const OutRows& out, float* lse) {
+// Queries [i0, i0 + nq) of matrix (b, h), in groups of 4 rows: per key tile, the group's scores,
+// their online softmax and its P V product, with the group's [4, tile] scores and probabilities
+// in L1; then the normalised rows and their logsumexp. bias: the matrix's key bias (key_bias).
+HD_HEAD16_TARGET void forward_tile(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t nq,
+                                   const uint32_t* kt, const uint32_t* vp, const float* bias,
+                                   float* S, bf16_t* P16, float* O, float* m, float* l,
+                                   const OutRows& out, float* lse) {
   std::fill_n(m, nq, -kInf);
   std::fill_n(l, nq, 0.0f);
   std::fill_n(O, nq * kD, 0.0f);
   const bf16_t* Q = P.q.at(b, h) + i0 * P.q.ld;
-  for (int64_t j0 = 0; j0 < P.Nt && !P.hidden_tile(j0, i0, nq); j0 += kKTile) {
-    const int64_t nkp = round_up16(std::min(kKTile, P.Nt - j0));
-    key_bias(P, b, j0, nkp, bias);
-    scores(Q, P.q.ld, nq, kt + j0 * kPairs, nkp / 16, P.scale, S, nkp);
-    for (int64_t r = 0; r < nq; ++r) {
-      softmax_tile_row(S + r * nkp, bias, nkp, P.causal_end(i0 + r) - j0, P16 + r * nkp, m[r], l[r],
-                       O + r * kD);
+  for (int64_t g0 = 0; g0 < nq; g0 += 4) {
+    const int64_t n = std::min<int64_t>(4, nq - g0);
+    for (int64_t j0 = 0; j0 < P.Nt && !P.hidden_tile(j0, i0 + g0, n); j0 += kKTile) {
+      const int64_t nkp = round_up16(std::min(kKTile, P.Nt - j0));
+      MaskedScores ms{S, nkp, bias + j0, P.scale, P.causal_end(i0 + g0) - j0};
+      for (__m512& v : ms.vmax) v = _mm512_set1_ps(-kInf);
+      scores(Q + g0 * P.q.ld, P.q.ld, n, kt + j0 * kPairs, nkp / 16, ms);
+      softmax_tile_rows(ms, n, nkp, P16, m + g0, l + g0, O + g0 * kD);
+      pair_product(P16, nkp, n, nkp / 2, vp + j0 * kPairs, O + g0 * kD);
     }
-    pair_product(P16, nkp, nq, nkp / 2, vp + j0 * kPairs, O);
   }
   bf16_t* rows = out.base + b * out.sb + h * out.sh + i0 * out.ld;
   for (int64_t r = 0; r < nq; ++r) {
@@ -442,21 +463,24 @@ void attention_head16_forward(const AttentionArgs& args, Tensor& out, Tensor& ls
                      kv + (2 * bh + 1) * words);
     }
   });
+  // The key bias of each batch row (mask and padding), shared by its heads and query tiles.
+  Tensor biases = Tensor::empty({P.B, P.Ntp}, DType::f32);
+  for (int64_t b = 0; b < P.B; ++b) key_bias(P, b, 0, P.Ntp, biases.data<float>() + b * P.Ntp);
   const OutRows rows(out);
   float* L = lse.data<float>();
   parallel_for(0, BH * qtiles, 1, [&](int64_t lo, int64_t hi) {
-    Tensor f32 = Tensor::empty({kQTile * kKTile + kQTile * kD + 2 * kQTile + kKTile}, DType::f32);
-    Tensor b16 = Tensor::empty({kQTile * kKTile}, DType::bf16);
+    // One group's scores and probabilities, and the tile's output rows and softmax statistics.
+    Tensor f32 = Tensor::empty({4 * kKTile + kQTile * kD + 2 * kQTile}, DType::f32);
+    Tensor b16 = Tensor::empty({4 * kKTile}, DType::bf16);
     float* S = f32.data<float>();
-    float* O = S + kQTile * kKTile;
+    float* O = S + 4 * kKTile;
     float* m = O + kQTile * kD;
     float* l = m + kQTile;
-    float* bias = l + kQTile;
     for (int64_t t = lo; t < hi; ++t) {
-      const int64_t bh = t / qtiles, i0 = (t % qtiles) * kQTile;
-      forward_tile(P, bh / P.H, bh % P.H, i0, std::min(kQTile, P.Nq - i0), kv + 2 * bh * words,
-                   kv + (2 * bh + 1) * words, S, b16.data<bf16_t>(), O, m, l, bias, rows,
-                   L + bh * P.Nq);
+      const int64_t bh = t / qtiles, i0 = (t % qtiles) * kQTile, b = bh / P.H;
+      forward_tile(P, b, bh % P.H, i0, std::min(kQTile, P.Nq - i0), kv + 2 * bh * words,
+                   kv + (2 * bh + 1) * words, biases.data<float>() + b * P.Ntp, S,
+                   b16.data<bf16_t>(), O, m, l, rows, L + bh * P.Nq);
     }
   });
 }
@@ -472,7 +496,7 @@ struct BackwardWorkspace {
   bf16_t* ds16;
   explicit BackwardWorkspace(int64_t Ntp)
       : words(Tensor::empty({3 * Ntp * kPairs + kQTile * kD}, DType::i32)),
-        f32(Tensor::empty({2 * kD * Ntp + 2 * kQTile * kKTile + kQTile * kD + kKTile + kQTile},
+        f32(Tensor::empty({2 * kD * Ntp + 2 * kQTile * kKTile + kQTile * kD + Ntp + kQTile},
                           DType::f32)),
         b16(Tensor::empty({kQTile * kKTile}, DType::bf16)) {
     kt = as_words(words);
@@ -486,7 +510,7 @@ struct BackwardWorkspace {
     dP = S + kQTile * kKTile;
     dq = dP + kQTile * kKTile;
     bias = dq + kQTile * kD;
-    D = bias + kKTile;
+    D = bias + Ntp;
     ds16 = b16.data<bf16_t>();
   }
 };
@@ -498,6 +522,7 @@ void backward_matrix(const Problem& P, const Rows& out, const Rows& dout, const 
   pack_keys_on_lanes(P, true, b, h, w.kt);
   pack_keys_on_lanes(P, false, b, h, w.vt);
   pack_row_pairs([&](int64_t j) { return P.key_row(true, b, h, j); }, P.Nt, P.Ntp, w.kp);
+  key_bias(P, b, 0, P.Ntp, w.bias);
   std::fill_n(w.dkT, kD * P.Ntp, 0.0f);
   std::fill_n(w.dvT, kD * P.Ntp, 0.0f);
   const bf16_t* Q = P.q.at(b, h);
@@ -520,11 +545,14 @@ void backward_matrix(const Problem& P, const Rows& out, const Rows& dout, const 
     const float* L = lse + bh * P.Nq + i0;
     for (int64_t j0 = 0; j0 < P.Nt && !P.hidden_tile(j0, i0, nq); j0 += kKTile) {
       const int64_t nkp = round_up16(std::min(kKTile, P.Nt - j0)), nkb = nkp / 16;
-      key_bias(P, b, j0, nkp, w.bias);
-      scores(q_rows, P.q.ld, nq, w.kt + j0 * kPairs, nkb, P.scale, w.S, nkp);
-      probabilities(w.S, nkp, nq, nq_even, w.bias, nkp, P.causal_end(i0) - j0, L);
-      scores(do_rows, dout.ld, nq, w.vt + j0 * kPairs, nkb, 1.0f, w.dP, nkp);
-      score_grads(w.S, w.dP, w.ds16, nkp, nq, nq_even, nkp, w.D, P.scale);
+      Probabilities probs{w.S, nkp, w.bias + j0, P.scale, P.causal_end(i0) - j0, L};
+      scores(q_rows, P.q.ld, nq, w.kt + j0 * kPairs, nkb, probs);
+      ScoreGrads grads{w.S, w.dP, w.ds16, nkp, w.D, P.scale};
+      scores(do_rows, dout.ld, nq, w.vt + j0 * kPairs, nkb, grads);
+      if (nq < nq_even) {  // the pad row of the last query pair: no probability, no gradient
+        std::fill_n(w.S + nq * nkp, nkp, 0.0f);
+        std::fill_n(w.dP + nq * nkp, nkp, 0.0f);
+      }
       pair_product(w.ds16, nkp, nq, nkp / 2, w.kp + j0 * kPairs, w.dq);             // dQ += dS K
       transposed_accumulate(w.S, nkp, nq_even / 2, nkb, w.dop, w.dvT + j0, P.Ntp);  // dV += P^T dO
       transposed_accumulate(w.dP, nkp, nq_even / 2, nkb, w.qp, w.dkT + j0, P.Ntp);  // dK += dS^T Q
