@@ -164,8 +164,11 @@ BENCHMARK(BM_PatchifyCopy)
 // The PS3 demo model's low-res attention: 2 images x 4 heads x 729 tokens, head dim 16. With so
 // few dims per head the tile products are short and the per-score passes (exp, rounding, dS)
 // weigh as much as the products. Arg: 0 f32, 1 bf16 (read in place where oneDNN has bf16).
+// Arg 0: f32; 1: bf16 as the op runs it (on a CPU with AVX512_BF16 the 16-wide-head kernel,
+// ops/cpu/attention_head16.h); 2: bf16 through the tiled path (oneDNN tile products), the
+// kernel's baseline.
 void BM_AttentionHeadDim16ForwardBackward(benchmark::State& state) {
-  const bool half = state.range(0) != 0;
+  const bool half = state.range(0) != 0, tiled = state.range(0) == 2;
   auto leaf = [&](uint64_t seed) {
     Tensor t = randn({2, 4, 729, 16}, seed);
     return (half ? to(t, DType::bf16) : t).requires_grad_(true);
@@ -174,18 +177,21 @@ void BM_AttentionHeadDim16ForwardBackward(benchmark::State& state) {
   Tensor g = randn({2, 4, 729, 16}, 8);
   if (half) g = to(g, DType::bf16);
   for (auto _ : state) {
-    scaled_dot_product_attention(q, k, v).backward(g);
+    (tiled ? detail::scaled_dot_product_attention_head16(q, k, v, {}, false)
+           : scaled_dot_product_attention(q, k, v))
+        .backward(g);
     q.zero_grad();
     k.zero_grad();
     v.zero_grad();
   }
-  state.SetLabel(half ? "bf16" : "f32");
+  state.SetLabel(tiled ? "bf16 tiled" : half ? "bf16" : "f32");
   state.counters["ns/score"] = benchmark::Counter(
       8.0 * 729 * 729, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
 }
 BENCHMARK(BM_AttentionHeadDim16ForwardBackward)
     ->Arg(0)
     ->Arg(1)
+    ->Arg(2)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

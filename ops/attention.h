@@ -19,8 +19,9 @@ struct AttentionOptions {
 
 // q [B, H, Nq, Dh], k and v [B, H, Nk, Dh] (v may have another head dim Dv) -> [B, H, Nq, Dv].
 // Gradients flow to q, k, v and the prefix k/v. f32 and f64; bf16/f16 computed in f32 (on the
-// CPU: bf16 read in place by bf16 tile products where oneDNN has them, otherwise through
-// converted copies, ops/cpu_half.h).
+// CPU: bf16 read in place by bf16 tile products where oneDNN has them, or with 16-wide heads on
+// AVX512_BF16 by ops/cpu/attention_head16.h's kernel; otherwise through converted copies,
+// ops/cpu_half.h).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const AttentionOptions& options = {});
 

@@ -4,7 +4,8 @@
 // Memory: each task holds one [q_block, k_block] tile of scores (plus one of dP in backward);
 // the full [Nq, Nk] matrix never exists. Block products go through single-threaded cpu::gemm
 // inside pool tasks. Every output element is accumulated by one task in a fixed order, so
-// results are bit-identical for any thread count.
+// results are bit-identical for any thread count. bf16 operands with 16-wide heads on a CPU with
+// AVX512_BF16 go to the register-blocked kernel of attention_head16.h instead (same contract).
 #pragma once
 
 #include <cstdint>
