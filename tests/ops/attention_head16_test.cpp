@@ -3,7 +3,6 @@
 // ragged and odd lengths, more keys than one score tile, a row with no visible key), to the
 // tiled bf16 path, and to itself across thread counts and operand layouts.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -20,6 +19,7 @@
 #include "ops/factory.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "tests/testing/child_process.h"
 #include "tests/testing/fixtures.h"
 
 namespace hd {
@@ -234,25 +234,10 @@ TEST(AttentionHead16, DISABLED_PrintHashForThreadCheck) {
 
 TEST(AttentionHead16, ThreadCountDoesNotChangeBits) {
   SKIP_WITHOUT_AVX512_BF16();
-  char exe[4096];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  ASSERT_GT(n, 0);
-  exe[n] = 0;
-  std::vector<std::string> hashes;
-  for (int threads : {1, 2, 3}) {
-    std::string cmd = "HD_NUM_THREADS=" + std::to_string(threads) + " '" + exe +
-                      "' --gtest_also_run_disabled_tests "
-                      "--gtest_filter=AttentionHead16.DISABLED_PrintHashForThreadCheck 2>&1";
-    FILE* f = popen(cmd.c_str(), "r");
-    ASSERT_NE(f, nullptr);
-    char line[512];
-    std::string hash;
-    while (std::fgets(line, sizeof(line), f)) {
-      if (std::strncmp(line, "HEAD16_HASH ", 12) == 0) hash = line + 12;
-    }
-    pclose(f);
-    ASSERT_FALSE(hash.empty()) << "child with " << threads << " threads printed no hash";
-    hashes.push_back(hash);
+  const std::vector<std::string> hashes = testing::child_lines_by_thread_count(
+      "AttentionHead16.DISABLED_PrintHashForThreadCheck", "HEAD16_HASH ", {1, 2, 3});
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    ASSERT_FALSE(hashes[i].empty()) << "child " << i << " printed no hash";
   }
   EXPECT_EQ(hashes[0], hashes[1]);
   EXPECT_EQ(hashes[0], hashes[2]);

@@ -2,7 +2,6 @@
 
 #include <gtest/gtest.h>
 
-#include <unistd.h>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -20,6 +19,7 @@
 #include "ops/linalg.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "tests/testing/child_process.h"
 #include "tests/testing/fixtures.h"
 #include "tests/testing/gradcheck.h"
 
@@ -282,25 +282,10 @@ TEST(Attention, DISABLED_PrintHashForThreadCheck) {
 
 // HD_NUM_THREADS is read once, so each thread count runs in its own process (this binary).
 TEST(Attention, ThreadCountDoesNotChangeBits) {
-  char exe[4096];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  ASSERT_GT(n, 0);
-  exe[n] = 0;
-  std::vector<std::string> hashes;
-  for (int threads : {1, 2, 3}) {
-    std::string cmd = "HD_NUM_THREADS=" + std::to_string(threads) + " '" + exe +
-                      "' --gtest_also_run_disabled_tests "
-                      "--gtest_filter=Attention.DISABLED_PrintHashForThreadCheck 2>&1";
-    FILE* f = popen(cmd.c_str(), "r");
-    ASSERT_NE(f, nullptr);
-    char line[512];
-    std::string hash;
-    while (std::fgets(line, sizeof(line), f)) {
-      if (std::strncmp(line, "ATTN_HASH ", 10) == 0) hash = line + 10;
-    }
-    pclose(f);
-    ASSERT_FALSE(hash.empty()) << "child with " << threads << " threads printed no hash";
-    hashes.push_back(hash);
+  const std::vector<std::string> hashes = testing::child_lines_by_thread_count(
+      "Attention.DISABLED_PrintHashForThreadCheck", "ATTN_HASH ", {1, 2, 3});
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    ASSERT_FALSE(hashes[i].empty()) << "child " << i << " printed no hash";
   }
   EXPECT_EQ(hashes[0], hashes[1]);
   EXPECT_EQ(hashes[0], hashes[2]);
