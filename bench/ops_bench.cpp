@@ -298,6 +298,22 @@ void BM_DepthwiseConvForwardBackward(benchmark::State& state) {
 }
 BENCHMARK(BM_DepthwiseConvForwardBackward)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// A residual add of the PS3 demo's sizes (bf16 [2, 729, 64] and the selection ConvNeXt's
+// [2, 54, 54, 32]): small maps whose cost is the per-op overhead (allocation, the pool's
+// wake-up) as much as the bytes. Arg: elements.
+void BM_AddBf16Small(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Tensor a = to(randn({n}, 21), DType::bf16), b = to(randn({n}, 22), DType::bf16);
+  for (auto _ : state) benchmark::DoNotOptimize(add(a, b).raw_data());
+  state.counters["ns/elem"] = benchmark::Counter(
+      double(n), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_AddBf16Small)
+    ->Arg(2 * 729 * 64)
+    ->Arg(2 * 54 * 54 * 32)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
 // Engine overhead: backward through a long chain of ops on 1-element tensors, where the kernels
 // cost almost nothing and the engine's bookkeeping (dependency counts, input buffers, the
 // visited set: hash maps keyed by Node*) is what is measured. The graph is kept

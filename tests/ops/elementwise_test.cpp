@@ -191,5 +191,26 @@ TEST(Elementwise, HalfPrecisionRoundTrips) {
   EXPECT_NEAR(b[4], 3.14159f, 2e-2f);
 }
 
+// full / fill_ in every dtype: contiguous rows go through memset (zero bits) or fill_n, views
+// with a stride through the element loop; -0.0 is not zero bits and must keep its sign.
+TEST(Elementwise, FillWritesEveryElementInEveryLayout) {
+  for (DType dt : {DType::f32, DType::f64, DType::bf16, DType::f16, DType::i32, DType::i64}) {
+    for (double v : {0.0, -0.0, 2.5}) {
+      Tensor t = full({3, 70001}, v, dt);  // long enough to be split over the pool
+      for (double x : t.to_vector<double>()) {
+        ASSERT_EQ(x, std::trunc(v) == v || is_floating(dt) ? v : std::trunc(v)) << dtype_name(dt);
+        ASSERT_EQ(std::signbit(x), std::signbit(v) && is_floating(dt))
+            << dtype_name(dt) << " " << v;
+      }
+    }
+    Tensor base = full({4, 6}, 1.0, dt);
+    Tensor column = select(base, 1, 2);  // stride 6
+    fill_(column, 0.0);
+    const std::vector<double> got = base.to_vector<double>();
+    for (int64_t i = 0; i < 24; ++i)
+      ASSERT_EQ(got[size_t(i)], i % 6 == 2 ? 0.0 : 1.0) << dtype_name(dt);
+  }
+}
+
 }  // namespace
 }  // namespace hd
