@@ -98,26 +98,33 @@ BENCHMARK(BM_AttentionForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTi
 // bf16 q, k, v: Arg 0 widens them to f32 copies up front, Arg 1 reads them in place with bf16
 // tile products (oneDNN's where the CPU has them, else each tile widened for OpenBLAS): the
 // measurement behind the kernel's default (AttentionBlocks::bf16_tiles).
+// Arg 0: bf16 widened to f32 copies up front; 1: bf16 read in place by (oneDNN) tile products;
+// 2: the op as it runs by default (on a CPU with AVX512_BF16: the bf16 dot-product kernel,
+// ops/cpu/attention_head16.h).
 void BM_AttentionBf16ForwardBackward(benchmark::State& state) {
-  const bool in_tiles = state.range(0) != 0;
+  const int mode = int(state.range(0));
+  const bool in_tiles = mode != 0;
   auto leaf = [](uint64_t seed) {
     return to(randn({8, 3, 729, 64}, seed), DType::bf16).requires_grad_(true);
   };
   Tensor q = leaf(5), k = leaf(6), v = leaf(7);
   Tensor g = to(randn({8, 3, 729, 64}, 8), DType::bf16);
   for (auto _ : state) {
-    detail::scaled_dot_product_attention_bf16(q, k, v, {}, in_tiles).backward(g);
+    (mode == 2 ? scaled_dot_product_attention(q, k, v)
+               : detail::scaled_dot_product_attention_bf16(q, k, v, {}, in_tiles))
+        .backward(g);
     q.zero_grad();
     k.zero_grad();
     v.zero_grad();
   }
-  state.SetLabel(in_tiles ? "bf16 in tiles" : "bf16 widened up front");
+  state.SetLabel(mode == 2 ? "bf16 default" : in_tiles ? "bf16 in tiles" : "bf16 widened up front");
   state.counters["FLOP/s"] = benchmark::Counter(3.5 * 4.0 * 24 * 729 * 729 * 64,
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_AttentionBf16ForwardBackward)
     ->Arg(0)
     ->Arg(1)
+    ->Arg(2)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

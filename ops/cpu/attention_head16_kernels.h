@@ -32,8 +32,7 @@
 
 namespace hd::cpu::head16 {
 
-constexpr int64_t kD = 16;  // head dim: 8 pairs of bf16, 16 f32 lanes
-constexpr int64_t kPairs = kD / 2;
+constexpr int64_t kLanes = 16;  // f32 lanes of an AVX-512 vector
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // Head dims 2p and 2p + 1 of a row: one vdpbf16ps operand lane.
@@ -67,15 +66,17 @@ HD_HEAD16_TARGET inline void round_row16(const float* src, bf16_t* dst) {
   const __m512 ax = _mm512_abs_ps(x);
   if (_mm512_cmp_ps_mask(ax, _mm512_set1_ps(FLT_MIN), _CMP_LT_OQ) &
       _mm512_cmp_ps_mask(ax, _mm512_setzero_ps(), _CMP_NEQ_OQ)) {
-    for (int64_t k = 0; k < kD; ++k) dst[k] = float_to_bf16(src[k]);
+    for (int64_t k = 0; k < kLanes; ++k) dst[k] = float_to_bf16(src[k]);
     return;
   }
   store_bf16(dst, x);
 }
 
-// rows[r * ld] <- src rows r < n (16 values each), rounded.
+// rows[r * ld] <- src rows r < n (D values each), rounded.
+template <int D>
 HD_HEAD16_TARGET inline void round_rows(const float* src, int64_t n, bf16_t* rows, int64_t ld) {
-  for (int64_t r = 0; r < n; ++r) round_row16(src + r * kD, rows + r * ld);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t v = 0; v < D; v += kLanes) round_row16(src + r * D + v, rows + r * ld + v);
 }
 
 // exp(x) for x <= 0 (scores minus their max or logsumexp), 0 below -87.3 and for -inf:
@@ -109,10 +110,12 @@ HD_HEAD16_TARGET inline __m512 hide_from(__m512 x, int64_t first) {
 // (forward), P (backward), dS (backward). One write of the tile instead of a write and a
 // read-modify-write. Epilogues are structs, not lambdas, so they carry the target attribute.
 
-// Keys [16 c0, 16 (c0 + C)) of the tile for R rows (kt: the keys-on-lanes packing at block c0).
-template <int R, int C, class Epilogue>
+// Keys [16 c0, 16 (c0 + C)) of the tile for R rows of head dim D (kt: the keys-on-lanes packing
+// at block c0, D / 2 vectors per block).
+template <int D, int R, int C, class Epilogue>
 HD_HEAD16_TARGET inline void score_block(const bf16_t* const* rows, const uint32_t* kt, int64_t c0,
                                          Epilogue& epi) {
+  constexpr int64_t kPairs = D / 2;
   __m512 acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -128,21 +131,21 @@ HD_HEAD16_TARGET inline void score_block(const bf16_t* const* rows, const uint32
     for (int c = 0; c < C; ++c) epi(r, (c0 + c) * 16, acc[r][c]);
 }
 
-template <int R, class Epilogue>
+template <int D, int R, class Epilogue>
 HD_HEAD16_TARGET inline void score_rows(const bf16_t* const* rows, const uint32_t* kt, int64_t nkb,
                                         Epilogue& epi) {
-  constexpr int64_t kBlock = kPairs * 16;  // packed values per block of 16 keys
+  constexpr int64_t kBlock = D / 2 * 16;  // packed values per block of 16 keys
   int64_t c = 0;
-  for (; c + 4 <= nkb; c += 4) score_block<R, 4>(rows, kt + c * kBlock, c, epi);
+  for (; c + 4 <= nkb; c += 4) score_block<D, R, 4>(rows, kt + c * kBlock, c, epi);
   switch (nkb - c) {
     case 3:
-      score_block<R, 3>(rows, kt + c * kBlock, c, epi);
+      score_block<D, R, 3>(rows, kt + c * kBlock, c, epi);
       break;
     case 2:
-      score_block<R, 2>(rows, kt + c * kBlock, c, epi);
+      score_block<D, R, 2>(rows, kt + c * kBlock, c, epi);
       break;
     case 1:
-      score_block<R, 1>(rows, kt + c * kBlock, c, epi);
+      score_block<D, R, 1>(rows, kt + c * kBlock, c, epi);
       break;
     default:
       break;
@@ -150,7 +153,7 @@ HD_HEAD16_TARGET inline void score_rows(const bf16_t* const* rows, const uint32_
 }
 
 // x_r . key for rows r < n of x (ld apart) and nkb blocks of 16 keys, into the epilogue.
-template <class Epilogue>
+template <int D, class Epilogue>
 HD_HEAD16_TARGET inline void scores(const bf16_t* x, int64_t ld, int64_t n, const uint32_t* kt,
                                     int64_t nkb, Epilogue& epi) {
   const bf16_t* rows[4];
@@ -158,12 +161,12 @@ HD_HEAD16_TARGET inline void scores(const bf16_t* x, int64_t ld, int64_t n, cons
   for (; r + 4 <= n; r += 4) {
     for (int i = 0; i < 4; ++i) rows[i] = x + (r + i) * ld;
     epi.row0 = r;
-    score_rows<4>(rows, kt, nkb, epi);
+    score_rows<D, 4>(rows, kt, nkb, epi);
   }
   for (; r < n; ++r) {
     rows[0] = x + r * ld;
     epi.row0 = r;
-    score_rows<1>(rows, kt, nkb, epi);
+    score_rows<D, 1>(rows, kt, nkb, epi);
   }
 }
 
@@ -225,6 +228,7 @@ struct ScoreGrads {
 // One key tile of the online softmax for rows [0, n) of a forward group (n <= 4), whose masked
 // scores and running maxima MaskedScores left: P16 <- exp(S - m') in bf16 with m' the new
 // running max; m, l (the running sum) and the output rows O updated.
+template <int D>
 HD_HEAD16_TARGET inline void softmax_tile_rows(const MaskedScores& ms, int64_t n, int64_t nkp,
                                                bf16_t* p16, float* m, float* l, float* O) {
   for (int64_t r = 0; r < n; ++r) {
@@ -245,40 +249,55 @@ HD_HEAD16_TARGET inline void softmax_tile_rows(const MaskedScores& ms, int64_t n
     const float alpha = std::exp(m[r] - mnew);  // 0 on the first visible tile (m = -inf)
     l[r] = l[r] * alpha + _mm512_reduce_add_ps(sum);
     m[r] = mnew;
-    float* o = O + r * kD;
-    _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_loadu_ps(o), _mm512_set1_ps(alpha)));
+    for (int64_t v = 0; v < D; v += kLanes) {
+      float* o = O + r * D + v;
+      _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_loadu_ps(o), _mm512_set1_ps(alpha)));
+    }
   }
 }
 
-// acc[r] += sum over pairs jp < npairs of a16[r] pair jp . xp[jp] (a vector of 16 dims per pair)
-// for R rows of a bf16 tile (lda apart); npairs % 4 == 0. Four partial sums per row keep the
-// dependent dot-product chains short; they are added in a fixed order.
-template <int R>
+// acc[r] += sum over pairs jp < npairs of a16[r] pair jp . xp[jp] (D dims per pair, D / 16
+// vectors) for R rows of a bf16 tile (lda apart); npairs % 4 == 0. With 16-wide heads each row
+// keeps four partial sums, so the dependent dot-product chains stay short; they are added in a
+// fixed order. Wider heads have D / 16 independent vectors per row already.
+template <int D, int R>
 HD_HEAD16_TARGET inline void pair_rows(const bf16_t* a16, int64_t lda, int64_t npairs,
                                        const uint32_t* xp, float* acc) {
-  __m512 s[R][4];
+  constexpr int V = D / kLanes, U = V == 1 ? 4 : 1;
+  __m512 s[R][U][V];
   for (int r = 0; r < R; ++r)
-    for (int u = 0; u < 4; ++u) s[r][u] = _mm512_setzero_ps();
-  for (int64_t jp = 0; jp < npairs; jp += 4) {
-    for (int u = 0; u < 4; ++u) {
-      const __m512i x = _mm512_loadu_si512(xp + (jp + u) * kD);
-      for (int r = 0; r < R; ++r)
-        s[r][u] = dot_pairs(s[r][u], broadcast_pair(a16 + r * lda, jp + u), x);
+    for (int u = 0; u < U; ++u)
+      for (int v = 0; v < V; ++v) s[r][u][v] = _mm512_setzero_ps();
+  for (int64_t jp = 0; jp < npairs; jp += U) {
+    for (int u = 0; u < U; ++u) {
+      __m512i x[V];
+      for (int v = 0; v < V; ++v) x[v] = _mm512_loadu_si512(xp + (jp + u) * D + v * kLanes);
+      for (int r = 0; r < R; ++r) {
+        const __m512i a = broadcast_pair(a16 + r * lda, jp + u);
+        for (int v = 0; v < V; ++v) s[r][u][v] = dot_pairs(s[r][u][v], a, x[v]);
+      }
     }
   }
   for (int r = 0; r < R; ++r) {
-    const __m512 t =
-        _mm512_add_ps(_mm512_add_ps(s[r][0], s[r][1]), _mm512_add_ps(s[r][2], s[r][3]));
-    _mm512_storeu_ps(acc + r * kD, _mm512_add_ps(_mm512_loadu_ps(acc + r * kD), t));
+    for (int v = 0; v < V; ++v) {
+      __m512 t = s[r][0][v];
+      if constexpr (U == 4) {
+        t = _mm512_add_ps(_mm512_add_ps(s[r][0][v], s[r][1][v]),
+                          _mm512_add_ps(s[r][2][v], s[r][3][v]));
+      }
+      float* o = acc + r * D + v * kLanes;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), t));
+    }
   }
 }
 
-// acc (n rows of 16) += A16 X for a bf16 tile A16 [n, 2 npairs] and X packed as key pairs.
+// acc (n rows of D) += A16 X for a bf16 tile A16 [n, 2 npairs] and X packed as key pairs.
+template <int D>
 HD_HEAD16_TARGET inline void pair_product(const bf16_t* a16, int64_t lda, int64_t n, int64_t npairs,
                                           const uint32_t* xp, float* acc) {
   int64_t r = 0;
-  for (; r + 4 <= n; r += 4) pair_rows<4>(a16 + r * lda, lda, npairs, xp, acc + r * kD);
-  for (; r < n; ++r) pair_rows<1>(a16 + r * lda, lda, npairs, xp, acc + r * kD);
+  for (; r + 4 <= n; r += 4) pair_rows<D, 4>(a16 + r * lda, lda, npairs, xp, acc + r * D);
+  for (; r < n; ++r) pair_rows<D, 1>(a16 + r * lda, lda, npairs, xp, acc + r * D);
 }
 
 // Word k of the interleave: even k from the low half (row 2i), odd k from the high (row 2i + 1).
@@ -288,21 +307,30 @@ constexpr std::array<uint16_t, 32> kInterleave = [] {
   return idx;
 }();
 
-// accT[d][16 jb + l] += sum over rows i of A[i][16 jb + l] X[i][d]: the key-major accumulation of
-// dV^T = (P^T dO)^T and dK^T = (dS^T Q)^T. A: an f32 tile of 2 npairs rows (lda apart, rows past
-// the queries zero), rounded to bf16 two rows at a time and interleaved into row pairs; xp: X's
-// rows in pairs (pack_row_pairs).
+// The bf16 pair of rows 2 ip and 2 ip + 1 of an f32 tile A (lda apart), keys [16 jb, 16 jb + 16):
+// each lane holds (A[2 ip][key], A[2 ip + 1][key]) rounded, the operand whose products sum over
+// the two rows (queries) for 16 keys.
+HD_HEAD16_TARGET inline __m512i row_pair(const float* A, int64_t lda, int64_t ip, int64_t jb,
+                                         __m512i interleave) {
+  const __m512 a0 = _mm512_loadu_ps(A + 2 * ip * lda + jb * 16);
+  const __m512 a1 = _mm512_loadu_ps(A + (2 * ip + 1) * lda + jb * 16);
+  return _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(a1, a0));
+}
+
+// 16-wide heads: accT[d][16 jb + l] += sum over rows i of A[i][16 jb + l] X[i][d], the key-major
+// accumulation of dV^T = (P^T dO)^T and dK^T = (dS^T Q)^T, 16 accumulators (one per dim) for 16
+// keys. A: an f32 tile of 2 npairs rows (lda apart, rows past the queries zero); xp: X's rows in
+// pairs (pack_row_pairs).
 HD_HEAD16_TARGET inline void transposed_accumulate(const float* A, int64_t lda, int64_t npairs,
                                                    int64_t nkb, const uint32_t* xp, float* accT,
                                                    int64_t ldt) {
+  constexpr int64_t kD = 16;
   const __m512i interleave = _mm512_loadu_si512(kInterleave.data());
   for (int64_t jb = 0; jb < nkb; ++jb) {
     __m512 s[kD];
     for (int64_t d = 0; d < kD; ++d) s[d] = _mm512_setzero_ps();
     for (int64_t ip = 0; ip < npairs; ++ip) {
-      const __m512 a0 = _mm512_loadu_ps(A + 2 * ip * lda + jb * 16);
-      const __m512 a1 = _mm512_loadu_ps(A + (2 * ip + 1) * lda + jb * 16);
-      const __m512i x = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(a1, a0));
+      const __m512i x = row_pair(A, lda, ip, jb, interleave);
       const uint32_t* xr = xp + ip * kD;
       for (int64_t d = 0; d < kD; ++d) s[d] = dot_pairs(s[d], x, _mm512_set1_epi32(int(xr[d])));
     }
@@ -313,13 +341,54 @@ HD_HEAD16_TARGET inline void transposed_accumulate(const float* A, int64_t lda, 
   }
 }
 
-// rows[j - j0] <- column j of accT [16, ld] for keys j in [j0, j1), rounded.
+// rows[j - j0] <- column j of accT [16, ld] for keys j in [j0, j1), rounded (16-wide heads).
 HD_HEAD16_TARGET inline void transpose_rounded(const float* accT, int64_t ld, int64_t j0,
                                                int64_t j1, bf16_t* rows) {
-  alignas(64) float row[kD];
+  alignas(64) float row[kLanes];
   for (int64_t j = j0; j < j1; ++j) {
-    for (int64_t d = 0; d < kD; ++d) row[d] = accT[d * ld + j];
-    round_row16(row, rows + (j - j0) * kD);
+    for (int64_t d = 0; d < kLanes; ++d) row[d] = accT[d * ld + j];
+    round_row16(row, rows + (j - j0) * kLanes);
+  }
+}
+
+// Wider heads (D = 32, 64: D accumulators of 16 keys would not fit in registers): the tile's
+// row pairs, interleaved once (pairs[ip][key], a word per key) ...
+HD_HEAD16_TARGET inline void interleave_row_pairs(const float* A, int64_t lda, int64_t npairs,
+                                                  int64_t nkb, uint32_t* pairs) {
+  const __m512i interleave = _mm512_loadu_si512(kInterleave.data());
+  for (int64_t ip = 0; ip < npairs; ++ip) {
+    for (int64_t jb = 0; jb < nkb; ++jb) {
+      _mm512_storeu_si512(pairs + ip * lda + jb * 16, row_pair(A, lda, ip, jb, interleave));
+    }
+  }
+}
+
+// ... then acc[key][d] += sum over row pairs ip of pairs[ip][key] . xp[ip][d], dims on the lanes:
+// dV = P^T dO and dK = dS^T Q in rows, for keys [0, nk) (nk % (16 / (D / 16)) == 0), a group of
+// keys' D-wide rows held in 16 registers through all row pairs.
+template <int D>
+HD_HEAD16_TARGET inline void pair_columns(const uint32_t* pairs, int64_t ldp, int64_t npairs,
+                                          int64_t nk, const uint32_t* xp, float* acc) {
+  constexpr int V = D / kLanes, G = 16 / V;  // vectors per row, keys per group
+  for (int64_t j0 = 0; j0 < nk; j0 += G) {
+    __m512 s[G][V];
+    for (int g = 0; g < G; ++g)
+      for (int v = 0; v < V; ++v) s[g][v] = _mm512_setzero_ps();
+    for (int64_t ip = 0; ip < npairs; ++ip) {
+      __m512i x[V];
+      for (int v = 0; v < V; ++v) x[v] = _mm512_loadu_si512(xp + ip * D + v * kLanes);
+      const uint32_t* pr = pairs + ip * ldp + j0;
+      for (int g = 0; g < G; ++g) {
+        const __m512i a = _mm512_set1_epi32(int(pr[g]));
+        for (int v = 0; v < V; ++v) s[g][v] = dot_pairs(s[g][v], a, x[v]);
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      for (int v = 0; v < V; ++v) {
+        float* o = acc + (j0 + g) * D + v * kLanes;
+        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), s[g][v]));
+      }
+    }
   }
 }
 

@@ -42,6 +42,7 @@ struct Case {
   const char* name;
   int64_t B, H, Nq, Nk, Np;
   bool mask, causal;
+  int64_t D = 16;  // head dim
 };
 
 const Case kCases[] = {
@@ -53,6 +54,12 @@ const Case kCases[] = {
     {"two_key_tiles_prefix_mask", 1, 2, 45, 1100, 200, true, false},
     // Query tiles past the first key tile: causal tiles skipped, partly hidden ones masked.
     {"two_key_tiles_causal", 1, 1, 1090, 1090, 0, false, true},
+    // Wider heads: dK and dV from interleaved row pairs, 2 and 4 vectors per row.
+    {"d32_plain_odd_lengths", 2, 2, 37, 41, 0, false, false, 32},
+    {"d32_prefix_mask_causal", 1, 2, 21, 21, 9, true, true, 32},
+    {"d64_plain_odd_lengths", 2, 3, 37, 41, 0, false, false, 64},
+    {"d64_prefix_mask_causal", 1, 2, 21, 21, 9, true, true, 64},
+    {"d64_two_key_tiles_prefix_mask", 1, 1, 45, 1100, 200, true, false, 64},
 };
 
 struct Inputs {
@@ -64,7 +71,7 @@ struct Inputs {
 Inputs make_inputs(const Case& c, uint64_t seed) {
   Generator gen(seed, "attention_head16_test");
   auto leaf = [&](int64_t n) {
-    return uniform({c.B, c.H, n, 16}, -1.5, 1.5, gen, DType::bf16).requires_grad_(true);
+    return uniform({c.B, c.H, n, c.D}, -1.5, 1.5, gen, DType::bf16).requires_grad_(true);
   };
   Inputs in;
   in.leaves = {leaf(c.Nq), leaf(c.Nk), leaf(c.Nk)};
@@ -79,7 +86,7 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
     in.o.key_mask = from_vector(m, {c.B, c.Np + c.Nk});
   }
   in.o.causal = c.causal;
-  in.weight = uniform({c.B, c.H, c.Nq, 16}, -1, 1, gen);
+  in.weight = uniform({c.B, c.H, c.Nq, c.D}, -1, 1, gen);
   return in;
 }
 
@@ -144,11 +151,11 @@ TEST(AttentionHead16, MatchesTheF64KernelAndTheTiledPathOnTheSameValues) {
       expect_close(got.grads[i], want.grads[i], 3e-2, 3e-2, what + " vs f64");
       expect_close(got.grads[i], tiled.grads[i], 3e-2, 3e-2, what + " vs tiled");
     }
-    // The comparison can fail: a wrong head dim pairing (swapping dims 0 and 1 of k) shows.
+    // The comparison can fail: k with its two halves of head dims swapped (a wrong pairing of
+    // dims) is caught.
     Inputs swapped = in;
-    swapped.leaves[1] = contiguous(cat({narrow(in.leaves[1].detach(), 3, 1, 1),
-                                        narrow(in.leaves[1].detach(), 3, 0, 1),
-                                        narrow(in.leaves[1].detach(), 3, 2, 14)},
+    swapped.leaves[1] = contiguous(cat({narrow(in.leaves[1].detach(), 3, c.D / 2, c.D / 2),
+                                        narrow(in.leaves[1].detach(), 3, 0, c.D / 2)},
                                        3))
                             .requires_grad_(true);
     const Result wrong = run(swapped, Path::head16);
@@ -219,15 +226,17 @@ TEST(AttentionHead16, PermutedViewsGiveTheBitsOfContiguousCopies) {
 // Child mode of the next test: a hash of the outputs and gradients of the widest case.
 TEST(AttentionHead16, DISABLED_PrintHashForThreadCheck) {
   if (!kernel_runs_here()) return;
-  const Inputs in = make_inputs(kCases[4], 5);
-  const Result r = run(in, Path::head16);
   uint64_t h = 1469598103934665603ull;
-  std::vector<Tensor> ts = {r.out};
-  ts.insert(ts.end(), r.grads.begin(), r.grads.end());
-  for (const Tensor& t : ts) {
-    Tensor c = contiguous(t);
-    const uint8_t* p = static_cast<const uint8_t*>(c.raw_data());
-    for (int64_t i = 0; i < c.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  for (const Case* c : {&kCases[4], &kCases[10]}) {  // two key tiles, head dims 16 and 64
+    const Inputs in = make_inputs(*c, 5);
+    const Result r = run(in, Path::head16);
+    std::vector<Tensor> ts = {r.out};
+    ts.insert(ts.end(), r.grads.begin(), r.grads.end());
+    for (const Tensor& t : ts) {
+      Tensor ct = contiguous(t);
+      const uint8_t* p = static_cast<const uint8_t*>(ct.raw_data());
+      for (int64_t i = 0; i < ct.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+    }
   }
   std::printf("HEAD16_HASH %016llx\n", (unsigned long long)h);
 }
