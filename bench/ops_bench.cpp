@@ -100,7 +100,7 @@ BENCHMARK(BM_AttentionForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTi
 // measurement behind the kernel's default (AttentionBlocks::bf16_tiles).
 // Arg 0: bf16 widened to f32 copies up front; 1: bf16 read in place by (oneDNN) tile products;
 // 2: the op as it runs by default (on a CPU with AVX512_BF16: the bf16 dot-product kernel,
-// ops/cpu/attention_head16.h).
+// ops/cpu/attention_dpbf16.h).
 void BM_AttentionBf16ForwardBackward(benchmark::State& state) {
   const int mode = int(state.range(0));
   const bool in_tiles = mode != 0;
@@ -171,8 +171,8 @@ BENCHMARK(BM_PatchifyCopy)
 // The PS3 demo model's low-res attention: 2 images x 4 heads x 729 tokens, head dim 16. With so
 // few dims per head the tile products are short and the per-score passes (exp, rounding, dS)
 // weigh as much as the products. Arg: 0 f32, 1 bf16 (read in place where oneDNN has bf16).
-// Arg 0: f32; 1: bf16 as the op runs it (on a CPU with AVX512_BF16 the 16-wide-head kernel,
-// ops/cpu/attention_head16.h); 2: bf16 through the tiled path (oneDNN tile products), the
+// Arg 0: f32; 1: bf16 as the op runs it (on a CPU with AVX512_BF16 the bf16 dot-product kernel,
+// ops/cpu/attention_dpbf16.h); 2: bf16 through the tiled path (oneDNN tile products), the
 // kernel's baseline.
 void BM_AttentionHeadDim16ForwardBackward(benchmark::State& state) {
   const bool half = state.range(0) != 0, tiled = state.range(0) == 2;
@@ -184,7 +184,7 @@ void BM_AttentionHeadDim16ForwardBackward(benchmark::State& state) {
   Tensor g = randn({2, 4, 729, 16}, 8);
   if (half) g = to(g, DType::bf16);
   for (auto _ : state) {
-    (tiled ? detail::scaled_dot_product_attention_head16(q, k, v, {}, false)
+    (tiled ? detail::scaled_dot_product_attention_dpbf16(q, k, v, {}, false)
            : scaled_dot_product_attention(q, k, v))
         .backward(g);
     q.zero_grad();

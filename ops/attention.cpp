@@ -4,7 +4,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/attention.h"
-#include "ops/cpu/attention_head16.h"
+#include "ops/cpu/attention_dpbf16.h"
 #include "ops/cpu/isa.h"
 #include "ops/cpu/onednn_matmul.h"
 #include "ops/cpu_half.h"
@@ -35,7 +35,7 @@ Tensor kernel_ready(const Tensor& t) {
 // copies made up front ([Note: 16-bit saved tensors] covers what is saved either way).
 bool bf16_in_tiles(const Tensor& q, const Tensor& v, const cpu::AttentionBlocks& blocks) {
   if (!is_cpu_half(q) || q.dtype() != DType::bf16) return false;
-  if (cpu::attention_head16_applies(q.dtype(), q.size(3), v.size(3), blocks)) return true;
+  if (cpu::attention_dpbf16_applies(q.dtype(), q.size(3), v.size(3), blocks)) return true;
   return blocks.bf16_tiles < 0 ? cpu::onednn::capability().bf16_matmul : blocks.bf16_tiles > 0;
 }
 
@@ -261,14 +261,15 @@ Tensor scaled_dot_product_attention_bf16(const Tensor& q, const Tensor& k, const
                         cpu::AttentionBlocks{q_block, k_block, -1, in_tiles ? 1 : 0});
 }
 
-Tensor scaled_dot_product_attention_head16(const Tensor& q, const Tensor& k, const Tensor& v,
+Tensor scaled_dot_product_attention_dpbf16(const Tensor& q, const Tensor& k, const Tensor& v,
                                            const AttentionOptions& options, bool on) {
   cpu::AttentionBlocks blocks;
-  blocks.head16 = on ? 1 : 0;
+  blocks.dpbf16 = on ? 1 : 0;
   HD_CHECK(!on || (q.device().is_cpu() &&
-                   cpu::attention_head16_applies(q.dtype(), q.size(3), v.size(3), blocks)),
+                   cpu::attention_dpbf16_applies(q.dtype(), q.size(3), v.size(3), blocks)),
            kOp,
-           ": the 16-wide-head kernel takes bf16 CPU operands with Dh = Dv = 16 on a CPU with "
+           ": the bf16 dot-product kernel takes bf16 CPU operands with Dh = Dv in {16, 32, 64} on "
+           "a CPU with "
            "AVX512_BF16 (",
            cpu::vector_isa().name, "), got q ", q.str(), " and v ", v.str());
   return attention_impl(q, k, v, options, blocks);

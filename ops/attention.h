@@ -19,8 +19,8 @@ struct AttentionOptions {
 
 // q [B, H, Nq, Dh], k and v [B, H, Nk, Dh] (v may have another head dim Dv) -> [B, H, Nq, Dv].
 // Gradients flow to q, k, v and the prefix k/v. f32 and f64; bf16/f16 computed in f32 (on the
-// CPU: bf16 read in place by bf16 tile products where oneDNN has them, or with 16-wide heads on
-// AVX512_BF16 by ops/cpu/attention_head16.h's kernel; otherwise through converted copies,
+// CPU: bf16 read in place by bf16 tile products where oneDNN has them, or with head dims 16/32/64
+// on AVX512_BF16 by ops/cpu/attention_dpbf16.h's kernel; otherwise through converted copies,
 // ops/cpu_half.h).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const AttentionOptions& options = {});
@@ -44,11 +44,11 @@ Tensor scaled_dot_product_attention_bf16(const Tensor& q, const Tensor& k, const
                                          const AttentionOptions& options, bool in_tiles,
                                          int64_t q_block = 64, int64_t k_block = 256);
 
-// scaled_dot_product_attention on bf16 CPU tensors with 16-wide heads, through the
-// register-blocked AVX512_BF16 kernel (ops/cpu/attention_head16.h, on = true) or the tiled path
+// scaled_dot_product_attention on bf16 CPU tensors with head dims 16, 32 or 64, through the
+// register-blocked AVX512_BF16 kernel (ops/cpu/attention_dpbf16.h, on = true) or the tiled path
 // (false). For tests; on = true throws where that kernel cannot run (other dtypes or head dims,
 // a CPU without AVX512_BF16).
-Tensor scaled_dot_product_attention_head16(const Tensor& q, const Tensor& k, const Tensor& v,
+Tensor scaled_dot_product_attention_dpbf16(const Tensor& q, const Tensor& k, const Tensor& v,
                                            const AttentionOptions& options, bool on);
 
 // Attention composed from matmul, softmax and where, differentiable through them: the plain

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "autograd/thread_pool.h"
-#include "ops/cpu/attention_head16.h"
+#include "ops/cpu/attention_dpbf16.h"
 #include "ops/cpu/gemm.h"
 #include "ops/cpu/isa.h"
 #include "ops/cpu/onednn_matmul.h"
@@ -310,8 +310,8 @@ void visit_operands(DType dt, const char* op, F&& fn) {
 }  // namespace
 
 void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse) {
-  if (attention_head16_applies(args.q.dtype(), args.q.size(3), args.v.size(3), args.blocks)) {
-    attention_head16_forward(args, out, lse);
+  if (attention_dpbf16_applies(args.q.dtype(), args.q.size(3), args.v.size(3), args.blocks)) {
+    attention_dpbf16_forward(args, out, lse);
     return;
   }
   visit_operands(args.q.dtype(), "scaled_dot_product_attention", [&]<class E>() {
@@ -442,8 +442,8 @@ void store_key_grads(const Problem<E>& p, const Segment<E>& sg, int64_t bh, int6
 void attention_backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,
                         const Tensor& grad_out, Tensor& dq, Tensor& dk, Tensor& dv,
                         Tensor& dprefix_k, Tensor& dprefix_v) {
-  if (attention_head16_applies(args.q.dtype(), args.q.size(3), args.v.size(3), args.blocks)) {
-    attention_head16_backward(args, out, lse, grad_out, dq, dk, dv, dprefix_k, dprefix_v);
+  if (attention_dpbf16_applies(args.q.dtype(), args.q.size(3), args.v.size(3), args.blocks)) {
+    attention_dpbf16_backward(args, out, lse, grad_out, dq, dk, dv, dprefix_k, dprefix_v);
     return;
   }
   visit_operands(args.q.dtype(), "scaled_dot_product_attention backward", [&]<class E>() {

@@ -4,8 +4,9 @@
 // Memory: each task holds one [q_block, k_block] tile of scores (plus one of dP in backward);
 // the full [Nq, Nk] matrix never exists. Block products go through single-threaded cpu::gemm
 // inside pool tasks. Every output element is accumulated by one task in a fixed order, so
-// results are bit-identical for any thread count. bf16 operands with 16-wide heads on a CPU with
-// AVX512_BF16 go to the register-blocked kernel of attention_head16.h instead (same contract).
+// results are bit-identical for any thread count. bf16 operands with head dims 16, 32 or 64 on a
+// CPU with AVX512_BF16 go to the register-blocked kernel of attention_dpbf16.h instead (same
+// contract).
 #pragma once
 
 #include <cstdint>
@@ -31,10 +32,10 @@ struct AttentionBlocks {
   // in place where oneDNN has bf16 products on this CPU (elsewhere each tile would be widened
   // again for every tile it meets, slower than one copy). Forced only by tests.
   int bf16_tiles = -1;
-  // bf16 operands with 16-wide heads on a CPU with AVX512_BF16: 1 the register-blocked kernel of
-  // ops/cpu/attention_head16.h, 0 the tiled path here, -1 that kernel unless a test forces tile
-  // sizes or bf16_tiles (the demo's attention fwd+bwd: see attention_head16.h).
-  int head16 = -1;
+  // bf16 operands with head dims 16, 32, 64 on a CPU with AVX512_BF16: 1 the kernel of
+  // ops/cpu/attention_dpbf16.h, 0 the tiled path here, -1 that kernel unless a test forces tile
+  // sizes or bf16_tiles (the demo's attention fwd+bwd: see attention_dpbf16.h).
+  int dpbf16 = -1;
 };
 
 // Operands as prepared by the frontend: q [B, H, Nq, Dh], k [B, H, Nk, Dh], v [B, H, Nk, Dv],

@@ -178,9 +178,9 @@ OpBytes run_ops() {
     AttentionOptions opts;
     opts.key_mask = gt(randn({2, 150}, 4), -1.0);
     // The tiled kernels, whose loops have both instantiations (the bf16 dot-product kernel for
-    // head dims 16/32/64 has no AVX2 twin: tests/ops/attention_head16_test.cpp holds it to the
+    // head dims 16/32/64 has no AVX2 twin: tests/ops/attention_dpbf16_test.cpp holds it to the
     // f64 kernel and to these).
-    Tensor o = detail::scaled_dot_product_attention_head16(q, k, v, opts, false);
+    Tensor o = detail::scaled_dot_product_attention_dpbf16(q, k, v, opts, false);
     o.backward(to(randn(o.shape(), 5), dt));
     append("attention out", o);
     append("attention dq", q.grad());

@@ -1,6 +1,6 @@
-// The bf16 attention kernel for 16-wide heads (ops/cpu/attention_head16.h): held to the f64
-// kernel on the same bf16 values in every case the semantics have (prefix, key mask, causal,
-// ragged and odd lengths, more keys than one score tile, a row with no visible key), to the
+// The bf16 dot-product attention kernel, head dims 16, 32, 64 (ops/cpu/attention_dpbf16.h): held to
+// the f64 kernel on the same bf16 values in every case the semantics have (prefix, key mask,
+// causal, ragged and odd lengths, more keys than one score tile, a row with no visible key), to the
 // tiled bf16 path, and to itself across thread counts and operand layouts.
 #include <gtest/gtest.h>
 
@@ -31,11 +31,11 @@ bool kernel_runs_here() {
   return cpu::vector_isa().avx512_bf16;
 }
 
-#define SKIP_WITHOUT_AVX512_BF16()                                                           \
-  if (!kernel_runs_here()) {                                                                 \
-    GTEST_SKIP() << "the 16-wide-head kernel needs AVX512_BF16 and this CPU runs "           \
-                 << cpu::vector_isa().name << " (" << cpu::vector_isa().reason               \
-                 << "); bf16 attention here takes the tiled path, tested in attention_bf16"; \
+#define SKIP_WITHOUT_AVX512_BF16()                                                               \
+  if (!kernel_runs_here()) {                                                                     \
+    GTEST_SKIP() << "the bf16 dot-product attention kernel needs AVX512_BF16 and this CPU runs " \
+                 << cpu::vector_isa().name << " (" << cpu::vector_isa().reason                   \
+                 << "); bf16 attention here takes the tiled path, tested in attention_bf16";     \
   }
 
 struct Case {
@@ -69,7 +69,7 @@ struct Inputs {
 };
 
 Inputs make_inputs(const Case& c, uint64_t seed) {
-  Generator gen(seed, "attention_head16_test");
+  Generator gen(seed, "attention_dpbf16_test");
   auto leaf = [&](int64_t n) {
     return uniform({c.B, c.H, n, c.D}, -1.5, 1.5, gen, DType::bf16).requires_grad_(true);
   };
@@ -95,7 +95,7 @@ struct Result {
   std::vector<Tensor> grads;
 };
 
-enum class Path { f64_reference, head16, tiled_bf16 };
+enum class Path { f64_reference, dpbf16, tiled_bf16 };
 
 Result run(const Inputs& in, Path path) {
   std::vector<Tensor> x;
@@ -108,8 +108,8 @@ Result run(const Inputs& in, Path path) {
     o.prefix_v = x[4];
   }
   Tensor out = path == Path::f64_reference ? scaled_dot_product_attention(x[0], x[1], x[2], o)
-                                           : detail::scaled_dot_product_attention_head16(
-                                                 x[0], x[1], x[2], o, path == Path::head16);
+                                           : detail::scaled_dot_product_attention_dpbf16(
+                                                 x[0], x[1], x[2], o, path == Path::dpbf16);
   sum(mul(to(out, DType::f32), to(in.weight, DType::f32))).backward();
   Result r{out.detach(), {}};
   for (Tensor& t : x) {
@@ -132,13 +132,13 @@ bool same_bits(const Tensor& a, const Tensor& b) {
   return std::memcmp(ca.raw_data(), cb.raw_data(), ca.nbytes()) == 0;
 }
 
-TEST(AttentionHead16, MatchesTheF64KernelAndTheTiledPathOnTheSameValues) {
+TEST(AttentionDpbf16, MatchesTheF64KernelAndTheTiledPathOnTheSameValues) {
   SKIP_WITHOUT_AVX512_BF16();
   uint64_t seed = 1;
   for (const Case& c : kCases) {
     const Inputs in = make_inputs(c, ++seed);
     const Result want = run(in, Path::f64_reference);
-    const Result got = run(in, Path::head16);
+    const Result got = run(in, Path::dpbf16);
     const Result tiled = run(in, Path::tiled_bf16);
     ASSERT_EQ(got.out.dtype(), DType::bf16) << c.name;
     // Outputs in [-1.5, 1.5]: bf16 rounding of P, dS and the results (2^-8 relative).
@@ -158,13 +158,13 @@ TEST(AttentionHead16, MatchesTheF64KernelAndTheTiledPathOnTheSameValues) {
                                         narrow(in.leaves[1].detach(), 3, 0, c.D / 2)},
                                        3))
                             .requires_grad_(true);
-    const Result wrong = run(swapped, Path::head16);
+    const Result wrong = run(swapped, Path::dpbf16);
     EXPECT_GT(max_abs_diff(wrong.out, want.out), 5e-2) << c.name;
   }
 }
 
-// Production takes this kernel for bf16 16-wide heads on such CPUs: the default op's bits.
-TEST(AttentionHead16, IsWhatTheOpRunsByDefault) {
+// Production takes this kernel for bf16 heads of 16, 32, 64 on such CPUs: the default op's bits.
+TEST(AttentionDpbf16, IsWhatTheOpRunsByDefault) {
   SKIP_WITHOUT_AVX512_BF16();
   const Inputs in = make_inputs(kCases[3], 7);
   AttentionOptions o = in.o;
@@ -172,23 +172,23 @@ TEST(AttentionHead16, IsWhatTheOpRunsByDefault) {
   o.prefix_v = in.leaves[4];
   NoGradGuard no_grad;
   Tensor by_default = scaled_dot_product_attention(in.leaves[0], in.leaves[1], in.leaves[2], o);
-  Tensor forced = detail::scaled_dot_product_attention_head16(in.leaves[0], in.leaves[1],
+  Tensor forced = detail::scaled_dot_product_attention_dpbf16(in.leaves[0], in.leaves[1],
                                                               in.leaves[2], o, true);
-  Tensor tiled = detail::scaled_dot_product_attention_head16(in.leaves[0], in.leaves[1],
+  Tensor tiled = detail::scaled_dot_product_attention_dpbf16(in.leaves[0], in.leaves[1],
                                                              in.leaves[2], o, false);
   EXPECT_TRUE(same_bits(by_default, forced));
   EXPECT_FALSE(same_bits(by_default, tiled));  // the two paths round differently
 }
 
 // A query whose keys are all masked gets zeros and zero gradients (no NaN), as in every path.
-TEST(AttentionHead16, RowWithNoVisibleKeyIsZero) {
+TEST(AttentionDpbf16, RowWithNoVisibleKeyIsZero) {
   SKIP_WITHOUT_AVX512_BF16();
   Case c{"all_masked_batch", 2, 2, 19, 23, 0, false, false};
   Inputs in = make_inputs(c, 3);
   std::vector<bool> m(size_t(2 * 23), true);
   for (int64_t j = 0; j < 23; ++j) m[size_t(23 + j)] = false;  // batch 1 sees nothing
   in.o.key_mask = from_vector(m, {2, 23});
-  const Result got = run(in, Path::head16);
+  const Result got = run(in, Path::dpbf16);
   const Result want = run(in, Path::f64_reference);
   Tensor hidden = narrow(to(got.out, DType::f32), 0, 1, 1);
   for (float x : hidden.to_vector<float>()) ASSERT_EQ(x, 0.0f);
@@ -201,10 +201,10 @@ TEST(AttentionHead16, RowWithNoVisibleKeyIsZero) {
 
 // q, k, v as permuted views of one packed [B, N, 3, H, 16] projection (rows 3 H 16 apart) give
 // the bits of contiguous copies.
-TEST(AttentionHead16, PermutedViewsGiveTheBitsOfContiguousCopies) {
+TEST(AttentionDpbf16, PermutedViewsGiveTheBitsOfContiguousCopies) {
   SKIP_WITHOUT_AVX512_BF16();
   const int64_t B = 2, N = 53, H = 4;
-  Generator gen(11, "attention_head16_views");
+  Generator gen(11, "attention_dpbf16_views");
   Tensor qkv = uniform({B, N, 3, H, 16}, -1.5, 1.5, gen, DType::bf16);
   auto part = [&](int64_t i) { return permute(select(qkv, 2, i), {0, 2, 1, 3}); };
   Tensor g = uniform({B, H, N, 16}, -1, 1, gen, DType::bf16);
@@ -213,7 +213,7 @@ TEST(AttentionHead16, PermutedViewsGiveTheBitsOfContiguousCopies) {
     for (int64_t i = 0; i < 3; ++i) {
       x.push_back((views ? part(i) : contiguous(part(i))).detach().requires_grad_(true));
     }
-    Tensor out = detail::scaled_dot_product_attention_head16(x[0], x[1], x[2], {}, true);
+    Tensor out = detail::scaled_dot_product_attention_dpbf16(x[0], x[1], x[2], {}, true);
     out.backward(g);
     std::vector<Tensor> r = {out.detach()};
     for (Tensor& t : x) r.push_back(t.grad());
@@ -224,12 +224,12 @@ TEST(AttentionHead16, PermutedViewsGiveTheBitsOfContiguousCopies) {
 }
 
 // Child mode of the next test: a hash of the outputs and gradients of the widest case.
-TEST(AttentionHead16, DISABLED_PrintHashForThreadCheck) {
+TEST(AttentionDpbf16, DISABLED_PrintHashForThreadCheck) {
   if (!kernel_runs_here()) return;
   uint64_t h = 1469598103934665603ull;
   for (const Case* c : {&kCases[4], &kCases[10]}) {  // two key tiles, head dims 16 and 64
     const Inputs in = make_inputs(*c, 5);
-    const Result r = run(in, Path::head16);
+    const Result r = run(in, Path::dpbf16);
     std::vector<Tensor> ts = {r.out};
     ts.insert(ts.end(), r.grads.begin(), r.grads.end());
     for (const Tensor& t : ts) {
@@ -238,13 +238,13 @@ TEST(AttentionHead16, DISABLED_PrintHashForThreadCheck) {
       for (int64_t i = 0; i < ct.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
     }
   }
-  std::printf("HEAD16_HASH %016llx\n", (unsigned long long)h);
+  std::printf("DPBF16_HASH %016llx\n", (unsigned long long)h);
 }
 
-TEST(AttentionHead16, ThreadCountDoesNotChangeBits) {
+TEST(AttentionDpbf16, ThreadCountDoesNotChangeBits) {
   SKIP_WITHOUT_AVX512_BF16();
   const std::vector<std::string> hashes = testing::child_lines_by_thread_count(
-      "AttentionHead16.DISABLED_PrintHashForThreadCheck", "HEAD16_HASH ", {1, 2, 3});
+      "AttentionDpbf16.DISABLED_PrintHashForThreadCheck", "DPBF16_HASH ", {1, 2, 3});
   for (size_t i = 0; i < hashes.size(); ++i) {
     ASSERT_FALSE(hashes[i].empty()) << "child " << i << " printed no hash";
   }
@@ -252,13 +252,13 @@ TEST(AttentionHead16, ThreadCountDoesNotChangeBits) {
   EXPECT_EQ(hashes[0], hashes[2]);
 }
 
-TEST(AttentionHead16, ForcingItOnOtherOperandsNamesWhy) {
+TEST(AttentionDpbf16, ForcingItOnOtherOperandsNamesWhy) {
   Tensor q = zeros({1, 1, 4, 8}, DType::bf16);
   try {
-    detail::scaled_dot_product_attention_head16(q, q, q, {}, true);
+    detail::scaled_dot_product_attention_dpbf16(q, q, q, {}, true);
     FAIL() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("Dh = Dv = 16"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("Dh = Dv in {16, 32, 64}"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("bf16[1, 1, 4, 8]"), std::string::npos) << e.what();
   }
 }

@@ -1,10 +1,10 @@
-// The AVX-512 + AVX512_BF16 building blocks of the 16-wide-head attention kernel
-// (attention_head16.h has the layouts and why): dot products of bf16 pairs in three register
+// The AVX-512 + AVX512_BF16 building blocks of the bf16 dot-product attention kernel
+// (attention_dpbf16.h has the layouts and why): dot products of bf16 pairs in three register
 // blockings, the epilogues that turn score blocks into masked scores, P or dS, the online
 // softmax of a row group, exp, and the bf16 rounding of results. Included by
-// attention_head16.cpp only.
+// attention_dpbf16.cpp only.
 //
-// Every function here carries HD_HEAD16_TARGET and is reached only where
+// Every function here carries HD_DPBF16_TARGET and is reached only where
 // vector_isa().avx512_bf16 says the CPU has these instructions; they take raw pointers, so no
 // inline function shared with other files is ever emitted with AVX-512 code.
 #pragma once
@@ -21,7 +21,7 @@
 
 #include "autograd/dtype.h"
 
-#define HD_HEAD16_TARGET \
+#define HD_DPBF16_TARGET \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
 // GCC 12 reports its own _mm512_reduce_* helpers as reading an uninitialised vector (they start
@@ -30,7 +30,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-namespace hd::cpu::head16 {
+namespace hd::cpu::dpbf16 {
 
 constexpr int64_t kLanes = 16;  // f32 lanes of an AVX-512 vector
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -42,17 +42,17 @@ inline uint32_t pair_at(const bf16_t* row, int64_t p) {
   return v;
 }
 
-HD_HEAD16_TARGET inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) {
+HD_DPBF16_TARGET inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) {
   return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
 }
 
-HD_HEAD16_TARGET inline __m512i broadcast_pair(const bf16_t* row, int64_t p) {
+HD_DPBF16_TARGET inline __m512i broadcast_pair(const bf16_t* row, int64_t p) {
   return _mm512_set1_epi32(int(pair_at(row, p)));
 }
 
 // 16 bf16 -> 16 bf16 words in a 256-bit store (round to nearest even; denormals flush to zero,
 // irrelevant for probabilities and dS that enter a product).
-HD_HEAD16_TARGET inline void store_bf16(bf16_t* dst, __m512 x) {
+HD_DPBF16_TARGET inline void store_bf16(bf16_t* dst, __m512 x) {
   const __m256bh y = _mm512_cvtneps_pbh(x);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)y);
 }
@@ -61,7 +61,7 @@ HD_HEAD16_TARGET inline void store_bf16(bf16_t* dst, __m512 x) {
 // rounding, or the software one for a row holding a denormal (which the instruction would
 // flush). Inline, because the outputs come 16 values at a time: calling round_to_bf16 per row
 // cost ~4 % of the demo step.
-HD_HEAD16_TARGET inline void round_row16(const float* src, bf16_t* dst) {
+HD_DPBF16_TARGET inline void round_row16(const float* src, bf16_t* dst) {
   const __m512 x = _mm512_loadu_ps(src);
   const __m512 ax = _mm512_abs_ps(x);
   if (_mm512_cmp_ps_mask(ax, _mm512_set1_ps(FLT_MIN), _CMP_LT_OQ) &
@@ -74,7 +74,7 @@ HD_HEAD16_TARGET inline void round_row16(const float* src, bf16_t* dst) {
 
 // rows[r * ld] <- src rows r < n (D values each), rounded.
 template <int D>
-HD_HEAD16_TARGET inline void round_rows(const float* src, int64_t n, bf16_t* rows, int64_t ld) {
+HD_DPBF16_TARGET inline void round_rows(const float* src, int64_t n, bf16_t* rows, int64_t ld) {
   for (int64_t r = 0; r < n; ++r)
     for (int64_t v = 0; v < D; v += kLanes) round_row16(src + r * D + v, rows + r * ld + v);
 }
@@ -82,7 +82,7 @@ HD_HEAD16_TARGET inline void round_rows(const float* src, int64_t n, bf16_t* row
 // exp(x) for x <= 0 (scores minus their max or logsumexp), 0 below -87.3 and for -inf:
 // x = (n + f) ln 2 with |f| <= 1/2, 2^f by its degree-6 Taylor polynomial (relative error
 // 1.2e-7, below f32's rounding), 2^n applied by vscalefps. P and dS are rounded to bf16 anyway.
-HD_HEAD16_TARGET inline __m512 exp_nonpositive(__m512 x) {
+HD_DPBF16_TARGET inline __m512 exp_nonpositive(__m512 x) {
   const __m512 lo = _mm512_set1_ps(-87.33654f);
   const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(1.44269504088896341f));
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -98,7 +98,7 @@ HD_HEAD16_TARGET inline __m512 exp_nonpositive(__m512 x) {
 }
 
 // x with its lanes from `first` on set to -inf (causality hides keys from there on).
-HD_HEAD16_TARGET inline __m512 hide_from(__m512 x, int64_t first) {
+HD_DPBF16_TARGET inline __m512 hide_from(__m512 x, int64_t first) {
   if (first >= 16) return x;
   const __mmask16 lanes = __mmask16(0xFFFFu << std::max<int64_t>(first, 0));
   return _mm512_mask_mov_ps(x, lanes, _mm512_set1_ps(-kInf));
@@ -113,7 +113,7 @@ HD_HEAD16_TARGET inline __m512 hide_from(__m512 x, int64_t first) {
 // Keys [16 c0, 16 (c0 + C)) of the tile for R rows of head dim D (kt: the keys-on-lanes packing
 // at block c0, D / 2 vectors per block).
 template <int D, int R, int C, class Epilogue>
-HD_HEAD16_TARGET inline void score_block(const bf16_t* const* rows, const uint32_t* kt, int64_t c0,
+HD_DPBF16_TARGET inline void score_block(const bf16_t* const* rows, const uint32_t* kt, int64_t c0,
                                          Epilogue& epi) {
   constexpr int64_t kPairs = D / 2;
   __m512 acc[R][C];
@@ -132,7 +132,7 @@ HD_HEAD16_TARGET inline void score_block(const bf16_t* const* rows, const uint32
 }
 
 template <int D, int R, class Epilogue>
-HD_HEAD16_TARGET inline void score_rows(const bf16_t* const* rows, const uint32_t* kt, int64_t nkb,
+HD_DPBF16_TARGET inline void score_rows(const bf16_t* const* rows, const uint32_t* kt, int64_t nkb,
                                         Epilogue& epi) {
   constexpr int64_t kBlock = D / 2 * 16;  // packed values per block of 16 keys
   int64_t c = 0;
@@ -154,7 +154,7 @@ HD_HEAD16_TARGET inline void score_rows(const bf16_t* const* rows, const uint32_
 
 // x_r . key for rows r < n of x (ld apart) and nkb blocks of 16 keys, into the epilogue.
 template <int D, class Epilogue>
-HD_HEAD16_TARGET inline void scores(const bf16_t* x, int64_t ld, int64_t n, const uint32_t* kt,
+HD_DPBF16_TARGET inline void scores(const bf16_t* x, int64_t ld, int64_t n, const uint32_t* kt,
                                     int64_t nkb, Epilogue& epi) {
   const bf16_t* rows[4];
   int64_t r = 0;
@@ -179,7 +179,7 @@ struct MaskedScores {
   int64_t hidden0;  // first hidden column of row 0 (past the tile when nothing is hidden)
   int64_t row0 = 0;
   __m512 vmax[4];
-  HD_HEAD16_TARGET inline void operator()(int r, int64_t col, __m512 acc) {
+  HD_DPBF16_TARGET inline void operator()(int r, int64_t col, __m512 acc) {
     const int64_t i = row0 + r;
     __m512 x = _mm512_fmadd_ps(acc, _mm512_set1_ps(scale), _mm512_loadu_ps(bias + col));
     x = hide_from(x, hidden0 + i - col);
@@ -197,7 +197,7 @@ struct Probabilities {
   int64_t hidden0;
   const float* L;
   int64_t row0 = 0;
-  HD_HEAD16_TARGET inline void operator()(int r, int64_t col, __m512 acc) {
+  HD_DPBF16_TARGET inline void operator()(int r, int64_t col, __m512 acc) {
     const int64_t i = row0 + r;
     __m512 x = _mm512_fmadd_ps(acc, _mm512_set1_ps(scale), _mm512_loadu_ps(bias + col));
     x = hide_from(x, hidden0 + i - col);
@@ -215,7 +215,7 @@ struct ScoreGrads {
   const float* D;
   float scale;
   int64_t row0 = 0;
-  HD_HEAD16_TARGET inline void operator()(int r, int64_t col, __m512 acc) {
+  HD_DPBF16_TARGET inline void operator()(int r, int64_t col, __m512 acc) {
     const int64_t i = row0 + r, at = i * lds + col;
     const __m512 g = _mm512_sub_ps(acc, _mm512_set1_ps(D[i]));
     const __m512 ds =
@@ -229,7 +229,7 @@ struct ScoreGrads {
 // scores and running maxima MaskedScores left: P16 <- exp(S - m') in bf16 with m' the new
 // running max; m, l (the running sum) and the output rows O updated.
 template <int D>
-HD_HEAD16_TARGET inline void softmax_tile_rows(const MaskedScores& ms, int64_t n, int64_t nkp,
+HD_DPBF16_TARGET inline void softmax_tile_rows(const MaskedScores& ms, int64_t n, int64_t nkp,
                                                bf16_t* p16, float* m, float* l, float* O) {
   for (int64_t r = 0; r < n; ++r) {
     const float* row = ms.S + r * ms.lds;
@@ -261,7 +261,7 @@ HD_HEAD16_TARGET inline void softmax_tile_rows(const MaskedScores& ms, int64_t n
 // keeps four partial sums, so the dependent dot-product chains stay short; they are added in a
 // fixed order. Wider heads have D / 16 independent vectors per row already.
 template <int D, int R>
-HD_HEAD16_TARGET inline void pair_rows(const bf16_t* a16, int64_t lda, int64_t npairs,
+HD_DPBF16_TARGET inline void pair_rows(const bf16_t* a16, int64_t lda, int64_t npairs,
                                        const uint32_t* xp, float* acc) {
   constexpr int V = D / kLanes, U = V == 1 ? 4 : 1;
   __m512 s[R][U][V];
@@ -293,7 +293,7 @@ HD_HEAD16_TARGET inline void pair_rows(const bf16_t* a16, int64_t lda, int64_t n
 
 // acc (n rows of D) += A16 X for a bf16 tile A16 [n, 2 npairs] and X packed as key pairs.
 template <int D>
-HD_HEAD16_TARGET inline void pair_product(const bf16_t* a16, int64_t lda, int64_t n, int64_t npairs,
+HD_DPBF16_TARGET inline void pair_product(const bf16_t* a16, int64_t lda, int64_t n, int64_t npairs,
                                           const uint32_t* xp, float* acc) {
   int64_t r = 0;
   for (; r + 4 <= n; r += 4) pair_rows<D, 4>(a16 + r * lda, lda, npairs, xp, acc + r * D);
@@ -310,7 +310,7 @@ constexpr std::array<uint16_t, 32> kInterleave = [] {
 // The bf16 pair of rows 2 ip and 2 ip + 1 of an f32 tile A (lda apart), keys [16 jb, 16 jb + 16):
 // each lane holds (A[2 ip][key], A[2 ip + 1][key]) rounded, the operand whose products sum over
 // the two rows (queries) for 16 keys.
-HD_HEAD16_TARGET inline __m512i row_pair(const float* A, int64_t lda, int64_t ip, int64_t jb,
+HD_DPBF16_TARGET inline __m512i row_pair(const float* A, int64_t lda, int64_t ip, int64_t jb,
                                          __m512i interleave) {
   const __m512 a0 = _mm512_loadu_ps(A + 2 * ip * lda + jb * 16);
   const __m512 a1 = _mm512_loadu_ps(A + (2 * ip + 1) * lda + jb * 16);
@@ -321,7 +321,7 @@ HD_HEAD16_TARGET inline __m512i row_pair(const float* A, int64_t lda, int64_t ip
 // accumulation of dV^T = (P^T dO)^T and dK^T = (dS^T Q)^T, 16 accumulators (one per dim) for 16
 // keys. A: an f32 tile of 2 npairs rows (lda apart, rows past the queries zero); xp: X's rows in
 // pairs (pack_row_pairs).
-HD_HEAD16_TARGET inline void transposed_accumulate(const float* A, int64_t lda, int64_t npairs,
+HD_DPBF16_TARGET inline void transposed_accumulate(const float* A, int64_t lda, int64_t npairs,
                                                    int64_t nkb, const uint32_t* xp, float* accT,
                                                    int64_t ldt) {
   constexpr int64_t kD = 16;
@@ -342,7 +342,7 @@ HD_HEAD16_TARGET inline void transposed_accumulate(const float* A, int64_t lda, 
 }
 
 // rows[j - j0] <- column j of accT [16, ld] for keys j in [j0, j1), rounded (16-wide heads).
-HD_HEAD16_TARGET inline void transpose_rounded(const float* accT, int64_t ld, int64_t j0,
+HD_DPBF16_TARGET inline void transpose_rounded(const float* accT, int64_t ld, int64_t j0,
                                                int64_t j1, bf16_t* rows) {
   alignas(64) float row[kLanes];
   for (int64_t j = j0; j < j1; ++j) {
@@ -353,7 +353,7 @@ HD_HEAD16_TARGET inline void transpose_rounded(const float* accT, int64_t ld, in
 
 // Wider heads (D = 32, 64: D accumulators of 16 keys would not fit in registers): the tile's
 // row pairs, interleaved once (pairs[ip][key], a word per key) ...
-HD_HEAD16_TARGET inline void interleave_row_pairs(const float* A, int64_t lda, int64_t npairs,
+HD_DPBF16_TARGET inline void interleave_row_pairs(const float* A, int64_t lda, int64_t npairs,
                                                   int64_t nkb, uint32_t* pairs) {
   const __m512i interleave = _mm512_loadu_si512(kInterleave.data());
   for (int64_t ip = 0; ip < npairs; ++ip) {
@@ -367,7 +367,7 @@ HD_HEAD16_TARGET inline void interleave_row_pairs(const float* A, int64_t lda, i
 // dV = P^T dO and dK = dS^T Q in rows, for keys [0, nk) (nk % (16 / (D / 16)) == 0), a group of
 // keys' D-wide rows held in 16 registers through all row pairs.
 template <int D>
-HD_HEAD16_TARGET inline void pair_columns(const uint32_t* pairs, int64_t ldp, int64_t npairs,
+HD_DPBF16_TARGET inline void pair_columns(const uint32_t* pairs, int64_t ldp, int64_t npairs,
                                           int64_t nk, const uint32_t* xp, float* acc) {
   constexpr int V = D / kLanes, G = 16 / V;  // vectors per row, keys per group
   for (int64_t j0 = 0; j0 < nk; j0 += G) {
@@ -392,6 +392,6 @@ HD_HEAD16_TARGET inline void pair_columns(const uint32_t* pairs, int64_t ldp, in
   }
 }
 
-}  // namespace hd::cpu::head16
+}  // namespace hd::cpu::dpbf16
 
 #pragma GCC diagnostic pop

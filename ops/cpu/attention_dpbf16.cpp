@@ -1,9 +1,9 @@
-// bf16 attention with 16-wide heads on AVX512_BF16 (see the header for the layouts and why).
+// bf16 attention on AVX512_BF16's dot products (see the header for the layouts and why).
 //
 // Here: the operands' packing, the mask bias and the task drivers (the forward's row groups
-// and the backward's per-matrix loop are compiled for AVX-512 too, HD_HEAD16_TARGET); the
-// products, epilogues and softmax passes are in attention_head16_kernels.h.
-#include "ops/cpu/attention_head16.h"
+// and the backward's per-matrix loop are compiled for AVX-512 too, HD_DPBF16_TARGET); the
+// products, epilogues and softmax passes are in attention_dpbf16_kernels.h.
+#include "ops/cpu/attention_dpbf16.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,7 +11,7 @@
 
 #include "autograd/error.h"
 #include "autograd/thread_pool.h"
-#include "ops/cpu/attention_head16_kernels.h"
+#include "ops/cpu/attention_dpbf16_kernels.h"
 #include "ops/cpu/isa.h"
 
 // GCC 12's _mm512_reduce_* warnings again, where the kernels are inlined into the drivers below.
@@ -21,7 +21,7 @@
 namespace hd::cpu {
 namespace {
 
-using namespace head16;
+using namespace dpbf16;
 
 constexpr int64_t kQTile = 32;    // queries per tile: forward task, backward step
 constexpr int64_t kKTile = 1024;  // keys per score tile (PS3: 729 and 729 + 256 keys: one tile)
@@ -142,7 +142,7 @@ uint32_t* as_words(Tensor& t) {
 // their online softmax and its P V product, with the group's [4, tile] scores and probabilities
 // in L1; then the normalised rows and their logsumexp. bias: the matrix's key bias (key_bias).
 template <int D>
-HD_HEAD16_TARGET void forward_tile(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t nq,
+HD_DPBF16_TARGET void forward_tile(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t nq,
                                    const uint32_t* kt, const uint32_t* vp, const float* bias,
                                    float* S, bf16_t* P16, float* O, float* m, float* l,
                                    const OutRows& out, float* lse) {
@@ -250,7 +250,7 @@ struct BackwardWorkspace {
 };
 
 template <int D>
-HD_HEAD16_TARGET void backward_matrix(const Problem& P, const Rows& out, const Rows& dout,
+HD_DPBF16_TARGET void backward_matrix(const Problem& P, const Rows& out, const Rows& dout,
                                       const float* lse, int64_t bh, BackwardWorkspace<D>& w,
                                       bf16_t* dq, bf16_t* dk, bf16_t* dv, bf16_t* dpk,
                                       bf16_t* dpv) {
@@ -357,18 +357,18 @@ void visit_head_dim(int64_t dim, F&& fn) {
 
 }  // namespace
 
-bool attention_head16_applies(DType dtype, int64_t Dh, int64_t Dv, const AttentionBlocks& blocks) {
-  if (dtype != DType::bf16 || Dh != Dv || blocks.head16 == 0) return false;
+bool attention_dpbf16_applies(DType dtype, int64_t Dh, int64_t Dv, const AttentionBlocks& blocks) {
+  if (dtype != DType::bf16 || Dh != Dv || blocks.dpbf16 == 0) return false;
   if (Dh != 16 && Dh != 32 && Dh != 64) return false;
-  if (blocks.head16 < 0 && (blocks.q > 0 || blocks.k > 0 || blocks.bf16_tiles >= 0)) return false;
+  if (blocks.dpbf16 < 0 && (blocks.q > 0 || blocks.k > 0 || blocks.bf16_tiles >= 0)) return false;
   return vector_isa().avx512_bf16;
 }
 
-void attention_head16_forward(const AttentionArgs& args, Tensor& out, Tensor& lse) {
+void attention_dpbf16_forward(const AttentionArgs& args, Tensor& out, Tensor& lse) {
   visit_head_dim(args.q.size(3), [&]<int D>() { forward<D>(args, out, lse); });
 }
 
-void attention_head16_backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,
+void attention_dpbf16_backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,
                                const Tensor& grad_out, Tensor& dq, Tensor& dk, Tensor& dv,
                                Tensor& dprefix_k, Tensor& dprefix_v) {
   visit_head_dim(args.q.size(3), [&]<int D>() {
