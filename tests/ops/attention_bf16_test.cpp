@@ -19,6 +19,7 @@
 #include "ops/factory.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "tests/testing/bf16_attention_inputs.h"
 #include "tests/testing/fixtures.h"
 
 namespace hd {
@@ -26,11 +27,8 @@ namespace {
 
 using testing::expect_close;
 
-struct Case {
-  const char* name;
-  int64_t B, H, Nq, Nk, Np, Dh;
-  bool mask, causal;
-};
+using Case = testing::Bf16AttentionCase;
+using Inputs = testing::Bf16AttentionInputs;
 
 const Case kCases[] = {
     {"plain", 2, 2, 37, 41, 0, 16, false, false},
@@ -41,32 +39,8 @@ const Case kCases[] = {
 
 const std::pair<int64_t, int64_t> kTiles[] = {{5, 7}, {64, 256}};
 
-struct Inputs {
-  std::vector<Tensor> leaves;  // q, k, v [, prefix_k, prefix_v], bf16 leaves
-  AttentionOptions o;
-  Tensor weight;  // the loss is sum(out * weight)
-};
-
 Inputs make_inputs(const Case& c, uint64_t seed) {
-  Generator gen(seed, "attention_bf16_test");
-  auto leaf = [&](int64_t n) {
-    return uniform({c.B, c.H, n, c.Dh}, -1.5, 1.5, gen, DType::bf16).requires_grad_(true);
-  };
-  Inputs in;
-  in.leaves = {leaf(c.Nq), leaf(c.Nk), leaf(c.Nk)};
-  if (c.Np > 0) {
-    in.leaves.push_back(leaf(c.Np));
-    in.leaves.push_back(leaf(c.Np));
-  }
-  if (c.mask) {
-    std::vector<bool> m(size_t(c.B * (c.Np + c.Nk)));
-    for (size_t i = 0; i < m.size(); ++i) m[i] = (i * 7 + seed) % 5 != 0;
-    for (int64_t b = 0; b < c.B; ++b) m[size_t(b * (c.Np + c.Nk) + c.Np)] = true;
-    in.o.key_mask = from_vector(m, {c.B, c.Np + c.Nk});
-  }
-  in.o.causal = c.causal;
-  in.weight = uniform({c.B, c.H, c.Nq, c.Dh}, -1, 1, gen);
-  return in;
+  return testing::make_bf16_attention_inputs(c, seed, "attention_bf16_test");
 }
 
 struct Result {

@@ -19,6 +19,7 @@
 #include "ops/factory.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "tests/testing/bf16_attention_inputs.h"
 #include "tests/testing/child_process.h"
 #include "tests/testing/fixtures.h"
 
@@ -38,56 +39,28 @@ bool kernel_runs_here() {
                  << "); bf16 attention here takes the tiled path, tested in attention_bf16";     \
   }
 
-struct Case {
-  const char* name;
-  int64_t B, H, Nq, Nk, Np;
-  bool mask, causal;
-  int64_t D = 16;  // head dim
-};
+using Case = testing::Bf16AttentionCase;
+using Inputs = testing::Bf16AttentionInputs;
 
 const Case kCases[] = {
-    {"plain_odd_lengths", 2, 2, 37, 41, 0, false, false},
-    {"prefix", 1, 3, 29, 29, 11, false, false},
-    {"mask_causal", 2, 1, 33, 33, 0, true, true},
-    {"prefix_mask_causal", 1, 2, 21, 21, 9, true, true},
+    {"plain_odd_lengths", 2, 2, 37, 41, 0, 16, false, false},
+    {"prefix", 1, 3, 29, 29, 11, 16, false, false},
+    {"mask_causal", 2, 1, 33, 33, 0, 16, true, true},
+    {"prefix_mask_causal", 1, 2, 21, 21, 9, 16, true, true},
     // More keys than one 1024-key score tile: the online softmax's rescaling across tiles.
-    {"two_key_tiles_prefix_mask", 1, 2, 45, 1100, 200, true, false},
+    {"two_key_tiles_prefix_mask", 1, 2, 45, 1100, 200, 16, true, false},
     // Query tiles past the first key tile: causal tiles skipped, partly hidden ones masked.
-    {"two_key_tiles_causal", 1, 1, 1090, 1090, 0, false, true},
+    {"two_key_tiles_causal", 1, 1, 1090, 1090, 0, 16, false, true},
     // Wider heads: dK and dV from interleaved row pairs, 2 and 4 vectors per row.
-    {"d32_plain_odd_lengths", 2, 2, 37, 41, 0, false, false, 32},
-    {"d32_prefix_mask_causal", 1, 2, 21, 21, 9, true, true, 32},
-    {"d64_plain_odd_lengths", 2, 3, 37, 41, 0, false, false, 64},
-    {"d64_prefix_mask_causal", 1, 2, 21, 21, 9, true, true, 64},
-    {"d64_two_key_tiles_prefix_mask", 1, 1, 45, 1100, 200, true, false, 64},
-};
-
-struct Inputs {
-  std::vector<Tensor> leaves;  // q, k, v [, prefix_k, prefix_v]: bf16 leaves
-  AttentionOptions o;
-  Tensor weight;  // the loss is sum(out * weight)
+    {"d32_plain_odd_lengths", 2, 2, 37, 41, 0, 32, false, false},
+    {"d32_prefix_mask_causal", 1, 2, 21, 21, 9, 32, true, true},
+    {"d64_plain_odd_lengths", 2, 3, 37, 41, 0, 64, false, false},
+    {"d64_prefix_mask_causal", 1, 2, 21, 21, 9, 64, true, true},
+    {"d64_two_key_tiles_prefix_mask", 1, 1, 45, 1100, 200, 64, true, false},
 };
 
 Inputs make_inputs(const Case& c, uint64_t seed) {
-  Generator gen(seed, "attention_dpbf16_test");
-  auto leaf = [&](int64_t n) {
-    return uniform({c.B, c.H, n, c.D}, -1.5, 1.5, gen, DType::bf16).requires_grad_(true);
-  };
-  Inputs in;
-  in.leaves = {leaf(c.Nq), leaf(c.Nk), leaf(c.Nk)};
-  if (c.Np > 0) {
-    in.leaves.push_back(leaf(c.Np));
-    in.leaves.push_back(leaf(c.Np));
-  }
-  if (c.mask) {
-    std::vector<bool> m(size_t(c.B * (c.Np + c.Nk)));
-    for (size_t i = 0; i < m.size(); ++i) m[i] = (i * 7 + seed) % 5 != 0;
-    for (int64_t b = 0; b < c.B; ++b) m[size_t(b * (c.Np + c.Nk) + c.Np)] = true;
-    in.o.key_mask = from_vector(m, {c.B, c.Np + c.Nk});
-  }
-  in.o.causal = c.causal;
-  in.weight = uniform({c.B, c.H, c.Nq, c.D}, -1, 1, gen);
-  return in;
+  return testing::make_bf16_attention_inputs(c, seed, "attention_dpbf16_test");
 }
 
 struct Result {
@@ -154,8 +127,8 @@ TEST(AttentionDpbf16, MatchesTheF64KernelAndTheTiledPathOnTheSameValues) {
     // The comparison can fail: k with its two halves of head dims swapped (a wrong pairing of
     // dims) is caught.
     Inputs swapped = in;
-    swapped.leaves[1] = contiguous(cat({narrow(in.leaves[1].detach(), 3, c.D / 2, c.D / 2),
-                                        narrow(in.leaves[1].detach(), 3, 0, c.D / 2)},
+    swapped.leaves[1] = contiguous(cat({narrow(in.leaves[1].detach(), 3, c.Dh / 2, c.Dh / 2),
+                                        narrow(in.leaves[1].detach(), 3, 0, c.Dh / 2)},
                                        3))
                             .requires_grad_(true);
     const Result wrong = run(swapped, Path::dpbf16);
@@ -183,7 +156,7 @@ TEST(AttentionDpbf16, IsWhatTheOpRunsByDefault) {
 // A query whose keys are all masked gets zeros and zero gradients (no NaN), as in every path.
 TEST(AttentionDpbf16, RowWithNoVisibleKeyIsZero) {
   SKIP_WITHOUT_AVX512_BF16();
-  Case c{"all_masked_batch", 2, 2, 19, 23, 0, false, false};
+  Case c{"all_masked_batch", 2, 2, 19, 23, 0, 16, false, false};
   Inputs in = make_inputs(c, 3);
   std::vector<bool> m(size_t(2 * 23), true);
   for (int64_t j = 0; j < 23; ++j) m[size_t(23 + j)] = false;  // batch 1 sees nothing
