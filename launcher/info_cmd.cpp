@@ -101,6 +101,10 @@ int run(const std::vector<std::string>& args) {
     std::printf("bf16 compute: converted to f32 in the kernels, GEMMs on OpenBLAS (%s)\n",
                 dnnl.reason.c_str());
   }
+  // ops/cpu/attention_dpbf16.h: which bf16 attention runs for the heads it covers.
+  std::printf("bf16 attention (head dims 16, 32, 64): %s\n",
+              isa.avx512_bf16 ? "vdpbf16ps kernel (AVX512_BF16), f32 softmax and accumulators"
+                              : "tiled path (this CPU runs no AVX512_BF16 kernels)");
   auto configs = configs_in("configs");
   if (configs.empty()) configs = configs_in(std::filesystem::path(HD_SOURCE_DIR) / "configs");
   std::printf("configs:%s\n",

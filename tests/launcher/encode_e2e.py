@@ -195,6 +195,12 @@ def case_info(env):
     check(m is not None and ("through oneDNN" in m.group(1)) == native and
           (native or "oneDNN" in m.group(1)),
           "hdtrain info says how bf16 computes on this CPU: %s" % (m.group(0) if m else p.stdout))
+    # bf16 attention of head dims 16/32/64 runs the vdpbf16ps kernel exactly where the CPU has
+    # AVX512_BF16 and the AVX-512 kernels are on.
+    m = re.search(r"^bf16 attention \(head dims 16, 32, 64\): (.*)$", p.stdout, re.M)
+    check(m is not None and m.group(1).startswith("vdpbf16ps kernel") ==
+          ("avx512_bf16" in words and avx512 and not off),
+          "hdtrain info says which bf16 attention runs: %s" % (m.group(0) if m else p.stdout))
     check(run([env.hdtrain, "info", "--help"]).stdout.startswith("usage: hdtrain info"),
           "hdtrain info --help")
 
