@@ -57,6 +57,8 @@ const Case kCases[] = {
     {"d64_plain_odd_lengths", 2, 3, 37, 41, 0, 64, false, false},
     {"d64_prefix_mask_causal", 1, 2, 21, 21, 9, 64, true, true},
     {"d64_two_key_tiles_prefix_mask", 1, 1, 45, 1100, 200, 64, true, false},
+    // One query (PS3's MAP pooling head): a group of one row, a query pair padded with zeros.
+    {"one_query_prefix", 2, 4, 1, 29, 7, 16, false, false},
 };
 
 Inputs make_inputs(const Case& c, uint64_t seed) {
@@ -170,6 +172,20 @@ TEST(AttentionDpbf16, RowWithNoVisibleKeyIsZero) {
     for (float x : narrow(to(g, DType::f32), 0, 1, 1).to_vector<float>()) ASSERT_EQ(x, 0.0f);
   }
   expect_close(got.out, want.out, 2e-2, 2e-2, "out");
+}
+
+// No keys at all: zeros, and zero gradients for q (as the other kernels give).
+TEST(AttentionDpbf16, NoKeysGiveZeros) {
+  SKIP_WITHOUT_AVX512_BF16();
+  for (int64_t d : {16, 64}) {
+    Tensor q = zeros({2, 3, 5, d}, DType::bf16).requires_grad_(true);
+    Tensor none = zeros({2, 3, 0, d}, DType::bf16).requires_grad_(true);
+    Tensor out = detail::scaled_dot_product_attention_dpbf16(q, none, none, {}, true);
+    ASSERT_EQ(out.shape(), (Shape{2, 3, 5, d}));
+    for (float x : to(out, DType::f32).to_vector<float>()) ASSERT_EQ(x, 0.0f);
+    sum(to(out, DType::f32)).backward();
+    for (float x : to(q.grad(), DType::f32).to_vector<float>()) ASSERT_EQ(x, 0.0f);
+  }
 }
 
 // q, k, v as permuted views of one packed [B, N, 3, H, 16] projection (rows 3 H 16 apart) give
