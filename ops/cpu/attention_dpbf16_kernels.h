@@ -352,7 +352,8 @@ HD_DPBF16_TARGET inline void transpose_rounded(const float* accT, int64_t ld, in
 }
 
 // Wider heads (D = 32, 64: D accumulators of 16 keys would not fit in registers): the tile's
-// row pairs, interleaved once (pairs[ip][key], a word per key) ...
+// row pairs, interleaved once (pairs[ip * lda + key], a word per key: the same row stride as the
+// f32 tile, so one workspace layout serves both) ...
 HD_DPBF16_TARGET inline void interleave_row_pairs(const float* A, int64_t lda, int64_t npairs,
                                                   int64_t nkb, uint32_t* pairs) {
   const __m512i interleave = _mm512_loadu_si512(kInterleave.data());
