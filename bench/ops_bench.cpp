@@ -202,6 +202,39 @@ BENCHMARK(BM_AttentionHeadDim16ForwardBackward)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// PS3's look-close attention in the demo: 256 selected tokens attending to the low-res KV cache
+// (729 keys, a prefix) and to themselves, head dim 16, every input needing its gradient. Arg as
+// above (0 f32, 1 bf16, 2 bf16 on the tiled path).
+void BM_AttentionPs3LookCloseForwardBackward(benchmark::State& state) {
+  const bool half = state.range(0) != 0, tiled = state.range(0) == 2;
+  auto leaf = [&](int64_t n, uint64_t seed) {
+    Tensor t = randn({2, 4, n, 16}, seed);
+    return (half ? to(t, DType::bf16) : t).requires_grad_(true);
+  };
+  Tensor q = leaf(256, 5), k = leaf(256, 6), v = leaf(256, 7);
+  AttentionOptions options;
+  options.prefix_k = leaf(729, 9);
+  options.prefix_v = leaf(729, 10);
+  Tensor g = randn({2, 4, 256, 16}, 8);
+  if (half) g = to(g, DType::bf16);
+  for (auto _ : state) {
+    (tiled ? detail::scaled_dot_product_attention_dpbf16(q, k, v, options, false)
+           : scaled_dot_product_attention(q, k, v, options))
+        .backward(g);
+    for (Tensor* t : {&q, &k, &v, &options.prefix_k, &options.prefix_v}) t->zero_grad();
+  }
+  state.SetLabel(tiled ? "bf16 tiled" : half ? "bf16" : "f32");
+  state.counters["ns/score"] =
+      benchmark::Counter(8.0 * 256 * (729 + 256), benchmark::Counter::kIsIterationInvariantRate |
+                                                      benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_AttentionPs3LookCloseForwardBackward)
+    ->Arg(0)
+    ->Arg(1)
+    ->Arg(2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 // The same attention as a composite of ops (matmul -> softmax -> matmul), materialising the
 // [N, N] scores: what the flash kernel is measured against.
 void BM_AttentionCompositeForwardBackward(benchmark::State& state) {
@@ -320,6 +353,28 @@ BENCHMARK(BM_AddBf16Small)
     ->Arg(2 * 54 * 54 * 32)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
+
+// The same add with one operand a strided view, as the PS3 demo's backward meets them: arg 0
+// rows of 64 out of 256 (a narrow of a [2, 729, 256] buffer: a gradient slice), 1 rows of 16 of
+// a [2, 4, 729, 16] head view of [2, 729, 64] (attention's K/V gradient), 2 an NCHW tensor read
+// as NHWC ([2, 54, 54, 32], the ConvNeXt's residual gradient).
+void BM_AddBf16Strided(benchmark::State& state) {
+  const int mode = int(state.range(0));
+  Tensor a, b;
+  if (mode == 0) {
+    a = narrow(to(randn({2, 729, 256}, 21), DType::bf16), 2, 64, 64);
+  } else if (mode == 1) {
+    a = permute(to(randn({2, 729, 4, 16}, 21), DType::bf16), {0, 2, 1, 3});
+  } else {
+    a = permute(to(randn({2, 32, 54, 54}, 21), DType::bf16), {0, 2, 3, 1});
+  }
+  b = to(randn(a.shape(), 22), DType::bf16);
+  for (auto _ : state) benchmark::DoNotOptimize(add(a, b).raw_data());
+  state.counters["ns/elem"] =
+      benchmark::Counter(double(a.numel()), benchmark::Counter::kIsIterationInvariantRate |
+                                                benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_AddBf16Strided)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // Engine overhead: backward through a long chain of ops on 1-element tensors, where the kernels
 // cost almost nothing and the engine's bookkeeping (dependency counts, input buffers, the

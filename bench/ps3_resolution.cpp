@@ -13,8 +13,10 @@
 // where they must, ops/cpu_half.h) the same way: its wall ms, process CPU ms and the CPU ms
 // as a ratio to the plain run's.
 // --max=R runs only the row whose largest scale is R (the ratios are then to that row).
+// --bf16-only skips the fp32 run (its columns print as "-"): for alternating this binary's bf16
+// step with another binary's fp32 step (docs/performance.md, the PS3 target).
 // Usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S] [--recompute] [--bf16]
-//                                [--max=756|1512|3780]
+//                                [--bf16-only] [--max=756|1512|3780]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -111,7 +113,7 @@ int main(int argc, char** argv) {
   int reps = 5;
   int64_t batch = 2, steps = 1;
   int64_t only_max = 0;  // --max=R: only the row whose largest scale is R
-  bool recompute = false, bf16 = false;
+  bool recompute = false, bf16 = false, bf16_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--reps=", 0) == 0)
@@ -124,12 +126,14 @@ int main(int argc, char** argv) {
       recompute = true;
     else if (a == "--bf16")
       bf16 = true;
+    else if (a == "--bf16-only")
+      bf16 = bf16_only = true;
     else if (a.rfind("--max=", 0) == 0)
       only_max = std::atoll(a.c_str() + 6);
     else {
       std::fprintf(stderr,
                    "usage: hd_bench_ps3_resolution [--reps=N] [--batch=B] [--steps=S] "
-                   "[--recompute] [--bf16] [--max=756|1512|3780]\n");
+                   "[--recompute] [--bf16] [--bf16-only] [--max=756|1512|3780]\n");
       return 2;
     }
   }
@@ -193,7 +197,7 @@ int main(int argc, char** argv) {
       Sample plain, recomputed, half;
       for (int r = 0; r < reps + 1; ++r) {
         model.set_activation_checkpointing(false);
-        run_step(model, plain, r > 0);
+        if (!bf16_only) run_step(model, plain, r > 0);
         if (bf16) run_step(model_bf16, half, r > 0);
         if (!recompute) continue;
         model.set_activation_checkpointing(true);
@@ -206,16 +210,25 @@ int main(int argc, char** argv) {
         if (!split.empty()) split += '/';
         split += std::to_string(k);
       }
-      std::printf("%-6lld %-14s %9.1f %9.1f %7.2f %10.1f %7.2f %9.2f", (long long)scales.back(),
-                  split.c_str(), m, mc, mc / base_ms, pk, pk / base_peak,
-                  double(model.num_parameters()) / 1e6);
+      if (bf16_only) {
+        std::printf("%-6lld %-14s %9s %9s %7s %10s %7s %9.2f", (long long)scales.back(),
+                    split.c_str(), "-", "-", "-", "-", "-", double(model.num_parameters()) / 1e6);
+      } else {
+        std::printf("%-6lld %-14s %9.1f %9.1f %7.2f %10.1f %7.2f %9.2f", (long long)scales.back(),
+                    split.c_str(), m, mc, mc / base_ms, pk, pk / base_peak,
+                    double(model.num_parameters()) / 1e6);
+      }
       if (recompute) {
         const double rc = median(recomputed.cpu), rp = double(recomputed.peak) / (1 << 20);
         std::printf(" | %12.1f %9.2f %10.1f %9.2f", rc, rc / mc, rp, rp / pk);
       }
       if (bf16) {
         const double hc = median(half.cpu), hp = double(half.peak) / (1 << 20);
-        std::printf(" | %9.1f %9.1f %9.2f %10.1f %9.2f", median(half.ms), hc, hc / mc, hp, hp / pk);
+        if (bf16_only)
+          std::printf(" | %9.1f %9.1f %9s %10.1f %9s", median(half.ms), hc, "-", hp, "-");
+        else
+          std::printf(" | %9.1f %9.1f %9.2f %10.1f %9.2f", median(half.ms), hc, hc / mc, hp,
+                      hp / pk);
       }
       std::printf("\n");
     }

@@ -32,41 +32,37 @@ namespace {
 // lambdas such as the GELU gradient out of line, and a call per element stops vectorisation.
 #define HD_FLATTEN __attribute__((flatten))
 
-// A contiguous row's loop, at the CPU's widest vectors when the values are floating point and
-// the row is long enough to pay for the dispatch ([Note: AVX-512 kernels], ops/cpu/isa.h).
-// Integer and bool maps keep the baseline only: they are rare in a training step, and an
-// AVX-512 copy of every such instantiation would only lengthen the build.
-constexpr int64_t kWideRowMin = 64;
+// Floating-point maps run their rows at the CPU's widest vectors (for_each_row_vectorised,
+// [Note: AVX-512 kernels] in ops/cpu/isa.h), short and strided rows included. Integer and bool
+// maps keep the baseline only: they are rare in a training step, and an AVX-512 copy of every
+// such instantiation would only lengthen the build.
 template <class T>
 constexpr bool kFloatingElement =
     std::is_floating_point_v<T> || std::is_same_v<T, bf16_t> || std::is_same_v<T, f16_t>;
-template <class O, class I, class Loop>
-HD_VEC_INLINE void contiguous_row(int64_t n, Loop&& loop) {
+template <size_t N, class O, class I, class Body>
+void for_each_map_row(const Shape& shape, const std::array<Shape, N>& strides, Body&& body) {
   if constexpr (kFloatingElement<O> || kFloatingElement<I>) {
-    if (n >= kWideRowMin) {
-      run_vectorised(loop);
-      return;
-    }
+    for_each_row_vectorised<N>(shape, strides, body);
+  } else {
+    for_each_row<N>(shape, strides, body);
   }
-  loop();
 }
 
 template <class O, class I, class F>
 void map1(const Tensor& x, Tensor& out, F f) {
   O* po = static_cast<O*>(out.raw_data());
   const I* px = static_cast<const I*>(x.raw_data());
-  for_each_row<2>(out.shape(), {out.strides(), broadcast_strides(x, out.shape())},
-                  [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> s) HD_FLATTEN {
-                    O* o = po + off[0];
-                    const I* a = px + off[1];
-                    if (s[0] == 1 && s[1] == 1) {
-                      contiguous_row<O, I>(n, [&] {
-                        for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
-                      });
-                    } else {
-                      for (int64_t i = 0; i < n; ++i) o[i * s[0]] = f(a[i * s[1]]);
-                    }
-                  });
+  for_each_map_row<2, O, I>(out.shape(), {out.strides(), broadcast_strides(x, out.shape())},
+                            [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> s)
+                                HD_FLATTEN {
+                                  O* o = po + off[0];
+                                  const I* a = px + off[1];
+                                  if (s[0] == 1 && s[1] == 1) {
+                                    for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
+                                  } else {
+                                    for (int64_t i = 0; i < n; ++i) o[i * s[0]] = f(a[i * s[1]]);
+                                  }
+                                });
 }
 
 template <class O, class A, class B, class F>
@@ -74,7 +70,7 @@ void map2(const Tensor& a, const Tensor& b, Tensor& out, F f) {
   O* po = static_cast<O*>(out.raw_data());
   const A* pa = static_cast<const A*>(a.raw_data());
   const B* pb = static_cast<const B*>(b.raw_data());
-  for_each_row<3>(
+  for_each_map_row<3, O, A>(
       out.shape(),
       {out.strides(), broadcast_strides(a, out.shape()), broadcast_strides(b, out.shape())},
       [&](std::array<int64_t, 3> off, int64_t n, std::array<int64_t, 3> s) HD_FLATTEN {
@@ -82,19 +78,34 @@ void map2(const Tensor& a, const Tensor& b, Tensor& out, F f) {
         const A* x = pa + off[1];
         const B* y = pb + off[2];
         if (s[0] == 1 && s[1] == 1 && s[2] == 1) {
-          contiguous_row<O, A>(n, [&] {
-            for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
-          });
+          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
         } else if (s[0] == 1 && s[1] == 1 && s[2] == 0) {
           const B yv = y[0];
-          contiguous_row<O, A>(n, [&] {
-            for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], yv);
-          });
+          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], yv);
         } else if (s[0] == 1 && s[1] == 0 && s[2] == 1) {
           const A xv = x[0];
-          contiguous_row<O, B>(n, [&] {
-            for (int64_t i = 0; i < n; ++i) o[i] = f(xv, y[i]);
-          });
+          for (int64_t i = 0; i < n; ++i) o[i] = f(xv, y[i]);
+        } else if (s[0] == 1) {
+          // An input read across its layout (an NCHW gradient added to an NHWC one): its values
+          // are first copied as they are into a small contiguous block, so the map itself runs
+          // on vectors (vector gathers, what GCC would emit instead, are slower than scalar).
+          constexpr int64_t kBlock = 256;
+          A xb[kBlock];
+          B yb[kBlock];
+          for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+            const int64_t m = std::min(kBlock, n - i0);
+            const A* xs = x + i0 * s[1];
+            const B* ys = y + i0 * s[2];
+            if (s[1] != 1) {
+              for (int64_t i = 0; i < m; ++i) xb[i] = xs[i * s[1]];
+              xs = xb;
+            }
+            if (s[2] != 1) {
+              for (int64_t i = 0; i < m; ++i) yb[i] = ys[i * s[2]];
+              ys = yb;
+            }
+            for (int64_t i = 0; i < m; ++i) o[i0 + i] = f(xs[i], ys[i]);
+          }
         } else {
           for (int64_t i = 0; i < n; ++i) o[i * s[0]] = f(x[i * s[1]], y[i * s[2]]);
         }

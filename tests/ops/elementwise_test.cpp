@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "autograd/node.h"
 #include "ops/cpu/vec_math.h"
@@ -209,6 +212,59 @@ TEST(Elementwise, FillWritesEveryElementInEveryLayout) {
     const std::vector<double> got = base.to_vector<double>();
     for (int64_t i = 0; i < 24; ++i)
       ASSERT_EQ(got[size_t(i)], i % 6 == 2 ? 0.0 : 1.0) << dtype_name(dt);
+  }
+}
+
+// The strided loop's layouts (rows of 64 of 256, rows of 16 of a head view, an NCHW tensor read
+// as NHWC with rows longer than the kernel's 256-value block, a per-channel scale and a
+// per-pixel value broadcast over short rows, every operand and the output strided) give the
+// bits the same maps give on contiguous copies, in f32 and bf16: the map is per element, so
+// how the loop walks memory must not change a value.
+TEST(Elementwise, StridedAndShortRowsGiveTheBitsOfContiguousCopies) {
+  for (DType dt : {DType::f32, DType::bf16}) {
+    auto input = [&](const Shape& s, uint64_t seed) {
+      return to(random_leaf(s, seed, -2.0, 2.0).detach(), dt);
+    };
+    struct Case {
+      std::string name;
+      Tensor a, b;
+    };
+    std::vector<Case> cases;
+    cases.push_back(
+        {"rows of 64 of 256", narrow(input({2, 37, 256}, 1), 2, 64, 64), input({2, 37, 64}, 2)});
+    cases.push_back({"rows of 16 of a head view", permute(input({2, 29, 4, 16}, 3), {0, 2, 1, 3}),
+                     input({2, 4, 29, 16}, 4)});
+    cases.push_back({"NCHW read as NHWC", input({2, 9, 7, 300}, 5),
+                     permute(input({2, 300, 9, 7}, 6), {0, 2, 3, 1})});
+    cases.push_back({"per-channel scale", input({2, 9, 7, 32}, 7), input({32}, 8)});
+    cases.push_back({"per-pixel value", expand(input({2, 9, 7, 1}, 9), {2, 9, 7, 32}),
+                     input({2, 9, 7, 32}, 10)});
+    cases.push_back({"both transposed", transpose(input({300, 40}, 11), 0, 1),
+                     transpose(input({300, 40}, 12), 0, 1)});
+    cases.push_back({"large and strided", narrow(input({3, 40000}, 13), 1, 5, 39990),
+                     transpose(input({39990, 3}, 14), 0, 1)});
+    for (const Case& c : cases) {
+      Tensor ac = contiguous(c.a), bc = contiguous(c.b);
+      auto expect_same = [&](const char* op, const Tensor& got, const Tensor& want) {
+        ASSERT_EQ(got.shape(), want.shape());
+        const std::vector<double> g = got.to_vector<double>(), w = want.to_vector<double>();
+        for (size_t i = 0; i < g.size(); ++i) {
+          ASSERT_EQ(std::bit_cast<uint64_t>(g[i]), std::bit_cast<uint64_t>(w[i]))
+              << op << ", " << c.name << ", " << dtype_name(dt) << ", element " << i;
+        }
+      };
+      expect_same("add", add(c.a, c.b), add(ac, bc));
+      expect_same("mul", mul(c.b, c.a), mul(bc, ac));
+      expect_same("div", div(c.a, c.b), div(ac, bc));
+      expect_same("gelu", gelu(c.a), gelu(ac));
+      expect_same("exp", exp(c.b), exp(bc));
+      // A strided output: add_ into a transposed copy of a.
+      Tensor out = transpose(contiguous(transpose(expand(ac, add(ac, bc).shape()), 0, -1)), 0, -1);
+      Tensor out_c = contiguous(out);
+      add_(out, c.b);
+      add_(out_c, bc);
+      expect_same("add_ into a strided output", out, out_c);
+    }
   }
 }
 

@@ -203,6 +203,13 @@ OpBytes run_ops() {
     append("dweight", w.grad());
     append("dbias", b.grad());
     append("conversion", to(randn({1000}, 10), dt));
+    // Strided maps (ops/cpu/strided_loop.h): an NCHW operand read as NHWC, a per-channel scale
+    // over rows of 32, a head view's rows of 16.
+    Tensor nhwc = to(randn({2, 9, 7, 32}, 11), dt);
+    append("add across layouts",
+           add(nhwc, permute(to(randn({2, 32, 9, 7}, 12), dt), {0, 2, 3, 1})));
+    append("per-channel scale", mul(nhwc, to(randn({32}, 13), dt)));
+    append("head view gelu", gelu(permute(to(randn({2, 29, 4, 16}, 14), dt), {0, 2, 1, 3})));
   }
   Tensor p = randn({5000}, 20), g = randn({5000}, 21), m = randn({5000}, 22);
   Tensor vsq = mul(randn({5000}, 23), randn({5000}, 23));
