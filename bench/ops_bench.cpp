@@ -376,6 +376,21 @@ void BM_AddBf16Strided(benchmark::State& state) {
 }
 BENCHMARK(BM_AddBf16Strided)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
+// A copy into rows of 16 of a head view (what the gradient of a packed qkv's views is written
+// as): [2, 4, 729, 16] into a [2, 729, 3, 4, 16] buffer's middle slot.
+void BM_CopyIntoHeadView(benchmark::State& state) {
+  Tensor src = to(randn({2, 4, 729, 16}, 23), DType::bf16);
+  Tensor buf = to(randn({2, 729, 3, 4, 16}, 24), DType::bf16);
+  Tensor dst = permute(select(buf, 2, 1), {0, 2, 1, 3});
+  for (auto _ : state) {
+    copy_(dst, src);
+    benchmark::DoNotOptimize(buf.raw_data());
+  }
+  state.counters["ns/row"] = benchmark::Counter(
+      2.0 * 4 * 729, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_CopyIntoHeadView)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
 // Engine overhead: backward through a long chain of ops on 1-element tensors, where the kernels
 // cost almost nothing and the engine's bookkeeping (dependency counts, input buffers, the
 // visited set: hash maps keyed by Node*) is what is measured. The graph is kept

@@ -47,11 +47,15 @@ LowResPass VisionTrunk::forward_low_res(const Tensor& images, const nn::UnitRunn
     };
     Tensor packed =
         nn::run_unit(runner, *block, x, nn::recomputed(config.activation_checkpointing, body));
-    x = narrow(packed, 1, 0, N);
-    auto heads_of = [&](int64_t start) {
-      return contiguous(permute(reshape(narrow(packed, 1, start, N), {B, N, H, Dh}), {0, 2, 1, 3}));
+    // One unbind, not three narrows: its backward writes the three gradients into one buffer,
+    // where each narrow's wrote its own zero-filled [B, 3N, W] and the engine added them. The
+    // cache stays a view (attention reads strided k/v in place).
+    std::vector<Tensor> parts = unbind(reshape(packed, {B, 3, N, W}), 1);
+    x = parts[0];
+    auto heads_of = [&](const Tensor& part) {
+      return permute(reshape(part, {B, N, H, Dh}), {0, 2, 1, 3});
     };
-    out.kv.push_back({heads_of(N), heads_of(2 * N)});
+    out.kv.push_back({heads_of(parts[1]), heads_of(parts[2])});
     out.hidden.push_back(x);
   }
   return out;
