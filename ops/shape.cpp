@@ -460,6 +460,7 @@ struct UnbindBackward final : Node {
     if (dense_strides.empty()) return {stack(g, dim)};
     Shape shape = g[0].shape();
     shape.insert(shape.begin() + dim, int64_t(g.size()));
+    if (Tensor whole = already_in_place(g, shape); whole.defined()) return {whole};
     Tensor grad = Tensor::empty({shape_numel(shape)}, g[0].dtype(), g[0].device())
                       .as_strided(shape, dense_strides, 0);
     for (size_t i = 0; i < g.size(); ++i) {
@@ -467,6 +468,25 @@ struct UnbindBackward final : Node {
       copy_(slot, g[i]);
     }
     return {grad};
+  }
+
+  // The gradients as the slots of one buffer laid out like x, if they already are (attention's
+  // q, k, v gradients: [Note: gradients laid out like packed q, k, v] in ops/attention.cpp).
+  Tensor already_in_place(const std::vector<Tensor>& g, const Shape& shape) const {
+    Shape slot_strides = dense_strides;
+    slot_strides.erase(slot_strides.begin() + dim);
+    for (size_t i = 0; i < g.size(); ++i) {
+      if (!g[i].defined() || g[i].storage() != g[0].storage() || g[i].strides() != slot_strides ||
+          g[i].offset() != g[0].offset() + int64_t(i) * dense_strides[size_t(dim)] ||
+          g[i].dtype() != g[0].dtype()) {
+        return Tensor();
+      }
+    }
+    const int64_t extent = shape_numel(shape);
+    if (g[0].offset() != 0 ||
+        int64_t(g[0].storage()->nbytes()) != extent * int64_t(dtype_size(g[0].dtype())))
+      return Tensor();
+    return g[0].as_strided(shape, dense_strides, 0);
   }
 };
 

@@ -439,12 +439,21 @@ void store_key_grads(const Problem<E>& p, const Segment<E>& sg, int64_t bh, int6
 
 }  // namespace
 
+bool attention_backward_writes_views(const AttentionArgs& args) {
+  return attention_dpbf16_applies(args.q.dtype(), args.q.size(3), args.v.size(3), args.blocks);
+}
+
 void attention_backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,
                         const Tensor& grad_out, Tensor& dq, Tensor& dk, Tensor& dv,
                         Tensor& dprefix_k, Tensor& dprefix_v) {
-  if (attention_dpbf16_applies(args.q.dtype(), args.q.size(3), args.v.size(3), args.blocks)) {
+  if (attention_backward_writes_views(args)) {
     attention_dpbf16_backward(args, out, lse, grad_out, dq, dk, dv, dprefix_k, dprefix_v);
     return;
+  }
+  for (const Tensor* t : {&dq, &dk, &dv, &dprefix_k, &dprefix_v}) {
+    HD_CHECK(!t->defined() || t->is_contiguous(),
+             "scaled_dot_product_attention backward: this kernel writes contiguous gradients, got ",
+             t->str());
   }
   visit_operands(args.q.dtype(), "scaled_dot_product_attention backward", [&]<class E>() {
     using T = Compute<E>;

@@ -58,10 +58,13 @@ struct AttentionArgs {
 void attention_forward(const AttentionArgs& args, Tensor& out, Tensor& lse);
 
 // grad_out and out [B, H, Nq, Dv] with a unit last stride, in the operands' dtype. Writes
-// contiguous dq, dk, dv and, when the args have a prefix, dprefix_k and dprefix_v (all allocated by
-// the caller, overwritten).
+// dq, dk, dv and, when the args have a prefix, dprefix_k and dprefix_v (all allocated by the
+// caller, overwritten): contiguous, or with any strides and a unit last stride where
+// attention_backward_writes_views says so.
 void attention_backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,
                         const Tensor& grad_out, Tensor& dq, Tensor& dk, Tensor& dv,
                         Tensor& dprefix_k, Tensor& dprefix_v);
+// Whether attention_backward writes gradients laid out as views (the bf16 dot-product kernel).
+bool attention_backward_writes_views(const AttentionArgs& args);
 
 }  // namespace hd::cpu

@@ -30,18 +30,22 @@ int64_t round_up16(int64_t n) {
   return (n + 15) / 16 * 16;
 }
 
-// A [B, H, N, D] bf16 operand with a unit last stride; rows ld apart (permuted views welcome).
-struct Rows {
-  const bf16_t* base = nullptr;
+// A [B, H, N, D] bf16 tensor with a unit last stride; rows ld apart (permuted views welcome).
+// Gradients are written through the same description (OutRows), so they may be views too.
+template <class Element>
+struct RowsOf {
+  Element* base = nullptr;
   int64_t sb = 0, sh = 0, ld = 0;
-  Rows() = default;
-  explicit Rows(const Tensor& t)
-      : base(t.data<bf16_t>()),
+  RowsOf() = default;
+  explicit RowsOf(const Tensor& t)
+      : base(const_cast<Element*>(t.data<bf16_t>())),
         sb(t.stride(0)),
         sh(t.stride(1)),
         ld(t.size(2) > 1 ? t.stride(2) : t.size(3)) {}
-  const bf16_t* at(int64_t b, int64_t h) const { return base + b * sb + h * sh; }
+  Element* at(int64_t b, int64_t h) const { return base + b * sb + h * sh; }
 };
+using Rows = RowsOf<const bf16_t>;
+using OutRows = RowsOf<bf16_t>;
 
 struct Problem {
   Rows q, k, v, pk, pv;
@@ -122,17 +126,6 @@ void key_bias(const Problem& P, int64_t b, int64_t j0, int64_t nkp, float* bias)
 }
 
 // ---- task drivers ----
-
-// Output rows [B, H, Nq, D], unit last stride (contiguous or heads-last).
-struct OutRows {
-  bf16_t* base;
-  int64_t sb, sh, ld;
-  explicit OutRows(Tensor& t)
-      : base(t.data<bf16_t>()),
-        sb(t.stride(0)),
-        sh(t.stride(1)),
-        ld(t.size(2) > 1 ? t.stride(2) : t.size(3)) {}
-};
 
 uint32_t* as_words(Tensor& t) {
   return reinterpret_cast<uint32_t*>(t.data<int32_t>());
@@ -252,8 +245,8 @@ struct BackwardWorkspace {
 template <int D>
 HD_DPBF16_TARGET void backward_matrix(const Problem& P, const Rows& out, const Rows& dout,
                                       const float* lse, int64_t bh, BackwardWorkspace<D>& w,
-                                      bf16_t* dq, bf16_t* dk, bf16_t* dv, bf16_t* dpk,
-                                      bf16_t* dpv) {
+                                      const OutRows& dq, const OutRows& dk, const OutRows& dv,
+                                      const OutRows& dpk, const OutRows& dpv) {
   constexpr int64_t kPairs = D / 2;
   const int64_t b = bh / P.H, h = bh % P.H;
   pack_keys_on_lanes<D>(P, true, b, h, w.kt);
@@ -301,19 +294,19 @@ HD_DPBF16_TARGET void backward_matrix(const Problem& P, const Rows& out, const R
         pair_columns<D>(w.ds_pairs, nkp, nq_even / 2, nkp, w.qp, w.dk + j0 * D);  // dS^T Q
       }
     }
-    round_rows<D>(w.dq, nq, dq + (bh * P.Nq + i0) * D, D);
+    round_rows<D>(w.dq, nq, dq.at(b, h) + i0 * dq.ld, dq.ld);
   }
   if constexpr (D == kLanes) {
     // dK^T and dV^T [16, Ntp] -> the rows of the prefix's and the own keys' gradients.
-    transpose_rounded(w.dk, P.Ntp, 0, P.Np, dpk + bh * P.Np * D);
-    transpose_rounded(w.dk, P.Ntp, P.Np, P.Nt, dk + bh * P.Nk * D);
-    transpose_rounded(w.dv, P.Ntp, 0, P.Np, dpv + bh * P.Np * D);
-    transpose_rounded(w.dv, P.Ntp, P.Np, P.Nt, dv + bh * P.Nk * D);
+    transpose_rounded(w.dk, P.Ntp, 0, P.Np, dpk.at(b, h), dpk.ld);
+    transpose_rounded(w.dk, P.Ntp, P.Np, P.Nt, dk.at(b, h), dk.ld);
+    transpose_rounded(w.dv, P.Ntp, 0, P.Np, dpv.at(b, h), dpv.ld);
+    transpose_rounded(w.dv, P.Ntp, P.Np, P.Nt, dv.at(b, h), dv.ld);
   } else {
-    round_rows<D>(w.dk, P.Np, dpk + bh * P.Np * D, D);
-    round_rows<D>(w.dk + P.Np * D, P.Nk, dk + bh * P.Nk * D, D);
-    round_rows<D>(w.dv, P.Np, dpv + bh * P.Np * D, D);
-    round_rows<D>(w.dv + P.Np * D, P.Nk, dv + bh * P.Nk * D, D);
+    round_rows<D>(w.dk, P.Np, dpk.at(b, h), dpk.ld);
+    round_rows<D>(w.dk + P.Np * D, P.Nk, dk.at(b, h), dk.ld);
+    round_rows<D>(w.dv, P.Np, dpv.at(b, h), dpv.ld);
+    round_rows<D>(w.dv + P.Np * D, P.Nk, dv.at(b, h), dv.ld);
   }
 }
 
@@ -324,11 +317,9 @@ void backward(const AttentionArgs& args, const Tensor& out, const Tensor& lse,
   const Problem P(args);
   const Rows o(out), g(grad_out);
   const float* L = lse.data<float>();
-  bf16_t* pdq = dq.data<bf16_t>();
-  bf16_t* pdk = dk.data<bf16_t>();
-  bf16_t* pdv = dv.data<bf16_t>();
-  bf16_t* pdpk = P.Np > 0 ? dprefix_k.data<bf16_t>() : nullptr;
-  bf16_t* pdpv = P.Np > 0 ? dprefix_v.data<bf16_t>() : nullptr;
+  const OutRows pdq(dq), pdk(dk), pdv(dv);
+  const OutRows pdpk = P.Np > 0 ? OutRows(dprefix_k) : OutRows();
+  const OutRows pdpv = P.Np > 0 ? OutRows(dprefix_v) : OutRows();
   parallel_for(0, P.B * P.H, 1, [&](int64_t lo, int64_t hi) {
     BackwardWorkspace<D> w(P.Ntp);
     for (int64_t bh = lo; bh < hi; ++bh)

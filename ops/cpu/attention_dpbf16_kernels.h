@@ -341,13 +341,14 @@ HD_DPBF16_TARGET inline void transposed_accumulate(const float* A, int64_t lda, 
   }
 }
 
-// rows[j - j0] <- column j of accT [16, ld] for keys j in [j0, j1), rounded (16-wide heads).
+// rows[(j - j0) * rows_ld] <- column j of accT [16, ld] for keys j in [j0, j1), rounded (16-wide
+// heads).
 HD_DPBF16_TARGET inline void transpose_rounded(const float* accT, int64_t ld, int64_t j0,
-                                               int64_t j1, bf16_t* rows) {
+                                               int64_t j1, bf16_t* rows, int64_t rows_ld) {
   alignas(64) float row[kLanes];
   for (int64_t j = j0; j < j1; ++j) {
     for (int64_t d = 0; d < kLanes; ++d) row[d] = accT[d * ld + j];
-    round_row16(row, rows + (j - j0) * kLanes);
+    round_row16(row, rows + (j - j0) * rows_ld);
   }
 }
 

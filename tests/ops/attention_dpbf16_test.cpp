@@ -212,6 +212,36 @@ TEST(AttentionDpbf16, PermutedViewsGiveTheBitsOfContiguousCopies) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(same_bits(a[i], b[i])) << "tensor " << i;
 }
 
+// [Note: gradients laid out like packed q, k, v] (ops/attention.cpp): q, k, v unbound from one
+// packed projection, as SelfAttention makes them (with a prefix, as PS3's look-close steps), get
+// gradients that are views of one buffer in the projection's layout, and the projection's
+// gradient is that buffer: the bits of the gradient computed from contiguous copies. Views that
+// do not fill one block (slots 0, 1, 3 of four) take the copying path, with the same bits.
+TEST(AttentionDpbf16, GradientsOfPackedViewsComeBackInThePackedLayout) {
+  SKIP_WITHOUT_AVX512_BF16();
+  const int64_t B = 2, N = 37, H = 3, Np = 11;
+  Generator gen(12, "attention_dpbf16_packed");
+  Tensor g = uniform({B, H, N, 16}, -1, 1, gen, DType::bf16);
+  AttentionOptions prefix;
+  prefix.prefix_k = uniform({B, H, Np, 16}, -1, 1, gen, DType::bf16);
+  prefix.prefix_v = uniform({B, H, Np, 16}, -1, 1, gen, DType::bf16);
+  for (int64_t slots : {3, 4}) {
+    Tensor packed = uniform({B, N, slots, H, 16}, -1.5, 1.5, gen, DType::bf16);
+    const std::vector<int64_t> used =
+        slots == 3 ? std::vector<int64_t>{0, 1, 2} : std::vector<int64_t>{0, 1, 3};
+    // The gradient of `packed` through unbind (views) or through contiguous copies.
+    auto gradient = [&](bool views) {
+      Tensor leaf = packed.detach().requires_grad_(true);
+      std::vector<Tensor> heads = unbind(permute(leaf, {2, 0, 3, 1, 4}), 0);
+      std::vector<Tensor> qkv;
+      for (int64_t i : used) qkv.push_back(views ? heads[size_t(i)] : contiguous(heads[size_t(i)]));
+      scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], prefix).backward(g);
+      return leaf.grad();
+    };
+    EXPECT_TRUE(same_bits(gradient(true), gradient(false))) << slots << " slots";
+  }
+}
+
 // Child mode of the next test: a hash of the outputs and gradients of the widest case.
 TEST(AttentionDpbf16, DISABLED_PrintHashForThreadCheck) {
   if (!kernel_runs_here()) return;
