@@ -10,8 +10,8 @@
 // activation checkpointing (every block recomputed in backward), alternating with the plain run
 // rep by rep, and prints its time and peak as ratios to the plain run's; with --bf16, a bf16
 // copy of the model (train.precision bf16: bf16 weights and activations, ops computing in f32
-// where they must, ops/cpu_half.h) the same way: its wall ms, process CPU ms and the CPU ms
-// as a ratio to the plain run's.
+// where they must, ops/cpu_half.h; bf16 image views, as its loader makes them) the same way:
+// its wall ms, process CPU ms and the CPU ms as a ratio to the plain run's.
 // --max=R runs only the row whose largest scale is R (the ratios are then to that row).
 // --bf16-only skips the fp32 run (its columns print as "-"): for alternating this binary's bf16
 // step with another binary's fp32 step (docs/performance.md, the PS3 target).
@@ -173,6 +173,11 @@ int main(int argc, char** argv) {
       in.patches = synthetic_patches;
       in.prompt = uniform({batch, c.width}, -1, 1, gen);
       in.look_close_steps = steps;
+      // The bf16 model's views come from the loader in bf16 (LoaderOptions::image_dtype, set by
+      // train.precision bf16): the same values rounded, made before the step like the f32 ones.
+      ps3::VisionInputs in_bf16 = in;
+      in_bf16.low_res = to(in.low_res, DType::bf16);
+      in_bf16.selection = to(in.selection, DType::bf16);
       // One training step's forward + backward: wall ms, process CPU ms, allocator peak bytes.
       struct Sample {
         std::vector<double> ms, cpu;
@@ -183,7 +188,7 @@ int main(int argc, char** argv) {
         allocator_for(Device::cpu()).reset_peak();
         auto t0 = Clock::now();
         std::clock_t c0 = std::clock();
-        ps3::VisionOutputs o = model.forward(in);
+        ps3::VisionOutputs o = model.forward(&model == &model_bf16 ? in_bf16 : in);
         Tensor loss = add(sum(o.high_res_pooled), sum(o.low_res_pooled));
         for (size_t s = 0; s < scales.size(); ++s) {
           loss = add(loss, add(mean(o.prior_probs[s]), mean(o.posterior_probs[s])));

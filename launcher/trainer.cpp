@@ -198,6 +198,8 @@ TrainOutcome run_pretrain(const proto::RunConfig& c, const std::string& config_t
   lo.cache_bytes = c.data().cache_mb() << 20;
   // Batches bound for a GPU are assembled in pinned memory: their copies do not block the host.
   lo.pin_memory = device.type == DeviceType::cuda;
+  // A bf16 model gets bf16 views (the values it would round them to itself): half the bytes.
+  if (tc.precision() == "bf16") lo.image_dtype = DType::bf16;
 
   // ---- monitoring --------------------------------------------------------------------------
   monitoring::MonitorConfig mc;

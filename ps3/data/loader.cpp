@@ -69,7 +69,7 @@ Tensor Batch::patches(int64_t b, int64_t scale, const std::vector<int64_t>& indi
 struct Loader::Cached {
   std::shared_ptr<const Image> image;           // S x S uint8
   int64_t source_height = 0, source_width = 0;  // before the squash resize (boxes map from it)
-  std::vector<float> low_res, selection;
+  std::vector<char> low_res, selection;         // the views' bytes, in image_dtype
 };
 
 struct Loader::Pending {
@@ -87,6 +87,8 @@ Loader::Loader(const Dataset& dataset, const Sampler& sampler, const Tokenizer* 
            ") and prefetch_batches (", opt.prefetch_batches, ") must be >= 1");
   HD_CHECK(opt.image_size % kPatch == 0, "Loader: image size ", opt.image_size,
            " is not a multiple of ", kPatch);
+  HD_CHECK(opt.image_dtype == DType::f32 || opt.image_dtype == DType::bf16, "Loader: image_dtype ",
+           dtype_name(opt.image_dtype), " is not f32 or bf16");
   producer_ = std::thread([this] { produce(); });
   for (int i = 0; i < opt.threads; ++i) workers_.emplace_back([this] { work(); });
 }
@@ -128,9 +130,10 @@ void Loader::produce() {
       b.texts.resize(size_t(n));
       b.images.resize(size_t(n));
       const bool pin = opt_.pin_memory;
-      b.low_res = host_tensor({n, 3, opt_.low_res, opt_.low_res}, DType::f32, pin);
+      const DType views = opt_.image_dtype;
+      b.low_res = host_tensor({n, 3, opt_.low_res, opt_.low_res}, views, pin);
       if (opt_.selection_res > 0)
-        b.selection = host_tensor({n, 3, opt_.selection_res, opt_.selection_res}, DType::f32, pin);
+        b.selection = host_tensor({n, 3, opt_.selection_res, opt_.selection_res}, views, pin);
       if (tok_) b.tokens = host_tensor({n, tok_->context_length()}, DType::i32, pin);
       p->ok.assign(size_t(n), 0);
       p->remaining = n;
@@ -182,8 +185,18 @@ void Loader::load_sample(Pending& p, int64_t i) {
   Batch& b = p.batch;
   const int64_t S = opt_.image_size;
   const int64_t L = opt_.low_res, R = opt_.selection_res;
-  float* low_dst = b.low_res.data<float>() + i * 3 * L * L;
-  float* sel_dst = R > 0 ? b.selection.data<float>() + i * 3 * R * R : nullptr;
+  const int64_t elem = int64_t(dtype_size(opt_.image_dtype));
+  const int64_t low_bytes = 3 * L * L * elem, sel_bytes = 3 * R * R * elem;
+  char* low_dst = static_cast<char*>(b.low_res.raw_data()) + i * low_bytes;
+  char* sel_dst = R > 0 ? static_cast<char*>(b.selection.raw_data()) + i * sel_bytes : nullptr;
+  // The whole view (side x side) of the S x S image, in image_dtype.
+  auto resample_view = [&](const Image& img, int64_t side, char* dst) {
+    if (opt_.image_dtype == DType::bf16) {
+      resample_region(img, side, side, 0, side, 0, side, opt_.norm, reinterpret_cast<bf16_t*>(dst));
+    } else {
+      resample_region(img, side, side, 0, side, 0, side, opt_.norm, reinterpret_cast<float*>(dst));
+    }
+  };
   std::string where = rec.source.describe();
   const bool use_cache = opt_.cache_bytes > 0 && !opt_.random_resized_crop;
   try {
@@ -198,9 +211,8 @@ void Loader::load_sample(Pending& p, int64_t i) {
     if (hit) {
       s_img = hit->image;
       crop = Crop{0, 0, hit->source_height, hit->source_width};
-      std::memcpy(low_dst, hit->low_res.data(), hit->low_res.size() * sizeof(float));
-      if (sel_dst)
-        std::memcpy(sel_dst, hit->selection.data(), hit->selection.size() * sizeof(float));
+      std::memcpy(low_dst, hit->low_res.data(), hit->low_res.size());
+      if (sel_dst) std::memcpy(sel_dst, hit->selection.data(), hit->selection.size());
     } else {
       Image img = decode_image(read_image_bytes(rec.source), where);
       crop = Crop{0, 0, img.height, img.width};
@@ -213,18 +225,18 @@ void Loader::load_sample(Pending& p, int64_t i) {
                    : resize_aa_bicubic(img, crop.y0, crop.x0, crop.h, crop.w, S, S));
       s_img = resized;
       // The low-res and selection views: non-AA bicubic from the S x S image (§1.3 step 2).
-      resample_region(*s_img, L, L, 0, L, 0, L, opt_.norm, low_dst);
-      if (sel_dst) resample_region(*s_img, R, R, 0, R, 0, R, opt_.norm, sel_dst);
+      resample_view(*s_img, L, low_dst);
+      if (sel_dst) resample_view(*s_img, R, sel_dst);
       if (use_cache) {
-        int64_t bytes = S * S * 3 + (3 * L * L + (R > 0 ? 3 * R * R : 0)) * int64_t(sizeof(float));
+        int64_t bytes = S * S * 3 + low_bytes + (R > 0 ? sel_bytes : 0);
         std::lock_guard<std::mutex> lock(cache_mu_);
         if (!cache_.count(spec.image) && cache_used_ + bytes <= opt_.cache_bytes) {
           auto c = std::make_shared<Cached>();
           c->image = resized;
           c->source_height = src_h;
           c->source_width = src_w;
-          c->low_res.assign(low_dst, low_dst + 3 * L * L);
-          if (sel_dst) c->selection.assign(sel_dst, sel_dst + 3 * R * R);
+          c->low_res.assign(low_dst, low_dst + low_bytes);
+          if (sel_dst) c->selection.assign(sel_dst, sel_dst + sel_bytes);
           cache_[spec.image] = std::move(c);
           cache_used_ += bytes;
         }

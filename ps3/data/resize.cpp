@@ -6,8 +6,10 @@
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "autograd/error.h"
+#include "ops/cpu/isa.h"
 
 namespace hd::data {
 
@@ -226,6 +228,22 @@ void resample_region(const Image& src, int64_t out_h, int64_t out_w, int64_t y0,
       d0[x - x0] = a0 * norm.scale + norm.bias;
       d1[x - x0] = a1 * norm.scale + norm.bias;
       d2[x - x0] = a2 * norm.scale + norm.bias;
+    }
+  }
+}
+
+void resample_region(const Image& src, int64_t out_h, int64_t out_w, int64_t y0, int64_t y1,
+                     int64_t x0, int64_t x1, Normalize norm, bf16_t* dst) {
+  // Bands of rows through the float version, so every value is the float one rounded; a band's
+  // floats stay in cache on their way to bf16.
+  constexpr int64_t kBandRows = 16;
+  const int64_t rh = y1 - y0, rw = x1 - x0;
+  std::vector<float> band(size_t(3 * kBandRows * std::max<int64_t>(rw, 0)));
+  for (int64_t b0 = y0; b0 < y1; b0 += kBandRows) {
+    const int64_t n = std::min(kBandRows, y1 - b0);
+    resample_region(src, out_h, out_w, b0, b0 + n, x0, x1, norm, band.data());
+    for (int64_t c = 0; c < 3; ++c) {
+      cpu::round_to_bf16(band.data() + c * n * rw, dst + c * rh * rw + (b0 - y0) * rw, n * rw);
     }
   }
 }

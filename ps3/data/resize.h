@@ -48,5 +48,9 @@ struct Normalize {
 // PyTorch rule) to out x out, written planar to dst as [3][y1 - y0][x1 - x0] floats.
 void resample_region(const Image& src, int64_t out_h, int64_t out_w, int64_t y0, int64_t y1,
                      int64_t x0, int64_t x1, Normalize norm, float* dst);
+// The same values rounded to bf16 (the bits of float_to_bf16 of the float version's): the views
+// a bf16 model takes (train.precision bf16), made without a float copy of the whole view.
+void resample_region(const Image& src, int64_t out_h, int64_t out_w, int64_t y0, int64_t y1,
+                     int64_t x0, int64_t x1, Normalize norm, bf16_t* dst);
 
 }  // namespace hd::data

@@ -5,7 +5,10 @@
 #include <cmath>
 #include <filesystem>
 #include <set>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <unistd.h>
 
@@ -337,6 +340,47 @@ TEST_F(LoaderFixture, PinnedBatchesEqualOrdinaryOnes) {
     }
   }
   EXPECT_EQ(pinned_host_allocator().stats().current_bytes, pinned_before);
+}
+
+// image_dtype bf16 (a bf16 model's loader): the low-res and selection views are the f32 views
+// rounded, bit for bit, also when they come from the decoded-sample cache; other dtypes are
+// refused by name.
+TEST_F(LoaderFixture, Bf16ViewsAreTheF32ViewsRounded) {
+  BadInputLog log(true);
+  Dataset ds = open_dataset(dir + "/train", log);
+  Sampler sampler = caption_sampler(ds);
+  Tokenizer tok(dir + "/tok.model", 16);
+  LoaderOptions plain = small();
+  for (int64_t cache : {int64_t(0), int64_t(1) << 30}) {
+    SCOPED_TRACE(cache);
+    LoaderOptions half = plain;
+    half.image_dtype = DType::bf16;
+    half.cache_bytes = cache;
+    Loader a(ds, sampler, &tok, plain, log), b(ds, sampler, &tok, half, log);
+    for (int step = 0; step < 6; ++step) {  // 3 batches per epoch: the second epoch is cached
+      Batch x = a.next(), y = b.next();
+      ASSERT_EQ(x.image_ids, y.image_ids);
+      ASSERT_EQ(y.low_res.dtype(), DType::bf16);
+      ASSERT_EQ(y.selection.dtype(), DType::bf16);
+      for (auto [f32_view, bf16_view] :
+           {std::pair{x.low_res, y.low_res}, {x.selection, y.selection}}) {
+        const std::vector<float> want = f32_view.to_vector<float>();
+        const bf16_t* got = bf16_view.data<bf16_t>();
+        for (size_t k = 0; k < want.size(); ++k)
+          ASSERT_EQ(got[k].bits, float_to_bf16(want[k]).bits) << "element " << k;
+      }
+      EXPECT_EQ(x.patches(2, 560 / 2, {0, 7}).to_vector<float>(),
+                y.patches(2, 560 / 2, {0, 7}).to_vector<float>());
+    }
+  }
+  LoaderOptions wrong = plain;
+  wrong.image_dtype = DType::f64;
+  try {
+    Loader l(ds, sampler, &tok, wrong, log);
+    FAIL() << "an f64 image_dtype was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("image_dtype f64"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(LoaderFixture, MismatchedSamplerIsAnErrorNotAHang) {
