@@ -60,12 +60,21 @@ struct DepthwiseConvBackward final : Node {
     weight.reset();
   }
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    // 16-bit on the CPU: the gradient widened once for both products, which would each widen it
+    // (a transposing copy where it arrives as a permuted view: ConvNeXt's NHWC block), and the
+    // results rounded back: what each product's own f32 round trip computes (ops/cpu_half.h).
+    const bool half = is_cpu_half(g[0]);
+    const Tensor grad = half ? to(g[0].detach(), DType::f32) : g[0];
+    auto wide = [&](const Tensor& t) { return half ? to(t.detach(), DType::f32) : t; };
+    auto narrow_back = [&](const Tensor& t) { return half ? to(t, g[0].dtype()) : t; };
     Tensor gx, gw;
     if (needs_input_grad(0)) {
-      gx = depthwise_conv2d_backward_input(g[0], weight.unpack(*this), x_shape, stride, padding);
+      gx = narrow_back(depthwise_conv2d_backward_input(grad, wide(weight.unpack(*this)), x_shape,
+                                                       stride, padding));
     }
     if (needs_input_grad(1)) {
-      gw = depthwise_conv2d_backward_weight(g[0], x.unpack(*this), w_shape, stride, padding);
+      gw = narrow_back(
+          depthwise_conv2d_backward_weight(grad, wide(x.unpack(*this)), w_shape, stride, padding));
     }
     return {gx, gw};
   }

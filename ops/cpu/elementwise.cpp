@@ -52,17 +52,25 @@ template <class O, class I, class F>
 void map1(const Tensor& x, Tensor& out, F f) {
   O* po = static_cast<O*>(out.raw_data());
   const I* px = static_cast<const I*>(x.raw_data());
-  for_each_map_row<2, O, I>(out.shape(), {out.strides(), broadcast_strides(x, out.shape())},
-                            [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> s)
-                                HD_FLATTEN {
-                                  O* o = po + off[0];
-                                  const I* a = px + off[1];
-                                  if (s[0] == 1 && s[1] == 1) {
-                                    for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
-                                  } else {
-                                    for (int64_t i = 0; i < n; ++i) o[i * s[0]] = f(a[i * s[1]]);
-                                  }
-                                });
+  auto row = [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> s) HD_FLATTEN {
+    O* o = po + off[0];
+    const I* a = px + off[1];
+    if (s[0] == 1 && s[1] == 1) {
+      for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
+    } else if (s[0] == 1 && s[1] != 0) {
+      // An input read across its layout: copied as it is into a block first (see map2).
+      constexpr int64_t kBlock = 256;
+      I ab[kBlock];
+      for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+        const int64_t m = std::min(kBlock, n - i0);
+        for (int64_t i = 0; i < m; ++i) ab[i] = a[(i0 + i) * s[1]];
+        for (int64_t i = 0; i < m; ++i) o[i0 + i] = f(ab[i]);
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) o[i * s[0]] = f(a[i * s[1]]);
+    }
+  };
+  for_each_map_row<2, O, I>(out.shape(), {out.strides(), broadcast_strides(x, out.shape())}, row);
 }
 
 template <class O, class A, class B, class F>
