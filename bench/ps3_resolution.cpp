@@ -175,9 +175,12 @@ int main(int argc, char** argv) {
       in.look_close_steps = steps;
       // The bf16 model's views come from the loader in bf16 (LoaderOptions::image_dtype, set by
       // train.precision bf16): the same values rounded, made before the step like the f32 ones.
+      // (Alternating with the fp32 run, both sets of views are alive in either step's peak;
+      // with --bf16-only the f32 ones are dropped.)
       ps3::VisionInputs in_bf16 = in;
       in_bf16.low_res = to(in.low_res, DType::bf16);
       in_bf16.selection = to(in.selection, DType::bf16);
+      if (bf16_only) in.low_res = in.selection = Tensor();
       // One training step's forward + backward: wall ms, process CPU ms, allocator peak bytes.
       struct Sample {
         std::vector<double> ms, cpu;
