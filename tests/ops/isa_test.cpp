@@ -210,6 +210,14 @@ OpBytes run_ops() {
            add(nhwc, permute(to(randn({2, 32, 9, 7}, 12), dt), {0, 2, 3, 1})));
     append("per-channel scale", mul(nhwc, to(randn({32}, 13), dt)));
     append("head view gelu", gelu(permute(to(randn({2, 29, 4, 16}, 14), dt), {0, 2, 1, 3})));
+    // A layer norm over short rows: statistics of sixteen rows at a time, then a tail row.
+    Tensor xs = leaf({33, 32}, 15), ws = leaf({32}, 16), bs = leaf({32}, 17);
+    Tensor ys = layer_norm(xs, ws, bs, 1e-6);
+    ys.backward(to(randn(ys.shape(), 18), dt));
+    append("short-row layer_norm", ys);
+    append("short-row dx", xs.grad());
+    append("short-row dweight", ws.grad());
+    append("short-row dbias", bs.grad());
   }
   Tensor p = randn({5000}, 20), g = randn({5000}, 21), m = randn({5000}, 22);
   Tensor vsq = mul(randn({5000}, 23), randn({5000}, 23));
@@ -264,7 +272,9 @@ TEST(VectorIsa, OpsGiveTheSameBitsWithAndWithoutAvx512) {
 TEST(VectorIsa, ReportsWhatRuns) {
   const cpu::VectorIsa& isa = cpu::vector_isa();
   EXPECT_EQ(isa.name, isa.avx512_bf16 ? "avx512+bf16" : isa.avx512 ? "avx512" : "avx2");
-  if (isa.avx512_bf16) EXPECT_TRUE(isa.avx512);
+  if (isa.avx512_bf16) {
+    EXPECT_TRUE(isa.avx512);
+  }
   const char* off = std::getenv("HD_CPU_AVX512");
   if (off && std::string(off) == "0") {
     EXPECT_FALSE(isa.avx512);
@@ -272,7 +282,9 @@ TEST(VectorIsa, ReportsWhatRuns) {
   } else {
     EXPECT_EQ(isa.avx512, cpu_has_avx512()) << isa.reason;
   }
-  if (!isa.avx512) EXPECT_FALSE(isa.reason.empty());
+  if (!isa.avx512) {
+    EXPECT_FALSE(isa.reason.empty());
+  }
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "autograd/node.h"
 #include "ops/elementwise.h"
@@ -136,6 +138,48 @@ TEST(LayerNorm, F32BackwardOpMatchesF64) {
   NormGrads no_params = layer_norm_backward(gy, x, mean_d, rstd_d, w, false, false);
   EXPECT_FALSE(no_params.gw.defined());
   EXPECT_FALSE(no_params.gb.defined());
+}
+
+// [Note: short rows] (ops/cpu/norm.cpp): rows of 16-128 values take their statistics sixteen
+// rows at a time, with the adds of the row-by-row fold: every row of a many-row norm (groups of
+// sixteen, then a tail) has the bits of the same row normalised alone, forward and backward,
+// for layer and RMS norm, f32 and bf16; at 48 and 144 values (not grouped) too.
+TEST(LayerNorm, RowGroupsGiveTheBitsOfSingleRows) {
+  for (DType dt : {DType::f32, DType::bf16}) {
+    for (int64_t C : {16, 32, 48, 64, 128, 144}) {
+      for (bool center : {true, false}) {
+        const int64_t rows = 16 * 3 + 7;
+        Tensor x = to(random_leaf({rows, C}, 31, -3.0, 5.0).detach(), dt);
+        Tensor w = to(random_leaf({C}, 32, 0.5, 1.5).detach(), dt);
+        Tensor b = to(random_leaf({C}, 33).detach(), dt);
+        Tensor gy = to(random_leaf({rows, C}, 34).detach(), dt);
+        auto norm = [&](const Tensor& in) {
+          return center ? layer_norm(in, w, b, 1e-5) : rms_norm(in, w, 1e-6);
+        };
+        // y and dL/dx of a leaf copy of `rows_of_x` under upstream gradient `g`.
+        auto run = [&](const Tensor& rows_of_x, const Tensor& g) {
+          Tensor leaf = contiguous(rows_of_x).detach().requires_grad_(true);
+          Tensor y = norm(leaf);
+          y.backward(g);
+          return std::pair{y.detach(), leaf.grad()};
+        };
+        auto [y_all, gx_all] = run(x, gy);
+        for (int64_t r = 0; r < rows; ++r) {
+          auto [y_one, gx_one] = run(narrow(x, 0, r, 1), narrow(gy, 0, r, 1));
+          const std::vector<double> a = narrow(y_all, 0, r, 1).to_vector<double>(),
+                                    e = y_one.to_vector<double>(),
+                                    ga = narrow(gx_all, 0, r, 1).to_vector<double>(),
+                                    ge = gx_one.to_vector<double>();
+          for (int64_t j = 0; j < C; ++j) {
+            ASSERT_EQ(a[size_t(j)], e[size_t(j)])
+                << dtype_name(dt) << " C " << C << (center ? " layer" : " rms") << " row " << r;
+            ASSERT_EQ(ga[size_t(j)], ge[size_t(j)])
+                << "gradient, " << dtype_name(dt) << " C " << C << " row " << r;
+          }
+        }
+      }
+    }
+  }
 }
 
 using testing::expect_error;
