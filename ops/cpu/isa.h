@@ -26,8 +26,9 @@
 // AVX-512 machine. A given machine always runs the same instantiation, so runs repeat exactly.
 //
 // Where to use it: inside a thread's chunk (the target applies to the code inlined into the
-// wrapper, not to work another thread runs), around loops long enough that one call and one
-// predictable branch per row do not matter (rows of 64 values and more).
+// wrapper, not to work another thread runs), around a chunk's whole loop rather than each row,
+// so short rows pay no call and no branch (for_each_row_vectorised in ops/cpu/strided_loop.h
+// wraps each thread's rows of an elementwise map that way).
 #pragma once
 
 #include <cstdint>
