@@ -92,7 +92,9 @@ TEST(CudnnConv, IsOffUnlessEnabled) {
 #else
   // Which convs cuDNN beats ours on is a GPU measurement not yet taken (docs/cuda.md), so the
   // default is our kernels unless HD_CUDNN_CONV=1 is set for the process.
-  if (std::getenv("HD_CUDNN_CONV") == nullptr) EXPECT_FALSE(cuda::use_cudnn_conv());
+  if (std::getenv("HD_CUDNN_CONV") == nullptr) {
+    EXPECT_FALSE(cuda::use_cudnn_conv());
+  }
   cuda::set_use_cudnn_conv(true);
   EXPECT_TRUE(cuda::use_cudnn_conv());
   cuda::set_use_cudnn_conv(false);

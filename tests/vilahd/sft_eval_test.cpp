@@ -238,7 +238,9 @@ TEST(TrainableParts, FrozenPartsGetNoGradientAndKeepTheirBits) {
     const std::string part = trainable_part_of(n);
     const bool trainable = part == "projector" || part == "top_down_selection";
     EXPECT_EQ(p.requires_grad(), trainable) << n;
-    if (!trainable) EXPECT_FALSE(p.grad().defined()) << n << " got a gradient";
+    if (!trainable) {
+      EXPECT_FALSE(p.grad().defined()) << n << " got a gradient";
+    }
     if (trainable) g.names.push_back(n), g.params.push_back(p);
   }
   AdamW opt({g}, {1e-2});
@@ -246,7 +248,9 @@ TEST(TrainableParts, FrozenPartsGetNoGradientAndKeepTheirBits) {
   int moved = 0;
   for (auto& [n, p] : model->named_parameters()) {
     const bool same = p.to_vector<float>() == before[n];
-    if (!p.requires_grad()) EXPECT_TRUE(same) << n << " changed although frozen";
+    if (!p.requires_grad()) {
+      EXPECT_TRUE(same) << n << " changed although frozen";
+    }
     moved += !same;
   }
   EXPECT_GT(moved, 5);
