@@ -12,6 +12,7 @@
 #include "ops/norm.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "ops/similarity.h"
 #include "ops/softmax.h"
 
 namespace hd {
@@ -395,6 +396,20 @@ void BM_CopyIntoHeadView(benchmark::State& state) {
       2.0 * 4 * 729, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
 }
 BENCHMARK(BM_CopyIntoHeadView)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// PS3's selection head: cosine similarity of the ConvNeXt grid's features with a projected
+// prompt (bf16 [2, 54, 54, 32] against [2, 1, 1, 32]), forward and backward.
+void BM_CosineSimilaritySelection(benchmark::State& state) {
+  Tensor a = to(randn({2, 54, 54, 32}, 25), DType::bf16).requires_grad_(true);
+  Tensor b = to(randn({2, 1, 1, 32}, 26), DType::bf16).requires_grad_(true);
+  Tensor g = to(randn({2, 54, 54}, 27), DType::bf16);
+  for (auto _ : state) {
+    cosine_similarity(a, b, -1).backward(g);
+    a.zero_grad();
+    b.zero_grad();
+  }
+}
+BENCHMARK(BM_CosineSimilaritySelection)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // Engine overhead: backward through a long chain of ops on 1-element tensors, where the kernels
 // cost almost nothing and the engine's bookkeeping (dependency counts, input buffers, the
