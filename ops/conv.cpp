@@ -50,6 +50,13 @@ struct UnfoldBackward final : Node {
   }
 };
 
+// bf16 depthwise convolutions of stride 1 on the CPU read and write bf16 in place (the kernels
+// widen each plane into their padded scratch and round each output once: the bits of the f32
+// round trip, without its conversion passes); other 16-bit cases run on f32 copies.
+bool reads_16_bit(const Tensor& t, int64_t stride) {
+  return t.dtype() == DType::bf16 && t.device().is_cpu() && stride == 1;
+}
+
 struct DepthwiseConvBackward final : Node {
   SavedTensor x, weight;
   Shape x_shape, w_shape;
@@ -60,11 +67,12 @@ struct DepthwiseConvBackward final : Node {
     weight.reset();
   }
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    // 16-bit on the CPU: the gradient widened once for both products, which would each widen it
-    // (a transposing copy where it arrives as a permuted view: ConvNeXt's NHWC block), and the
-    // results rounded back: what each product's own f32 round trip computes (ops/cpu_half.h).
-    const bool half = is_cpu_half(g[0]);
-    const Tensor grad = half ? to(g[0].detach(), DType::f32) : g[0];
+    // 16-bit on the CPU: the gradient made contiguous (bf16, stride 1: read by the kernels as it
+    // is) or widened (f16, strides) once for both products, which would each do it again (a
+    // transposing copy where it arrives as a permuted view: ConvNeXt's NHWC block); widened
+    // results are rounded back, what each product's own f32 round trip computes.
+    const bool half = is_cpu_half(g[0]) && !reads_16_bit(g[0], stride);
+    const Tensor grad = half ? to(g[0].detach(), DType::f32) : contiguous(g[0].detach());
     auto wide = [&](const Tensor& t) { return half ? to(t.detach(), DType::f32) : t; };
     auto narrow_back = [&](const Tensor& t) { return half ? to(t, g[0].dtype()) : t; };
     Tensor gx, gw;
@@ -228,7 +236,7 @@ Tensor depthwise_conv2d_forward(const Tensor& x, const Tensor& weight, int64_t s
   HD_CHECK(weight.dim() == 4 && weight.size(0) == g.channels && weight.size(1) == 1,
            "depthwise_conv2d: weight ", weight.shape(), " must be [", g.channels, ", 1, kh, kw]");
   check_same_dtype("depthwise_conv2d", x, weight);
-  if (is_cpu_half(x)) {  // f32 copies, the answer rounded back (ops/cpu_half.h)
+  if (is_cpu_half(x) && !reads_16_bit(x, stride)) {  // f32 copies, the answer rounded back
     return to(depthwise_conv2d_forward(to(x.detach(), DType::f32), to(weight.detach(), DType::f32),
                                        stride, padding),
               x.dtype());
@@ -248,7 +256,7 @@ Tensor depthwise_conv2d_backward_input(const Tensor& grad_out, const Tensor& wei
   HD_CHECK(grad_out.shape() == Shape({g.batch, g.channels, g.oh, g.ow}),
            "depthwise_conv2d_backward_input: grad_out ", grad_out.shape(), " does not match input ",
            input_shape);
-  if (is_cpu_half(grad_out)) {
+  if (is_cpu_half(grad_out) && !reads_16_bit(grad_out, stride)) {
     return to(depthwise_conv2d_backward_input(to(grad_out.detach(), DType::f32),
                                               to(weight.detach(), DType::f32), input_shape, stride,
                                               padding),
@@ -273,7 +281,7 @@ Tensor depthwise_conv2d_backward_weight(const Tensor& grad_out, const Tensor& x,
   HD_CHECK(grad_out.shape() == Shape({g.batch, g.channels, g.oh, g.ow}),
            "depthwise_conv2d_backward_weight: grad_out ", grad_out.shape(),
            " does not match input ", x.shape());
-  if (is_cpu_half(grad_out)) {
+  if (is_cpu_half(grad_out) && !reads_16_bit(grad_out, stride)) {
     return to(
         depthwise_conv2d_backward_weight(to(grad_out.detach(), DType::f32),
                                          to(x.detach(), DType::f32), weight_shape, stride, padding),

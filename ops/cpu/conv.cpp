@@ -228,17 +228,31 @@ struct PaddedPlane {
   int64_t rows = 0, row_len = 0;  // row_len: whole blocks of outputs plus kw - 1 taps
 };
 
-// src [h, w] -> scratch [rows, row_len] with src[y][x] at (y + pad_y, x + pad_x), zero elsewhere.
-template <class T>
-void pad_plane(const T* src, int64_t h, int64_t w, int64_t pad_y, int64_t pad_x,
+// src [h, w] -> scratch [rows, row_len] with src[y][x] at (y + pad_y, x + pad_x), zero elsewhere;
+// 16-bit storage (E) widened to the compute type T on the way, the copy the plane needed anyway.
+template <class E, class T>
+void pad_plane(const E* src, int64_t h, int64_t w, int64_t pad_y, int64_t pad_x,
                const PaddedPlane& p, std::vector<T>& scratch) {
   scratch.assign(static_cast<size_t>(p.rows * p.row_len), T(0));
   int64_t x0 = std::max<int64_t>(0, -pad_x), x1 = std::min(w, p.row_len - pad_x);
   for (int64_t y = 0; y < h; ++y) {
     int64_t py = y + pad_y;
     if (py < 0 || py >= p.rows || x1 <= x0) continue;
-    std::copy(src + y * w + x0, src + y * w + x1, scratch.data() + py * p.row_len + x0 + pad_x);
+    T* dst = scratch.data() + py * p.row_len + x0 + pad_x;
+    if constexpr (std::is_same_v<E, T>) {
+      std::copy(src + y * w + x0, src + y * w + x1, dst);
+    } else {
+      for (int64_t x = x0; x < x1; ++x) dst[x - x0] = ElementTraits<E>::load(src[y * w + x]);
+    }
   }
+}
+
+// A kernel's taps (or any small tensor) in the compute type.
+template <class E, class T>
+std::vector<T> widened(const E* src, int64_t n) {
+  std::vector<T> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out[size_t(i)] = ElementTraits<E>::load(src[i]);
+  return out;
 }
 
 template <class T>
@@ -247,10 +261,11 @@ PaddedPlane padded_geometry(int64_t oh, int64_t ow, int64_t kh, int64_t kw) {
   return {oh + kh - 1, blocks * kBlock<T> + kw - 1};
 }
 
-// out[oy][ox] = sum_{ky, kx} taps[ky][kx] * padded[oy + ky][ox + kx].
-template <class T>
+// out[oy][ox] = sum_{ky, kx} taps[ky][kx] * padded[oy + ky][ox + kx], stored as E (rounded once
+// for 16-bit storage).
+template <class T, class E>
 void correlate_padded(const T* padded, const PaddedPlane& p, const T* taps, int64_t kh, int64_t kw,
-                      int64_t oh, int64_t ow, T* out) {
+                      int64_t oh, int64_t ow, E* out) {
   constexpr int64_t B = kBlock<T>;
   for (int64_t oy = 0; oy < oh; ++oy) {
     for (int64_t ox0 = 0; ox0 < ow; ox0 += B) {
@@ -263,17 +278,24 @@ void correlate_padded(const T* padded, const PaddedPlane& p, const T* taps, int6
           for (int64_t i = 0; i < B; ++i) acc[i] += wv * src[i];
         }
       }
-      std::copy(acc, acc + std::min(B, ow - ox0), out + oy * ow + ox0);
+      const int64_t n = std::min(B, ow - ox0);
+      if constexpr (std::is_same_v<E, T>) {
+        std::copy(acc, acc + n, out + oy * ow + ox0);
+      } else {
+        for (int64_t i = 0; i < n; ++i) out[oy * ow + ox0 + i] = ElementTraits<E>::store(acc[i]);
+      }
     }
   }
 }
 
-template <class T>
+// E: the tensors' storage type; T: the compute type (f32 for bf16).
+template <class E, class T = typename ElementTraits<E>::compute>
 void dw_forward_stride1(const Tensor& x, const Tensor& weight, const Conv2dGeometry& g,
                         Tensor& out) {
-  const T* xp = x.data<T>();
-  const T* wp = weight.data<T>();
-  T* op = out.data<T>();
+  const E* xp = x.data<E>();
+  const std::vector<T> taps = widened<E, T>(weight.data<E>(), weight.numel());
+  const T* wp = taps.data();
+  E* op = out.data<E>();
   const PaddedPlane p = padded_geometry<T>(g.oh, g.ow, g.kh, g.kw);
   parallel_for(0, g.batch * g.channels, plane_grain(g), [&](int64_t p0, int64_t p1) {
     std::vector<T> scratch;
@@ -287,12 +309,13 @@ void dw_forward_stride1(const Tensor& x, const Tensor& weight, const Conv2dGeome
 
 // grad_x[iy][ix] = sum_{ky, kx} w[ky][kx] * grad_out[iy + pad - ky][ix + pad - kx]: the forward
 // correlation of grad_out with the flipped kernel and padding k - 1 - pad.
-template <class T>
+template <class E, class T = typename ElementTraits<E>::compute>
 void dw_backward_input_stride1(const Tensor& grad_out, const Tensor& weight,
                                const Conv2dGeometry& g, Tensor& grad_x) {
-  const T* gp = grad_out.data<T>();
-  const T* wp = weight.data<T>();
-  T* xp = grad_x.data<T>();
+  const E* gp = grad_out.data<E>();
+  const std::vector<T> all_taps = widened<E, T>(weight.data<E>(), weight.numel());
+  const T* wp = all_taps.data();
+  E* xp = grad_x.data<E>();
   const int64_t taps = g.kh * g.kw;
   const PaddedPlane p = padded_geometry<T>(g.h, g.w, g.kh, g.kw);
   parallel_for(0, g.batch * g.channels, plane_grain(g), [&](int64_t p0, int64_t p1) {
@@ -311,13 +334,13 @@ void dw_backward_input_stride1(const Tensor& grad_out, const Tensor& weight,
 // grad_w[ky][kx] = sum_{b, oy, ox} grad_out[oy][ox] * padded_x[oy + ky][ox + kx]. One task per
 // channel (fixed order for every thread count); per tap, kBlock lanes accumulate one plane in
 // T and each plane's lanes are added to the tap's total in double.
-template <class T>
+template <class E, class T = typename ElementTraits<E>::compute>
 void dw_backward_weight_stride1(const Tensor& grad_out, const Tensor& x, const Conv2dGeometry& g,
                                 Tensor& grad_weight) {
   constexpr int64_t B = kBlock<T>;
-  const T* gp = grad_out.data<T>();
-  const T* xp = x.data<T>();
-  T* wp = grad_weight.data<T>();
+  const E* gp = grad_out.data<E>();
+  const E* xp = x.data<E>();
+  E* wp = grad_weight.data<E>();
   const int64_t taps = g.kh * g.kw;
   const PaddedPlane p = padded_geometry<T>(g.oh, g.ow, g.kh, g.kw);
   const PaddedPlane grad_rows{g.oh, p.row_len - (g.kw - 1)};  // grad_out rows, zero beyond ow
@@ -347,7 +370,8 @@ void dw_backward_weight_stride1(const Tensor& grad_out, const Tensor& x, const C
           }
         }
       }
-      for (int64_t t = 0; t < taps; ++t) wp[c * taps + t] = T(total[size_t(t)]);
+      for (int64_t t = 0; t < taps; ++t)
+        wp[c * taps + t] = ElementTraits<E>::store(T(total[size_t(t)]));
     }
   });
 }
@@ -362,6 +386,10 @@ void col2im(const Tensor& cols, const Conv2dGeometry& g, Tensor& out) {
 }
 void depthwise_forward(const Tensor& x, const Tensor& weight, const Conv2dGeometry& g,
                        Tensor& out) {
+  if (x.dtype() == DType::bf16) {
+    HD_CHECK(g.stride == 1, "depthwise_forward: bf16 runs the stride-1 kernel only");
+    return dw_forward_stride1<bf16_t>(x, weight, g, out);
+  }
   visit_float(x.dtype(), "conv2d", [&]<class T>() {
     if (g.stride == 1) {
       dw_forward_stride1<T>(x, weight, g, out);
@@ -438,6 +466,10 @@ void gather_patches(const Tensor& x, int64_t k, Tensor& out) {
 
 void depthwise_backward_input(const Tensor& grad_out, const Tensor& weight, const Conv2dGeometry& g,
                               Tensor& grad_x) {
+  if (grad_out.dtype() == DType::bf16) {
+    HD_CHECK(g.stride == 1, "depthwise_backward_input: bf16 runs the stride-1 kernel only");
+    return dw_backward_input_stride1<bf16_t>(grad_out, weight, g, grad_x);
+  }
   visit_float(grad_out.dtype(), "conv2d", [&]<class T>() {
     if (g.stride == 1) {
       dw_backward_input_stride1<T>(grad_out, weight, g, grad_x);
@@ -448,6 +480,10 @@ void depthwise_backward_input(const Tensor& grad_out, const Tensor& weight, cons
 }
 void depthwise_backward_weight(const Tensor& grad_out, const Tensor& x, const Conv2dGeometry& g,
                                Tensor& grad_weight) {
+  if (grad_out.dtype() == DType::bf16) {
+    HD_CHECK(g.stride == 1, "depthwise_backward_weight: bf16 runs the stride-1 kernel only");
+    return dw_backward_weight_stride1<bf16_t>(grad_out, x, g, grad_weight);
+  }
   visit_float(grad_out.dtype(), "conv2d", [&]<class T>() {
     if (g.stride == 1) {
       dw_backward_weight_stride1<T>(grad_out, x, g, grad_weight);

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include "autograd/node.h"
 #include "ops/elementwise.h"
 #include "ops/factory.h"
@@ -152,6 +154,32 @@ TEST(Conv, DepthwiseStride1BackwardInF32MatchesF64) {
   EXPECT_LT(max_abs_diff(to(gx32, DType::f64), gx), 1e-4);
   EXPECT_LT(max_abs_diff(to(gw32, DType::f64), gw), 1e-3);  // sums of 1540 products
   EXPECT_GT(max_abs_diff(gx, zeros_like(gx)), 1.0);
+}
+
+// bf16 depthwise convolution of stride 1 reads and writes bf16 in place (ops/conv.cpp,
+// reads_16_bit): its output and both gradients are the f32 computation on the same values,
+// rounded once, bit for bit (what the f32 round trip it replaced gave), also with the gradient
+// arriving as a permuted view (ConvNeXt's NHWC block).
+TEST(Conv, Bf16DepthwiseIsTheF32ResultRounded) {
+  Tensor x = to(random_leaf({2, 5, 9, 11}, 41).detach(), DType::bf16);
+  Tensor w = to(random_leaf({5, 1, 7, 7}, 42).detach(), DType::bf16);
+  Tensor g_nhwc = to(random_leaf({2, 9, 11, 5}, 44).detach(), DType::bf16);
+  auto run = [&](DType dt) {
+    Tensor lx = to(x, dt).detach().requires_grad_(true);
+    Tensor lw = to(w, dt).detach().requires_grad_(true);
+    Tensor y = conv2d(lx, lw, Tensor(), 1, 3, 5);
+    y.backward(permute(to(g_nhwc, dt), {0, 3, 1, 2}));
+    return std::vector<Tensor>{y.detach(), lx.grad(), lw.grad()};
+  };
+  const std::vector<Tensor> half = run(DType::bf16), full = run(DType::f32);
+  for (size_t i = 0; i < half.size(); ++i) {
+    ASSERT_EQ(half[i].dtype(), DType::bf16);
+    const Tensor want = to(full[i], DType::bf16);
+    const bf16_t* p = half[i].data<bf16_t>();
+    const bf16_t* q = contiguous(want).data<bf16_t>();
+    for (int64_t k = 0; k < want.numel(); ++k)
+      ASSERT_EQ(p[k].bits, q[k].bits) << "tensor " << i << " element " << k;
+  }
 }
 
 TEST(Conv, DepthwiseUsesItsKernel) {
