@@ -17,7 +17,9 @@ const char* dtype_name(DType t);
 inline bool is_floating(DType t) {
   return t == DType::f32 || t == DType::f64 || t == DType::bf16 || t == DType::f16;
 }
-inline bool is_integral(DType t) { return t == DType::i32 || t == DType::i64 || t == DType::boolean; }
+inline bool is_integral(DType t) {
+  return t == DType::i32 || t == DType::i64 || t == DType::boolean;
+}
 
 // Storage wrappers for the 16-bit float formats: distinct types so templates can dispatch.
 struct bf16_t {
@@ -65,25 +67,53 @@ struct ElementTraits<f16_t> {
 
 template <class T>
 constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::f32; }
-template <> constexpr DType dtype_of<double>() { return DType::f64; }
-template <> constexpr DType dtype_of<bf16_t>() { return DType::bf16; }
-template <> constexpr DType dtype_of<f16_t>() { return DType::f16; }
-template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
-template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
-template <> constexpr DType dtype_of<bool>() { return DType::boolean; }
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::f32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::f64;
+}
+template <>
+constexpr DType dtype_of<bf16_t>() {
+  return DType::bf16;
+}
+template <>
+constexpr DType dtype_of<f16_t>() {
+  return DType::f16;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::i32;
+}
+template <>
+constexpr DType dtype_of<int64_t>() {
+  return DType::i64;
+}
+template <>
+constexpr DType dtype_of<bool>() {
+  return DType::boolean;
+}
 
 // visit_dtype(t, op_name, fn): calls fn.template operator()<T>() with T the C++ type of t.
 template <class F>
 decltype(auto) visit_dtype(DType t, const char* op, F&& fn) {
   switch (t) {
-    case DType::f32: return fn.template operator()<float>();
-    case DType::f64: return fn.template operator()<double>();
-    case DType::bf16: return fn.template operator()<bf16_t>();
-    case DType::f16: return fn.template operator()<f16_t>();
-    case DType::i32: return fn.template operator()<int32_t>();
-    case DType::i64: return fn.template operator()<int64_t>();
-    case DType::boolean: return fn.template operator()<bool>();
+    case DType::f32:
+      return fn.template operator()<float>();
+    case DType::f64:
+      return fn.template operator()<double>();
+    case DType::bf16:
+      return fn.template operator()<bf16_t>();
+    case DType::f16:
+      return fn.template operator()<f16_t>();
+    case DType::i32:
+      return fn.template operator()<int32_t>();
+    case DType::i64:
+      return fn.template operator()<int64_t>();
+    case DType::boolean:
+      return fn.template operator()<bool>();
   }
   throw Error(detail::concat(op, ": unknown dtype"));
 }
@@ -93,10 +123,31 @@ decltype(auto) visit_dtype(DType t, const char* op, F&& fn) {
 template <class F>
 decltype(auto) visit_float(DType t, const char* op, F&& fn) {
   switch (t) {
-    case DType::f32: return fn.template operator()<float>();
-    case DType::f64: return fn.template operator()<double>();
+    case DType::f32:
+      return fn.template operator()<float>();
+    case DType::f64:
+      return fn.template operator()<double>();
     default:
       throw Error(detail::concat(op, ": expected a f32 or f64 tensor, got ", dtype_name(t)));
+  }
+}
+
+// visit_floating_storage(t, op, fn): the floating storage types (f32, f64, bf16, f16), for kernels
+// that read 16-bit storage in place and compute in ElementTraits<T>::compute; others throw naming
+// the op.
+template <class F>
+decltype(auto) visit_floating_storage(DType t, const char* op, F&& fn) {
+  switch (t) {
+    case DType::f32:
+      return fn.template operator()<float>();
+    case DType::f64:
+      return fn.template operator()<double>();
+    case DType::bf16:
+      return fn.template operator()<bf16_t>();
+    case DType::f16:
+      return fn.template operator()<f16_t>();
+    default:
+      throw Error(detail::concat(op, ": expected a floating-point tensor, got ", dtype_name(t)));
   }
 }
 

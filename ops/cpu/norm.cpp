@@ -298,14 +298,6 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
 }
 
-// fn.template operator()<E>() for the storage types the kernels take: f32, f64, bf16, f16.
-template <class F>
-void visit_storage(DType dt, const char* op, F&& fn) {
-  if (dt == DType::bf16) return fn.template operator()<bf16_t>();
-  if (dt == DType::f16) return fn.template operator()<f16_t>();
-  visit_float(dt, op, [&]<class E>() { fn.template operator()<E>(); });
-}
-
 }  // namespace
 
 void norm_forward(bool center, const Tensor& x, const Tensor& weight, const Tensor& bias,
@@ -315,7 +307,7 @@ void norm_forward(bool center, const Tensor& x, const Tensor& weight, const Tens
   const int64_t C = x.dim() == 0 ? 1 : x.size(-1);
   const int64_t rows = C == 0 ? 0 : x.numel() / C;
   if (rows == 0) return;
-  visit_storage(x.dtype(), op, [&]<class E>() {
+  visit_floating_storage(x.dtype(), op, [&]<class E>() {
     using T = typename ElementTraits<E>::compute;
     forward_kernel<E>(center, x.data<E>(), ptr_or_null<E>(weight), ptr_or_null<E>(bias), T(eps),
                       y.data<E>(), center ? mean.data<T>() : nullptr, rstd.data<T>(), rows, C);
@@ -329,7 +321,7 @@ void norm_backward(bool center, const Tensor& gy, const Tensor& x, const Tensor&
            ": kernel expects contiguous tensors");
   const int64_t C = x.dim() == 0 ? 1 : x.size(-1);
   const int64_t rows = C == 0 ? 0 : x.numel() / C;
-  visit_storage(x.dtype(), op, [&]<class E>() {
+  visit_floating_storage(x.dtype(), op, [&]<class E>() {
     using T = typename ElementTraits<E>::compute;
     if (rows == 0) {
       if (gw) std::fill(gw->data<E>(), gw->data<E>() + C, ElementTraits<E>::store(T(0)));

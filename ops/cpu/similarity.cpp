@@ -12,22 +12,6 @@ namespace {
 
 constexpr int64_t kLanes = 16;
 
-template <class F>
-void visit_storage(DType dt, F&& fn) {
-  switch (dt) {
-    case DType::f32:
-      return fn.template operator()<float>();
-    case DType::f64:
-      return fn.template operator()<double>();
-    case DType::bf16:
-      return fn.template operator()<bf16_t>();
-    case DType::f16:
-      return fn.template operator()<f16_t>();
-    default:
-      throw Error(detail::concat("cosine_similarity: no CPU kernel for ", dtype_name(dt)));
-  }
-}
-
 // Leading shape (every dim but the last) and each operand's leading strides.
 Shape leading(const Shape& s) {
   return Shape(s.begin(), s.end() - 1);
@@ -48,7 +32,7 @@ int64_t min_rows(int64_t C) {
 void cosine_forward(const Tensor& a, const Tensor& b, double eps, Tensor& out, Tensor& stats) {
   const int64_t C = a.size(-1);
   const Shape lead = leading(a.shape());
-  visit_storage(a.dtype(), [&]<class E>() {
+  visit_floating_storage(a.dtype(), "cosine_similarity", [&]<class E>() {
     using T = typename ElementTraits<E>::compute;
     const E* pa = a.data<E>();
     const E* pb = b.data<E>();
@@ -93,7 +77,7 @@ void cosine_backward(const Tensor& a, const Tensor& b, const Tensor& g, const Te
                      double eps, Tensor& ga, Tensor& gb) {
   const int64_t C = a.size(-1);
   const Shape lead = leading(a.shape());
-  visit_storage(a.dtype(), [&]<class E>() {
+  visit_floating_storage(a.dtype(), "cosine_similarity", [&]<class E>() {
     using T = typename ElementTraits<E>::compute;
     const E* pa = a.data<E>();
     const E* pb = b.data<E>();
