@@ -42,13 +42,15 @@ struct TileProduct {
   memory a, b, c;
 };
 
-// The primitives of one thread (see the header: a primitive runs where it was made), its
-// stream, and the OpenMP thread count the big products run with on that thread.
+// The primitives of one thread (see the header: a primitive runs where it was made) and its
+// stream. No OpenMP setting here: this is first made inside a tile product's one-thread scope
+// (run_tile), and setting the pool's count there sized that thread's first tile primitive for
+// an OpenMP team, so every later run of it started a team beside the pool (oversubscribed
+// cores; 35 us for a [2, 64] x [64, 256] product that needs one).
 struct ThreadPrimitives {
   std::map<std::string, std::shared_ptr<dnnl::matmul>> products;  // by Problem::key
   std::map<TileKey, TileProduct> tiles;
   dnnl::stream stream{registry().engine};
-  ThreadPrimitives() { omp_set_num_threads(cpu_thread_pool().num_threads()); }
 };
 
 ThreadPrimitives& thread_primitives() {
@@ -213,7 +215,22 @@ const Capability& capability() {
 }
 
 namespace {
+// Sets the calling thread's OpenMP team size for one scope and restores it.
+class OmpThreads {
+ public:
+  explicit OmpThreads(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
+  ~OmpThreads() { omp_set_num_threads(saved_); }
+  OmpThreads(const OmpThreads&) = delete;
+  OmpThreads& operator=(const OmpThreads&) = delete;
+
+ private:
+  int saved_;
+};
+
+// A whole product on an OpenMP team of the pool's size (its primitive is sized for the team
+// when made, so the team is set before the cache lookup).
 void run(const Problem& p, const Tensor& a, const Tensor& bm, Tensor& out) {
+  OmpThreads team(cpu_thread_pool().num_threads());
   std::shared_ptr<dnnl::matmul> prim = primitive(p, a, bm);
   Registry& r = registry();
   memory ma(p.a.desc(), r.engine, const_cast<void*>(a.raw_data()));
@@ -290,18 +307,6 @@ TileProduct& tile_product(const TileKey& key, bool ta, bool tb, int64_t M, int64
                                N, " bf16 product on this CPU (", e.what(), ")"));
   }
 }
-
-// Sets the calling thread's OpenMP team size for one scope and restores it.
-class OmpThreads {
- public:
-  explicit OmpThreads(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
-  ~OmpThreads() { omp_set_num_threads(saved_); }
-  OmpThreads(const OmpThreads&) = delete;
-  OmpThreads& operator=(const OmpThreads&) = delete;
-
- private:
-  int saved_;
-};
 
 }  // namespace
 

@@ -8,7 +8,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <functional>
+#include <thread>
 
 #include "autograd/random.h"
 #include "ops/elementwise.h"
@@ -165,6 +167,40 @@ TEST(OneDnnMatmul, TheMatmulOpTakesTheBf16PathThisCpuHas) {
   }
   EXPECT_EQ(amax(abs(sub(to(out, DType::f32), to(want, DType::f32)))).item<double>(), 0.0)
       << (cpu::onednn::capability().bf16_matmul ? "oneDNN tile product" : "widened product");
+}
+
+// Threads of this process, from /proc (libgomp's workers are threads of the process too).
+int64_t process_threads() {
+  int64_t n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) {
+    (void)entry;
+    ++n;
+  }
+  return n;
+}
+
+// Tile products run on the calling thread only: the first one a thread makes must not be sized
+// for an OpenMP team (it was, when the thread's primitive cache set OpenMP to the pool's count
+// inside the product's one-thread scope: every later run of that primitive then started a team
+// beside the pool). A fresh thread's products here would leave libgomp workers behind.
+TEST(OneDnnMatmul, TileProductsStartNoOpenMpTeam) {
+  if (!cpu::onednn::capability().bf16_matmul)
+    GTEST_SKIP() << "no oneDNN bf16 matmul here: " << cpu::onednn::capability().reason;
+  Tensor a = random({64, 256}, 31, DType::bf16), b = random({256, 64}, 32, DType::bf16);
+  Tensor out = Tensor::empty({64, 64}, DType::f32);
+  // Counted inside the thread: libgomp ends a thread's workers when the thread exits.
+  int64_t before = 0, after = 0;
+  std::thread fresh([&] {
+    before = process_threads();
+    for (int i = 0; i < 3; ++i) {
+      cpu::onednn::gemm_bf16(false, false, 64, 64, 256, 1.0f, a.data<bf16_t>(), 256,
+                             b.data<bf16_t>(), 64, 0.0f, out.data<float>(), 64);
+    }
+    after = process_threads();
+  });
+  fresh.join();
+  EXPECT_EQ(after, before) << "a tile product started OpenMP threads";
+  EXPECT_LT(max_rel_error(out, reference(a, b)), 1e-5);
 }
 
 }  // namespace
