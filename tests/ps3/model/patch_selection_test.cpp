@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "ops/factory.h"
+#include "ops/shape.h"
 #include "ps3/config.h"
 #include "ps3/patch_selection.h"
 #include "ps3/vision_model.h"
@@ -97,6 +99,71 @@ TEST(PatchSelector, GtForcingTakesEveryGtPatchFirst) {
   EXPECT_EQ(q.indices[0][0], (std::vector<int64_t>{0}));
   std::vector<int64_t> expect = {6, 7, 10, 11, 14, 15};
   EXPECT_EQ(q.indices[1][0], expect);
+}
+
+// The rule spelled out the slow way: every unpicked cell sorted by (value descending, NaN
+// first; index ascending), the first k taken, returned in ascending order.
+std::vector<int64_t> brute_force_top_k(const std::vector<double>& v, const std::set<int64_t>& taken,
+                                       int64_t k) {
+  std::vector<int64_t> order;
+  for (int64_t i = 0; i < int64_t(v.size()); ++i) {
+    if (!taken.count(i)) order.push_back(i);
+  }
+  auto key = [&](int64_t i) { return std::isnan(v[size_t(i)]) ? INFINITY : v[size_t(i)]; };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return key(a) > key(b); });
+  order.resize(size_t(std::min<int64_t>(k, int64_t(order.size()))));
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+TEST(PatchSelector, LargeMapsWithTiesAndNaNMatchTheRuleSpelledOut) {
+  // A 270 x 270 map (the demo's 3780 scale) of 64 distinct values, so ties cross the k-th
+  // place, with NaN, negative values and -0.0 beside +0.0 (the level that the fourth step's
+  // k-th place falls in: they must tie); bf16 and f64 maps; five steps.
+  const int64_t g = 270, cells = g * g, B = 2;
+  Generator gen(11, "ties");
+  std::vector<double> u = uniform({B * cells}, 0, 1, gen).to_vector<double>();
+  std::vector<double> v(u.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double x = std::floor(u[i] * 64) / 32 - 54.0 / 32;  // level 54 is 0.0
+    v[i] = i % 997 == 3 ? NAN : i % 389 == 5 ? -0.0 : x;
+  }
+  // A budget per step that puts the fourth step's k-th place inside the zero level (checked
+  // below): the cells above zero (and NaN) plus half the zeros, over four steps.
+  int64_t above = 0, zeros_at = 0;
+  for (int64_t i = 0; i < cells; ++i) {
+    above += std::isnan(v[size_t(i)]) || v[size_t(i)] > 0;
+    zeros_at += v[size_t(i)] == 0;
+  }
+  const int64_t k = (above + zeros_at / 2) / 4;
+  for (DType dt : {DType::bf16, DType::f64}) {
+    Tensor p = to(from_vector<double>(v, {B, g, g}), dt);
+    const std::vector<double> seen = to(p, DType::f64).to_vector<double>();
+    PatchSelector sel({g}, B);
+    std::vector<std::set<int64_t>> taken(B);
+    for (int step = 0; step < 5; ++step) {
+      StepSelection s = sel.select({p}, Tensor(), {k});
+      ASSERT_EQ(s.counts, (std::vector<int64_t>{k}));
+      for (int64_t b = 0; b < B; ++b) {
+        std::vector<double> vb(seen.begin() + b * cells, seen.begin() + (b + 1) * cells);
+        EXPECT_EQ(s.indices[0][size_t(b)], brute_force_top_k(vb, taken[size_t(b)], k))
+            << dtype_name(dt) << " step " << step << " instance " << b;
+        taken[size_t(b)].insert(s.indices[0][size_t(b)].begin(), s.indices[0][size_t(b)].end());
+        if (step == 3) {  // the premise: -0.0 and +0.0 cells on both sides of the k-th place
+          int64_t taken_neg = 0, left_pos = 0;
+          for (int64_t i = 0; i < cells; ++i) {
+            const double x = vb[size_t(i)];
+            if (x != 0) continue;
+            if (std::signbit(x) && taken[size_t(b)].count(i)) ++taken_neg;
+            if (!std::signbit(x) && !taken[size_t(b)].count(i)) ++left_pos;
+          }
+          EXPECT_GT(taken_neg, 0) << "instance " << b;
+          EXPECT_GT(left_pos, 0) << "instance " << b;
+        }
+      }
+    }
+  }
 }
 
 TEST(PatchSelector, BadInputsNameTheMap) {
