@@ -344,6 +344,29 @@ void BM_DepthwiseConvForwardBackward(benchmark::State& state) {
 }
 BENCHMARK(BM_DepthwiseConvForwardBackward)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// PS3's selection ConvNeXt depthwise step: bf16 [2, 32, 54, 54], 7x7, stride 1 (the AVX-512
+// 7-tap kernels on a CPU with AVX-512, ops/cpu/depthwise_avx512.h). Arg 0 forward, 1 forward +
+// backward.
+void BM_DepthwiseConvPs3Demo(benchmark::State& state) {
+  const bool backward = state.range(0) != 0;
+  auto leaf = [&](const Shape& s, uint64_t seed) {
+    return to(randn(s, seed), DType::bf16).requires_grad_(backward);
+  };
+  Tensor x = leaf({2, 32, 54, 54}, 20), w = leaf({32, 1, 7, 7}, 21), bias = leaf({32}, 22);
+  Tensor g = to(randn({2, 32, 54, 54}, 23), DType::bf16);
+  for (auto _ : state) {
+    if (!backward) {
+      NoGradGuard no_grad;
+      benchmark::DoNotOptimize(conv2d(x, w, bias, 1, 3, 32).raw_data());
+      continue;
+    }
+    conv2d(x, w, bias, 1, 3, 32).backward(g);
+    for (Tensor* t : {&x, &w, &bias}) t->zero_grad();
+  }
+  state.SetLabel(backward ? "forward + backward" : "forward");
+}
+BENCHMARK(BM_DepthwiseConvPs3Demo)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
 // A residual add of the PS3 demo's sizes (bf16 [2, 729, 64] and the selection ConvNeXt's
 // [2, 54, 54, 32]): small maps whose cost is the per-op overhead (allocation, the pool's
 // wake-up) as much as the bytes. Arg: elements.

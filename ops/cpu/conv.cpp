@@ -1,12 +1,14 @@
 #include "ops/cpu/conv.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "autograd/thread_pool.h"
 #include "ops/cpu/copy_bytes.h"
+#include "ops/cpu/depthwise_avx512.h"
 #include "ops/cpu/isa.h"
 
 namespace hd::cpu {
@@ -220,7 +222,9 @@ void dw_backward_weight_t(const Tensor& grad_out, const Tensor& x, const Conv2dG
 // kBlock outputs stays in registers over all kh * kw taps (four AVX vectors of f32) and is
 // stored once; the general path above reads and writes the output row once per tap, which
 // halved its throughput. Taps are summed in (ky, kx) order as there, and the backward-input
-// pass is the same correlation with the kernel flipped.
+// pass is the same correlation with the kernel flipped. Multiply-adds are spelled std::fma, the
+// bits of the AVX-512 kernels for 7-tap rows (depthwise_avx512.h) that take f32 planes on CPUs
+// with AVX-512.
 template <class T>
 constexpr int64_t kBlock = 128 / sizeof(T);  // 32 floats, 16 doubles
 
@@ -261,12 +265,37 @@ PaddedPlane padded_geometry(int64_t oh, int64_t ow, int64_t kh, int64_t kw) {
   return {oh + kh - 1, blocks * kBlock<T> + kw - 1};
 }
 
+// Where the AVX-512 7-tap kernels run: f32 planes, 7 taps per row, an AVX-512 CPU.
+template <class T>
+bool seven_tap_kernels(int64_t kw) {
+  return std::is_same_v<T, float> && kw == 7 && vector_isa().avx512;
+}
+
 // out[oy][ox] = sum_{ky, kx} taps[ky][kx] * padded[oy + ky][ox + kx], stored as E (rounded once
-// for 16-bit storage).
+// for 16-bit storage). rows: the AVX-512 kernel's f32 output plane (whole vectors per row).
 template <class T, class E>
 void correlate_padded(const T* padded, const PaddedPlane& p, const T* taps, int64_t kh, int64_t kw,
-                      int64_t oh, int64_t ow, E* out) {
+                      int64_t oh, int64_t ow, E* out, std::vector<T>& rows) {
   constexpr int64_t B = kBlock<T>;
+  if constexpr (std::is_same_v<T, float>) {
+    if (seven_tap_kernels<T>(kw)) {
+      const int64_t ld = (ow + 15) / 16 * 16;
+      rows.resize(static_cast<size_t>(oh * ld));
+      depthwise7::correlate_rows(padded, p.row_len, taps, kh, oh, ow, rows.data(), ld);
+      for (int64_t oy = 0; oy < oh; ++oy) {
+        const float* src = rows.data() + oy * ld;
+        E* dst = out + oy * ow;
+        if constexpr (std::is_same_v<E, T>) {
+          std::copy(src, src + ow, dst);
+        } else if constexpr (std::is_same_v<E, bf16_t>) {
+          round_to_bf16(src, dst, ow);  // float_to_bf16's bits, 16 values at a time
+        } else {
+          for (int64_t i = 0; i < ow; ++i) dst[i] = ElementTraits<E>::store(src[i]);
+        }
+      }
+      return;
+    }
+  }
   for (int64_t oy = 0; oy < oh; ++oy) {
     for (int64_t ox0 = 0; ox0 < ow; ox0 += B) {
       T acc[B] = {};
@@ -275,7 +304,7 @@ void correlate_padded(const T* padded, const PaddedPlane& p, const T* taps, int6
         for (int64_t kx = 0; kx < kw; ++kx) {
           const T wv = taps[ky * kw + kx];
           const T* src = row + kx;
-          for (int64_t i = 0; i < B; ++i) acc[i] += wv * src[i];
+          for (int64_t i = 0; i < B; ++i) acc[i] = std::fma(wv, src[i], acc[i]);
         }
       }
       const int64_t n = std::min(B, ow - ox0);
@@ -298,11 +327,11 @@ void dw_forward_stride1(const Tensor& x, const Tensor& weight, const Conv2dGeome
   E* op = out.data<E>();
   const PaddedPlane p = padded_geometry<T>(g.oh, g.ow, g.kh, g.kw);
   parallel_for(0, g.batch * g.channels, plane_grain(g), [&](int64_t p0, int64_t p1) {
-    std::vector<T> scratch;
+    std::vector<T> scratch, rows;
     for (int64_t plane = p0; plane < p1; ++plane) {
       pad_plane(xp + plane * g.h * g.w, g.h, g.w, g.pad, g.pad, p, scratch);
       correlate_padded(scratch.data(), p, wp + (plane % g.channels) * g.kh * g.kw, g.kh, g.kw, g.oh,
-                       g.ow, op + plane * g.oh * g.ow);
+                       g.ow, op + plane * g.oh * g.ow, rows);
     }
   });
 }
@@ -319,14 +348,14 @@ void dw_backward_input_stride1(const Tensor& grad_out, const Tensor& weight,
   const int64_t taps = g.kh * g.kw;
   const PaddedPlane p = padded_geometry<T>(g.h, g.w, g.kh, g.kw);
   parallel_for(0, g.batch * g.channels, plane_grain(g), [&](int64_t p0, int64_t p1) {
-    std::vector<T> scratch, flipped(static_cast<size_t>(taps));
+    std::vector<T> scratch, rows, flipped(static_cast<size_t>(taps));
     for (int64_t plane = p0; plane < p1; ++plane) {
       const T* wk = wp + (plane % g.channels) * taps;
       std::reverse_copy(wk, wk + taps, flipped.begin());
       pad_plane(gp + plane * g.oh * g.ow, g.oh, g.ow, g.kh - 1 - g.pad, g.kw - 1 - g.pad, p,
                 scratch);
       correlate_padded(scratch.data(), p, flipped.data(), g.kh, g.kw, g.h, g.w,
-                       xp + plane * g.h * g.w);
+                       xp + plane * g.h * g.w, rows);
     }
   });
 }
@@ -355,13 +384,27 @@ void dw_backward_weight_stride1(const Tensor& grad_out, const Tensor& x, const C
         pad_plane(xp + plane * g.h * g.w, g.h, g.w, g.pad, g.pad, p, padded_x);
         pad_plane(gp + plane * g.oh * g.ow, g.oh, g.ow, 0, 0, grad_rows, padded_grad);
         for (int64_t ky = 0; ky < g.kh; ++ky) {
+          if constexpr (std::is_same_v<T, float>) {
+            if (seven_tap_kernels<T>(g.kw)) {  // the seven taps of row ky at once
+              float lanes[7][B] = {};
+              depthwise7::weight_lanes_row(padded_grad.data(), grad_rows.row_len, padded_x.data(),
+                                           p.row_len, ky, g.oh, grad_rows.row_len, &lanes[0][0]);
+              for (int64_t kx = 0; kx < 7; ++kx) {
+                double sum = 0;
+                for (int64_t i = 0; i < B; ++i) sum += double(lanes[kx][i]);
+                total[size_t(ky * g.kw + kx)] += sum;
+              }
+              continue;
+            }
+          }
           for (int64_t kx = 0; kx < g.kw; ++kx) {
             T acc[B] = {};
             for (int64_t oy = 0; oy < g.oh; ++oy) {
               const T* gr = padded_grad.data() + oy * grad_rows.row_len;
               const T* src = padded_x.data() + (oy + ky) * p.row_len + kx;
               for (int64_t ox0 = 0; ox0 < grad_rows.row_len; ox0 += B) {
-                for (int64_t i = 0; i < B; ++i) acc[i] += gr[ox0 + i] * src[ox0 + i];
+                for (int64_t i = 0; i < B; ++i)
+                  acc[i] = std::fma(gr[ox0 + i], src[ox0 + i], acc[i]);
               }
             }
             double sum = 0;

@@ -22,6 +22,7 @@
 
 #include "autograd/random.h"
 #include "ops/attention.h"
+#include "ops/conv.h"
 #include "ops/cpu/adamw.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/elementwise.h"
@@ -218,6 +219,18 @@ OpBytes run_ops() {
     append("short-row dx", xs.grad());
     append("short-row dweight", ws.grad());
     append("short-row dbias", bs.grad());
+    // Depthwise 7x7 convolutions of stride 1 (ConvNeXt's): the AVX-512 7-tap kernels against
+    // the plain loops, at an odd row count (an unpaired last row), a partial last vector, and a
+    // row of five vectors (two column chunks).
+    for (const Shape& shape : {Shape{2, 3, 11, 21}, Shape{1, 2, 9, 70}}) {
+      const int64_t C = shape[1];
+      Tensor xc = leaf(shape, 24), wc = leaf({C, 1, 7, 7}, 25), bc = leaf({C}, 26);
+      Tensor yc = conv2d(xc, wc, bc, 1, 3, C);
+      yc.backward(to(randn(yc.shape(), 27), dt));
+      append("depthwise 7x7 out", yc);
+      append("depthwise 7x7 dx", xc.grad());
+      append("depthwise 7x7 dweight", wc.grad());
+    }
   }
   Tensor p = randn({5000}, 20), g = randn({5000}, 21), m = randn({5000}, 22);
   Tensor vsq = mul(randn({5000}, 23), randn({5000}, 23));
